@@ -1,0 +1,118 @@
+//! Schema migrations: numbered SQL files from `migrations/`, compiled into
+//! the binary, applied in order, each in its own transaction, and recorded
+//! in `payrail.schema_migrations` with a checksum.
+//!
+//! Safe to run twice (applied versions are skipped) and from two processes
+//! at once: the runner holds a session-level advisory lock of its own
+//! (`locks::migrate_key`) for the whole run; the second runner waits, then
+//! finds nothing left to do.
+
+use crate::error::{Error, Result};
+use crate::locks;
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+
+/// One migration file.
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in order. Add new files here; never edit an applied one
+/// (the checksum check refuses a changed file).
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../../migrations/0001_init.sql"),
+}];
+
+/// The newest schema version this binary knows.
+pub fn latest_version() -> i32 {
+    MIGRATIONS.last().map(|m| m.version).unwrap_or(0)
+}
+
+fn checksum(sql: &str) -> String {
+    hex::encode(Sha256::digest(sql.as_bytes()))
+}
+
+/// Applies every pending migration; returns the versions it applied.
+pub async fn migrate(client: &mut Client) -> Result<Vec<i32>> {
+    client
+        .execute("select pg_advisory_lock($1)", &[&locks::migrate_key()])
+        .await?;
+    let result = apply_pending(client).await;
+    // Always release, even on failure; closing the session would too.
+    client
+        .execute("select pg_advisory_unlock($1)", &[&locks::migrate_key()])
+        .await?;
+    result
+}
+
+async fn apply_pending(client: &mut Client) -> Result<Vec<i32>> {
+    client
+        .batch_execute(
+            "create schema if not exists payrail;
+             create table if not exists payrail.schema_migrations (
+                 version    integer     primary key,
+                 name       text        not null,
+                 checksum   text        not null,
+                 applied_at timestamptz not null default now())",
+        )
+        .await?;
+    let applied: Vec<(i32, String)> = client
+        .query("select version, checksum from payrail.schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut done = Vec::new();
+    for m in MIGRATIONS {
+        let sum = checksum(m.sql);
+        if let Some((_, old)) = applied.iter().find(|(v, _)| *v == m.version) {
+            if *old != sum {
+                return Err(Error::Migration(format!(
+                    "migration {} ({}) was changed after it was applied; restore the original file and add a new migration instead",
+                    m.version, m.name
+                )));
+            }
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(m.sql).await.map_err(|e| {
+            Error::Migration(format!("migration {} ({}) failed: {e}", m.version, m.name))
+        })?;
+        tx.execute(
+            "insert into payrail.schema_migrations (version, name, checksum) values ($1, $2, $3)",
+            &[&m.version, &m.name, &sum],
+        )
+        .await?;
+        tx.commit().await?;
+        done.push(m.version);
+    }
+    if let Some(max) = applied.iter().map(|(v, _)| *v).max()
+        && max > latest_version()
+    {
+        return Err(Error::Migration(format!(
+            "the database is at schema version {max}, newer than this binary's {}; upgrade payrail",
+            latest_version()
+        )));
+    }
+    Ok(done)
+}
+
+/// Whether every migration this binary knows is applied (for readiness).
+pub async fn is_current(client: &Client) -> Result<bool> {
+    let row = client
+        .query_opt(
+            "select max(version) from payrail.schema_migrations",
+            &[],
+        )
+        .await;
+    match row {
+        Ok(Some(r)) => Ok(r.get::<_, Option<i32>>(0) == Some(latest_version())),
+        Ok(None) => Ok(false),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,92 @@
+//! The database layer: where the database is (an explicit `DATABASE_URL` or
+//! a local cluster the host runs itself), the connection pool, migrations.
+
+pub mod embedded;
+pub mod migrate;
+
+use crate::error::{Error, Result};
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+/// Connection pool shared by the processor and the API.
+pub type Pool = deadpool_postgres::Pool;
+
+/// Name of the database payrail creates in the local cluster.
+pub const LOCAL_DATABASE: &str = "payrail";
+
+/// Returns `explicit` if given, else `$DATABASE_URL`, else starts (or finds)
+/// the local cluster and returns the URL of its `payrail` database, creating
+/// it on first use. Cost: first use runs initdb (~2 s) and a server start.
+pub async fn resolve_url(explicit: Option<String>) -> Result<String> {
+    if let Some(url) = explicit.filter(|u| !u.is_empty()) {
+        return Ok(url);
+    }
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && !url.is_empty()
+    {
+        return Ok(url);
+    }
+    let local = local_cluster().await?;
+    create_database_if_missing(&local.url(), LOCAL_DATABASE).await?;
+    Ok(local.url_for(LOCAL_DATABASE))
+}
+
+/// Ensures the local cluster in the default data dir runs; returns it.
+pub async fn local_cluster() -> Result<embedded::LocalPostgres> {
+    let dir = embedded::default_data_dir();
+    tokio::task::spawn_blocking(move || embedded::ensure_running(&dir))
+        .await
+        .map_err(|e| Error::Setup(format!("local postgres task failed: {e}")))?
+        .map_err(|e| Error::Setup(e.to_string()))
+}
+
+/// Creates database `name` through the server at `admin_url` unless it exists.
+/// Safe to race: a concurrent creator's duplicate error is ignored.
+pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<()> {
+    assert!(
+        name.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "database names are plain identifiers"
+    );
+    let (client, conn) = tokio_postgres::connect(admin_url, NoTls).await?;
+    let conn = tokio::spawn(conn);
+    let exists = client
+        .query_opt("select 1 from pg_database where datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists
+        && let Err(e) = client
+            .batch_execute(&format!("create database \"{name}\""))
+            .await
+        && e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+        && e.code() != Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    {
+        return Err(e.into());
+    }
+    drop(client);
+    let _ = conn.await;
+    Ok(())
+}
+
+/// Builds a pool of at most `max_size` connections. Connections are opened
+/// lazily; nothing is contacted here.
+pub fn pool(url: &str, max_size: usize) -> Result<Pool> {
+    assert!(max_size > 0, "pool size must be positive");
+    let pg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| Error::Setup(format!("DATABASE_URL is not a valid postgres URL: {e}")))?;
+    let mgr = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(mgr)
+        .max_size(max_size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(std::time::Duration::from_secs(30)))
+        .create_timeout(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .map_err(|e| Error::Setup(format!("cannot build the connection pool: {e}")))
+}

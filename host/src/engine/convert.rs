@@ -1,0 +1,158 @@
+//! Conversions between the host's model types and the WIT bindings, with the
+//! shape checks a plugin's output must pass before the processor sees it.
+
+use super::PluginFault;
+use super::bindings::payrail::plugin::types as wit;
+use crate::model::{Decision, Metadata, PluginEvent, PluginInput, Posting};
+
+/// Longest decline code / annotation key / event topic accepted.
+const MAX_NAME_BYTES: usize = 128;
+
+fn entries(map: &Metadata) -> Vec<wit::Entry> {
+    map.iter()
+        .map(|(k, v)| wit::Entry {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+fn decision_to_guest(d: &Decision) -> wit::Decision {
+    match d {
+        Decision::Approve {
+            postings,
+            events,
+            annotations,
+        } => wit::Decision::Approve(wit::Approval {
+            postings: postings
+                .iter()
+                .map(|p| wit::Posting {
+                    account: p.account.clone(),
+                    amount: p.amount,
+                    currency: p.currency.clone(),
+                })
+                .collect(),
+            events: events
+                .iter()
+                .map(|e| wit::Event {
+                    topic: e.topic.clone(),
+                    payload: e.payload.clone(),
+                })
+                .collect(),
+            annotations: entries(annotations),
+        }),
+        Decision::Decline { code, message } => wit::Decision::Decline(wit::Decline {
+            code: code.clone(),
+            message: message.clone(),
+        }),
+    }
+}
+
+/// Host input -> guest input.
+pub(super) fn input_to_guest(input: &PluginInput) -> wit::Input {
+    let p = &input.payment;
+    wit::Input {
+        payment: wit::Payment {
+            id: p.id.clone(),
+            kind: p.kind.clone(),
+            amount: p.amount,
+            currency: p.currency.clone(),
+            source: p.source.clone(),
+            destination: p.destination.clone(),
+            metadata: entries(&p.metadata),
+        },
+        accounts: input
+            .accounts
+            .iter()
+            .map(|a| wit::Account {
+                id: a.id.clone(),
+                currency: a.currency.clone(),
+                balance: a.balance,
+                flags: if a.allow_negative {
+                    wit::AccountFlags::ALLOW_NEGATIVE
+                } else {
+                    wit::AccountFlags::empty()
+                },
+                metadata: entries(&a.metadata),
+            })
+            .collect(),
+        config: input.config.clone(),
+        previous: input
+            .previous
+            .iter()
+            .map(|s| wit::StepResult {
+                plugin: s.plugin.clone(),
+                digest: s.digest.clone(),
+                decision: decision_to_guest(&s.decision),
+            })
+            .collect(),
+        now_ms: input.now_ms,
+    }
+}
+
+fn check_name(what: &str, s: &str) -> Result<(), PluginFault> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_NAME_BYTES
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(PluginFault::InvalidOutput(format!(
+            "{what} {s:?} must be 1-{MAX_NAME_BYTES} chars of a-z, 0-9, '_', '.', '-'"
+        )))
+    }
+}
+
+/// Guest decision -> host decision, rejecting malformed output.
+pub(super) fn decision_from_guest(d: wit::Decision) -> Result<Decision, PluginFault> {
+    match d {
+        wit::Decision::Decline(dec) => {
+            check_name("decline code", &dec.code)?;
+            Ok(Decision::Decline {
+                code: dec.code,
+                message: dec.message,
+            })
+        }
+        wit::Decision::Approve(a) => {
+            let mut annotations = Metadata::new();
+            for e in a.annotations {
+                check_name("annotation key", &e.key)?;
+                if annotations.insert(e.key.clone(), e.value).is_some() {
+                    return Err(PluginFault::InvalidOutput(format!(
+                        "annotation key {:?} appears twice",
+                        e.key
+                    )));
+                }
+            }
+            let mut events = Vec::with_capacity(a.events.len());
+            for e in a.events {
+                check_name("event topic", &e.topic)?;
+                if serde_json::from_str::<serde_json::Value>(&e.payload).is_err() {
+                    return Err(PluginFault::InvalidOutput(format!(
+                        "event {:?} payload is not valid JSON",
+                        e.topic
+                    )));
+                }
+                events.push(PluginEvent {
+                    topic: e.topic,
+                    payload: e.payload,
+                });
+            }
+            let postings = a
+                .postings
+                .into_iter()
+                .map(|p| Posting {
+                    account: p.account,
+                    amount: p.amount,
+                    currency: p.currency,
+                })
+                .collect();
+            Ok(Decision::Approve {
+                postings,
+                events,
+                annotations,
+            })
+        }
+    }
+}

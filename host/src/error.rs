@@ -1,0 +1,89 @@
+//! The one error type of the payrail library. Every variant has a stable
+//! machine-readable `code()` and a message that says what happened and what
+//! to do about it.
+
+use crate::engine::{LoadError, PluginFault};
+
+/// Everything that can go wrong processing a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is malformed (bad amount, unknown currency, ...).
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    /// An idempotency key was reused with a different request.
+    #[error(
+        "idempotency key {key:?} was already used for a different request; use a new key for a new payment"
+    )]
+    IdempotencyConflict { key: String },
+    /// The request with this key is still being processed by someone else.
+    #[error("a request with idempotency key {key:?} is still in progress; retry later")]
+    InProgress { key: String },
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{what} {id:?} already exists")]
+    AlreadyExists { what: &'static str, id: String },
+    /// A pipeline step's plugin failed; nothing was written.
+    #[error("pipeline step {step} (plugin {plugin}, {digest:.12}) failed: {fault}")]
+    Plugin {
+        step: usize,
+        plugin: String,
+        digest: String,
+        fault: PluginFault,
+    },
+    #[error("plugin rejected: {0}")]
+    PluginLoad(#[from] LoadError),
+    /// An account lock could not be had within `lock_timeout`; safe to retry.
+    #[error("timed out waiting for an account lock; the request had no effect, retry it")]
+    LockTimeout,
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("database pool error: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database setup error: {0}")]
+    Setup(String),
+    #[error("migration error: {0}")]
+    Migration(String),
+}
+
+impl Error {
+    /// Stable code for clients and logs.
+    pub fn code(&self) -> &str {
+        match self {
+            Error::Invalid { code, .. } => code,
+            Error::IdempotencyConflict { .. } => "idempotency_key_conflict",
+            Error::InProgress { .. } => "idempotency_key_in_progress",
+            Error::NotFound { what, .. } => match *what {
+                "account" => "account_not_found",
+                "payment" => "payment_not_found",
+                "pipeline" => "pipeline_not_found",
+                _ => "plugin_not_found",
+            },
+            Error::AlreadyExists { .. } => "already_exists",
+            Error::Plugin { fault, .. } => fault.code(),
+            Error::PluginLoad(_) => "plugin_invalid",
+            Error::LockTimeout => "lock_timeout",
+            Error::Db(_) | Error::Pool(_) => "database_error",
+            Error::Setup(_) => "database_setup",
+            Error::Migration(_) => "migration_error",
+        }
+    }
+
+    /// Shorthand for a validation error.
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Postgres SQLSTATE of a database error, if any.
+    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            Error::Db(e) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+/// Result alias for the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,364 @@
+//! The ledger: accounts, append-only entries and the invariants postings
+//! must keep. Knows nothing of WebAssembly: plugins' proposals arrive here as
+//! plain [`Posting`]s.
+//!
+//! Sign convention: a positive amount credits an account (its balance goes
+//! up), a negative amount debits it. Every ledger transaction (a payment, or
+//! an opening balance) sums to zero per currency, so money never appears
+//! from nothing: opening balances are drawn from a per-currency equity
+//! account `equity:<CUR>` that may go negative.
+
+use crate::currency;
+use crate::error::{Error, Result};
+use crate::model::{Metadata, Posting};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+/// Longest account id, payment kind or plugin name accepted.
+pub const MAX_ID_BYTES: usize = 64;
+/// Reserved prefix of the per-currency equity accounts.
+pub const EQUITY_PREFIX: &str = "equity:";
+
+/// Checks an id: 1-64 bytes of `A-Z a-z 0-9 _ . : -`.
+pub fn validate_id(what: &'static str, id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "invalid_id",
+            format!("{what} {id:?} must be 1-{MAX_ID_BYTES} characters of A-Z, a-z, 0-9, '_', '.', ':', '-'"),
+        ))
+    }
+}
+
+/// Checks an ISO 4217 currency code the host knows.
+pub fn validate_currency(code: &str) -> Result<()> {
+    match currency::exponent(code) {
+        Some(_) => Ok(()),
+        None => Err(Error::invalid(
+            "unknown_currency",
+            format!("{code:?} is not a known ISO 4217 currency code (e.g. EUR, USD, JPY)"),
+        )),
+    }
+}
+
+/// The equity account funding opening balances in `currency`.
+pub fn equity_account(currency: &str) -> String {
+    format!("{EQUITY_PREFIX}{currency}")
+}
+
+/// A request to open an account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccount {
+    pub id: String,
+    pub currency: String,
+    #[serde(default)]
+    pub allow_negative: bool,
+    #[serde(default)]
+    pub opening_balance: i64,
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// An account as reported to users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: String,
+    pub currency: String,
+    pub balance: i64,
+    pub allow_negative: bool,
+    pub metadata: Metadata,
+}
+
+fn metadata_from_json(v: serde_json::Value) -> Metadata {
+    serde_json::from_value(v).unwrap_or_default()
+}
+
+fn account_from_row(r: &tokio_postgres::Row) -> Account {
+    Account {
+        id: r.get("id"),
+        currency: r.get("currency"),
+        balance: r.get("balance"),
+        allow_negative: r.get("allow_negative"),
+        metadata: metadata_from_json(r.get("metadata")),
+    }
+}
+
+/// Opens an account in its own transaction. A positive opening balance is
+/// a balanced entry pair against `equity:<CUR>`.
+pub async fn create_account(
+    client: &mut deadpool_postgres::Client,
+    tenant: &str,
+    new: &NewAccount,
+) -> Result<Account> {
+    validate_id("account id", &new.id)?;
+    if new.id.starts_with(EQUITY_PREFIX) {
+        return Err(Error::invalid(
+            "invalid_id",
+            format!("account ids starting with {EQUITY_PREFIX:?} are reserved for equity accounts"),
+        ));
+    }
+    validate_currency(&new.currency)?;
+    if new.opening_balance < 0 {
+        return Err(Error::invalid(
+            "invalid_amount",
+            "opening_balance must be zero or a positive integer in minor units",
+        ));
+    }
+    let tx = client.transaction().await?;
+    let equity = equity_account(&new.currency);
+    tx.execute(
+        "insert into payrail.accounts (tenant, id, currency, allow_negative, is_equity)
+         values ($1, $2, $3, true, true) on conflict do nothing",
+        &[&tenant, &equity, &new.currency],
+    )
+    .await?;
+    let metadata = serde_json::to_value(&new.metadata).expect("metadata serializes");
+    let inserted = tx
+        .execute(
+            "insert into payrail.accounts (tenant, id, currency, allow_negative, metadata)
+             values ($1, $2, $3, $4, $5) on conflict do nothing",
+            &[&tenant, &new.id, &new.currency, &new.allow_negative, &metadata],
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(Error::AlreadyExists {
+            what: "account",
+            id: new.id.clone(),
+        });
+    }
+    if new.opening_balance > 0 {
+        let postings = [
+            Posting {
+                account: equity,
+                amount: -new.opening_balance,
+                currency: new.currency.clone(),
+            },
+            Posting {
+                account: new.id.clone(),
+                amount: new.opening_balance,
+                currency: new.currency.clone(),
+            },
+        ];
+        let deltas = net_deltas(&postings).map_err(|m| Error::invalid("invalid_amount", m))?;
+        apply(&tx, tenant, Uuid::now_v7(), None, &postings, &deltas).await?;
+    }
+    let row = tx
+        .query_one(
+            "select id, currency, balance, allow_negative, metadata from payrail.accounts
+             where tenant = $1 and id = $2",
+            &[&tenant, &new.id],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(account_from_row(&row))
+}
+
+/// Reads one account.
+pub async fn get_account(client: &impl GenericClient, tenant: &str, id: &str) -> Result<Account> {
+    let row = client
+        .query_opt(
+            "select id, currency, balance, allow_negative, metadata from payrail.accounts
+             where tenant = $1 and id = $2",
+            &[&tenant, &id],
+        )
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            what: "account",
+            id: id.to_string(),
+        })?;
+    Ok(account_from_row(&row))
+}
+
+/// Row-locks (`FOR UPDATE`, in id order) and reads the given accounts.
+/// Missing accounts are simply absent from the map.
+pub async fn lock_rows(
+    tx: &impl GenericClient,
+    tenant: &str,
+    ids: &[String],
+) -> Result<HashMap<String, Account>> {
+    let rows = tx
+        .query(
+            "select id, currency, balance, allow_negative, metadata from payrail.accounts
+             where tenant = $1 and id = any($2) order by id for update",
+            &[&tenant, &ids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let a = account_from_row(r);
+            (a.id.clone(), a)
+        })
+        .collect())
+}
+
+/// Checks that `postings` sum to zero per currency, with no zero amounts.
+/// Sums in i128, so no input can overflow the check itself.
+pub fn check_balanced(postings: &[Posting]) -> Result<(), String> {
+    let mut sums: BTreeMap<&str, i128> = BTreeMap::new();
+    for p in postings {
+        if p.amount == 0 {
+            return Err(format!("posting to {:?} has amount 0", p.account));
+        }
+        *sums.entry(p.currency.as_str()).or_default() += i128::from(p.amount);
+    }
+    match sums.iter().find(|(_, s)| **s != 0) {
+        Some((cur, s)) => Err(format!("postings do not balance: {cur} sums to {s}")),
+        None => Ok(()),
+    }
+}
+
+/// Net change per account, with checked i64 arithmetic.
+pub fn net_deltas(postings: &[Posting]) -> Result<BTreeMap<String, i64>, String> {
+    let mut deltas: BTreeMap<String, i64> = BTreeMap::new();
+    for p in postings {
+        let d = deltas.entry(p.account.clone()).or_default();
+        *d = d
+            .checked_add(p.amount)
+            .ok_or_else(|| format!("postings to {:?} overflow a 64-bit amount", p.account))?;
+    }
+    Ok(deltas)
+}
+
+/// Why a set of postings cannot be applied to the locked accounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyProblem {
+    /// The proposer made a mistake (unknown account, wrong currency, overflow).
+    Invalid(String),
+    /// The account may not go negative and would: a business decline.
+    InsufficientFunds { account: String },
+}
+
+/// Checks postings against the locked accounts: every account exists,
+/// currencies match, balances stay within i64, and accounts that disallow
+/// negatives stay >= 0.
+pub fn check_against(
+    accounts: &HashMap<String, Account>,
+    postings: &[Posting],
+    deltas: &BTreeMap<String, i64>,
+) -> Result<(), ApplyProblem> {
+    for p in postings {
+        let Some(a) = accounts.get(&p.account) else {
+            return Err(ApplyProblem::Invalid(format!(
+                "posting to unknown account {:?}",
+                p.account
+            )));
+        };
+        if a.currency != p.currency {
+            return Err(ApplyProblem::Invalid(format!(
+                "posting in {} to account {:?} held in {}",
+                p.currency, p.account, a.currency
+            )));
+        }
+    }
+    for (id, delta) in deltas {
+        let a = &accounts[id];
+        let after = a.balance.checked_add(*delta).ok_or_else(|| {
+            ApplyProblem::Invalid(format!("balance of {id:?} would overflow a 64-bit amount"))
+        })?;
+        if after < 0 && *delta < 0 && !a.allow_negative {
+            return Err(ApplyProblem::InsufficientFunds {
+                account: id.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes balanced, checked postings: updates balances and appends entries
+/// (one statement each, whatever the number of postings).
+pub async fn apply(
+    tx: &impl GenericClient,
+    tenant: &str,
+    txn_id: Uuid,
+    payment_id: Option<Uuid>,
+    postings: &[Posting],
+    deltas: &BTreeMap<String, i64>,
+) -> Result<()> {
+    debug_assert!(check_balanced(postings).is_ok(), "postings balanced");
+    let ids: Vec<&str> = deltas.keys().map(String::as_str).collect();
+    let amounts: Vec<i64> = deltas.values().copied().collect();
+    tx.execute(
+        "update payrail.accounts a set balance = a.balance + d.delta
+         from unnest($2::text[], $3::bigint[]) as d(id, delta)
+         where a.tenant = $1 and a.id = d.id",
+        &[&tenant, &ids, &amounts],
+    )
+    .await?;
+    let accounts: Vec<&str> = postings.iter().map(|p| p.account.as_str()).collect();
+    let entry_amounts: Vec<i64> = postings.iter().map(|p| p.amount).collect();
+    let currencies: Vec<&str> = postings.iter().map(|p| p.currency.as_str()).collect();
+    tx.execute(
+        "insert into payrail.entries (tenant, txn_id, payment_id, account_id, amount, currency)
+         select $1, $2, $3, a, m, c from unnest($4::text[], $5::bigint[], $6::text[]) as t(a, m, c)",
+        &[&tenant, &txn_id, &payment_id, &accounts, &entry_amounts, &currencies],
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(account: &str, amount: i64) -> Posting {
+        Posting {
+            account: account.into(),
+            amount,
+            currency: "EUR".into(),
+        }
+    }
+
+    #[test]
+    fn balanced_and_unbalanced() {
+        assert!(check_balanced(&[p("a", -5), p("b", 5)]).is_ok());
+        assert!(check_balanced(&[p("a", -5)]).unwrap_err().contains("EUR sums to -5"));
+        assert!(check_balanced(&[p("a", 0)]).is_err());
+        // i64 extremes sum in i128 without overflow
+        assert!(check_balanced(&[p("a", i64::MAX), p("b", i64::MAX)]).is_err());
+    }
+
+    #[test]
+    fn deltas_overflow_is_an_error() {
+        assert!(net_deltas(&[p("a", i64::MAX), p("a", 1)]).is_err());
+        assert_eq!(net_deltas(&[p("a", 3), p("a", -1)]).unwrap()["a"], 2);
+    }
+
+    #[test]
+    fn overdraft_and_unknown_account() {
+        let mut accounts = HashMap::new();
+        accounts.insert(
+            "a".to_string(),
+            Account {
+                id: "a".into(),
+                currency: "EUR".into(),
+                balance: 10,
+                allow_negative: false,
+                metadata: Metadata::new(),
+            },
+        );
+        let ok = [p("a", -10)];
+        assert!(check_against(&accounts, &ok, &net_deltas(&ok).unwrap()).is_ok());
+        let over = [p("a", -11)];
+        assert_eq!(
+            check_against(&accounts, &over, &net_deltas(&over).unwrap()),
+            Err(ApplyProblem::InsufficientFunds {
+                account: "a".into()
+            })
+        );
+        let unknown = [p("zz", 1)];
+        assert!(matches!(
+            check_against(&accounts, &unknown, &net_deltas(&unknown).unwrap()),
+            Err(ApplyProblem::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,26 @@
+//! The `payrail` binary: see `payrail --help`.
+
+use clap::Parser;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PAYRAIL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = payrail::cli::Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("start the tokio runtime");
+    let code = match runtime.block_on(payrail::cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error [{}]: {e}", e.code());
+            2
+        }
+    };
+    std::process::exit(code);
+}

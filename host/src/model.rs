@@ -1,0 +1,144 @@
+//! Domain types shared by the processor, the engine and the API: what a
+//! payment is, what a plugin sees and what it may decide. Plain data, serde
+//! only; no Postgres and no WebAssembly here.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The tenant used until multi-tenancy lands (every row carries one).
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Ordered string map: metadata and annotations serialize deterministically,
+/// so input digests are stable.
+pub type Metadata = BTreeMap<String, String>;
+
+/// A request to move `amount` from `source` to `destination`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentRequest {
+    /// Selects the pipeline.
+    pub kind: String,
+    pub source: String,
+    pub destination: String,
+    /// Positive, in the currency's minor units.
+    pub amount: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// The payment as a plugin sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    pub id: String,
+    pub kind: String,
+    pub amount: i64,
+    pub currency: String,
+    pub source: String,
+    pub destination: String,
+    pub metadata: Metadata,
+}
+
+/// An account as read under its lock, handed to plugins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountSnapshot {
+    pub id: String,
+    pub currency: String,
+    pub balance: i64,
+    pub allow_negative: bool,
+    pub metadata: Metadata,
+}
+
+/// One ledger movement: positive credits `account`, negative debits it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Posting {
+    pub account: String,
+    pub amount: i64,
+    pub currency: String,
+}
+
+/// An event a plugin asks to publish if the payment commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginEvent {
+    pub topic: String,
+    /// JSON text as the plugin produced it (validated by the processor).
+    pub payload: String,
+}
+
+/// A plugin's decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    Approve {
+        postings: Vec<Posting>,
+        events: Vec<PluginEvent>,
+        annotations: Metadata,
+    },
+    Decline {
+        code: String,
+        message: String,
+    },
+}
+
+/// What an earlier step decided, passed to later steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepResult {
+    pub plugin: String,
+    pub digest: String,
+    pub decision: Decision,
+}
+
+/// Everything one plugin call may depend on. Its canonical JSON is hashed
+/// into the call key and journaled, so a call can be replayed exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInput {
+    pub payment: Payment,
+    pub accounts: Vec<AccountSnapshot>,
+    /// The step's config as JSON text.
+    pub config: String,
+    pub previous: Vec<StepResult>,
+    pub now_ms: u64,
+}
+
+/// Final outcome of a payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    Approved,
+    Declined,
+}
+
+impl PaymentStatus {
+    /// The value stored in `payments.status` and used in event topics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Approved => "approved",
+            PaymentStatus::Declined => "declined",
+        }
+    }
+}
+
+/// Why a payment was declined: a business decision, final on retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeclineReason {
+    pub code: String,
+    pub message: String,
+}
+
+/// The result of a payment as returned by `payrail pay` and the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentResponse {
+    pub id: String,
+    pub status: PaymentStatus,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub decline: Option<DeclineReason>,
+    pub postings: Vec<Posting>,
+    pub kind: String,
+    pub amount: i64,
+    pub currency: String,
+    pub source: String,
+    pub destination: String,
+    #[serde(default)]
+    pub annotations: Metadata,
+}
