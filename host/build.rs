@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PLUGINS: &[&str] = &["payrail_fee", "payrail_limits"];
+const PLUGINS: &[&str] = &["payrail_fee", "payrail_limits", "payrail_hostile"];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("manifest dir"));
@@ -26,7 +26,14 @@ fn main() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--profile",
+            "plugin",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     for p in PLUGINS {
         cmd.args(["-p", &p.replace('_', "-")]);
@@ -50,7 +57,7 @@ fn main() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let wasm_dir = target_dir.join("wasm32-wasip2").join("release");
+    let wasm_dir = target_dir.join("wasm32-wasip2").join("plugin");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("out dir"));
     for p in PLUGINS {
         let file = format!("{p}.wasm");

@@ -202,7 +202,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Migrate => {
             let applied = ctx.migrate().await?;
             if applied.is_empty() {
-                println!("schema is current (version {})", db::migrate::latest_version());
+                println!(
+                    "schema is current (version {})",
+                    db::migrate::latest_version()
+                );
             } else {
                 println!("applied migrations {applied:?}");
             }
@@ -210,7 +213,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Plugin(PluginCmd::Deploy { file, name }) => {
             ctx.require_schema().await?;
             let bytes = std::fs::read(&file).map_err(|e| {
-                Error::invalid("unreadable_file", format!("cannot read {}: {e}", file.display()))
+                Error::invalid(
+                    "unreadable_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
             })?;
             let client = ctx.pool.get().await?;
             let digest = registry::deploy_plugin(&client, &ctx.engine, &name, bytes).await?;
@@ -218,7 +224,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Pipeline(PipelineCmd::Set { kind, steps }) => {
             ctx.require_schema().await?;
-            let specs = steps.iter().map(|s| parse_step(s)).collect::<Result<Vec<_>>>()?;
+            let specs = steps
+                .iter()
+                .map(|s| parse_step(s))
+                .collect::<Result<Vec<_>>>()?;
             let client = ctx.pool.get().await?;
             let p = registry::set_pipeline(&client, DEFAULT_TENANT, &kind, &specs).await?;
             print_json(&p);
@@ -267,7 +276,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
             };
             let out = ctx.processor().pay(DEFAULT_TENANT, &a.key, &req).await?;
             if out.replayed {
-                eprintln!("replayed: key {:?} was already used for this payment; nothing new written", a.key);
+                eprintln!(
+                    "replayed: key {:?} was already used for this payment; nothing new written",
+                    a.key
+                );
             }
             print_json(&out.response);
         }

@@ -168,7 +168,10 @@ pub async fn run(ctx: &Context, args: &DemoArgs) -> Result<i32> {
     let violations = audit::run(&mut client).await?;
     let total = approved + declined.values().sum::<u64>() + replayed;
     println!("\n== payrail demo summary ==");
-    println!("payments submitted : {total} ({} unique keys)", args.payments);
+    println!(
+        "payments submitted : {total} ({} unique keys)",
+        args.payments
+    );
     println!("approved           : {approved}");
     println!("declined           : {}", declined.values().sum::<u64>());
     for (code, n) in &declined {
@@ -178,7 +181,10 @@ pub async fn run(ctx: &Context, args: &DemoArgs) -> Result<i32> {
     if !errors.is_empty() {
         println!("errors             : {errors:?}");
     }
-    println!("fees collected     : {} EUR minor units in {fee_account}", fees.balance);
+    println!(
+        "fees collected     : {} EUR minor units in {fee_account}",
+        fees.balance
+    );
     println!(
         "throughput         : {:.0} payments/s ({} in {:.2} s, {} concurrent)",
         total as f64 / elapsed.as_secs_f64(),
@@ -193,7 +199,10 @@ pub async fn run(ctx: &Context, args: &DemoArgs) -> Result<i32> {
         for v in &violations {
             println!("VIOLATION {}: {}", v.check, v.detail);
         }
-        println!("audit              : FAILED ({} violations)", violations.len());
+        println!(
+            "audit              : FAILED ({} violations)",
+            violations.len()
+        );
         Ok(1)
     }
 }

@@ -11,9 +11,9 @@
 use crate::currency;
 use crate::error::{Error, Result};
 use crate::model::{Metadata, Posting};
+use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
 /// Longest account id, payment kind or plugin name accepted.
@@ -33,7 +33,9 @@ pub fn validate_id(what: &'static str, id: &str) -> Result<()> {
     } else {
         Err(Error::invalid(
             "invalid_id",
-            format!("{what} {id:?} must be 1-{MAX_ID_BYTES} characters of A-Z, a-z, 0-9, '_', '.', ':', '-'"),
+            format!(
+                "{what} {id:?} must be 1-{MAX_ID_BYTES} characters of A-Z, a-z, 0-9, '_', '.', ':', '-'"
+            ),
         ))
     }
 }
@@ -126,7 +128,13 @@ pub async fn create_account(
         .execute(
             "insert into payrail.accounts (tenant, id, currency, allow_negative, metadata)
              values ($1, $2, $3, $4, $5) on conflict do nothing",
-            &[&tenant, &new.id, &new.currency, &new.allow_negative, &metadata],
+            &[
+                &tenant,
+                &new.id,
+                &new.currency,
+                &new.allow_negative,
+                &metadata,
+            ],
         )
         .await?;
     if inserted == 0 {
@@ -321,7 +329,11 @@ mod tests {
     #[test]
     fn balanced_and_unbalanced() {
         assert!(check_balanced(&[p("a", -5), p("b", 5)]).is_ok());
-        assert!(check_balanced(&[p("a", -5)]).unwrap_err().contains("EUR sums to -5"));
+        assert!(
+            check_balanced(&[p("a", -5)])
+                .unwrap_err()
+                .contains("EUR sums to -5")
+        );
         assert!(check_balanced(&[p("a", 0)]).is_err());
         // i64 extremes sum in i128 without overflow
         assert!(check_balanced(&[p("a", i64::MAX), p("b", i64::MAX)]).is_err());

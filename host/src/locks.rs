@@ -7,8 +7,8 @@
 //! nothing. Callers pass every key of a whole batch at once; this module
 //! sorts and dedups them, which is what makes lock order global.
 
-use sha2::{Digest, Sha256};
 use deadpool_postgres::GenericClient;
+use sha2::{Digest, Sha256};
 
 const ACCOUNT_NAMESPACE: &[u8] = b"payrail/account-lock/v1\0";
 const MIGRATE_NAMESPACE: &[u8] = b"payrail/migrate/v1";
@@ -24,7 +24,12 @@ fn key_of(parts: &[&[u8]]) -> i64 {
 
 /// Advisory lock key of one account.
 pub fn account_key(tenant: &str, account: &str) -> i64 {
-    key_of(&[ACCOUNT_NAMESPACE, tenant.as_bytes(), b"\0", account.as_bytes()])
+    key_of(&[
+        ACCOUNT_NAMESPACE,
+        tenant.as_bytes(),
+        b"\0",
+        account.as_bytes(),
+    ])
 }
 
 /// Session-level key `payrail migrate` holds while it applies migrations.

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::ledger::{self, ApplyProblem};
 use crate::locks;
 use crate::model::{
-    AccountSnapshot, DeclineReason, Decision, Metadata, Payment, PaymentRequest, PaymentResponse,
+    AccountSnapshot, Decision, DeclineReason, Metadata, Payment, PaymentRequest, PaymentResponse,
     PaymentStatus, PluginEvent, PluginInput, Posting, StepResult,
 };
 use crate::registry::{self, Pipeline};
@@ -147,7 +147,9 @@ pub fn validate_request(key: &str, req: &PaymentRequest) -> Result<()> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(|c| c.is_control()) {
         return Err(Error::invalid(
             "invalid_idempotency_key",
-            format!("the idempotency key must be 1-{MAX_KEY_BYTES} bytes without control characters"),
+            format!(
+                "the idempotency key must be 1-{MAX_KEY_BYTES} bytes without control characters"
+            ),
         ));
     }
     ledger::validate_id("payment kind", &req.kind)?;
@@ -157,7 +159,10 @@ pub fn validate_request(key: &str, req: &PaymentRequest) -> Result<()> {
     if req.amount <= 0 {
         return Err(Error::invalid(
             "invalid_amount",
-            format!("amount must be a positive integer in minor units, got {}", req.amount),
+            format!(
+                "amount must be a positive integer in minor units, got {}",
+                req.amount
+            ),
         ));
     }
     if req.source == req.destination {
@@ -182,7 +187,9 @@ pub fn validate_request(key: &str, req: &PaymentRequest) -> Result<()> {
     {
         return Err(Error::invalid(
             "invalid_metadata",
-            format!("metadata has at most {MAX_METADATA_ENTRIES} entries of at most {MAX_METADATA_BYTES} bytes each"),
+            format!(
+                "metadata has at most {MAX_METADATA_ENTRIES} entries of at most {MAX_METADATA_BYTES} bytes each"
+            ),
         ));
     }
     Ok(())
@@ -266,7 +273,13 @@ impl Processor {
                    (tenant, key, fingerprint, state, payment_id, expires_at)
                  values ($1, $2, $3, 'pending', $4, now() + make_interval(secs => $5))
                  on conflict do nothing",
-                &[&tenant, &key, &print, &id, &(self.settings.key_ttl_secs as f64)],
+                &[
+                    &tenant,
+                    &key,
+                    &print,
+                    &id,
+                    &(self.settings.key_ttl_secs as f64),
+                ],
             )
             .await?
             == 1;
@@ -302,8 +315,11 @@ impl Processor {
 
         // 3. Lock source and destination, 4. read them.
         let parties = [req.source.clone(), req.destination.clone()];
-        locks::lock_all(&tx, &locks::sorted_keys(tenant, parties.iter().map(String::as_str)))
-            .await?;
+        locks::lock_all(
+            &tx,
+            &locks::sorted_keys(tenant, parties.iter().map(String::as_str)),
+        )
+        .await?;
         let mut accounts = ledger::lock_rows(&tx, tenant, &parties).await?;
         for party in &parties {
             let a = accounts.get(party).ok_or_else(|| Error::NotFound {
@@ -350,7 +366,14 @@ impl Processor {
         let run_payment = payment.clone();
         let now = now_ms();
         let run = tokio::task::spawn_blocking(move || {
-            run_steps(&engine, &run_pipeline, &run_payment, snapshots, now, &limits)
+            run_steps(
+                &engine,
+                &run_pipeline,
+                &run_payment,
+                snapshots,
+                now,
+                &limits,
+            )
         })
         .await
         .expect("pipeline task")?;
@@ -599,7 +622,17 @@ async fn write_journal(
          from unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[],
                      $8::bigint[], $9::bigint[]) as t(k, s, d, i, inp, o, f, u)
          on conflict (call_key) do nothing",
-        &[&payment, &keys, &steps, &digests, &input_digests, &inputs, &outputs, &fuel, &durations],
+        &[
+            &payment,
+            &keys,
+            &steps,
+            &digests,
+            &input_digests,
+            &inputs,
+            &outputs,
+            &fuel,
+            &durations,
+        ],
     )
     .await?;
     Ok(())

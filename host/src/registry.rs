@@ -4,9 +4,9 @@
 use crate::engine::{PluginEngine, digest_of};
 use crate::error::{Error, Result};
 use crate::ledger::validate_id;
+use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use deadpool_postgres::GenericClient;
 
 /// Most steps a pipeline may have.
 pub const MAX_STEPS: usize = 16;
@@ -42,7 +42,9 @@ pub struct Pipeline {
 }
 
 fn is_digest(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Validates, compiles and stores a plugin; returns its digest. Deploying
@@ -190,7 +192,10 @@ pub async fn ensure_loaded(
         let digest = tokio::task::spawn_blocking(move || eng.load(&bytes))
             .await
             .expect("plugin compile task")?;
-        assert_eq!(digest, step.digest, "stored plugin bytes match their digest");
+        assert_eq!(
+            digest, step.digest,
+            "stored plugin bytes match their digest"
+        );
     }
     Ok(())
 }

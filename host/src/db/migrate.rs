@@ -61,7 +61,10 @@ async fn apply_pending(client: &mut Client) -> Result<Vec<i32>> {
         )
         .await?;
     let applied: Vec<(i32, String)> = client
-        .query("select version, checksum from payrail.schema_migrations", &[])
+        .query(
+            "select version, checksum from payrail.schema_migrations",
+            &[],
+        )
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -104,10 +107,7 @@ async fn apply_pending(client: &mut Client) -> Result<Vec<i32>> {
 /// Whether every migration this binary knows is applied (for readiness).
 pub async fn is_current(client: &Client) -> Result<bool> {
     let row = client
-        .query_opt(
-            "select max(version) from payrail.schema_migrations",
-            &[],
-        )
+        .query_opt("select max(version) from payrail.schema_migrations", &[])
         .await;
     match row {
         Ok(Some(r)) => Ok(r.get::<_, Option<i32>>(0) == Some(latest_version())),

@@ -44,8 +44,7 @@ pub async fn local_cluster() -> Result<embedded::LocalPostgres> {
 /// Safe to race: a concurrent creator's duplicate error is ignored.
 pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<()> {
     assert!(
-        name.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
         "database names are plain identifiers"
     );
     let (client, conn) = tokio_postgres::connect(admin_url, NoTls).await?;

@@ -67,10 +67,10 @@ impl FeeConfig {
                 return bad(format!("{name} must be >= 0, got {v}"));
             }
         }
-        if let Some(max) = self.max {
-            if max < self.min {
-                return bad(format!("max ({max}) must be >= min ({})", self.min));
-            }
+        if let Some(max) = self.max
+            && max < self.min
+        {
+            return bad(format!("max ({max}) must be >= min ({})", self.min));
         }
         Ok(())
     }

@@ -49,43 +49,43 @@ impl Rule for Limits {
     fn evaluate(input: Input) -> Result<Decision, PluginError> {
         let cfg: LimitsConfig = config(&input)?;
         let p = &input.payment;
-        if let Some(allowed) = &cfg.allowed_currencies {
-            if !allowed.iter().any(|c| *c == p.currency) {
-                return Ok(decline(
-                    "currency_not_allowed",
-                    format!(
-                        "currency {} is not allowed (allowed: {})",
-                        p.currency,
-                        allowed.join(", ")
-                    ),
-                ));
-            }
+        if let Some(allowed) = &cfg.allowed_currencies
+            && !allowed.contains(&p.currency)
+        {
+            return Ok(decline(
+                "currency_not_allowed",
+                format!(
+                    "currency {} is not allowed (allowed: {})",
+                    p.currency,
+                    allowed.join(", ")
+                ),
+            ));
         }
         let (max, scope) = match cfg.per_currency.get(&p.currency) {
             Some(&max) => (Some(max), format!("{} limit", p.currency)),
             None => (cfg.max_amount, "limit".to_string()),
         };
-        if let Some(max) = max {
-            if p.amount > max {
-                return Ok(decline(
-                    "amount_too_large",
-                    format!(
-                        "amount {} {} is above the {scope} of {max}",
-                        p.amount, p.currency
-                    ),
-                ));
-            }
+        if let Some(max) = max
+            && p.amount > max
+        {
+            return Ok(decline(
+                "amount_too_large",
+                format!(
+                    "amount {} {} is above the {scope} of {max}",
+                    p.amount, p.currency
+                ),
+            ));
         }
-        if let Some(min) = cfg.min_amount {
-            if p.amount < min {
-                return Ok(decline(
-                    "amount_too_small",
-                    format!(
-                        "amount {} {} is below the minimum of {min}",
-                        p.amount, p.currency
-                    ),
-                ));
-            }
+        if let Some(min) = cfg.min_amount
+            && p.amount < min
+        {
+            return Ok(decline(
+                "amount_too_small",
+                format!(
+                    "amount {} {} is below the minimum of {min}",
+                    p.amount, p.currency
+                ),
+            ));
         }
         Ok(approve().into())
     }

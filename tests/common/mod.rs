@@ -1,0 +1,249 @@
+//! Shared test harness: a fresh database per test on a real Postgres
+//! (`DATABASE_URL` if set, else the local cluster payrail runs itself), the
+//! shared plugin engine, and helpers to count what was written.
+#![allow(dead_code)]
+
+use payrail::db::{self, Pool};
+use payrail::engine::{EngineConfig, PluginEngine};
+use payrail::ledger::{self, NewAccount};
+use payrail::model::{DEFAULT_TENANT, PaymentRequest};
+use payrail::processor::{Processor, ProcessorSettings};
+use payrail::registry::{self, StepSpec};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Test databases older than this are dropped by later runs.
+const STALE_DB_SECS: u64 = 3600;
+
+/// One test's database.
+pub struct TestDb {
+    pub url: String,
+    pub admin_url: String,
+    pub name: String,
+    pub pool: Pool,
+}
+
+/// The engine shared by all tests of one binary (compiles each plugin once).
+pub fn engine() -> Arc<PluginEngine> {
+    static ENGINE: OnceLock<Arc<PluginEngine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| Arc::new(PluginEngine::new(EngineConfig::default()).expect("engine")))
+        .clone()
+}
+
+/// Bytes of a plugin built by build.rs (`payrail_fee`, `payrail_hostile`, ...).
+pub fn plugin_bytes(name: &str) -> Vec<u8> {
+    let path = format!("{}/{name}.wasm", payrail::samples::WASM_DIR);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Admin URL of the server tests use.
+pub async fn admin_url() -> String {
+    match std::env::var("DATABASE_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => db::local_cluster().await.expect("local postgres").url(),
+    }
+}
+
+/// Replaces the database name of a postgres URL.
+pub fn url_with_db(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
+    format!("{}/{name}{query}", &base[..host_end])
+}
+
+impl TestDb {
+    /// Creates and migrates a fresh database.
+    pub async fn new() -> TestDb {
+        let admin_url = admin_url().await;
+        let now = unix_now();
+        let name = format!("payrail_test_{now}_{:08x}", rand::random::<u32>());
+        drop_stale(&admin_url, now).await;
+        db::create_database_if_missing(&admin_url, &name)
+            .await
+            .expect("create test database");
+        let url = url_with_db(&admin_url, &name);
+        let pool = db::pool(&url, 24).expect("pool");
+        let mut c = pool.get().await.expect("connect");
+        db::migrate::migrate(&mut c).await.expect("migrate");
+        TestDb {
+            url,
+            admin_url,
+            name,
+            pool,
+        }
+    }
+
+    /// A processor over this database with default settings.
+    pub fn processor(&self) -> Processor {
+        self.processor_with(ProcessorSettings::default())
+    }
+
+    pub fn processor_with(&self, settings: ProcessorSettings) -> Processor {
+        Processor::new(self.pool.clone(), engine(), settings)
+    }
+
+    /// Opens an EUR account.
+    pub async fn account(&self, id: &str, opening: i64) {
+        self.account_with(id, "EUR", opening, false).await;
+    }
+
+    pub async fn account_with(&self, id: &str, currency: &str, opening: i64, allow_negative: bool) {
+        let mut c = self.pool.get().await.unwrap();
+        ledger::create_account(
+            &mut c,
+            DEFAULT_TENANT,
+            &NewAccount {
+                id: id.into(),
+                currency: currency.into(),
+                allow_negative,
+                opening_balance: opening,
+                metadata: Default::default(),
+            },
+        )
+        .await
+        .expect("create account");
+    }
+
+    /// Deploys a built plugin under `name`.
+    pub async fn deploy(&self, file: &str, name: &str) -> String {
+        let c = self.pool.get().await.unwrap();
+        registry::deploy_plugin(&c, &engine(), name, plugin_bytes(file))
+            .await
+            .expect("deploy")
+    }
+
+    /// Sets a pipeline from (plugin name, config) pairs.
+    pub async fn pipeline(&self, kind: &str, steps: &[(&str, serde_json::Value)]) {
+        let c = self.pool.get().await.unwrap();
+        let specs: Vec<StepSpec> = steps
+            .iter()
+            .map(|(p, cfg)| StepSpec {
+                plugin: p.to_string(),
+                config: cfg.clone(),
+            })
+            .collect();
+        registry::set_pipeline(&c, DEFAULT_TENANT, kind, &specs)
+            .await
+            .expect("set pipeline");
+    }
+
+    /// The standard sample setup: `limits` -> `fee` on kind "transfer", fee
+    /// account "fees".
+    pub async fn samples(&self) {
+        self.deploy("payrail_limits", "limits").await;
+        self.deploy("payrail_fee", "fee").await;
+        self.account("fees", 0).await;
+        self.pipeline(
+            "transfer",
+            &[
+                (
+                    "limits",
+                    serde_json::json!({"max_amount": 100_000, "allowed_currencies": ["EUR", "JPY"]}),
+                ),
+                (
+                    "fee",
+                    serde_json::json!({"fee_account": "fees", "percent_bps": 100, "fixed": 10, "min": 20, "max": 1000}),
+                ),
+            ],
+        )
+        .await;
+    }
+
+    pub async fn balance(&self, id: &str) -> i64 {
+        let c = self.pool.get().await.unwrap();
+        ledger::get_account(&c, DEFAULT_TENANT, id)
+            .await
+            .unwrap()
+            .balance
+    }
+
+    /// Row counts of every table a payment writes: payments, payment
+    /// entries (opening balances excluded), outbox, idempotency keys, journal.
+    pub async fn counts(&self) -> [i64; 5] {
+        let c = self.pool.get().await.unwrap();
+        let mut out = [0; 5];
+        for (i, t) in [
+            "payments",
+            "entries where payment_id is not null",
+            "outbox",
+            "idempotency_keys",
+            "plugin_calls",
+        ]
+        .iter()
+        .enumerate()
+        {
+            out[i] = c
+                .query_one(&format!("select count(*) from payrail.{t}"), &[])
+                .await
+                .unwrap()
+                .get(0);
+        }
+        out
+    }
+
+    pub async fn audit(&self) -> Vec<payrail::audit::Violation> {
+        let mut c = self.pool.get().await.unwrap();
+        payrail::audit::run(&mut c).await.unwrap()
+    }
+}
+
+/// Drops leftover test databases from earlier runs (by their timestamp).
+async fn drop_stale(admin_url: &str, now: u64) {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    if ONCE.set(()).is_err() {
+        return;
+    }
+    let Ok((client, conn)) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await else {
+        return;
+    };
+    tokio::spawn(conn);
+    let Ok(rows) = client
+        .query(
+            "select datname from pg_database where datname like 'payrail_test_%'",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    for r in rows {
+        let name: String = r.get(0);
+        let ts: u64 = name
+            .split('_')
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(now);
+        if now.saturating_sub(ts) > STALE_DB_SECS {
+            let _ = client
+                .batch_execute(&format!("drop database if exists \"{name}\" with (force)"))
+                .await;
+        }
+    }
+}
+
+/// A transfer request of kind "transfer".
+pub fn transfer(from: &str, to: &str, amount: i64) -> PaymentRequest {
+    PaymentRequest {
+        kind: "transfer".into(),
+        source: from.into(),
+        destination: to.into(),
+        amount,
+        currency: "EUR".into(),
+        metadata: Default::default(),
+    }
+}

@@ -1,0 +1,279 @@
+//! The processor against a real Postgres: approve, decline, idempotency,
+//! conflicts, bad input, and a randomized concurrent bank test.
+
+mod common;
+
+use common::{TestDb, transfer};
+use payrail::model::{DEFAULT_TENANT, PaymentStatus};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn approved_payment_moves_money_charges_fee_and_records_everything() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("alice", 100_000).await;
+    db.account("bob", 0).await;
+    let out = db
+        .processor()
+        .pay(DEFAULT_TENANT, "k1", &transfer("alice", "bob", 10_000))
+        .await
+        .unwrap();
+    assert!(!out.replayed);
+    assert_eq!(out.response.status, PaymentStatus::Approved);
+    // fee: 10 + 1% of 10_000 = 110, within [20, 1000]
+    assert_eq!(
+        out.response.annotations.get("fee").map(String::as_str),
+        Some("110")
+    );
+    assert_eq!(db.balance("alice").await, 100_000 - 10_000 - 110);
+    assert_eq!(db.balance("bob").await, 10_000);
+    assert_eq!(db.balance("fees").await, 110);
+    assert_eq!(out.response.postings.len(), 4);
+    let [payments, entries, outbox, keys, calls] = db.counts().await;
+    assert_eq!((payments, entries, keys, calls), (1, 4, 1, 2));
+    assert_eq!(outbox, 2, "payment.approved + fee.charged");
+    let c = db.pool.get().await.unwrap();
+    let topics: Vec<String> = c
+        .query("select topic from payrail.outbox order by id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(topics, ["payment.approved", "fee.charged"]);
+    let pipeline: serde_json::Value = c
+        .query_one("select pipeline from payrail.payments", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pipeline["digests"].as_array().unwrap().len(), 2);
+    assert!(db.audit().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_decline_is_recorded_without_postings_and_replays_as_declined() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("alice", 1_000_000).await;
+    db.account("bob", 0).await;
+    let p = db.processor();
+    let req = transfer("alice", "bob", 500_000);
+    let out = p.pay(DEFAULT_TENANT, "big", &req).await.unwrap();
+    assert_eq!(out.response.status, PaymentStatus::Declined);
+    assert_eq!(
+        out.response.decline.as_ref().unwrap().code,
+        "amount_too_large"
+    );
+    assert!(out.response.postings.is_empty());
+    assert_eq!(db.balance("alice").await, 1_000_000);
+    let [payments, entries, outbox, keys, _] = db.counts().await;
+    assert_eq!((payments, entries, outbox, keys), (1, 0, 1, 1));
+    let again = p.pay(DEFAULT_TENANT, "big", &req).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.response, out.response);
+    assert!(db.audit().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overdraft_is_declined_as_insufficient_funds() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("alice", 5_000).await;
+    db.account("bob", 0).await;
+    // 5_000 + fee 60 > 5_000
+    let out = db
+        .processor()
+        .pay(DEFAULT_TENANT, "k", &transfer("alice", "bob", 5_000))
+        .await
+        .unwrap();
+    assert_eq!(out.response.status, PaymentStatus::Declined);
+    assert_eq!(out.response.decline.unwrap().code, "insufficient_funds");
+    assert_eq!(db.balance("alice").await, 5_000);
+    assert_eq!(db.balance("fees").await, 0);
+    assert!(db.audit().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sequential_retry_with_same_key_writes_nothing_new() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("alice", 100_000).await;
+    db.account("bob", 0).await;
+    let p = db.processor();
+    let req = transfer("alice", "bob", 1_000);
+    let first = p.pay(DEFAULT_TENANT, "same", &req).await.unwrap();
+    let before = db.counts().await;
+    for _ in 0..3 {
+        let again = p.pay(DEFAULT_TENANT, "same", &req).await.unwrap();
+        assert!(again.replayed);
+        assert_eq!(again.response, first.response);
+    }
+    assert_eq!(db.counts().await, before);
+    assert_eq!(db.balance("bob").await, 1_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_duplicates_take_effect_exactly_once() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("alice", 100_000).await;
+    db.account("bob", 0).await;
+    let p = db.processor();
+    let req = transfer("alice", "bob", 2_000);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (p, req) = (p.clone(), req.clone());
+        tasks.spawn(async move { p.pay(DEFAULT_TENANT, "dup", &req).await.unwrap() });
+    }
+    let outs: Vec<_> = tasks.join_all().await;
+    assert_eq!(outs.iter().filter(|o| !o.replayed).count(), 1);
+    assert!(outs.iter().all(|o| o.response == outs[0].response));
+    let [payments, entries, _, keys, _] = db.counts().await;
+    assert_eq!((payments, entries, keys), (1, 4, 1));
+    assert_eq!(db.balance("bob").await, 2_000);
+    assert!(db.audit().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reusing_a_key_for_a_different_request_is_a_conflict() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("alice", 100_000).await;
+    db.account("bob", 0).await;
+    let p = db.processor();
+    p.pay(DEFAULT_TENANT, "k", &transfer("alice", "bob", 1_000))
+        .await
+        .unwrap();
+    let before = db.counts().await;
+    let err = p
+        .pay(DEFAULT_TENANT, "k", &transfer("alice", "bob", 1_001))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "idempotency_key_conflict");
+    assert_eq!(db.counts().await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_a_typed_error_and_writes_nothing() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("alice", 100_000).await;
+    db.account("bob", 0).await;
+    db.account_with("yen", "JPY", 1_000, false).await;
+    let p = db.processor();
+    let mut other_kind = transfer("alice", "bob", 10);
+    other_kind.kind = "nope".into();
+    let mut unknown_cur = transfer("alice", "bob", 10);
+    unknown_cur.currency = "XYZ".into();
+    let cases = [
+        ("k", transfer("alice", "bob", 0), "invalid_amount"),
+        ("k", transfer("alice", "bob", -5), "invalid_amount"),
+        ("k", transfer("alice", "alice", 5), "same_account"),
+        ("k", transfer("alice", "b ob", 5), "invalid_id"),
+        ("k", transfer("alice", &"x".repeat(65), 5), "invalid_id"),
+        ("k", transfer("alice", "equity:EUR", 5), "invalid_id"),
+        ("k", transfer("alice", "carol", 5), "account_not_found"),
+        ("k", transfer("alice", "yen", 5), "currency_mismatch"),
+        ("k", unknown_cur, "unknown_currency"),
+        ("k", other_kind, "pipeline_not_found"),
+        ("", transfer("alice", "bob", 5), "invalid_idempotency_key"),
+    ];
+    let before = db.counts().await;
+    for (key, req, code) in cases {
+        let err = p.pay(DEFAULT_TENANT, key, &req).await.unwrap_err();
+        assert_eq!(err.code(), code, "{req:?}: {err}");
+        assert_eq!(db.counts().await, before, "{req:?} wrote something");
+    }
+    // the key was never consumed by the failures
+    let ok = p
+        .pay(DEFAULT_TENANT, "k", &transfer("alice", "bob", 5))
+        .await;
+    assert_eq!(ok.unwrap().response.status, PaymentStatus::Approved);
+}
+
+/// The bank test: random concurrent transfers among 10 accounts; money is
+/// conserved, nothing forbidden goes negative, the audit passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_random_transfers_conserve_money() {
+    let seed: u64 = std::env::var("PAYRAIL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("bank test seed={seed} (replay with PAYRAIL_TEST_SEED={seed})");
+    let db = TestDb::new().await;
+    db.samples().await;
+    let accounts: Vec<String> = (0..10).map(|i| format!("acct-{i}")).collect();
+    for a in &accounts {
+        db.account(a, 20_000).await;
+    }
+    let total_before: i64 = 10 * 20_000;
+    let p = db.processor();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8u64 {
+        let p = p.clone();
+        let accounts = accounts.clone();
+        tasks.spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ (t + 1));
+            let mut approved = 0;
+            for n in 0..40 {
+                let from = rng.random_range(0..accounts.len());
+                let to = (from + rng.random_range(1..accounts.len())) % accounts.len();
+                let amount = rng.random_range(1..8_000);
+                let key = format!("t{t}-{n}");
+                let req = transfer(&accounts[from], &accounts[to], amount);
+                let out = p.pay(DEFAULT_TENANT, &key, &req).await.expect("payment");
+                if out.response.status == PaymentStatus::Approved {
+                    approved += 1;
+                }
+                // every fifth payment is retried and must replay
+                if n % 5 == 0 {
+                    let again = p.pay(DEFAULT_TENANT, &key, &req).await.unwrap();
+                    assert!(again.replayed);
+                    assert_eq!(again.response, out.response);
+                }
+            }
+            approved
+        });
+    }
+    let approved: i32 = tasks.join_all().await.iter().sum();
+    let mut total_after = db.balance("fees").await;
+    for a in &accounts {
+        let b = db.balance(a).await;
+        assert!(b >= 0, "{a} went negative: {b}");
+        total_after += b;
+    }
+    assert_eq!(total_after, total_before, "money was created or destroyed");
+    let [payments, entries, ..] = db.counts().await;
+    assert_eq!(payments, 8 * 40);
+    assert_eq!(
+        entries,
+        i64::from(approved) * 4,
+        "4 entries per approved payment"
+    );
+    let violations = db.audit().await;
+    assert!(violations.is_empty(), "{violations:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_detects_a_balance_changed_behind_the_hosts_back() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("alice", 100_000).await;
+    db.account("bob", 0).await;
+    db.processor()
+        .pay(DEFAULT_TENANT, "k", &transfer("alice", "bob", 1_000))
+        .await
+        .unwrap();
+    assert!(db.audit().await.is_empty());
+    let c = db.pool.get().await.unwrap();
+    c.execute(
+        "update payrail.accounts set balance = balance + 1 where id = 'bob'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let violations = db.audit().await;
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(violations[0].check, "balance_equals_entries");
+}
