@@ -16,7 +16,7 @@ async fn migrate_twice_and_concurrently() {
         rand::random::<u32>()
     );
     db::create_database_if_missing(&admin, &name).await.unwrap();
-    let url = common::url_with_db(&admin, &name);
+    let url = db::url_with_database(&admin, &name);
     let pool = db::pool(&url, 8).unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..4 {

@@ -85,13 +85,10 @@ pub async fn run(ctx: &Context, args: &DemoArgs) -> Result<i32> {
         opening_balance,
         metadata: Default::default(),
     };
-    ledger::create_account(&mut client, DEFAULT_TENANT, &new(fee_account.clone(), 0)).await?;
-    let mut opening_total = 0i64;
-    for i in 0..args.accounts {
-        let opening = rng.random_range(5_000..500_000);
-        opening_total += opening;
-        ledger::create_account(&mut client, DEFAULT_TENANT, &new(customer(i), opening)).await?;
-    }
+    let mut accounts = vec![new(fee_account.clone(), 0)];
+    accounts.extend((0..args.accounts).map(|i| new(customer(i), rng.random_range(5_000..500_000))));
+    let opening_total: i64 = accounts.iter().map(|a| a.opening_balance).sum();
+    ledger::create_accounts(&mut client, DEFAULT_TENANT, &accounts).await?;
     drop(client);
     println!(
         "opened {} EUR accounts holding {} (minor units); pipeline {kind}: limits -> fee",

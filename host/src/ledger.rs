@@ -94,13 +94,10 @@ fn account_from_row(r: &tokio_postgres::Row) -> Account {
     }
 }
 
-/// Opens an account in its own transaction. A positive opening balance is
-/// a balanced entry pair against `equity:<CUR>`.
-pub async fn create_account(
-    client: &mut deadpool_postgres::Client,
-    tenant: &str,
-    new: &NewAccount,
-) -> Result<Account> {
+/// Most accounts one `create_accounts` call may open.
+pub const MAX_ACCOUNTS_PER_CALL: usize = 100_000;
+
+fn validate_new_account(new: &NewAccount) -> Result<()> {
     validate_id("account id", &new.id)?;
     if new.id.starts_with(EQUITY_PREFIX) {
         return Err(Error::invalid(
@@ -115,59 +112,116 @@ pub async fn create_account(
             "opening_balance must be zero or a positive integer in minor units",
         ));
     }
+    Ok(())
+}
+
+/// Opens one account; see [`create_accounts`].
+pub async fn create_account(
+    client: &mut deadpool_postgres::Client,
+    tenant: &str,
+    new: &NewAccount,
+) -> Result<Account> {
+    let mut created = create_accounts(client, tenant, std::slice::from_ref(new)).await?;
+    Ok(created.pop().expect("one account created"))
+}
+
+/// Opens accounts in one transaction (all or none). Positive opening
+/// balances are balanced entry pairs against `equity:<CUR>`, one ledger
+/// transaction per account. Cost: a fixed number of statements whatever
+/// the count, so opening 100k accounts takes seconds, not minutes.
+pub async fn create_accounts(
+    client: &mut deadpool_postgres::Client,
+    tenant: &str,
+    new: &[NewAccount],
+) -> Result<Vec<Account>> {
+    if new.len() > MAX_ACCOUNTS_PER_CALL {
+        return Err(Error::invalid(
+            "too_many_accounts",
+            format!("open at most {MAX_ACCOUNTS_PER_CALL} accounts per call"),
+        ));
+    }
+    for n in new {
+        validate_new_account(n)?;
+    }
     let tx = client.transaction().await?;
-    let equity = equity_account(&new.currency);
+    let mut currencies: Vec<&str> = new.iter().map(|n| n.currency.as_str()).collect();
+    currencies.sort_unstable();
+    currencies.dedup();
+    let equities: Vec<String> = currencies.iter().map(|c| equity_account(c)).collect();
     tx.execute(
         "insert into payrail.accounts (tenant, id, currency, allow_negative, is_equity)
-         values ($1, $2, $3, true, true) on conflict do nothing",
-        &[&tenant, &equity, &new.currency],
+         select $1, e, c, true, true from unnest($2::text[], $3::text[]) as t(e, c)
+         on conflict do nothing",
+        &[&tenant, &equities, &currencies],
     )
     .await?;
-    let metadata = serde_json::to_value(&new.metadata).expect("metadata serializes");
+    let ids: Vec<&str> = new.iter().map(|n| n.id.as_str()).collect();
+    let curs: Vec<&str> = new.iter().map(|n| n.currency.as_str()).collect();
+    let negs: Vec<bool> = new.iter().map(|n| n.allow_negative).collect();
+    let metas: Vec<serde_json::Value> = new
+        .iter()
+        .map(|n| serde_json::to_value(&n.metadata).expect("metadata serializes"))
+        .collect();
     let inserted = tx
-        .execute(
+        .query(
             "insert into payrail.accounts (tenant, id, currency, allow_negative, metadata)
-             values ($1, $2, $3, $4, $5) on conflict do nothing",
-            &[
-                &tenant,
-                &new.id,
-                &new.currency,
-                &new.allow_negative,
-                &metadata,
-            ],
+             select $1, i, c, n, m from unnest($2::text[], $3::text[], $4::bool[], $5::jsonb[]) as t(i, c, n, m)
+             on conflict do nothing returning id",
+            &[&tenant, &ids, &curs, &negs, &metas],
         )
         .await?;
-    if inserted == 0 {
+    if inserted.len() != new.len() {
+        let fresh: std::collections::HashSet<String> =
+            inserted.iter().map(|r| r.get(0)).collect();
+        let taken = new
+            .iter()
+            .find(|n| !fresh.contains(&n.id))
+            .map(|n| n.id.clone())
+            .unwrap_or_default();
         return Err(Error::AlreadyExists {
             what: "account",
-            id: new.id.clone(),
+            id: taken,
         });
     }
-    if new.opening_balance > 0 {
-        let postings = [
-            Posting {
-                account: equity,
-                amount: -new.opening_balance,
-                currency: new.currency.clone(),
-            },
-            Posting {
-                account: new.id.clone(),
-                amount: new.opening_balance,
-                currency: new.currency.clone(),
-            },
-        ];
-        let deltas = net_deltas(&postings).map_err(|m| Error::invalid("invalid_amount", m))?;
-        apply(&tx, tenant, Uuid::now_v7(), None, &postings, &deltas).await?;
+    let mut postings = Vec::new();
+    let mut txn_ids = Vec::new();
+    for n in new.iter().filter(|n| n.opening_balance > 0) {
+        let txn = Uuid::now_v7();
+        for (account, amount) in [
+            (equity_account(&n.currency), -n.opening_balance),
+            (n.id.clone(), n.opening_balance),
+        ] {
+            postings.push(Posting {
+                account,
+                amount,
+                currency: n.currency.clone(),
+            });
+            txn_ids.push(txn);
+        }
     }
-    let row = tx
-        .query_one(
+    if !postings.is_empty() {
+        let deltas = net_deltas(&postings).map_err(|m| Error::invalid("invalid_amount", m))?;
+        apply_entries(&tx, tenant, &txn_ids, None, &postings, &deltas).await?;
+    }
+    let rows = tx
+        .query(
             "select id, currency, balance, allow_negative, metadata from payrail.accounts
-             where tenant = $1 and id = $2",
-            &[&tenant, &new.id],
+             where tenant = $1 and id = any($2)",
+            &[&tenant, &ids],
         )
         .await?;
     tx.commit().await?;
-    Ok(account_from_row(&row))
+    let mut by_id: HashMap<String, Account> = rows
+        .iter()
+        .map(|r| {
+            let a = account_from_row(r);
+            (a.id.clone(), a)
+        })
+        .collect();
+    Ok(new
+        .iter()
+        .map(|n| by_id.remove(&n.id).expect("created account is readable"))
+        .collect())
 }
 
 /// Reads one account.
@@ -282,8 +336,7 @@ pub fn check_against(
     Ok(())
 }
 
-/// Writes balanced, checked postings: updates balances and appends entries
-/// (one statement each, whatever the number of postings).
+/// Writes the balanced, checked postings of one ledger transaction.
 pub async fn apply(
     tx: &impl GenericClient,
     tenant: &str,
@@ -293,6 +346,22 @@ pub async fn apply(
     deltas: &BTreeMap<String, i64>,
 ) -> Result<()> {
     debug_assert!(check_balanced(postings).is_ok(), "postings balanced");
+    let txn_ids = vec![txn_id; postings.len()];
+    apply_entries(tx, tenant, &txn_ids, payment_id, postings, deltas).await
+}
+
+/// Updates balances by `deltas` and appends one entry per posting (entry
+/// `i` belongs to ledger transaction `txn_ids[i]`): two statements whatever
+/// the number of postings.
+async fn apply_entries(
+    tx: &impl GenericClient,
+    tenant: &str,
+    txn_ids: &[Uuid],
+    payment_id: Option<Uuid>,
+    postings: &[Posting],
+    deltas: &BTreeMap<String, i64>,
+) -> Result<()> {
+    assert_eq!(txn_ids.len(), postings.len(), "one txn id per posting");
     let ids: Vec<&str> = deltas.keys().map(String::as_str).collect();
     let amounts: Vec<i64> = deltas.values().copied().collect();
     tx.execute(
@@ -307,8 +376,9 @@ pub async fn apply(
     let currencies: Vec<&str> = postings.iter().map(|p| p.currency.as_str()).collect();
     tx.execute(
         "insert into payrail.entries (tenant, txn_id, payment_id, account_id, amount, currency)
-         select $1, $2, $3, a, m, c from unnest($4::text[], $5::bigint[], $6::text[]) as t(a, m, c)",
-        &[&tenant, &txn_id, &payment_id, &accounts, &entry_amounts, &currencies],
+         select $1, x, $2, a, m, c
+         from unnest($3::uuid[], $4::text[], $5::bigint[], $6::text[]) as t(x, a, m, c)",
+        &[&tenant, &payment_id, &txn_ids, &accounts, &entry_amounts, &currencies],
     )
     .await?;
     Ok(())

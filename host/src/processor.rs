@@ -102,6 +102,10 @@ pub struct Processor {
     pool: Pool,
     engine: Arc<PluginEngine>,
     settings: ProcessorSettings,
+    /// One permit per pooled instance slot: a pipeline holds one while its
+    /// steps run, so the pooling allocator is never asked for more
+    /// instances than it has (that would surface as a bogus plugin trap).
+    pipeline_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Payment id: derived from (tenant, idempotency key), so every retry of a
@@ -213,10 +217,12 @@ impl Processor {
     /// A processor over `pool` running plugins in `engine`.
     pub fn new(pool: Pool, engine: Arc<PluginEngine>, settings: ProcessorSettings) -> Self {
         assert!(settings.max_attempts >= 1, "at least one attempt");
+        let slots = engine.config().max_concurrent_instances as usize;
         Processor {
             pool,
             engine,
             settings,
+            pipeline_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
         }
     }
 
@@ -365,7 +371,14 @@ impl Processor {
         let run_pipeline = pipeline.clone();
         let run_payment = payment.clone();
         let now = now_ms();
+        let slot = self
+            .pipeline_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("pipeline semaphore is never closed");
         let run = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             run_steps(
                 &engine,
                 &run_pipeline,

@@ -52,20 +52,6 @@ pub async fn admin_url() -> String {
     }
 }
 
-/// Replaces the database name of a postgres URL.
-pub fn url_with_db(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map(|i| scheme_end + i)
-        .unwrap_or(base.len());
-    format!("{}/{name}{query}", &base[..host_end])
-}
-
 impl TestDb {
     /// Creates and migrates a fresh database.
     pub async fn new() -> TestDb {
@@ -76,7 +62,7 @@ impl TestDb {
         db::create_database_if_missing(&admin_url, &name)
             .await
             .expect("create test database");
-        let url = url_with_db(&admin_url, &name);
+        let url = db::url_with_database(&admin_url, &name);
         let pool = db::pool(&url, 24).expect("pool");
         let mut c = pool.get().await.expect("connect");
         db::migrate::migrate(&mut c).await.expect("migrate");

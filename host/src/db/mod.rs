@@ -89,3 +89,31 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool> {
         .build()
         .map_err(|e| Error::Setup(format!("cannot build the connection pool: {e}")))
 }
+
+/// The same server URL with another database name (query parameters kept).
+pub fn url_with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
+    format!("{}/{name}{query}", &base[..host_end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_with_database;
+
+    #[test]
+    fn replaces_only_the_database_name() {
+        assert_eq!(
+            url_with_database("postgres://u@h:5/db?sslmode=disable", "x"),
+            "postgres://u@h:5/x?sslmode=disable"
+        );
+        assert_eq!(url_with_database("postgres://u@h:5", "x"), "postgres://u@h:5/x");
+    }
+}
