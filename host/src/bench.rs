@@ -162,7 +162,11 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
             })
             .collect(),
     );
-    let processor = Processor::new(pool.clone(), ctx.engine.clone(), ProcessorSettings::default());
+    let processor = Processor::new(
+        pool.clone(),
+        ctx.engine.clone(),
+        ProcessorSettings::default(),
+    );
     let result = drive(&processor, work, args.concurrency).await;
     println!(
         "payrail  workload=hot_fee clients={} tps={:.0} p50={:.2}ms p99={:.2}ms p99.9={:.2}ms approved={} declined={} errors={}",
@@ -192,10 +196,7 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         run_baseline(args, &admin_url)?
     };
     if let Some(b) = baseline.hot_fee_tps {
-        println!(
-            "ratio    payrail/baseline hot_fee = {:.2}x",
-            result.tps / b
-        );
+        println!("ratio    payrail/baseline hot_fee = {:.2}x", result.tps / b);
     }
     if let Some(b) = baseline.uniform_tps {
         println!(
@@ -275,7 +276,11 @@ fn run_baseline(args: &BenchArgs, admin_url: &str) -> Result<BaselineResult> {
             "baseline script not found: pass --baseline PATH/run.sh or --skip-baseline".into(),
         )
     })?;
-    println!("baseline {} ({} s per workload)", script.display(), args.baseline_secs);
+    println!(
+        "baseline {} ({} s per workload)",
+        script.display(),
+        args.baseline_secs
+    );
     let out = std::process::Command::new("bash")
         .arg(&script)
         .arg(admin_url)

@@ -171,8 +171,7 @@ pub async fn create_accounts(
         )
         .await?;
     if inserted.len() != new.len() {
-        let fresh: std::collections::HashSet<String> =
-            inserted.iter().map(|r| r.get(0)).collect();
+        let fresh: std::collections::HashSet<String> = inserted.iter().map(|r| r.get(0)).collect();
         let taken = new
             .iter()
             .find(|n| !fresh.contains(&n.id))
@@ -200,7 +199,12 @@ pub async fn create_accounts(
         }
     }
     if !postings.is_empty() {
-        let deltas = net_deltas(&postings).map_err(|m| Error::invalid("invalid_amount", m))?;
+        let deltas = net_deltas(&postings).map_err(|_| {
+            Error::invalid(
+                "invalid_amount",
+                "opening balances overflow a 64-bit amount",
+            )
+        })?;
         apply_entries(&tx, tenant, &txn_ids, None, &postings, &deltas).await?;
     }
     let rows = tx
@@ -280,13 +284,16 @@ pub fn check_balanced(postings: &[Posting]) -> Result<(), String> {
 }
 
 /// Net change per account, with checked i64 arithmetic.
-pub fn net_deltas(postings: &[Posting]) -> Result<BTreeMap<String, i64>, String> {
+pub fn net_deltas(postings: &[Posting]) -> Result<BTreeMap<String, i64>, ApplyProblem> {
     let mut deltas: BTreeMap<String, i64> = BTreeMap::new();
     for p in postings {
         let d = deltas.entry(p.account.clone()).or_default();
         *d = d
             .checked_add(p.amount)
-            .ok_or_else(|| format!("postings to {:?} overflow a 64-bit amount", p.account))?;
+            .ok_or_else(|| ApplyProblem::Invalid {
+                account: p.account.clone(),
+                message: format!("postings to {:?} overflow a 64-bit amount", p.account),
+            })?;
     }
     Ok(deltas)
 }
@@ -294,8 +301,9 @@ pub fn net_deltas(postings: &[Posting]) -> Result<BTreeMap<String, i64>, String>
 /// Why a set of postings cannot be applied to the locked accounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyProblem {
-    /// The proposer made a mistake (unknown account, wrong currency, overflow).
-    Invalid(String),
+    /// The proposer made a mistake (unknown account, wrong currency,
+    /// overflow) in a posting to `account`.
+    Invalid { account: String, message: String },
     /// The account may not go negative and would: a business decline.
     InsufficientFunds { account: String },
 }
@@ -310,23 +318,30 @@ pub fn check_against(
 ) -> Result<(), ApplyProblem> {
     for p in postings {
         let Some(a) = accounts.get(&p.account) else {
-            return Err(ApplyProblem::Invalid(format!(
-                "posting to unknown account {:?}",
-                p.account
-            )));
+            return Err(ApplyProblem::Invalid {
+                account: p.account.clone(),
+                message: format!("posting to unknown account {:?}", p.account),
+            });
         };
         if a.currency != p.currency {
-            return Err(ApplyProblem::Invalid(format!(
-                "posting in {} to account {:?} held in {}",
-                p.currency, p.account, a.currency
-            )));
+            return Err(ApplyProblem::Invalid {
+                account: p.account.clone(),
+                message: format!(
+                    "posting in {} to account {:?} held in {}",
+                    p.currency, p.account, a.currency
+                ),
+            });
         }
     }
     for (id, delta) in deltas {
         let a = &accounts[id];
-        let after = a.balance.checked_add(*delta).ok_or_else(|| {
-            ApplyProblem::Invalid(format!("balance of {id:?} would overflow a 64-bit amount"))
-        })?;
+        let after = a
+            .balance
+            .checked_add(*delta)
+            .ok_or_else(|| ApplyProblem::Invalid {
+                account: id.clone(),
+                message: format!("balance of {id:?} would overflow a 64-bit amount"),
+            })?;
         if after < 0 && *delta < 0 && !a.allow_negative {
             return Err(ApplyProblem::InsufficientFunds {
                 account: id.clone(),
@@ -378,7 +393,14 @@ async fn apply_entries(
         "insert into payrail.entries (tenant, txn_id, payment_id, account_id, amount, currency)
          select $1, x, $2, a, m, c
          from unnest($3::uuid[], $4::text[], $5::bigint[], $6::text[]) as t(x, a, m, c)",
-        &[&tenant, &payment_id, &txn_ids, &accounts, &entry_amounts, &currencies],
+        &[
+            &tenant,
+            &payment_id,
+            &txn_ids,
+            &accounts,
+            &entry_amounts,
+            &currencies,
+        ],
     )
     .await?;
     Ok(())
@@ -440,7 +462,7 @@ mod tests {
         let unknown = [p("zz", 1)];
         assert!(matches!(
             check_against(&accounts, &unknown, &net_deltas(&unknown).unwrap()),
-            Err(ApplyProblem::Invalid(_))
+            Err(ApplyProblem::Invalid { .. })
         ));
     }
 }

@@ -90,8 +90,9 @@ struct CallRecord {
 struct PipelineRun {
     calls: Vec<CallRecord>,
     decline: Option<DeclineReason>,
-    /// Plugin postings, per step (each already balanced).
-    postings: Vec<Posting>,
+    /// Plugin postings with the step that proposed them (each step's set
+    /// already balanced).
+    postings: Vec<(usize, Posting)>,
     events: Vec<(usize, PluginEvent)>,
     annotations: Metadata,
 }
@@ -406,11 +407,11 @@ impl Processor {
                 amount: req.amount,
                 currency: req.currency.clone(),
             });
-            postings.extend(run.postings.iter().cloned());
+            postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
             let mut extra: Vec<String> = run
                 .postings
                 .iter()
-                .map(|p| p.account.clone())
+                .map(|(_, p)| p.account.clone())
                 .filter(|a| !accounts.contains_key(a))
                 .collect();
             extra.sort();
@@ -418,20 +419,31 @@ impl Processor {
             if !extra.is_empty() {
                 accounts.extend(ledger::lock_rows(&tx, tenant, &extra).await?);
             }
-            let plugin_fault = |message: String| {
-                let last = pipeline.steps.len().saturating_sub(1);
-                let step = &pipeline.steps[last];
-                Error::Plugin {
-                    step: last,
-                    plugin: step.plugin.clone(),
-                    digest: step.digest.clone(),
-                    fault: PluginFault::InvalidOutput(message),
+            // A bad posting is the fault of the first step that proposed a
+            // posting to that account.
+            let plugin_fault = |problem: ApplyProblem| match problem {
+                ApplyProblem::Invalid { account, message } => {
+                    let proposer = run.postings.iter().find(|(_, p)| p.account == account);
+                    match proposer {
+                        Some((i, _)) => Error::Plugin {
+                            step: *i,
+                            plugin: pipeline.steps[*i].plugin.clone(),
+                            digest: pipeline.steps[*i].digest.clone(),
+                            fault: PluginFault::InvalidOutput(message),
+                        },
+                        // only the payment's own postings touch it: e.g. a
+                        // balance that would overflow i64
+                        None => Error::invalid("amount_overflow", message),
+                    }
                 }
+                ApplyProblem::InsufficientFunds { .. } => unreachable!("handled as a decline"),
             };
-            let deltas = ledger::net_deltas(&postings).map_err(plugin_fault)?;
-            match ledger::check_against(&accounts, &postings, &deltas) {
-                Ok(()) => deltas_to_apply = Some(deltas),
-                Err(ApplyProblem::Invalid(m)) => return Err(plugin_fault(m)),
+            let checked = ledger::net_deltas(&postings).and_then(|deltas| {
+                ledger::check_against(&accounts, &postings, &deltas).map(|()| deltas)
+            });
+            match checked {
+                Ok(deltas) => deltas_to_apply = Some(deltas),
+                Err(problem @ ApplyProblem::Invalid { .. }) => return Err(plugin_fault(problem)),
                 Err(ApplyProblem::InsufficientFunds { account }) => {
                     postings.clear();
                     decline = Some(DeclineReason {
@@ -571,7 +583,7 @@ fn run_steps(
                     ))));
                 }
             }
-            run.postings.extend(postings.iter().cloned());
+            run.postings.extend(postings.iter().map(|p| (i, p.clone())));
             run.events.extend(events.iter().cloned().map(|e| (i, e)));
             for (k, v) in annotations {
                 run.annotations.insert(k.clone(), v.clone());

@@ -114,6 +114,9 @@ mod tests {
             url_with_database("postgres://u@h:5/db?sslmode=disable", "x"),
             "postgres://u@h:5/x?sslmode=disable"
         );
-        assert_eq!(url_with_database("postgres://u@h:5", "x"), "postgres://u@h:5/x");
+        assert_eq!(
+            url_with_database("postgres://u@h:5", "x"),
+            "postgres://u@h:5/x"
+        );
     }
 }
