@@ -65,7 +65,6 @@ pub struct HostileConfig {
     pub mode: Mode,
 }
 
-#[inline(never)]
 /// Recursion that keeps its state in wasm locals only (no address-taken
 /// locals, so nothing on Rust's linear-memory shadow stack): it exhausts the
 /// host's wasm stack cap, which is what this mode tests.
