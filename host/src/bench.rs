@@ -99,10 +99,14 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
     );
     let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
+    // Two statements: DROP/CREATE DATABASE refuse to run in one batch.
     client
         .batch_execute(&format!(
-            "drop database if exists {BENCH_DATABASE} with (force); create database {BENCH_DATABASE}"
+            "drop database if exists {BENCH_DATABASE} with (force)"
         ))
+        .await?;
+    client
+        .batch_execute(&format!("create database {BENCH_DATABASE}"))
         .await?;
     drop(client);
     let url = db::url_with_database(&ctx.url, BENCH_DATABASE);
