@@ -47,7 +47,9 @@ create table payrail.entries (
     id         bigserial   primary key,
     tenant     text        not null,
     txn_id     uuid        not null,
-    payment_id uuid        references payrail.payments (id),
+    -- deferred: the payment row and its entries are written in one
+    -- pipelined flight whose statement order is not guaranteed
+    payment_id uuid        references payrail.payments (id) deferrable initially deferred,
     account_id text        not null,
     amount     bigint      not null check (amount <> 0),
     currency   text        not null,

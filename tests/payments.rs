@@ -124,11 +124,23 @@ async fn concurrent_duplicates_take_effect_exactly_once() {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..16 {
         let (p, req) = (p.clone(), req.clone());
-        tasks.spawn(async move { p.pay(DEFAULT_TENANT, "dup", &req).await.unwrap() });
+        tasks.spawn(async move { p.pay(DEFAULT_TENANT, "dup", &req).await });
     }
-    let outs: Vec<_> = tasks.join_all().await;
+    let results: Vec<_> = tasks.join_all().await;
+    // A duplicate either replays the finished payment or is told the first
+    // attempt is still in progress; never a second effect.
+    let mut outs = Vec::new();
+    for r in results {
+        match r {
+            Ok(o) => outs.push(o),
+            Err(e) => assert_eq!(e.code(), "idempotency_key_in_progress", "{e}"),
+        }
+    }
     assert_eq!(outs.iter().filter(|o| !o.replayed).count(), 1);
     assert!(outs.iter().all(|o| o.response == outs[0].response));
+    let replay = p.pay(DEFAULT_TENANT, "dup", &req).await.unwrap();
+    assert!(replay.replayed);
+    assert_eq!(replay.response, outs[0].response);
     let [payments, entries, _, keys, _] = db.counts().await;
     assert_eq!((payments, entries, keys), (1, 4, 1));
     assert_eq!(db.balance("bob").await, 2_000);

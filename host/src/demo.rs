@@ -5,7 +5,7 @@
 
 use crate::audit;
 use crate::cli::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ledger::{self, NewAccount};
 use crate::model::{DEFAULT_TENANT, PaymentRequest, PaymentStatus};
 use crate::registry::{self, StepSpec};
@@ -39,6 +39,9 @@ pub struct DemoArgs {
     #[arg(long)]
     pub seed: Option<u64>,
 }
+
+/// Retries of a submission that found its key in progress.
+const CLIENT_RETRIES: u64 = 50;
 
 /// One submission: a payment's key and request (retries repeat both).
 #[derive(Clone)]
@@ -134,7 +137,16 @@ pub async fn run(ctx: &Context, args: &DemoArgs) -> Result<i32> {
         let processor = processor.clone();
         let bar = bar.clone();
         tasks.spawn(async move {
-            let out = processor.pay(DEFAULT_TENANT, &job.key, &job.req).await;
+            // Like a real client: a duplicate that finds its first attempt
+            // still in progress retries shortly after (bounded).
+            let mut out = processor.pay(DEFAULT_TENANT, &job.key, &job.req).await;
+            for attempt in 1..=CLIENT_RETRIES {
+                if !matches!(out, Err(Error::InProgress { .. })) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+                out = processor.pay(DEFAULT_TENANT, &job.key, &job.req).await;
+            }
             drop(permit);
             bar.inc(1);
             out

@@ -244,27 +244,42 @@ pub async fn get_account(client: &impl GenericClient, tenant: &str, id: &str) ->
     Ok(account_from_row(&row))
 }
 
-/// Row-locks (`FOR UPDATE`, in id order) and reads the given accounts.
-/// Missing accounts are simply absent from the map.
+const ACCOUNTS_SQL: &str = "select id, currency, balance, allow_negative, metadata
+     from payrail.accounts where tenant = $1 and id = any($2)";
+
+/// Row-locks (`FOR NO KEY UPDATE`, in id order: the lock a balance update
+/// needs, which does not block foreign-key checks of concurrent entry
+/// inserts) and reads the given accounts. Missing accounts are absent.
 pub async fn lock_rows(
     tx: &impl GenericClient,
     tenant: &str,
     ids: &[String],
 ) -> Result<HashMap<String, Account>> {
-    let rows = tx
-        .query(
-            "select id, currency, balance, allow_negative, metadata from payrail.accounts
-             where tenant = $1 and id = any($2) order by id for update",
-            &[&tenant, &ids],
-        )
+    let stmt = tx
+        .prepare_cached(&format!("{ACCOUNTS_SQL} order by id for no key update"))
         .await?;
-    Ok(rows
-        .iter()
+    Ok(accounts_by_id(&tx.query(&stmt, &[&tenant, &ids]).await?))
+}
+
+/// Reads accounts without locking them (for facts that never change:
+/// existence and currency). Missing accounts are absent.
+pub async fn read_accounts(
+    client: &impl GenericClient,
+    tenant: &str,
+    ids: &[String],
+) -> Result<HashMap<String, Account>> {
+    let stmt = client.prepare_cached(ACCOUNTS_SQL).await?;
+    Ok(accounts_by_id(&client.query(&stmt, &[&tenant, &ids]).await?))
+}
+
+/// Rows of `ACCOUNTS_SQL` keyed by account id.
+pub fn accounts_by_id(rows: &[tokio_postgres::Row]) -> HashMap<String, Account> {
+    rows.iter()
         .map(|r| {
             let a = account_from_row(r);
             (a.id.clone(), a)
         })
-        .collect())
+        .collect()
 }
 
 /// Checks that `postings` sum to zero per currency, with no zero amounts.
@@ -351,20 +366,6 @@ pub fn check_against(
     Ok(())
 }
 
-/// Writes the balanced, checked postings of one ledger transaction.
-pub async fn apply(
-    tx: &impl GenericClient,
-    tenant: &str,
-    txn_id: Uuid,
-    payment_id: Option<Uuid>,
-    postings: &[Posting],
-    deltas: &BTreeMap<String, i64>,
-) -> Result<()> {
-    debug_assert!(check_balanced(postings).is_ok(), "postings balanced");
-    let txn_ids = vec![txn_id; postings.len()];
-    apply_entries(tx, tenant, &txn_ids, payment_id, postings, deltas).await
-}
-
 /// Updates balances by `deltas` and appends one entry per posting (entry
 /// `i` belongs to ledger transaction `txn_ids[i]`): two statements whatever
 /// the number of postings.
@@ -376,33 +377,57 @@ async fn apply_entries(
     postings: &[Posting],
     deltas: &BTreeMap<String, i64>,
 ) -> Result<()> {
+    append_entries(tx, tenant, txn_ids, payment_id, postings).await?;
+    add_to_balances(tx, tenant, deltas).await
+}
+
+/// Appends one entry per posting (entry `i` in ledger transaction
+/// `txn_ids[i]`), one statement. Callers check balance first.
+pub async fn append_entries(
+    tx: &impl GenericClient,
+    tenant: &str,
+    txn_ids: &[Uuid],
+    payment_id: Option<Uuid>,
+    postings: &[Posting],
+) -> Result<()> {
     assert_eq!(txn_ids.len(), postings.len(), "one txn id per posting");
+    let accounts: Vec<&str> = postings.iter().map(|p| p.account.as_str()).collect();
+    let amounts: Vec<i64> = postings.iter().map(|p| p.amount).collect();
+    let currencies: Vec<&str> = postings.iter().map(|p| p.currency.as_str()).collect();
+    let stmt = tx
+        .prepare_cached(
+            "insert into payrail.entries (tenant, txn_id, payment_id, account_id, amount, currency)
+             select $1, x, $2, a, m, c
+             from unnest($3::uuid[], $4::text[], $5::bigint[], $6::text[]) as t(x, a, m, c)",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[&tenant, &payment_id, &txn_ids, &accounts, &amounts, &currencies],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Adds `deltas` to balances, one statement. Rows not locked before are
+/// locked here; the table's check constraint is the last line of defence
+/// against a forbidden negative balance.
+pub async fn add_to_balances(
+    tx: &impl GenericClient,
+    tenant: &str,
+    deltas: &BTreeMap<String, i64>,
+) -> Result<()> {
     let ids: Vec<&str> = deltas.keys().map(String::as_str).collect();
     let amounts: Vec<i64> = deltas.values().copied().collect();
-    tx.execute(
-        "update payrail.accounts a set balance = a.balance + d.delta
-         from unnest($2::text[], $3::bigint[]) as d(id, delta)
-         where a.tenant = $1 and a.id = d.id",
-        &[&tenant, &ids, &amounts],
-    )
-    .await?;
-    let accounts: Vec<&str> = postings.iter().map(|p| p.account.as_str()).collect();
-    let entry_amounts: Vec<i64> = postings.iter().map(|p| p.amount).collect();
-    let currencies: Vec<&str> = postings.iter().map(|p| p.currency.as_str()).collect();
-    tx.execute(
-        "insert into payrail.entries (tenant, txn_id, payment_id, account_id, amount, currency)
-         select $1, x, $2, a, m, c
-         from unnest($3::uuid[], $4::text[], $5::bigint[], $6::text[]) as t(x, a, m, c)",
-        &[
-            &tenant,
-            &payment_id,
-            &txn_ids,
-            &accounts,
-            &entry_amounts,
-            &currencies,
-        ],
-    )
-    .await?;
+    let stmt = tx
+        .prepare_cached(
+            "update payrail.accounts a set balance = a.balance + d.delta
+             from unnest($2::text[], $3::bigint[]) as d(id, delta)
+             where a.tenant = $1 and a.id = d.id",
+        )
+        .await?;
+    let updated = tx.execute(&stmt, &[&tenant, &ids, &amounts]).await?;
+    assert_eq!(updated as usize, ids.len(), "every posted account exists");
     Ok(())
 }
 

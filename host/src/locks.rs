@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 const ACCOUNT_NAMESPACE: &[u8] = b"payrail/account-lock/v1\0";
 const MIGRATE_NAMESPACE: &[u8] = b"payrail/migrate/v1";
+const IDEMPOTENCY_NAMESPACE: &[u8] = b"payrail/idempotency-key/v1\0";
 
 fn key_of(parts: &[&[u8]]) -> i64 {
     let mut h = Sha256::new();
@@ -30,6 +31,13 @@ pub fn account_key(tenant: &str, account: &str) -> i64 {
         b"\0",
         account.as_bytes(),
     ])
+}
+
+/// Key held (transaction-scoped, try-lock) while a request with this
+/// idempotency key is in progress: a concurrent duplicate sees it taken and
+/// answers "in progress" instead of queueing behind it.
+pub fn idempotency_key(tenant: &str, key: &str) -> i64 {
+    key_of(&[IDEMPOTENCY_NAMESPACE, tenant.as_bytes(), b"\0", key.as_bytes()])
 }
 
 /// Session-level key `payrail migrate` holds while it applies migrations.
@@ -55,11 +63,10 @@ pub async fn lock_all(
     sorted_keys: &[i64],
 ) -> Result<(), tokio_postgres::Error> {
     debug_assert!(sorted_keys.windows(2).all(|w| w[0] < w[1]), "keys sorted");
-    tx.execute(
-        "select pg_advisory_xact_lock(k) from unnest($1::bigint[]) as t(k)",
-        &[&sorted_keys],
-    )
-    .await?;
+    let stmt = tx
+        .prepare_cached("select pg_advisory_xact_lock(k) from unnest($1::bigint[]) as t(k)")
+        .await?;
+    tx.execute(&stmt, &[&sorted_keys]).await?;
     Ok(())
 }
 

@@ -26,6 +26,7 @@ use crate::model::{
 };
 use crate::registry::{self, Pipeline};
 use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_postgres::error::SqlState;
@@ -261,73 +262,53 @@ impl Processor {
 
     async fn pay_once(&self, tenant: &str, key: &str, req: &PaymentRequest) -> Result<PayOutcome> {
         let mut client = self.pool.get().await?;
-        let pipeline = registry::load_pipeline(&client, tenant, &req.kind).await?;
-        registry::ensure_loaded(&client, &self.engine, &pipeline).await?;
-
         let tx = client.transaction().await?;
-        tx.batch_execute(&format!(
-            "set local lock_timeout = '{}ms'; set local statement_timeout = '{}ms'",
-            self.settings.lock_timeout_ms, self.settings.statement_timeout_ms
-        ))
-        .await?;
-
-        // 2. Claim the key.
         let id = payment_id(tenant, key);
         let print = fingerprint(req);
-        let claimed = tx
-            .execute(
-                "insert into payrail.idempotency_keys
-                   (tenant, key, fingerprint, state, payment_id, expires_at)
-                 values ($1, $2, $3, 'pending', $4, now() + make_interval(secs => $5))
-                 on conflict do nothing",
-                &[
-                    &tenant,
-                    &key,
-                    &print,
-                    &id,
-                    &(self.settings.key_ttl_secs as f64),
-                ],
-            )
-            .await?
-            == 1;
-        if !claimed {
-            let row = tx
-                .query_one(
-                    "select fingerprint, state, response from payrail.idempotency_keys
-                     where tenant = $1 and key = $2",
-                    &[&tenant, &key],
+        let parties = [req.source.clone(), req.destination.clone()];
+        let party_keys = locks::sorted_keys(tenant, parties.iter().map(String::as_str));
+
+        // 1-4 in one pipelined flight: timeouts + key claim (one statement),
+        // party locks, party snapshots (row-locked), the pipeline. The
+        // server runs them in order; nothing waits for a round trip between.
+        let claim = tx.prepare_cached(CLAIM_SQL).await?;
+        let lock_ms = format!("{}ms", self.settings.lock_timeout_ms);
+        let statement_ms = format!("{}ms", self.settings.statement_timeout_ms);
+        let ttl_secs = self.settings.key_ttl_secs as f64;
+        let key_lock = locks::idempotency_key(tenant, key);
+        let (claim_row, (), mut accounts, pipeline) = futures::try_join!(
+            async {
+                Ok::<_, Error>(
+                    tx.query_one(
+                        &claim,
+                        &[
+                            &tenant,
+                            &key,
+                            &print,
+                            &id,
+                            &ttl_secs,
+                            &lock_ms,
+                            &statement_ms,
+                            &key_lock,
+                        ],
+                    )
+                    .await?,
                 )
-                .await?;
-            let stored_print: String = row.get(0);
-            let state: String = row.get(1);
-            if stored_print != print {
-                return Err(Error::IdempotencyConflict {
-                    key: key.to_string(),
-                });
-            }
-            if state != "done" {
-                return Err(Error::InProgress {
-                    key: key.to_string(),
-                });
-            }
-            let response: serde_json::Value = row.get(2);
-            let response: PaymentResponse = serde_json::from_value(response)
-                .map_err(|e| Error::Setup(format!("stored response unreadable: {e}")))?;
-            tx.rollback().await?;
-            return Ok(PayOutcome {
-                response,
-                replayed: true,
+            },
+            async { Ok(locks::lock_all(&tx, &party_keys).await?) },
+            ledger::lock_rows(&tx, tenant, &parties),
+            registry::load_pipeline(&tx, tenant, &req.kind),
+        )?;
+        let key_free: bool = claim_row.get(0);
+        let claimed: i64 = claim_row.get(1);
+        if !key_free {
+            return Err(Error::InProgress {
+                key: key.to_string(),
             });
         }
-
-        // 3. Lock source and destination, 4. read them.
-        let parties = [req.source.clone(), req.destination.clone()];
-        locks::lock_all(
-            &tx,
-            &locks::sorted_keys(tenant, parties.iter().map(String::as_str)),
-        )
-        .await?;
-        let mut accounts = ledger::lock_rows(&tx, tenant, &parties).await?;
+        if claimed == 0 {
+            return self.replay(tx, tenant, key, &print).await;
+        }
         for party in &parties {
             let a = accounts.get(party).ok_or_else(|| Error::NotFound {
                 what: "account",
@@ -343,6 +324,7 @@ impl Processor {
                 ));
             }
         }
+        registry::ensure_loaded(&tx, &self.engine, &pipeline).await?;
         let payment = Payment {
             id: id.to_string(),
             kind: req.kind.clone(),
@@ -380,22 +362,19 @@ impl Processor {
             .expect("pipeline semaphore is never closed");
         let run = tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            run_steps(
-                &engine,
-                &run_pipeline,
-                &run_payment,
-                snapshots,
-                now,
-                &limits,
-            )
+            run_steps(&engine, &run_pipeline, &run_payment, snapshots, now, &limits)
         })
         .await
         .expect("pipeline task")?;
 
-        // 6. Validate and apply postings.
+        // 6. Validate the postings. Accounts only plugins name (a fee
+        // account) are read without a lock when they are only credited: a
+        // credit cannot overdraw, so their row lock is taken by the balance
+        // update at the very end, just before commit (hot accounts stay
+        // locked for one statement). Debited ones are locked now.
         let mut decline = run.decline.clone();
         let mut postings = Vec::new();
-        let mut deltas_to_apply = None;
+        let mut deltas = BTreeMap::new();
         if decline.is_none() {
             postings.push(Posting {
                 account: req.source.clone(),
@@ -408,42 +387,14 @@ impl Processor {
                 currency: req.currency.clone(),
             });
             postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
-            let mut extra: Vec<String> = run
-                .postings
-                .iter()
-                .map(|(_, p)| p.account.clone())
-                .filter(|a| !accounts.contains_key(a))
-                .collect();
-            extra.sort();
-            extra.dedup();
-            if !extra.is_empty() {
-                accounts.extend(ledger::lock_rows(&tx, tenant, &extra).await?);
-            }
-            // A bad posting is the fault of the first step that proposed a
-            // posting to that account.
-            let plugin_fault = |problem: ApplyProblem| match problem {
-                ApplyProblem::Invalid { account, message } => {
-                    let proposer = run.postings.iter().find(|(_, p)| p.account == account);
-                    match proposer {
-                        Some((i, _)) => Error::Plugin {
-                            step: *i,
-                            plugin: pipeline.steps[*i].plugin.clone(),
-                            digest: pipeline.steps[*i].digest.clone(),
-                            fault: PluginFault::InvalidOutput(message),
-                        },
-                        // only the payment's own postings touch it: e.g. a
-                        // balance that would overflow i64
-                        None => Error::invalid("amount_overflow", message),
-                    }
-                }
-                ApplyProblem::InsufficientFunds { .. } => unreachable!("handled as a decline"),
-            };
-            let checked = ledger::net_deltas(&postings).and_then(|deltas| {
-                ledger::check_against(&accounts, &postings, &deltas).map(|()| deltas)
-            });
+            let checked = self
+                .check_postings(&tx, tenant, &mut accounts, &postings)
+                .await?;
             match checked {
-                Ok(deltas) => deltas_to_apply = Some(deltas),
-                Err(problem @ ApplyProblem::Invalid { .. }) => return Err(plugin_fault(problem)),
+                Ok(d) => deltas = d,
+                Err(problem @ ApplyProblem::Invalid { .. }) => {
+                    return Err(plugin_fault(&pipeline, &run, problem));
+                }
                 Err(ApplyProblem::InsufficientFunds { account }) => {
                     postings.clear();
                     decline = Some(DeclineReason {
@@ -454,7 +405,7 @@ impl Processor {
             }
         }
 
-        // 7. Record the payment, journal, events and response; commit.
+        // 7. Record everything in one pipelined flight, balances last; commit.
         let status = if decline.is_some() {
             PaymentStatus::Declined
         } else {
@@ -477,46 +428,25 @@ impl Processor {
             },
         };
         let response_json = serde_json::to_value(&response).expect("response serializes");
-        let pipeline_json = serde_json::json!({
-            "version": pipeline.version,
-            "digests": pipeline.steps.iter().map(|s| s.digest.as_str()).collect::<Vec<_>>(),
-        });
-        let metadata = serde_json::to_value(&req.metadata).expect("metadata serializes");
-        let annotations = serde_json::to_value(&response.annotations).expect("annotations");
-        tx.execute(
-            "insert into payrail.payments (id, tenant, idempotency_key, kind, source, destination,
-               amount, currency, metadata, status, decline_code, decline_message, annotations, pipeline)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-            &[
-                &id,
-                &tenant,
-                &key,
-                &req.kind,
-                &req.source,
-                &req.destination,
-                &req.amount,
-                &req.currency,
-                &metadata,
-                &status.as_str(),
-                &decline.as_ref().map(|d| d.code.as_str()),
-                &decline.as_ref().map(|d| d.message.as_str()),
-                &annotations,
-                &pipeline_json,
-            ],
-        )
-        .await?;
-        // Entries reference the payment row, so they follow it.
-        if let Some(deltas) = &deltas_to_apply {
-            ledger::apply(&tx, tenant, id, Some(id), &response.postings, deltas).await?;
-        }
-        write_journal(&tx, id, &run.calls).await?;
-        write_events(&tx, tenant, id, &response, &response_json, &run.events).await?;
-        tx.execute(
-            "update payrail.idempotency_keys set state = 'done', status_code = 201, response = $3
-             where tenant = $1 and key = $2",
-            &[&tenant, &key, &response_json],
-        )
-        .await?;
+        let txn_ids = vec![id; response.postings.len()];
+        futures::try_join!(
+            write_payment(&tx, tenant, key, id, req, &response, &pipeline),
+            async {
+                if response.postings.is_empty() {
+                    return Ok(());
+                }
+                ledger::append_entries(&tx, tenant, &txn_ids, Some(id), &response.postings).await
+            },
+            write_journal(&tx, id, &run.calls),
+            write_events(&tx, tenant, id, &response, &response_json, &run.events),
+            finish_key(&tx, tenant, key, &response_json),
+            async {
+                if deltas.is_empty() {
+                    return Ok(());
+                }
+                ledger::add_to_balances(&tx, tenant, &deltas).await
+            },
+        )?;
         tx.commit().await?;
         tracing::debug!(payment = %id, status = status.as_str(), "payment committed");
         Ok(PayOutcome {
@@ -524,6 +454,178 @@ impl Processor {
             replayed: false,
         })
     }
+
+    /// The key is taken by a finished request: the stored response if the
+    /// request is the same, a conflict otherwise. Writes nothing.
+    async fn replay(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        tenant: &str,
+        key: &str,
+        print: &str,
+    ) -> Result<PayOutcome> {
+        let row = tx
+            .query_one(
+                "select fingerprint, state, response from payrail.idempotency_keys
+                 where tenant = $1 and key = $2",
+                &[&tenant, &key],
+            )
+            .await?;
+        let stored_print: String = row.get(0);
+        let state: String = row.get(1);
+        if stored_print != print {
+            return Err(Error::IdempotencyConflict {
+                key: key.to_string(),
+            });
+        }
+        assert_eq!(state, "done", "a committed key row is always finished");
+        let response: serde_json::Value = row.get(2);
+        let response: PaymentResponse = serde_json::from_value(response)
+            .map_err(|e| Error::Setup(format!("stored response unreadable: {e}")))?;
+        tx.rollback().await?;
+        Ok(PayOutcome {
+            response,
+            replayed: true,
+        })
+    }
+
+    /// Completes `accounts` with every account the postings name (debited
+    /// ones row-locked, credited-only ones just read) and checks the
+    /// postings against them. The outer error is a database failure; the
+    /// inner one is what is wrong with the postings.
+    async fn check_postings(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        tenant: &str,
+        accounts: &mut HashMap<String, ledger::Account>,
+        postings: &[Posting],
+    ) -> Result<Result<BTreeMap<String, i64>, ApplyProblem>> {
+        let deltas = match ledger::net_deltas(postings) {
+            Ok(d) => d,
+            Err(problem) => return Ok(Err(problem)),
+        };
+        let mut debited = Vec::new();
+        let mut credited = Vec::new();
+        for (account, delta) in &deltas {
+            if accounts.contains_key(account) {
+                continue;
+            }
+            if *delta < 0 {
+                debited.push(account.clone());
+            } else {
+                credited.push(account.clone());
+            }
+        }
+        if !debited.is_empty() {
+            accounts.extend(ledger::lock_rows(tx, tenant, &debited).await?);
+        }
+        if !credited.is_empty() {
+            accounts.extend(ledger::read_accounts(tx, tenant, &credited).await?);
+        }
+        Ok(ledger::check_against(accounts, postings, &deltas).map(|()| deltas))
+    }
+}
+
+/// Claims an idempotency key in one statement: sets the transaction's
+/// timeouts, try-locks the key (false: another transaction is processing it
+/// right now) and inserts the pending row (0 rows: a finished request owns
+/// the key). Returns (key_free, inserted).
+const CLAIM_SQL: &str = "
+    with cfg as (
+        select set_config('lock_timeout', $6, true) as l,
+               set_config('statement_timeout', $7, true) as s
+    ), k as (
+        select pg_try_advisory_xact_lock($8) as free from cfg
+    ), ins as (
+        insert into payrail.idempotency_keys
+            (tenant, key, fingerprint, state, payment_id, expires_at)
+        select $1, $2, $3, 'pending', $4, now() + make_interval(secs => $5)
+        from k where k.free
+        on conflict do nothing
+        returning 1
+    )
+    select (select free from k), (select count(*) from ins)";
+
+/// A bad posting is the fault of the first step that proposed a posting to
+/// that account; if no plugin did, the request itself is at fault.
+fn plugin_fault(pipeline: &Pipeline, run: &PipelineRun, problem: ApplyProblem) -> Error {
+    let ApplyProblem::Invalid { account, message } = problem else {
+        unreachable!("insufficient funds is a decline, not a fault")
+    };
+    match run.postings.iter().find(|(_, p)| p.account == account) {
+        Some((i, _)) => Error::Plugin {
+            step: *i,
+            plugin: pipeline.steps[*i].plugin.clone(),
+            digest: pipeline.steps[*i].digest.clone(),
+            fault: PluginFault::InvalidOutput(message),
+        },
+        None => Error::invalid("amount_overflow", message),
+    }
+}
+
+/// Inserts the payment row.
+async fn write_payment(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    key: &str,
+    id: Uuid,
+    req: &PaymentRequest,
+    response: &PaymentResponse,
+    pipeline: &Pipeline,
+) -> Result<()> {
+    let pipeline_json = serde_json::json!({
+        "version": pipeline.version,
+        "digests": pipeline.steps.iter().map(|s| s.digest.as_str()).collect::<Vec<_>>(),
+    });
+    let metadata = serde_json::to_value(&req.metadata).expect("metadata serializes");
+    let annotations = serde_json::to_value(&response.annotations).expect("annotations");
+    let decline = response.decline.as_ref();
+    let stmt = tx
+        .prepare_cached(
+            "insert into payrail.payments (id, tenant, idempotency_key, kind, source, destination,
+               amount, currency, metadata, status, decline_code, decline_message, annotations, pipeline)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &id,
+            &tenant,
+            &key,
+            &req.kind,
+            &req.source,
+            &req.destination,
+            &req.amount,
+            &req.currency,
+            &metadata,
+            &response.status.as_str(),
+            &decline.map(|d| d.code.as_str()),
+            &decline.map(|d| d.message.as_str()),
+            &annotations,
+            &pipeline_json,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks the key finished with its stored response.
+async fn finish_key(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    key: &str,
+    response: &serde_json::Value,
+) -> Result<()> {
+    let stmt = tx
+        .prepare_cached(
+            "update payrail.idempotency_keys set state = 'done', status_code = 201, response = $3
+             where tenant = $1 and key = $2",
+        )
+        .await?;
+    let updated = tx.execute(&stmt, &[&tenant, &key, response]).await?;
+    assert_eq!(updated, 1, "the claimed key row exists");
+    Ok(())
 }
 
 /// Runs every step of `pipeline` in order; stops at the first decline.
@@ -625,7 +727,7 @@ fn run_steps(
 /// journaled is left as it is: calls are deterministic, so the stored output
 /// is the output.
 async fn write_journal(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     payment: Uuid,
     calls: &[CallRecord],
 ) -> Result<()> {
@@ -640,13 +742,18 @@ async fn write_journal(
     let outputs: Vec<&str> = calls.iter().map(|c| c.output_json.as_str()).collect();
     let fuel: Vec<i64> = calls.iter().map(|c| c.fuel_used).collect();
     let durations: Vec<i64> = calls.iter().map(|c| c.duration_us).collect();
+    let stmt = tx
+        .prepare_cached(
+            "insert into payrail.plugin_calls
+               (call_key, payment_id, step, digest, input_digest, input, output, fuel_used, duration_us)
+             select k, $1, s, d, i, inp::jsonb, o::jsonb, f, u
+             from unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::bigint[], $9::bigint[]) as t(k, s, d, i, inp, o, f, u)
+             on conflict (call_key) do nothing",
+        )
+        .await?;
     tx.execute(
-        "insert into payrail.plugin_calls
-           (call_key, payment_id, step, digest, input_digest, input, output, fuel_used, duration_us)
-         select k, $1, s, d, i, inp::jsonb, o::jsonb, f, u
-         from unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::bigint[], $9::bigint[]) as t(k, s, d, i, inp, o, f, u)
-         on conflict (call_key) do nothing",
+        &stmt,
         &[
             &payment,
             &keys,
@@ -667,7 +774,7 @@ async fn write_journal(
 /// response, then each plugin event, all keyed by the payment id so their
 /// order is kept.
 async fn write_events(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     tenant: &str,
     payment: Uuid,
     response: &PaymentResponse,
@@ -691,12 +798,15 @@ async fn write_events(
         }
     }
     let key = payment.to_string();
-    tx.execute(
-        "insert into payrail.outbox (event_id, tenant, topic, key, payload)
-         select e, $1, t, $2, p from unnest($3::uuid[], $4::text[], $5::jsonb[]) with ordinality as u(e, t, p, n)
-         order by n",
-        &[&tenant, &key, &ids, &topics, &payloads],
-    )
-    .await?;
+    let stmt = tx
+        .prepare_cached(
+            "insert into payrail.outbox (event_id, tenant, topic, key, payload)
+             select e, $1, t, $2, p
+             from unnest($3::uuid[], $4::text[], $5::jsonb[]) with ordinality as u(e, t, p, n)
+             order by n",
+        )
+        .await?;
+    tx.execute(&stmt, &[&tenant, &key, &ids, &topics, &payloads])
+        .await?;
     Ok(())
 }

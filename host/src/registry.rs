@@ -1,9 +1,15 @@
-//! Plugins and pipelines: content-addressed plugin storage, the pipeline of
-//! each payment kind, and loading what a pipeline needs into the engine.
+//! Plugins and pipelines: content-addressed plugin storage, per-tenant
+//! plugin names, the pipeline of each payment kind, and loading what a
+//! pipeline needs into the engine.
+//!
+//! Plugin bytes are stored once per digest and shared; names are per tenant
+//! (`payrail.plugin_names`), and a tenant can put into its pipelines only
+//! digests it deployed itself.
 
 use crate::engine::{PluginEngine, digest_of};
 use crate::error::{Error, Result};
 use crate::ledger::validate_id;
+use crate::model::DEFAULT_TENANT;
 use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -13,11 +19,15 @@ pub const MAX_STEPS: usize = 16;
 
 /// A step as a user writes it: a plugin name (latest deployed) or digest,
 /// and its config.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
+    /// A plugin name of the tenant (its latest deploy) or a digest the
+    /// tenant deployed.
     pub plugin: String,
+    /// The step's config, a JSON object handed to the plugin.
     #[serde(default = "empty_config")]
+    #[schema(value_type = Object)]
     pub config: serde_json::Value,
 }
 
@@ -26,18 +36,25 @@ fn empty_config() -> serde_json::Value {
 }
 
 /// A resolved step: always a digest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Step {
+    /// The plugin's name when the pipeline was set.
     pub plugin: String,
+    /// The exact component this step runs.
     pub digest: String,
+    /// The step's config object.
+    #[schema(value_type = Object)]
     pub config: serde_json::Value,
 }
 
 /// The ordered steps run for one payment kind.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Pipeline {
+    /// The payment kind this pipeline runs for.
     pub kind: String,
+    /// Goes up by one with every change.
     pub version: i32,
+    /// The steps, run in order.
     pub steps: Vec<Step>,
 }
 
@@ -47,15 +64,37 @@ fn is_digest(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Validates, compiles and stores a plugin; returns its digest. Deploying
-/// the same bytes twice is a no-op returning the same digest.
+/// Validates, compiles and stores a plugin under `name` for the tenant
+/// [`DEFAULT_TENANT`]; see [`deploy_plugin_for`].
 pub async fn deploy_plugin(
     client: &impl GenericClient,
     engine: &Arc<PluginEngine>,
     name: &str,
     bytes: Vec<u8>,
 ) -> Result<String> {
+    deploy_plugin_for(client, engine, DEFAULT_TENANT, name, bytes).await
+}
+
+/// Validates, compiles and stores a plugin; returns its digest. The bytes
+/// are stored once per digest (shared, content-addressed); the name is the
+/// tenant's own and now refers to this digest (its latest deploy).
+/// Deploying the same bytes twice stores nothing new and returns the same
+/// digest.
+pub async fn deploy_plugin_for(
+    client: &impl GenericClient,
+    engine: &Arc<PluginEngine>,
+    tenant: &str,
+    name: &str,
+    bytes: Vec<u8>,
+) -> Result<String> {
+    validate_id("tenant", tenant)?;
     validate_id("plugin name", name)?;
+    if is_digest(name) {
+        return Err(Error::invalid(
+            "invalid_id",
+            "a plugin name must not look like a digest (64 hex characters)",
+        ));
+    }
     let digest = digest_of(&bytes);
     let eng = engine.clone();
     let bytes = Arc::new(bytes);
@@ -70,7 +109,62 @@ pub async fn deploy_plugin(
             &[&digest, &name, &bytes.as_slice(), &(bytes.len() as i32)],
         )
         .await?;
+    client
+        .execute(
+            "insert into payrail.plugin_names (tenant, name, digest) values ($1, $2, $3)
+             on conflict (tenant, name, digest) do update set deployed_at = clock_timestamp()",
+            &[&tenant, &name, &digest],
+        )
+        .await?;
     Ok(digest)
+}
+
+/// A plugin name of a tenant and the digest it refers to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PluginInfo {
+    /// The tenant's name for the plugin.
+    pub name: String,
+    /// sha256 of the component bytes (hex).
+    pub digest: String,
+    /// Size of the component.
+    pub size_bytes: i32,
+    /// When this name last pointed at this digest (RFC 3339, UTC).
+    pub deployed_at: String,
+}
+
+/// Most plugins one [`list_plugins`] call returns.
+pub const MAX_LIST: usize = 500;
+
+/// The latest deploy of each plugin name of `tenant`, ordered by name,
+/// starting after the name `after` (cursor), at most `limit` (capped at
+/// [`MAX_LIST`]).
+pub async fn list_plugins(
+    client: &impl GenericClient,
+    tenant: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<PluginInfo>> {
+    let limit = limit.clamp(1, MAX_LIST) as i64;
+    let rows = client
+        .query(
+            "select distinct on (n.name) n.name, n.digest, p.size_bytes,
+                    to_char(n.deployed_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+             from payrail.plugin_names n join payrail.plugins p on p.digest = n.digest
+             where n.tenant = $1 and ($2::text is null or n.name > $2)
+             order by n.name, n.deployed_at desc
+             limit $3",
+            &[&tenant, &after, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| PluginInfo {
+            name: r.get(0),
+            digest: r.get(1),
+            size_bytes: r.get(2),
+            deployed_at: r.get(3),
+        })
+        .collect())
 }
 
 /// Resolves names to digests and replaces the pipeline of `kind` atomically
@@ -96,19 +190,24 @@ pub async fn set_pipeline(
                 format!("config of step {:?} must be a JSON object", s.plugin),
             ));
         }
+        // Only the tenant's own plugins: another tenant's name or digest is
+        // "not found", whether it exists or not.
         let row = if is_digest(&s.plugin) {
             client
                 .query_opt(
-                    "select name, digest from payrail.plugins where digest = $1",
-                    &[&s.plugin],
+                    "select name, digest from payrail.plugin_names
+                     where tenant = $1 and digest = $2
+                     order by deployed_at desc limit 1",
+                    &[&tenant, &s.plugin],
                 )
                 .await?
         } else {
             client
                 .query_opt(
-                    "select name, digest from payrail.plugins where name = $1
-                     order by created_at desc limit 1",
-                    &[&s.plugin],
+                    "select name, digest from payrail.plugin_names
+                     where tenant = $1 and name = $2
+                     order by deployed_at desc limit 1",
+                    &[&tenant, &s.plugin],
                 )
                 .await?
         };

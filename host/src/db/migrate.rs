@@ -21,11 +21,18 @@ pub struct Migration {
 
 /// Every migration, in order. Add new files here; never edit an applied one
 /// (the checksum check refuses a changed file).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "tenants_api_keys",
+        sql: include_str!("../../../migrations/0002_tenants_api_keys.sql"),
+    },
+];
 
 /// The newest schema version this binary knows.
 pub fn latest_version() -> i32 {

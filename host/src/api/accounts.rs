@@ -1,0 +1,223 @@
+//! `/v1/accounts`: open accounts, read them and their ledger entries.
+
+use super::AppState;
+use super::extract::{ApiJson, ApiQuery, PaymentsKey};
+use super::pagination::{MAX_LIMIT, Page, PageParams, page};
+use super::problem::{ApiError, ApiResult, Problem};
+use crate::ledger::{self, NewAccount};
+use crate::model::Metadata;
+use crate::processor::{MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `POST /v1/accounts` body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccount {
+    /// 1-64 characters of `A-Z a-z 0-9 _ . : -`, unique within the tenant.
+    pub id: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Whether the balance may go below zero.
+    #[serde(default)]
+    pub allow_negative: bool,
+    /// In minor units, drawn from the tenant's `equity:<CUR>` account.
+    #[serde(default)]
+    pub opening_balance: i64,
+    /// Up to 32 string entries of at most 512 bytes.
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// An account.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AccountView {
+    /// The account id.
+    pub id: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Balance in minor units.
+    pub balance: i64,
+    /// What may be spent now: the balance (there are no holds yet).
+    pub available: i64,
+    /// Whether the balance may go below zero.
+    pub allow_negative: bool,
+    /// The account's metadata.
+    pub metadata: Metadata,
+}
+
+impl From<ledger::Account> for AccountView {
+    fn from(a: ledger::Account) -> Self {
+        let ledger::Account {
+            id,
+            currency,
+            balance,
+            allow_negative,
+            metadata,
+        } = a;
+        AccountView {
+            id,
+            currency,
+            available: balance,
+            balance,
+            allow_negative,
+            metadata,
+        }
+    }
+}
+
+/// One ledger entry of an account.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EntryView {
+    /// Position in the ledger (increasing).
+    pub id: i64,
+    /// The ledger transaction (a payment, or an opening balance).
+    pub txn_id: String,
+    /// The payment, if the entry belongs to one.
+    pub payment_id: Option<String>,
+    /// Positive credits the account, negative debits it.
+    pub amount: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// When the entry was written (RFC 3339, UTC).
+    pub created_at: String,
+}
+
+/// Checks metadata bounds.
+pub fn validate_metadata(m: &Metadata) -> Result<(), ApiError> {
+    if m.len() > MAX_METADATA_ENTRIES
+        || m.iter()
+            .any(|(k, v)| k.len() > MAX_METADATA_BYTES || v.len() > MAX_METADATA_BYTES)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_metadata",
+            format!(
+                "metadata has at most {MAX_METADATA_ENTRIES} entries of at most {MAX_METADATA_BYTES} bytes each"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Open an account.
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts",
+    request_body = CreateAccount,
+    responses(
+        (status = 201, description = "Account opened", body = AccountView),
+        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The id is taken", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_account(
+    State(st): State<AppState>,
+    PaymentsKey(p): PaymentsKey,
+    ApiJson(body): ApiJson<CreateAccount>,
+) -> ApiResult<(StatusCode, Json<AccountView>)> {
+    validate_metadata(&body.metadata)?;
+    let CreateAccount {
+        id,
+        currency,
+        allow_negative,
+        opening_balance,
+        metadata,
+    } = body;
+    let mut client = st.pool.get().await.map_err(crate::Error::from)?;
+    let account = ledger::create_account(
+        &mut client,
+        &p.tenant,
+        &NewAccount {
+            id,
+            currency,
+            allow_negative,
+            opening_balance,
+            metadata,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(account.into())))
+}
+
+/// Read an account.
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts",
+    params(("id" = String, Path, description = "Account id")),
+    responses(
+        (status = 200, description = "The account", body = AccountView),
+        (status = 404, description = "No such account", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_account(
+    State(st): State<AppState>,
+    PaymentsKey(p): PaymentsKey,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AccountView>> {
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
+    let account = load_visible(&client, &p.tenant, &id).await?;
+    Ok(Json(account.into()))
+}
+
+/// Reads an account of `tenant`; a malformed id is "not found" too (it
+/// cannot exist).
+pub async fn load_visible(
+    client: &deadpool_postgres::Client,
+    tenant: &str,
+    id: &str,
+) -> Result<ledger::Account, ApiError> {
+    let not_found = || crate::Error::NotFound {
+        what: "account",
+        id: id.chars().take(64).collect(),
+    };
+    if ledger::validate_id("account id", id).is_err() {
+        return Err(not_found().into());
+    }
+    Ok(ledger::get_account(client, tenant, id).await?)
+}
+
+/// List an account's ledger entries, oldest first.
+#[utoipa::path(get, path = "/v1/accounts/{id}/entries", tag = "accounts",
+    params(("id" = String, Path, description = "Account id"), PageParams),
+    responses(
+        (status = 200, description = "A page of entries", body = Page<EntryView>),
+        (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such account", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_entries(
+    State(st): State<AppState>,
+    PaymentsKey(p): PaymentsKey,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> ApiResult<Json<Page<EntryView>>> {
+    let limit = q.limit()?;
+    let after: i64 = match q.position("entries")? {
+        Some(pos) => pos
+            .parse()
+            .map_err(|_| ApiError::bad_request("invalid_cursor", "malformed cursor"))?,
+        None => 0,
+    };
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
+    load_visible(&client, &p.tenant, &id).await?;
+    debug_assert!(limit <= MAX_LIMIT);
+    let rows = client
+        .query(
+            "select id, txn_id::text, payment_id::text, amount, currency,
+                    to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+             from payrail.entries
+             where tenant = $1 and account_id = $2 and id > $3
+             order by id limit $4",
+            &[&p.tenant, &id, &after, &(limit as i64 + 1)],
+        )
+        .await
+        .map_err(crate::Error::from)?;
+    let entries: Vec<EntryView> = rows
+        .iter()
+        .map(|r| EntryView {
+            id: r.get(0),
+            txn_id: r.get(1),
+            payment_id: r.get(2),
+            amount: r.get(3),
+            currency: r.get(4),
+            created_at: r.get(5),
+        })
+        .collect();
+    Ok(Json(page(entries, limit, "entries", |e| e.id.to_string())))
+}

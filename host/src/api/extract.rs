@@ -1,0 +1,204 @@
+//! Request extractors that answer bad input with problem+json: JSON bodies
+//! with a size limit, query strings, the API key, the Idempotency-Key.
+
+use super::AppState;
+use super::problem::ApiError;
+use crate::apikeys::{self, Principal, Scope};
+use crate::processor::MAX_KEY_BYTES;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::{StatusCode, header, request::Parts};
+use serde::de::DeserializeOwned;
+
+/// Reads at most `limit` bytes of body; more is 413 with `code`.
+pub async fn read_body(req: Request, limit: usize, code: &str) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code,
+            format!("the request body is larger than {limit} bytes"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| {
+            if is_length_limit(&e) {
+                too_large()
+            } else {
+                ApiError::bad_request("invalid_body", format!("cannot read the body: {e}"))
+            }
+        })
+}
+
+/// Whether an error (or one of its sources) is the body length limit.
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.to_string().contains("length limit exceeded") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A JSON body (at most the configured size, unknown fields refused by the
+/// target type), or a 4xx problem.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            if essence != "application/json" && !essence.ends_with("+json") {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!("send the body as application/json, not {essence:?}"),
+                ));
+            }
+        }
+        let bytes = read_body(req, state.limits.max_json_body_bytes, "body_too_large").await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses a JSON body; syntax errors are `invalid_json`, shape errors
+/// (wrong type, missing or unknown field, out-of-range number) are
+/// `invalid_body`; both 400.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the request needs a JSON body",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        use serde_json::error::Category;
+        let code = match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => "invalid_json",
+            Category::Data => "invalid_body",
+        };
+        ApiError::bad_request(code, format!("the JSON body is not valid here: {e}"))
+    })
+}
+
+/// A query string, or a 400 `invalid_query`.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.uri.query().is_some_and(|q| q.len() > 4096) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "the query string is longer than 4096 bytes",
+            ));
+        }
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+async fn authorize(parts: &Parts, state: &AppState, scope: Scope) -> Result<Principal, ApiError> {
+    let secret = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .ok_or_else(ApiError::unauthorized)?;
+    let client = state.pool.get().await.map_err(crate::Error::from)?;
+    let principal = apikeys::authenticate(&client, secret)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    if !principal.has(scope) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this API key lacks the `{}` scope this route needs",
+                scope.as_str()
+            ),
+        ));
+    }
+    tracing::Span::current().record("tenant", principal.tenant.as_str());
+    Ok(principal)
+}
+
+/// A caller whose key has the `payments` scope (accounts and payments).
+pub struct PaymentsKey(pub Principal);
+
+impl FromRequestParts<AppState> for PaymentsKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authorize(parts, state, Scope::Payments)
+            .await
+            .map(PaymentsKey)
+    }
+}
+
+/// A caller whose key has the `admin` scope (plugins and pipelines).
+pub struct AdminKey(pub Principal);
+
+impl FromRequestParts<AppState> for AdminKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authorize(parts, state, Scope::Admin).await.map(AdminKey)
+    }
+}
+
+/// Name of the idempotency header.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The `Idempotency-Key` header: required; an sf-string (`"abc"`) per the
+/// IETF draft, or the bare value, 1-255 bytes of visible ASCII.
+pub struct IdempotencyKey(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let mut values = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return Err(ApiError::bad_request(
+                "idempotency_key_missing",
+                "send exactly one `Idempotency-Key` header (a unique string per payment, e.g. a UUID); retries reuse it",
+            ));
+        };
+        let raw = value.to_str().unwrap_or("").trim();
+        let key = raw
+            .strip_prefix('"')
+            .and_then(|k| k.strip_suffix('"'))
+            .unwrap_or(raw);
+        if key.is_empty()
+            || key.len() > MAX_KEY_BYTES
+            || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        {
+            return Err(ApiError::bad_request(
+                "invalid_idempotency_key",
+                format!("the Idempotency-Key must be 1-{MAX_KEY_BYTES} visible ASCII characters"),
+            ));
+        }
+        Ok(IdempotencyKey(key.to_string()))
+    }
+}

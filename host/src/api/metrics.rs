@@ -1,0 +1,356 @@
+//! Prometheus metrics in the text exposition format. A small registry of
+//! its own: a handful of counters and histograms with bounded label sets
+//! (route templates, status codes, error codes, plugin digests capped at
+//! [`MAX_SERIES`]).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Most distinct label sets per metric; further ones are folded into
+/// `other` so a misbehaving client cannot grow memory without bound.
+pub const MAX_SERIES: usize = 2000;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const FUEL_BUCKETS: &[f64] = &[
+    1e3, 1e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7, 2.5e7, 1e8,
+];
+
+#[derive(Debug, Clone)]
+struct Histogram {
+    buckets: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(buckets: &'static [f64]) -> Self {
+        Histogram {
+            buckets,
+            counts: vec![0; buckets.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        for (i, b) in self.buckets.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+/// Label values, rendered in order with the metric's label names.
+type Labels = Vec<String>;
+
+#[derive(Debug, Default)]
+struct Family<T> {
+    series: BTreeMap<Labels, T>,
+}
+
+impl<T> Family<T> {
+    fn get(&mut self, labels: Labels, new: impl FnOnce() -> T) -> &mut T {
+        let labels = if self.series.len() >= MAX_SERIES && !self.series.contains_key(&labels) {
+            vec!["other".to_string(); labels.len()]
+        } else {
+            labels
+        };
+        self.series.entry(labels).or_insert_with(new)
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn label_text(names: &[&str], values: &[String], extra: Option<(&str, String)>) -> String {
+    let mut parts: Vec<String> = names
+        .iter()
+        .zip(values)
+        .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
+        .collect();
+    if let Some((n, v)) = extra {
+        parts.push(format!("{n}=\"{v}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+/// The host's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<Family<u64>>,
+    latency: Mutex<Family<Histogram>>,
+    payments: Mutex<Family<u64>>,
+    payment_errors: Mutex<Family<u64>>,
+    plugin_fuel: Mutex<Family<Histogram>>,
+    plugin_duration: Mutex<Family<Histogram>>,
+    replays: AtomicU64,
+    keys_reaped: AtomicU64,
+    overloaded: AtomicU64,
+}
+
+/// A snapshot of the connection pool, read when metrics are rendered.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolGauges {
+    /// Connections open.
+    pub size: usize,
+    /// Open connections idle in the pool.
+    pub available: usize,
+    /// Pool capacity.
+    pub max_size: usize,
+    /// Requests waiting for a connection.
+    pub waiting: usize,
+}
+
+impl Metrics {
+    /// Records one answered request.
+    pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        *self.requests.lock().expect("metrics lock").get(
+            vec![method.into(), route.into(), status.to_string()],
+            || 0,
+        ) += 1;
+        self.latency
+            .lock()
+            .expect("metrics lock")
+            .get(vec![method.into(), route.into()], || {
+                Histogram::new(LATENCY_BUCKETS)
+            })
+            .observe(seconds);
+    }
+
+    /// Records a payment's outcome (`approved`, `declined`).
+    pub fn payment(&self, status: &str, replayed: bool) {
+        if replayed {
+            self.replays.fetch_add(1, Ordering::Relaxed);
+        } else {
+            *self
+                .payments
+                .lock()
+                .expect("metrics lock")
+                .get(vec![status.into()], || 0) += 1;
+        }
+    }
+
+    /// Records a payment that failed with error `code`.
+    pub fn payment_error(&self, code: &str) {
+        *self
+            .payment_errors
+            .lock()
+            .expect("metrics lock")
+            .get(vec![code.into()], || 0) += 1;
+    }
+
+    /// Records one plugin call (digest, fuel used, duration).
+    pub fn plugin_call(&self, digest: &str, fuel: u64, seconds: f64) {
+        let d = digest.get(..12).unwrap_or(digest).to_string();
+        self.plugin_fuel
+            .lock()
+            .expect("metrics lock")
+            .get(vec![d.clone()], || Histogram::new(FUEL_BUCKETS))
+            .observe(fuel as f64);
+        self.plugin_duration
+            .lock()
+            .expect("metrics lock")
+            .get(vec![d], || Histogram::new(LATENCY_BUCKETS))
+            .observe(seconds);
+    }
+
+    /// Records expired idempotency keys deleted by the reaper.
+    pub fn keys_reaped(&self, n: u64) {
+        self.keys_reaped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records a request refused because too many were in flight.
+    pub fn overloaded(&self) {
+        self.overloaded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self, pool: PoolGauges, in_flight: usize) -> String {
+        let mut out = String::new();
+        counter_family(
+            &mut out,
+            "payrail_http_requests_total",
+            "HTTP requests answered",
+            &["method", "route", "status"],
+            &self.requests.lock().expect("metrics lock"),
+        );
+        histogram_family(
+            &mut out,
+            "payrail_http_request_duration_seconds",
+            "HTTP request latency",
+            &["method", "route"],
+            &self.latency.lock().expect("metrics lock"),
+        );
+        counter_family(
+            &mut out,
+            "payrail_payments_total",
+            "payments processed (replays excluded), by status",
+            &["status"],
+            &self.payments.lock().expect("metrics lock"),
+        );
+        counter_family(
+            &mut out,
+            "payrail_payment_errors_total",
+            "payment requests that failed with nothing written, by code",
+            &["code"],
+            &self.payment_errors.lock().expect("metrics lock"),
+        );
+        simple(
+            &mut out,
+            "payrail_payment_replays_total",
+            "counter",
+            "payment requests answered from the stored response",
+            self.replays.load(Ordering::Relaxed),
+        );
+        histogram_family(
+            &mut out,
+            "payrail_plugin_fuel_used",
+            "fuel (instructions) used per plugin call, by digest prefix",
+            &["digest"],
+            &self.plugin_fuel.lock().expect("metrics lock"),
+        );
+        histogram_family(
+            &mut out,
+            "payrail_plugin_call_duration_seconds",
+            "wall-clock time per plugin call, by digest prefix",
+            &["digest"],
+            &self.plugin_duration.lock().expect("metrics lock"),
+        );
+        simple(
+            &mut out,
+            "payrail_idempotency_keys_reaped_total",
+            "counter",
+            "expired idempotency keys deleted",
+            self.keys_reaped.load(Ordering::Relaxed),
+        );
+        simple(
+            &mut out,
+            "payrail_http_overloaded_total",
+            "counter",
+            "requests refused with 503 because too many were in flight",
+            self.overloaded.load(Ordering::Relaxed),
+        );
+        simple(
+            &mut out,
+            "payrail_http_in_flight",
+            "gauge",
+            "requests being handled",
+            in_flight as u64,
+        );
+        for (name, help, v) in [
+            ("payrail_db_pool_size", "open connections", pool.size),
+            (
+                "payrail_db_pool_available",
+                "idle open connections",
+                pool.available,
+            ),
+            ("payrail_db_pool_max_size", "pool capacity", pool.max_size),
+            (
+                "payrail_db_pool_waiting",
+                "requests waiting for a connection",
+                pool.waiting,
+            ),
+        ] {
+            simple(&mut out, name, "gauge", help, v as u64);
+        }
+        out
+    }
+}
+
+fn simple(out: &mut String, name: &str, kind: &str, help: &str, v: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+}
+
+fn counter_family(out: &mut String, name: &str, help: &str, labels: &[&str], f: &Family<u64>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (values, v) in &f.series {
+        let _ = writeln!(out, "{name}{} {v}", label_text(labels, values, None));
+    }
+}
+
+fn histogram_family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    f: &Family<Histogram>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (values, h) in &f.series {
+        for (b, c) in h.buckets.iter().zip(&h.counts) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{} {c}",
+                label_text(labels, values, Some(("le", b.to_string())))
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{} {}",
+            label_text(labels, values, Some(("le", "+Inf".into()))),
+            h.count
+        );
+        let l = label_text(labels, values, None);
+        let _ = writeln!(out, "{name}_sum{l} {}", h.sum);
+        let _ = writeln!(out, "{name}_count{l} {}", h.count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::default();
+        m.request("GET", "/v1/accounts/{id}", 200, 0.003);
+        m.request("GET", "/v1/accounts/{id}", 200, 0.2);
+        m.payment("approved", false);
+        m.payment("approved", true);
+        m.plugin_call(&"ab".repeat(32), 5000, 0.0001);
+        let text = m.render(
+            PoolGauges {
+                size: 1,
+                available: 1,
+                max_size: 4,
+                waiting: 0,
+            },
+            0,
+        );
+        assert!(text.contains(
+            "payrail_http_requests_total{method=\"GET\",route=\"/v1/accounts/{id}\",status=\"200\"} 2"
+        ));
+        assert!(text.contains("payrail_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/accounts/{id}\",le=\"0.005\"} 1"));
+        assert!(text.contains("payrail_payments_total{status=\"approved\"} 1"));
+        assert!(text.contains("payrail_payment_replays_total 1"));
+        assert!(text.contains("payrail_plugin_fuel_used_count{digest=\"abababababab\"} 1"));
+        assert!(text.contains("payrail_db_pool_max_size 4"));
+    }
+
+    #[test]
+    fn series_are_capped() {
+        let m = Metrics::default();
+        for i in 0..MAX_SERIES + 10 {
+            m.payment_error(&format!("code{i}"));
+        }
+        assert_eq!(
+            m.payment_errors.lock().unwrap().series.len(),
+            MAX_SERIES + 1
+        );
+    }
+}

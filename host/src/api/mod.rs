@@ -1,0 +1,351 @@
+//! The HTTP API (`payrail serve`): axum on tokio, JSON under `/v1`,
+//! `Authorization: Bearer <api key>`, errors as problem+json.
+//!
+//! Every route is declared once, with its OpenAPI description, through
+//! `utoipa_axum::routes!`; the router and `/openapi.json` are built from the
+//! same list, so the document cannot miss a route.
+//!
+//! Around every request: a `tracing` span (method, route, request id,
+//! tenant, payment id), a bound on requests in flight (503 `overloaded`), a
+//! request timeout (503 `request_timeout`), and the latency and status
+//! metrics.
+
+pub mod accounts;
+pub mod extract;
+pub mod metrics;
+pub mod ops;
+pub mod pagination;
+pub mod payments;
+pub mod plugins;
+pub mod problem;
+
+use crate::config::Config;
+use crate::db::Pool;
+use crate::engine::PluginEngine;
+use crate::error::{Error, Result};
+use crate::processor::Processor;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use metrics::Metrics;
+use problem::ApiError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// Limits the API enforces on requests.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    /// Largest JSON body.
+    pub max_json_body_bytes: usize,
+    /// Largest plugin upload.
+    pub max_plugin_bytes: usize,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
+    /// Requests handled at once.
+    pub max_in_flight: usize,
+}
+
+impl ApiLimits {
+    /// The limits a configuration sets.
+    pub fn from_config(c: &Config) -> ApiLimits {
+        ApiLimits {
+            max_json_body_bytes: c.server.max_json_body_bytes,
+            max_plugin_bytes: c.plugins.max_plugin_bytes,
+            request_timeout: c.request_timeout(),
+            max_in_flight: c.server.max_in_flight,
+        }
+    }
+}
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The connection pool.
+    pub pool: Pool,
+    /// The plugin engine.
+    pub engine: Arc<PluginEngine>,
+    /// Runs payments.
+    pub processor: Processor,
+    /// Request limits.
+    pub limits: ApiLimits,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Permits for requests in flight.
+    pub in_flight: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// State over `processor` (its pool and engine) with `limits`.
+    pub fn new(processor: Processor, limits: ApiLimits) -> AppState {
+        AppState {
+            pool: processor.pool().clone(),
+            engine: processor.engine().clone(),
+            processor,
+            limits,
+            metrics: Arc::new(Metrics::default()),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "payrail",
+        description = "Payments through sandboxed WebAssembly rule plugins, one Postgres transaction each. \
+                       Errors are application/problem+json with a stable `code`."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "accounts", description = "Accounts and their ledger entries (scope `payments`)"),
+        (name = "payments", description = "Payments (scope `payments`)"),
+        (name = "admin", description = "Plugins and pipelines (scope `admin`)"),
+        (name = "operations", description = "Health, readiness, metrics, this document (no key)")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key: `payrail apikey create`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The router of every route, and the OpenAPI document describing them.
+pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(accounts::create_account))
+        .routes(routes!(accounts::get_account))
+        .routes(routes!(accounts::list_entries))
+        .routes(routes!(payments::create_payment, payments::list_payments))
+        .routes(routes!(payments::get_payment))
+        .routes(routes!(plugins::upload_plugin, plugins::list_plugins))
+        .routes(routes!(plugins::put_pipeline, plugins::get_pipeline))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+        .split_for_parts();
+    let doc_json = Arc::new(doc.to_pretty_json().expect("openapi serializes"));
+    let router = router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(ops::OpenApiJson(doc_json)))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(|m| m.as_str().to_string())
+                        .unwrap_or_else(|| req.uri().path().chars().take(200).collect());
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        route = %route,
+                        request_id = %uuid::Uuid::new_v4(),
+                        tenant = tracing::field::Empty,
+                        payment_id = tracing::field::Empty,
+                    )
+                })
+                .on_request(())
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
+                ),
+        )
+        .with_state(state);
+    (router, doc)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// Load shedding, the request timeout and request metrics.
+async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = match state.in_flight.clone().try_acquire_owned() {
+        Err(_) => {
+            state.metrics.overloaded();
+            ApiError::unavailable(
+                "overloaded",
+                "too many requests in flight; retry shortly",
+                1,
+            )
+            .into_response()
+        }
+        Ok(permit) => {
+            let r = tokio::time::timeout(state.limits.request_timeout, next.run(req)).await;
+            drop(permit);
+            match r {
+                Ok(r) => r,
+                Err(_) => ApiError::unavailable(
+                    "request_timeout",
+                    format!(
+                        "the request took longer than {} ms; anything unfinished was rolled back, retry it",
+                        state.limits.request_timeout.as_millis()
+                    ),
+                    1,
+                )
+                .into_response(),
+            }
+        }
+    };
+    state.metrics.request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    let mut response = response;
+    response
+        .headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Deletes finished idempotency keys past `expires_at`, in batches of
+/// `batch`, at most `max_batches` statements; returns how many it deleted.
+pub async fn reap_expired_keys(pool: &Pool, batch: i64, max_batches: u32) -> Result<u64> {
+    let client = pool.get().await?;
+    let mut total = 0;
+    for _ in 0..max_batches {
+        let n = client
+            .execute(
+                "delete from payrail.idempotency_keys where ctid in (
+                   select ctid from payrail.idempotency_keys
+                   where state = 'done' and expires_at < now()
+                   limit $1 for update skip locked)",
+                &[&batch],
+            )
+            .await?;
+        total += n;
+        if n < batch as u64 {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Runs the key reaper every `interval` until `stop` turns true.
+pub async fn run_reaper(
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    batch: i64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        match reap_expired_keys(&pool, batch, 100).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics.keys_reaped(n);
+                tracing::info!(deleted = n, "reaped expired idempotency keys");
+            }
+            Err(e) => tracing::warn!(error = %e, "idempotency key reaper failed; will retry"),
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops
+/// accepting and gives in-flight requests up to `grace` to finish. Returns
+/// whether everything drained in time.
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<bool> {
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = rx.changed().await;
+            })
+            .await
+    });
+    let mut server = server;
+    tokio::select! {
+        r = &mut server => {
+            // the server stopped by itself: an accept loop failure
+            return match r {
+                Ok(Ok(())) => Ok(true),
+                Ok(Err(e)) => Err(Error::Setup(format!("the HTTP server failed: {e}"))),
+                Err(e) => Err(Error::Setup(format!("the HTTP server task failed: {e}"))),
+            };
+        }
+        _ = shutdown => {}
+    }
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: no new connections, draining in-flight requests"
+    );
+    let _ = tx.send(true);
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(_) => Ok(true),
+        Err(_) => {
+            server.abort();
+            Ok(false)
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Errors as `application/problem+json` (RFC 9457), with the library's
+//! stable `code` as an extension member. Every library [`Error`] maps to a
+//! status here; bad input is always a 4xx, and database trouble that is
+//! safe to retry is a 503 with `Retry-After`.
+
+use crate::error::Error;
+use crate::engine::LoadError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
+use utoipa::ToSchema;
+
+/// Media type of error bodies.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem details body.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// URI naming the problem type: `urn:payrail:error:<code>`.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    /// Short summary of the problem type (the HTTP reason phrase).
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What happened in this occurrence and what to do about it.
+    pub detail: String,
+    /// Stable machine-readable code (`invalid_amount`, `account_not_found`, ...).
+    pub code: String,
+}
+
+/// An error response: a status, a problem body, and optional extra headers.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code.
+    pub code: String,
+    /// Human-readable detail.
+    pub detail: String,
+    /// Seconds a client should wait before retrying (`Retry-After`).
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    /// An error with `status`, `code` and `detail`.
+    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code: code.to_string(),
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 with `code`.
+    pub fn bad_request(code: &str, detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    /// 401: no usable credentials.
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send a valid, unrevoked API key as `Authorization: Bearer <key>`",
+        )
+    }
+
+    /// 503 that the client may retry after `secs`.
+    pub fn unavailable(code: &str, detail: impl Into<String>, secs: u32) -> ApiError {
+        ApiError {
+            retry_after: Some(secs),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+        }
+    }
+
+    /// The problem body.
+    pub fn problem(&self) -> Problem {
+        Problem {
+            type_uri: format!("urn:payrail:error:{}", self.code),
+            title: self
+                .status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_string(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+            code: self.code.clone(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = %self.code, detail = %self.detail, "request failed");
+        } else {
+            tracing::debug!(code = %self.code, detail = %self.detail, "request refused");
+        }
+        let body = serde_json::to_vec(&self.problem()).expect("problem serializes");
+        let mut resp = (self.status, body).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if self.status == StatusCode::UNAUTHORIZED {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"payrail\""),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+fn db_error(e: &Error) -> ApiError {
+    match e.sqlstate() {
+        Some(s)
+            if *s == SqlState::LOCK_NOT_AVAILABLE
+                || *s == SqlState::T_R_DEADLOCK_DETECTED
+                || *s == SqlState::T_R_SERIALIZATION_FAILURE =>
+        {
+            ApiError::unavailable(
+                "lock_timeout",
+                "the accounts were busy; the request had no effect, retry it",
+                1,
+            )
+        }
+        Some(s) if *s == SqlState::QUERY_CANCELED => ApiError::unavailable(
+            "statement_timeout",
+            "the database took too long; the request had no effect, retry it",
+            1,
+        ),
+        Some(s) if s.code().starts_with("08") || s.code().starts_with("57") => {
+            ApiError::unavailable(
+                "database_unavailable",
+                "the database is unavailable; retry later",
+                2,
+            )
+        }
+        Some(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "database_error",
+            format!("internal database error: {e}"),
+        ),
+        // no SQLSTATE: the connection itself failed
+        None => ApiError::unavailable(
+            "database_unavailable",
+            "the database is unavailable; retry later",
+            2,
+        ),
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        let code = e.code().to_string();
+        let status = match &e {
+            Error::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Error::IdempotencyConflict { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::InProgress { .. } => StatusCode::CONFLICT,
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::AlreadyExists { .. } => StatusCode::CONFLICT,
+            // A plugin fault is deterministic for this request and this
+            // pipeline: retrying the same request fails the same way.
+            Error::Plugin { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::PluginLoad(LoadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::PluginLoad(_) => StatusCode::BAD_REQUEST,
+            Error::LockTimeout => return ApiError::unavailable(&code, e.to_string(), 1),
+            Error::Db(_) => return db_error(&e),
+            Error::Pool(_) => {
+                return ApiError::unavailable(
+                    "database_unavailable",
+                    format!("no database connection available: {e}"),
+                    1,
+                );
+            }
+            Error::Setup(_) | Error::Migration(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        // Plugin faults name the step and plugin: that is the tenant's own
+        // pipeline, so it is fine to say.
+        ApiError::new(status, &code, e.to_string())
+    }
+}
+
+/// Result of a handler.
+pub type ApiResult<T> = std::result::Result<T, ApiError>;

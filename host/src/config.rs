@@ -1,0 +1,551 @@
+//! Configuration of `payrail serve`: a TOML file (`--config FILE`), then
+//! environment overrides, then explicit command-line flags; validated before
+//! anything starts, and printed at start with secrets redacted.
+//!
+//! Every field has a default, so an empty file (or none) is a valid
+//! configuration. Unknown keys are refused, so a typo is an error rather
+//! than a silently ignored setting.
+
+use crate::engine::{EngineConfig, PluginLimits};
+use crate::error::{Error, Result};
+use crate::processor::ProcessorSettings;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Largest configuration file read.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP server.
+    pub server: ServerConfig,
+    /// The database.
+    pub database: DatabaseConfig,
+    /// The payment transaction.
+    pub processor: ProcessorConfig,
+    /// The plugin engine and per-call limits.
+    pub plugins: PluginsConfig,
+    /// Idempotency keys and their reaper.
+    pub idempotency: IdempotencyConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`: the HTTP listener and its limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on (`PAYRAIL_LISTEN`); port 0 picks a free port.
+    pub listen: String,
+    /// Longest a request may take before it is answered 503.
+    pub request_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_grace_ms: u64,
+    /// Largest JSON request body.
+    pub max_json_body_bytes: usize,
+    /// Requests handled at once; more are answered 503 `overloaded`.
+    pub max_in_flight: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            request_timeout_ms: 30_000,
+            shutdown_grace_ms: 10_000,
+            max_json_body_bytes: 64 * 1024,
+            max_in_flight: 1024,
+        }
+    }
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Postgres URL (`DATABASE_URL`). Unset: the local cluster payrail runs
+    /// itself. Printed with its password redacted.
+    pub url: Option<String>,
+    /// Connection pool size (`PAYRAIL_POOL_SIZE`).
+    pub pool_size: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            pool_size: 16,
+        }
+    }
+}
+
+/// `[processor]`: bounds of the payment transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorConfig {
+    /// Longest wait for a lock (`PAYRAIL_LOCK_TIMEOUT_MS`).
+    pub lock_timeout_ms: u64,
+    /// Longest single statement.
+    pub statement_timeout_ms: u64,
+    /// Attempts for a transaction that hit a deadlock.
+    pub max_attempts: u32,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        let d = ProcessorSettings::default();
+        ProcessorConfig {
+            lock_timeout_ms: d.lock_timeout_ms,
+            statement_timeout_ms: d.statement_timeout_ms,
+            max_attempts: d.max_attempts,
+        }
+    }
+}
+
+/// `[plugins]`: engine-wide settings and the limits of every call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Largest plugin accepted (`PAYRAIL_MAX_PLUGIN_BYTES`); also the upload
+    /// limit of `POST /v1/plugins`.
+    pub max_plugin_bytes: usize,
+    /// Wasm stack of every call.
+    pub max_wasm_stack_bytes: usize,
+    /// Plugin instances that may run at once.
+    pub max_concurrent_instances: u32,
+    /// Per-call limits (`PAYRAIL_PLUGIN_FUEL`, `PAYRAIL_PLUGIN_MEMORY_BYTES`,
+    /// `PAYRAIL_PLUGIN_TIMEOUT_MS`).
+    pub limits: PluginLimits,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        let d = EngineConfig::default();
+        PluginsConfig {
+            max_plugin_bytes: d.max_plugin_bytes,
+            max_wasm_stack_bytes: d.max_wasm_stack_bytes,
+            max_concurrent_instances: d.max_concurrent_instances,
+            limits: d.limits,
+        }
+    }
+}
+
+/// `[idempotency]`: how long keys are remembered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// Lifetime of a key (`PAYRAIL_KEY_TTL_SECS`, default 24 h).
+    pub key_ttl_secs: i64,
+    /// How often the reaper deletes expired keys.
+    pub reaper_interval_secs: u64,
+    /// Keys deleted per reaper statement (several statements per run).
+    pub reaper_batch: i64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        IdempotencyConfig {
+            key_ttl_secs: 24 * 3600,
+            reaper_interval_secs: 60,
+            reaper_batch: 1000,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json` (`PAYRAIL_LOG_FORMAT`).
+    pub format: LogFormat,
+    /// `tracing` filter directives (`PAYRAIL_LOG` wins when set).
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::invalid("invalid_config", message)
+}
+
+fn parse_env<T: std::str::FromStr>(name: &str, value: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .trim()
+        .parse()
+        .map_err(|e| invalid(format!("environment variable {name}={value:?}: {e}")))
+}
+
+impl Config {
+    /// Reads `path` (if any), then applies the overrides `env` returns (the
+    /// process environment in production, a map in tests), then validates.
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let mut config = match path {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| invalid(format!("cannot read config file {}: {e}", path.display())))?;
+        if meta.len() > MAX_CONFIG_FILE_BYTES {
+            return Err(invalid(format!(
+                "config file {} is larger than {MAX_CONFIG_FILE_BYTES} bytes",
+                path.display()
+            )));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read config file {}: {e}", path.display())))?;
+        Config::from_toml(&text)
+            .map_err(|e| invalid(format!("config file {}: {e}", path.display())))
+    }
+
+    /// Parses TOML text (unknown keys refused).
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Applies environment overrides.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let get = |name: &str| env(name).filter(|v| !v.is_empty());
+        if let Some(v) = get("DATABASE_URL") {
+            self.database.url = Some(v);
+        }
+        if let Some(v) = get("PAYRAIL_POOL_SIZE") {
+            self.database.pool_size = parse_env("PAYRAIL_POOL_SIZE", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_LISTEN") {
+            self.server.listen = v;
+        }
+        if let Some(v) = get("PAYRAIL_REQUEST_TIMEOUT_MS") {
+            self.server.request_timeout_ms = parse_env("PAYRAIL_REQUEST_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_SHUTDOWN_GRACE_MS") {
+            self.server.shutdown_grace_ms = parse_env("PAYRAIL_SHUTDOWN_GRACE_MS", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_LOCK_TIMEOUT_MS") {
+            self.processor.lock_timeout_ms = parse_env("PAYRAIL_LOCK_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_KEY_TTL_SECS") {
+            self.idempotency.key_ttl_secs = parse_env("PAYRAIL_KEY_TTL_SECS", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_REAPER_INTERVAL_SECS") {
+            self.idempotency.reaper_interval_secs = parse_env("PAYRAIL_REAPER_INTERVAL_SECS", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_MAX_PLUGIN_BYTES") {
+            self.plugins.max_plugin_bytes = parse_env("PAYRAIL_MAX_PLUGIN_BYTES", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_PLUGIN_FUEL") {
+            self.plugins.limits.fuel = parse_env("PAYRAIL_PLUGIN_FUEL", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_PLUGIN_MEMORY_BYTES") {
+            self.plugins.limits.max_memory_bytes = parse_env("PAYRAIL_PLUGIN_MEMORY_BYTES", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_PLUGIN_TIMEOUT_MS") {
+            self.plugins.limits.timeout_ms = parse_env("PAYRAIL_PLUGIN_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_LOG_FORMAT") {
+            self.log.format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(invalid(format!(
+                        "PAYRAIL_LOG_FORMAT={other:?}: use `text` or `json`"
+                    )));
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Checks every value against its allowed range; the error names the
+    /// setting and the range.
+    pub fn validate(&self) -> Result<()> {
+        fn range<T: PartialOrd + std::fmt::Display>(name: &str, v: T, lo: T, hi: T) -> Result<()> {
+            if v < lo || v > hi {
+                return Err(invalid(format!("{name} = {v} is outside {lo}..={hi}")));
+            }
+            Ok(())
+        }
+        self.listen_addr()?;
+        let s = &self.server;
+        range("server.request_timeout_ms", s.request_timeout_ms, 100, 600_000)?;
+        range("server.shutdown_grace_ms", s.shutdown_grace_ms, 0, 600_000)?;
+        range(
+            "server.max_json_body_bytes",
+            s.max_json_body_bytes,
+            1024,
+            16 << 20,
+        )?;
+        range("server.max_in_flight", s.max_in_flight, 1, 100_000)?;
+        range("database.pool_size", self.database.pool_size, 1, 1000)?;
+        if let Some(url) = &self.database.url {
+            url.parse::<tokio_postgres::Config>().map_err(|e| {
+                invalid(format!(
+                    "database.url {:?} is not a valid postgres URL: {e}",
+                    redact_url(url)
+                ))
+            })?;
+        }
+        let p = &self.processor;
+        range("processor.lock_timeout_ms", p.lock_timeout_ms, 1, 600_000)?;
+        range(
+            "processor.statement_timeout_ms",
+            p.statement_timeout_ms,
+            1,
+            3_600_000,
+        )?;
+        range("processor.max_attempts", p.max_attempts, 1, 100)?;
+        let g = &self.plugins;
+        range("plugins.max_plugin_bytes", g.max_plugin_bytes, 1024, 64 << 20)?;
+        range(
+            "plugins.max_wasm_stack_bytes",
+            g.max_wasm_stack_bytes,
+            64 * 1024,
+            16 << 20,
+        )?;
+        range(
+            "plugins.max_concurrent_instances",
+            g.max_concurrent_instances,
+            1,
+            10_000,
+        )?;
+        let l = &g.limits;
+        range("plugins.limits.fuel", l.fuel, 1_000, 10_000_000_000)?;
+        range(
+            "plugins.limits.max_memory_bytes",
+            l.max_memory_bytes,
+            64 * 1024,
+            4 << 30,
+        )?;
+        range("plugins.limits.timeout_ms", l.timeout_ms, 1, 60_000)?;
+        range(
+            "plugins.limits.max_input_bytes",
+            l.max_input_bytes,
+            1024,
+            64 << 20,
+        )?;
+        range(
+            "plugins.limits.max_output_bytes",
+            l.max_output_bytes,
+            256,
+            64 << 20,
+        )?;
+        range("plugins.limits.max_log_bytes", l.max_log_bytes, 0, 1 << 20)?;
+        let i = &self.idempotency;
+        range(
+            "idempotency.key_ttl_secs",
+            i.key_ttl_secs,
+            60,
+            365 * 24 * 3600,
+        )?;
+        range(
+            "idempotency.reaper_interval_secs",
+            i.reaper_interval_secs,
+            1,
+            24 * 3600,
+        )?;
+        range("idempotency.reaper_batch", i.reaper_batch, 1, 100_000)?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
+            .map_err(|e| invalid(format!("log.filter {:?}: {e}", self.log.filter)))?;
+        Ok(())
+    }
+
+    /// The listen address, parsed.
+    pub fn listen_addr(&self) -> Result<SocketAddr> {
+        self.server.listen.parse().map_err(|e| {
+            invalid(format!(
+                "server.listen {:?} is not an address like 127.0.0.1:8080: {e}",
+                self.server.listen
+            ))
+        })
+    }
+
+    /// The engine configuration.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            max_wasm_stack_bytes: self.plugins.max_wasm_stack_bytes,
+            max_plugin_bytes: self.plugins.max_plugin_bytes,
+            max_concurrent_instances: self.plugins.max_concurrent_instances,
+            limits: self.plugins.limits,
+        }
+    }
+
+    /// The processor settings.
+    pub fn processor(&self) -> ProcessorSettings {
+        ProcessorSettings {
+            lock_timeout_ms: self.processor.lock_timeout_ms,
+            statement_timeout_ms: self.processor.statement_timeout_ms,
+            key_ttl_secs: self.idempotency.key_ttl_secs,
+            max_attempts: self.processor.max_attempts,
+            limits: self.plugins.limits,
+        }
+    }
+
+    /// Request timeout as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.request_timeout_ms)
+    }
+
+    /// The configuration as TOML with secrets (the database password)
+    /// redacted: safe to print and log.
+    pub fn redacted(&self) -> String {
+        let mut c = self.clone();
+        c.database.url = c.database.url.as_deref().map(redact_url);
+        toml::to_string(&c).expect("config serializes")
+    }
+}
+
+/// A postgres URL or key=value connection string with its password
+/// replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(auth_end);
+        let mut out = url[..scheme_end + 3].to_string();
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => out.push_str(&format!("{user}:***")),
+                    None => out.push_str(userinfo),
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        out.push_str(&redact_params(tail));
+        out
+    } else {
+        // key=value form: host=... password=secret
+        url.split_whitespace()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn redact_params(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_string();
+    };
+    let query = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    format!("{path}?{query}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn file_then_env_overrides() {
+        let mut c = Config::from_toml(
+            "[server]\nlisten = \"0.0.0.0:9000\"\n[plugins.limits]\nfuel = 5000\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:9000");
+        assert_eq!(c.plugins.limits.fuel, 5000);
+        assert_eq!(c.plugins.limits.timeout_ms, 200, "other limits default");
+        c.apply_env(env(&[
+            ("PAYRAIL_LISTEN", "127.0.0.1:1"),
+            ("PAYRAIL_POOL_SIZE", "3"),
+            ("PAYRAIL_KEY_TTL_SECS", "120"),
+        ]))
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:1");
+        assert_eq!(c.database.pool_size, 3);
+        assert_eq!(c.processor().key_ttl_secs, 120);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let e = Config::from_toml("[server]\nlisen = \"x\"").unwrap_err();
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+        let mut c = Config::default();
+        let e = c
+            .apply_env(env(&[("PAYRAIL_POOL_SIZE", "many")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("PAYRAIL_POOL_SIZE"), "{e}");
+        c.database.pool_size = 0;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.code(), "invalid_config");
+        assert!(e.to_string().contains("database.pool_size = 0"), "{e}");
+        let mut c = Config::default();
+        c.server.listen = "nowhere".into();
+        assert!(c.validate().unwrap_err().to_string().contains("server.listen"));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:hunter2@h:5432/db?sslmode=disable&password=x"),
+            "postgres://u:***@h:5432/db?sslmode=disable&password=***"
+        );
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            redact_url("host=h password=hunter2 user=u"),
+            "host=h password=*** user=u"
+        );
+        let mut c = Config::default();
+        c.database.url = Some("postgres://u:hunter2@h/db".into());
+        let printed = c.redacted();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("u:***@h/db"), "{printed}");
+    }
+}
