@@ -1,0 +1,1315 @@
+//! The HTTP API over real HTTP on a real port, against a real per-test
+//! database: every route, auth and scopes, tenant isolation, idempotency,
+//! malformed input (a table, each case asserting nothing was written),
+//! pagination, the OpenAPI document, readiness, and graceful shutdown of the
+//! real binary.
+
+mod common;
+
+use common::{TestDb, plugin_bytes};
+use payrail::api::{self, ApiLimits, AppState};
+use payrail::apikeys::{self, Scope};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// A server on 127.0.0.1:0 over one test database.
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    db: TestDb,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<payrail::Result<bool>>>,
+}
+
+const JSON_LIMIT: usize = 64 * 1024;
+
+impl Server {
+    async fn start() -> Server {
+        Server::start_on(TestDb::new().await).await
+    }
+
+    async fn start_on(db: TestDb) -> Server {
+        let limits = ApiLimits {
+            max_json_body_bytes: JSON_LIMIT,
+            max_plugin_bytes: 2 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            max_in_flight: 256,
+        };
+        let state = AppState::new(db.processor(), limits);
+        let (router, _) = api::router(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(api::serve_until(
+            listener,
+            router,
+            async {
+                let _ = rx.await;
+            },
+            Duration::from_secs(5),
+        ));
+        Server {
+            base,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            db,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    async fn key(&self, tenant: &str, scopes: &[Scope]) -> String {
+        let c = self.db.pool.get().await.unwrap();
+        apikeys::create(&c, tenant, scopes).await.unwrap().secret
+    }
+
+    fn req(&self, method: Method, path: &str, key: Option<&str>) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r
+    }
+
+    async fn get(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        send(self.req(Method::GET, path, Some(key))).await
+    }
+
+    async fn post(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        send(self.req(Method::POST, path, Some(key)).json(&body)).await
+    }
+
+    async fn pay(&self, key: &str, idem: &str, body: Value) -> reqwest::Response {
+        self.req(Method::POST, "/v1/payments", Some(key))
+            .header("Idempotency-Key", idem)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Deploys the sample plugins and a `transfer` pipeline (limits, fee to
+    /// `fees`) for the tenant of `admin`, plus accounts fees/alice/bob.
+    async fn samples(&self, admin: &str, pay: &str) {
+        for (file, name) in [("payrail_limits", "limits"), ("payrail_fee", "fee")] {
+            let r = self
+                .req(
+                    Method::POST,
+                    &format!("/v1/plugins?name={name}"),
+                    Some(admin),
+                )
+                .header("content-type", "application/wasm")
+                .body(plugin_bytes(file))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+        }
+        let (s, _) = send(
+            self.req(Method::PUT, "/v1/pipelines/transfer", Some(admin))
+                .json(&json!({"steps": [
+                    {"plugin": "limits", "config": {"max_amount": 100_000}},
+                    {"plugin": "fee", "config": {"fee_account": "fees", "percent_bps": 100, "fixed": 10}}
+                ]})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        for (id, opening) in [("fees", 0), ("alice", 1_000_000), ("bob", 0)] {
+            let (s, b) = self
+                .post(
+                    "/v1/accounts",
+                    pay,
+                    json!({"id": id, "currency": "EUR", "opening_balance": opening}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{b}");
+        }
+    }
+
+    /// Row counts of everything a request could write.
+    async fn written(&self) -> Vec<i64> {
+        let mut out = self.db.counts().await.to_vec();
+        let c = self.db.pool.get().await.unwrap();
+        for q in [
+            "select count(*) from payrail.accounts",
+            "select count(*) from payrail.entries",
+            "select count(*) from payrail.plugin_names",
+            "select count(*) from payrail.plugins",
+            "select coalesce(sum(version), 0)::bigint from payrail.pipelines",
+            "select coalesce(sum(balance), 0)::bigint from payrail.accounts where not is_equity",
+        ] {
+            out.push(c.query_one(q, &[]).await.unwrap().get(0));
+        }
+        out
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let drained = self.task.take().unwrap().await.unwrap().unwrap();
+        assert!(drained, "server drained");
+    }
+}
+
+async fn send(r: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let resp = r.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn transfer(amount: i64) -> Value {
+    json!({"kind": "transfer", "source": "alice", "destination": "bob", "amount": amount, "currency": "EUR"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_deploys_plugins_sets_a_pipeline_and_pays() {
+    let s = Server::start().await;
+    let admin = s.key("acme", &[Scope::Admin]).await;
+    let pay = s.key("acme", &[Scope::Payments]).await;
+    s.samples(&admin, &pay).await;
+
+    let (st, plugins) = s.get("/v1/plugins", &admin).await;
+    assert_eq!(st, StatusCode::OK);
+    let names: Vec<&str> = plugins["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fee", "limits"]);
+    assert_eq!(plugins["data"][0]["digest"].as_str().unwrap().len(), 64);
+    let (st, pipeline) = s.get("/v1/pipelines/transfer", &admin).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(pipeline["version"], 1);
+    assert_eq!(pipeline["steps"][1]["plugin"], "fee");
+
+    let r = s.pay(&pay, "order-1", transfer(10_000)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(r.headers().get("idempotency-replayed").is_none());
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "approved");
+    assert_eq!(body["annotations"]["fee"], "110");
+    assert_eq!(body["postings"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        location,
+        format!("/v1/payments/{}", body["id"].as_str().unwrap())
+    );
+
+    let (st, got) = s.get(&location, &pay).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(got["postings"], body["postings"]);
+    assert_eq!(got["status"], "approved");
+    assert!(got["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let (st, alice) = s.get("/v1/accounts/alice", &pay).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(alice["balance"], 1_000_000 - 10_000 - 110);
+    assert_eq!(alice["available"], alice["balance"]);
+    let (_, fees) = s.get("/v1/accounts/fees", &pay).await;
+    assert_eq!(fees["balance"], 110);
+    let (st, entries) = s.get("/v1/accounts/bob/entries", &pay).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(entries["data"][0]["amount"], 10_000);
+    assert_eq!(entries["data"][0]["payment_id"], body["id"]);
+    let (st, list) = s.get("/v1/payments?account=bob", &pay).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    assert!(list["next_cursor"].is_null());
+
+    // a new deploy of a name is what the name means from then on
+    let r = s
+        .req(Method::POST, "/v1/plugins?name=fee", Some(&admin))
+        .body(plugin_bytes("payrail_limits"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (_, plugins) = s.get("/v1/plugins", &admin).await;
+    assert_eq!(plugins["data"][0]["digest"], plugins["data"][1]["digest"]);
+
+    let (st, health) = s.get("/healthz", "").await;
+    assert_eq!(
+        (st, health["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let metrics = s
+        .req(Method::GET, "/metrics", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "payrail_http_requests_total{method=\"POST\",route=\"/v1/payments\",status=\"201\"} 1",
+        "payrail_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/accounts/{id}\"",
+        "payrail_payments_total{status=\"approved\"} 1",
+        "payrail_plugin_fuel_used_count{digest=",
+        "payrail_plugin_call_duration_seconds_count{digest=",
+        "payrail_db_pool_max_size 24",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing in\n{metrics}");
+    }
+    assert!(s.db.audit().await.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_are_checked_and_scopes_enforced() {
+    let s = Server::start().await;
+    let admin = s.key("t", &[Scope::Admin]).await;
+    let pay = s.key("t", &[Scope::Payments]).await;
+    let both = s.key("t", &[Scope::Admin, Scope::Payments]).await;
+    let revoked = {
+        let c = s.db.pool.get().await.unwrap();
+        let k = apikeys::create(&c, "t", &[Scope::Payments]).await.unwrap();
+        apikeys::revoke(&c, &k.key.id).await.unwrap();
+        k.secret
+    };
+    let before = s.written().await;
+    let account = json!({"id": "a", "currency": "EUR"});
+    let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (
+            s.req(Method::POST, "/v1/accounts", None).json(&account),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            s.req(Method::GET, "/v1/accounts/a", Some("pr_nope")),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            s.req(Method::GET, "/v1/accounts/a", None)
+                .header("authorization", format!("Basic {pay}")),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            s.req(
+                Method::GET,
+                "/v1/accounts/a",
+                Some(&format!("pr_{}", "0".repeat(64))),
+            ),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            s.req(Method::POST, "/v1/accounts", Some(&revoked))
+                .json(&account),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            s.req(Method::POST, "/v1/accounts", Some(&admin))
+                .json(&account),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            s.req(Method::POST, "/v1/payments", Some(&admin))
+                .header("idempotency-key", "k")
+                .json(&transfer(1)),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            s.req(Method::POST, "/v1/plugins?name=x", Some(&pay))
+                .body(plugin_bytes("payrail_fee")),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            s.req(Method::PUT, "/v1/pipelines/transfer", Some(&pay))
+                .json(&json!({"steps": []})),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            s.req(Method::GET, "/v1/plugins", Some(&pay)),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+    ];
+    for (i, (r, status, code)) in cases.into_iter().enumerate() {
+        let resp = r.send().await.unwrap();
+        assert_eq!(resp.status(), status, "case {i}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/problem+json",
+            "case {i}"
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            assert!(resp.headers().contains_key("www-authenticate"), "case {i}");
+        }
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], code, "case {i}: {body}");
+        assert_eq!(body["status"], status.as_u16());
+    }
+    assert_eq!(s.written().await, before, "refused requests wrote nothing");
+    // a key with both scopes may do both
+    let (st, _) = s.post("/v1/accounts", &both, account.clone()).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, _) = s.get("/v1/plugins", &both).await;
+    assert_eq!(st, StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_cannot_see_or_touch_another_tenants_data() {
+    let s = Server::start().await;
+    let a_admin = s.key("tenant-a", &[Scope::Admin]).await;
+    let a_pay = s.key("tenant-a", &[Scope::Payments]).await;
+    let b_admin = s.key("tenant-b", &[Scope::Admin]).await;
+    let b_pay = s.key("tenant-b", &[Scope::Payments]).await;
+    s.samples(&a_admin, &a_pay).await;
+    let r = s.pay(&a_pay, "a-1", transfer(1000)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let a_payment: Value = r.json().await.unwrap();
+    let a_payment_id = a_payment["id"].as_str().unwrap().to_string();
+    let (_, a_plugins) = s.get("/v1/plugins", &a_admin).await;
+    let a_fee_digest = a_plugins["data"][0]["digest"].as_str().unwrap().to_string();
+    // B gets its own account "carol" and a plugin deployed under a name
+    let (st, _) = s
+        .post(
+            "/v1/accounts",
+            &b_pay,
+            json!({"id": "carol", "currency": "EUR", "opening_balance": 5000}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let before = s.written().await;
+
+    let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (
+            s.req(Method::GET, "/v1/accounts/alice", Some(&b_pay)),
+            StatusCode::NOT_FOUND,
+            "account_not_found",
+        ),
+        (
+            s.req(Method::GET, "/v1/accounts/alice/entries", Some(&b_pay)),
+            StatusCode::NOT_FOUND,
+            "account_not_found",
+        ),
+        (
+            s.req(Method::GET, &format!("/v1/payments/{a_payment_id}"), Some(&b_pay)),
+            StatusCode::NOT_FOUND,
+            "payment_not_found",
+        ),
+        (
+            s.req(Method::GET, "/v1/payments?account=alice", Some(&b_pay)),
+            StatusCode::NOT_FOUND,
+            "account_not_found",
+        ),
+        (
+            s.req(Method::GET, "/v1/pipelines/transfer", Some(&b_admin)),
+            StatusCode::NOT_FOUND,
+            "pipeline_not_found",
+        ),
+        // B pays from its own account into A's: A's account does not exist for B
+        (
+            s.req(Method::POST, "/v1/payments", Some(&b_pay))
+                .header("idempotency-key", "b-1")
+                .json(&json!({"kind": "transfer", "source": "carol", "destination": "alice", "amount": 10, "currency": "EUR"})),
+            StatusCode::NOT_FOUND,
+            "pipeline_not_found",
+        ),
+        // B cannot reference A's plugins by name or by digest
+        (
+            s.req(Method::PUT, "/v1/pipelines/transfer", Some(&b_admin))
+                .json(&json!({"steps": [{"plugin": "fee", "config": {}}]})),
+            StatusCode::NOT_FOUND,
+            "plugin_not_found",
+        ),
+        (
+            s.req(Method::PUT, "/v1/pipelines/transfer", Some(&b_admin))
+                .json(&json!({"steps": [{"plugin": a_fee_digest, "config": {}}]})),
+            StatusCode::NOT_FOUND,
+            "plugin_not_found",
+        ),
+    ];
+    for (i, (r, status, code)) in cases.into_iter().enumerate() {
+        let (st, body) = send(r).await;
+        assert_eq!(
+            (st, body["code"].as_str()),
+            (status, Some(code)),
+            "case {i}: {body}"
+        );
+    }
+    let (_, b_plugins) = s.get("/v1/plugins", &b_admin).await;
+    assert_eq!(b_plugins["data"], json!([]), "B sees none of A's plugins");
+    let (_, b_payments) = s.get("/v1/payments", &b_pay).await;
+    assert_eq!(b_payments["data"], json!([]), "B sees none of A's payments");
+    assert_eq!(
+        s.written().await,
+        before,
+        "cross-tenant attempts wrote nothing"
+    );
+
+    // B deploys the same fee plugin itself (same bytes, shared storage) and
+    // points its fee at A's "fees" account: the proposed posting is refused.
+    let r = s
+        .req(Method::POST, "/v1/plugins?name=fee", Some(&b_admin))
+        .body(plugin_bytes("payrail_fee"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (st, _) = send(
+        s.req(Method::PUT, "/v1/pipelines/transfer", Some(&b_admin))
+            .json(&json!({"steps": [{"plugin": "fee", "config": {"fee_account": "fees", "fixed": 10}}]})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = s
+        .post(
+            "/v1/accounts",
+            &b_pay,
+            json!({"id": "dave", "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let before = s.written().await;
+    // with a pipeline in place, paying into A's account is still "not found"
+    let r = s
+        .pay(
+            &b_pay,
+            "b-3",
+            json!({"kind": "transfer", "source": "carol", "destination": "alice", "amount": 10, "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "account_not_found"
+    );
+    assert_eq!(s.written().await, before);
+    let a_fees_before = s.get("/v1/accounts/fees", &a_pay).await.1["balance"].clone();
+    let r = s
+        .pay(
+            &b_pay,
+            "b-2",
+            json!({"kind": "transfer", "source": "carol", "destination": "dave", "amount": 100, "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "plugin_invalid_output", "{body}");
+    assert_eq!(s.written().await, before);
+    assert_eq!(
+        s.get("/v1/accounts/fees", &a_pay).await.1["balance"],
+        a_fees_before
+    );
+    // and a payment between B's own accounts into B's own "fees" works
+    let (st, _) = s
+        .post(
+            "/v1/accounts",
+            &b_pay,
+            json!({"id": "fees", "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let r = s
+        .pay(
+            &b_pay,
+            "b-2",
+            json!({"kind": "transfer", "source": "carol", "destination": "dave", "amount": 100, "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(s.get("/v1/accounts/fees", &b_pay).await.1["balance"], 10);
+    assert_eq!(
+        s.get("/v1/accounts/fees", &a_pay).await.1["balance"],
+        a_fees_before
+    );
+    assert!(s.db.audit().await.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_key_rules() {
+    let s = Server::start().await;
+    let admin = s.key("t", &[Scope::Admin]).await;
+    let pay = s.key("t", &[Scope::Payments]).await;
+    s.samples(&admin, &pay).await;
+
+    // missing header
+    let before = s.written().await;
+    let (st, body) = s.post("/v1/payments", &pay, transfer(100)).await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("idempotency_key_missing"))
+    );
+    assert_eq!(s.written().await, before);
+
+    // first, then replay: same status and body, replay header, nothing new
+    let first = s.pay(&pay, "\"k-1\"", transfer(100)).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    let after_first = s.written().await;
+    let again = s.pay(&pay, "k-1", transfer(100)).await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotency-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    assert_eq!(s.written().await, after_first, "a replay writes nothing");
+
+    // same key, different request
+    let r = s.pay(&pay, "k-1", transfer(101)).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "idempotency_key_conflict"
+    );
+    assert_eq!(s.written().await, after_first);
+
+    // a decline replays as declined
+    let d = s.pay(&pay, "big", transfer(500_000)).await;
+    assert_eq!(d.status(), StatusCode::CREATED);
+    let d: Value = d.json().await.unwrap();
+    assert_eq!(d["status"], "declined");
+    assert_eq!(d["decline"]["code"], "amount_too_large");
+    let d2 = s.pay(&pay, "big", transfer(500_000)).await;
+    assert_eq!(d2.headers()["idempotency-replayed"], "true");
+    assert_eq!(d2.json::<Value>().await.unwrap(), d);
+
+    // keys are per tenant: another tenant's identical key is a new payment
+    let other_admin = s.key("u", &[Scope::Admin]).await;
+    let other_pay = s.key("u", &[Scope::Payments]).await;
+    s.samples(&other_admin, &other_pay).await;
+    let r = s.pay(&other_pay, "k-1", transfer(100)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(r.headers().get("idempotency-replayed").is_none());
+    assert_ne!(r.json::<Value>().await.unwrap()["id"], first["id"]);
+
+    // concurrent requests with one key: exactly one effect; the others get
+    // the replay or 409
+    let balance = s.get("/v1/accounts/bob", &pay).await.1["balance"]
+        .as_i64()
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let r = s
+            .req(Method::POST, "/v1/payments", Some(&pay))
+            .header("idempotency-key", "race")
+            .json(&transfer(1000));
+        tasks.spawn(async move {
+            let resp = r.send().await.unwrap();
+            let replayed = resp.headers().contains_key("idempotency-replayed");
+            (resp.status(), replayed)
+        });
+    }
+    let results = tasks.join_all().await;
+    let fresh = results
+        .iter()
+        .filter(|(st, rep)| *st == StatusCode::CREATED && !rep)
+        .count();
+    assert_eq!(fresh, 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|(st, _)| *st == StatusCode::CREATED || *st == StatusCode::CONFLICT),
+        "{results:?}"
+    );
+    assert_eq!(
+        s.get("/v1/accounts/bob", &pay).await.1["balance"]
+            .as_i64()
+            .unwrap(),
+        balance + 1000
+    );
+
+    // expiry: the reaper removes finished keys past expires_at; reusing such
+    // a key is a clear 409, never a 500 and never a second charge
+    let c = s.db.pool.get().await.unwrap();
+    c.execute(
+        "update payrail.idempotency_keys set expires_at = now() - interval '1 second' where key = 'k-1' and tenant = 't'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let reaped = api::reap_expired_keys(&s.db.pool, 1000, 10).await.unwrap();
+    assert_eq!(reaped, 1);
+    let before = s.written().await;
+    let r = s.pay(&pay, "k-1", transfer(100)).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "idempotency_key_expired"
+    );
+    assert_eq!(s.written().await, before);
+    assert!(s.db.audit().await.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_requests_get_a_4xx_problem_and_write_nothing() {
+    let s = Server::start().await;
+    let admin = s.key("t", &[Scope::Admin]).await;
+    let pay = s.key("t", &[Scope::Payments]).await;
+    s.samples(&admin, &pay).await;
+    let before = s.written().await;
+    let p = |body: Value| {
+        s.req(Method::POST, "/v1/payments", Some(&pay))
+            .header("idempotency-key", format!("k{}", rand::random::<u64>()))
+            .json(&body)
+    };
+    let raw = |path: &str, body: &'static str| {
+        s.req(Method::POST, path, Some(&pay))
+            .header("idempotency-key", format!("k{}", rand::random::<u64>()))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let with = |field: &str, v: Value| {
+        let mut t = transfer(100);
+        t[field] = v;
+        p(t)
+    };
+    let without = |field: &str| {
+        let mut t = transfer(100);
+        t.as_object_mut().unwrap().remove(field);
+        p(t)
+    };
+    let acct = |body: Value| s.req(Method::POST, "/v1/accounts", Some(&pay)).json(&body);
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            "not json",
+            raw("/v1/payments", "{nope"),
+            400,
+            "invalid_json",
+        ),
+        (
+            "truncated json",
+            raw("/v1/payments", "{\"kind\":"),
+            400,
+            "invalid_json",
+        ),
+        ("empty body", raw("/v1/payments", ""), 400, "invalid_json"),
+        ("json array", raw("/v1/payments", "[]"), 400, "invalid_body"),
+        (
+            "amount as string",
+            with("amount", json!("100")),
+            400,
+            "invalid_body",
+        ),
+        (
+            "amount fractional",
+            with("amount", json!(1.5)),
+            400,
+            "invalid_body",
+        ),
+        (
+            "amount zero",
+            with("amount", json!(0)),
+            400,
+            "invalid_amount",
+        ),
+        (
+            "amount negative",
+            with("amount", json!(-5)),
+            400,
+            "invalid_amount",
+        ),
+        (
+            "amount over i64",
+            raw(
+                "/v1/payments",
+                r#"{"kind":"transfer","source":"alice","destination":"bob","amount":9223372036854775808,"currency":"EUR"}"#,
+            ),
+            400,
+            "invalid_body",
+        ),
+        (
+            "amount null",
+            with("amount", Value::Null),
+            400,
+            "invalid_body",
+        ),
+        ("missing amount", without("amount"), 400, "invalid_body"),
+        ("missing currency", without("currency"), 400, "invalid_body"),
+        (
+            "unknown currency",
+            with("currency", json!("XYZ")),
+            400,
+            "unknown_currency",
+        ),
+        (
+            "lowercase currency",
+            with("currency", json!("eur")),
+            400,
+            "unknown_currency",
+        ),
+        (
+            "currency mismatch",
+            with("currency", json!("USD")),
+            400,
+            "currency_mismatch",
+        ),
+        (
+            "unknown field",
+            with("extra", json!(1)),
+            400,
+            "invalid_body",
+        ),
+        (
+            "same account",
+            with("destination", json!("alice")),
+            400,
+            "same_account",
+        ),
+        (
+            "id with spaces",
+            with("source", json!("al ice")),
+            400,
+            "invalid_id",
+        ),
+        (
+            "id too long",
+            with("source", json!("a".repeat(65))),
+            400,
+            "invalid_id",
+        ),
+        (
+            "equity account",
+            with("source", json!("equity:EUR")),
+            400,
+            "invalid_id",
+        ),
+        (
+            "unknown account",
+            with("source", json!("nobody")),
+            404,
+            "account_not_found",
+        ),
+        (
+            "unknown kind",
+            with("kind", json!("refund")),
+            404,
+            "pipeline_not_found",
+        ),
+        (
+            "metadata not strings",
+            with("metadata", json!({"a": 1})),
+            400,
+            "invalid_body",
+        ),
+        (
+            "metadata too big",
+            with("metadata", json!({"a": "x".repeat(600)})),
+            400,
+            "invalid_metadata",
+        ),
+        (
+            "oversized body",
+            with("metadata", json!({"a": "x".repeat(JSON_LIMIT)})),
+            413,
+            "body_too_large",
+        ),
+        (
+            "wrong content type",
+            s.req(Method::POST, "/v1/payments", Some(&pay))
+                .header("idempotency-key", "ct")
+                .header("content-type", "text/plain")
+                .body(transfer(1).to_string()),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "empty idempotency key",
+            s.req(Method::POST, "/v1/payments", Some(&pay))
+                .header("idempotency-key", "")
+                .json(&transfer(1)),
+            400,
+            "invalid_idempotency_key",
+        ),
+        (
+            "idempotency key too long",
+            s.req(Method::POST, "/v1/payments", Some(&pay))
+                .header("idempotency-key", "k".repeat(256))
+                .json(&transfer(1)),
+            400,
+            "invalid_idempotency_key",
+        ),
+        (
+            "two idempotency keys",
+            s.req(Method::POST, "/v1/payments", Some(&pay))
+                .header("idempotency-key", "a")
+                .header("idempotency-key", "b")
+                .json(&transfer(1)),
+            400,
+            "invalid_idempotency_key",
+        ),
+        (
+            "missing auth",
+            s.req(Method::POST, "/v1/payments", None)
+                .header("idempotency-key", "x")
+                .json(&transfer(1)),
+            401,
+            "unauthorized",
+        ),
+        (
+            "wrong scope",
+            s.req(Method::POST, "/v1/payments", Some(&admin))
+                .header("idempotency-key", "x")
+                .json(&transfer(1)),
+            403,
+            "forbidden",
+        ),
+        (
+            "account: negative opening",
+            acct(json!({"id": "n", "currency": "EUR", "opening_balance": -1})),
+            400,
+            "invalid_amount",
+        ),
+        (
+            "account: unknown currency",
+            acct(json!({"id": "n", "currency": "ABC"})),
+            400,
+            "unknown_currency",
+        ),
+        (
+            "account: bad id",
+            acct(json!({"id": "a/b", "currency": "EUR"})),
+            400,
+            "invalid_id",
+        ),
+        (
+            "account: equity id",
+            acct(json!({"id": "equity:EUR", "currency": "EUR"})),
+            400,
+            "invalid_id",
+        ),
+        (
+            "account: exists",
+            acct(json!({"id": "alice", "currency": "EUR"})),
+            409,
+            "already_exists",
+        ),
+        (
+            "account: unknown field",
+            acct(json!({"id": "n", "currency": "EUR", "balance": 5})),
+            400,
+            "invalid_body",
+        ),
+        (
+            "account: allow_negative not bool",
+            acct(json!({"id": "n", "currency": "EUR", "allow_negative": "yes"})),
+            400,
+            "invalid_body",
+        ),
+        (
+            "plugin: not wasm",
+            s.req(Method::POST, "/v1/plugins?name=junk", Some(&admin))
+                .body("garbage"),
+            400,
+            "plugin_invalid",
+        ),
+        (
+            "plugin: empty",
+            s.req(Method::POST, "/v1/plugins?name=junk", Some(&admin)),
+            400,
+            "plugin_invalid",
+        ),
+        (
+            "plugin: no name",
+            s.req(Method::POST, "/v1/plugins", Some(&admin))
+                .body(plugin_bytes("payrail_fee")),
+            400,
+            "invalid_query",
+        ),
+        (
+            "plugin: bad name",
+            s.req(Method::POST, "/v1/plugins?name=a%20b", Some(&admin))
+                .body(plugin_bytes("payrail_fee")),
+            400,
+            "invalid_id",
+        ),
+        (
+            "plugin: too large",
+            s.req(Method::POST, "/v1/plugins?name=big", Some(&admin))
+                .body(vec![0u8; 2 * 1024 * 1024 + 1]),
+            413,
+            "plugin_too_large",
+        ),
+        (
+            "pipeline: unknown plugin",
+            s.req(Method::PUT, "/v1/pipelines/transfer", Some(&admin))
+                .json(&json!({"steps": [{"plugin": "nope"}]})),
+            404,
+            "plugin_not_found",
+        ),
+        (
+            "pipeline: config not object",
+            s.req(Method::PUT, "/v1/pipelines/transfer", Some(&admin))
+                .json(&json!({"steps": [{"plugin": "fee", "config": [1]}]})),
+            400,
+            "invalid_config",
+        ),
+        (
+            "pipeline: too many steps",
+            s.req(Method::PUT, "/v1/pipelines/transfer", Some(&admin))
+                .json(&json!({"steps": vec![json!({"plugin": "fee"}); 17]})),
+            400,
+            "too_many_steps",
+        ),
+        (
+            "pipeline: unknown field",
+            s.req(Method::PUT, "/v1/pipelines/transfer", Some(&admin))
+                .json(&json!({"steps": [], "x": 1})),
+            400,
+            "invalid_body",
+        ),
+        (
+            "pipeline: bad kind",
+            s.req(Method::PUT, "/v1/pipelines/a%20b", Some(&admin))
+                .json(&json!({"steps": []})),
+            400,
+            "invalid_id",
+        ),
+        (
+            "list: limit 0",
+            s.req(Method::GET, "/v1/payments?limit=0", Some(&pay)),
+            400,
+            "invalid_limit",
+        ),
+        (
+            "list: limit huge",
+            s.req(
+                Method::GET,
+                "/v1/accounts/alice/entries?limit=100000",
+                Some(&pay),
+            ),
+            400,
+            "invalid_limit",
+        ),
+        (
+            "list: limit not a number",
+            s.req(Method::GET, "/v1/payments?limit=ten", Some(&pay)),
+            400,
+            "invalid_query",
+        ),
+        (
+            "list: bad cursor",
+            s.req(Method::GET, "/v1/payments?cursor=zz", Some(&pay)),
+            400,
+            "invalid_cursor",
+        ),
+        (
+            "list: unknown param",
+            s.req(Method::GET, "/v1/payments?acount=alice", Some(&pay)),
+            400,
+            "invalid_query",
+        ),
+        (
+            "payment: not a uuid",
+            s.req(Method::GET, "/v1/payments/12", Some(&pay)),
+            404,
+            "payment_not_found",
+        ),
+        (
+            "no such route",
+            s.req(Method::GET, "/v1/nothing", Some(&pay)),
+            404,
+            "not_found",
+        ),
+        (
+            "wrong method",
+            s.req(Method::DELETE, "/v1/accounts", Some(&pay)),
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    assert!(cases.len() >= 30);
+    for (name, r, status, code) in cases {
+        let resp = r.send().await.unwrap();
+        let st = resp.status().as_u16();
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(
+            (st, body["code"].as_str()),
+            (status, Some(code)),
+            "{name}: {body}"
+        );
+        assert_eq!(ct, "application/problem+json", "{name}");
+        assert_eq!(body["status"], status, "{name}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{name}"
+        );
+        assert_eq!(s.written().await, before, "{name} wrote something");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pagination_walks_every_item_once() {
+    let s = Server::start().await;
+    let admin = s.key("t", &[Scope::Admin]).await;
+    let pay = s.key("t", &[Scope::Payments]).await;
+    s.samples(&admin, &pay).await;
+    for i in 0..7 {
+        let r = s.pay(&pay, &format!("p{i}"), transfer(100 + i)).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    async fn walk(s: &Server, key: &str, path: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..20 {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let url = match &cursor {
+                Some(c) => format!("{path}{sep}limit=3&cursor={c}"),
+                None => format!("{path}{sep}limit=3"),
+            };
+            let (st, page) = s.get(&url, key).await;
+            assert_eq!(st, StatusCode::OK, "{page}");
+            let data = page["data"].as_array().unwrap();
+            assert!(data.len() <= 3);
+            items.extend(data.iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return items,
+            }
+        }
+        panic!("pagination did not end");
+    }
+    let payments = walk(&s, &pay, "/v1/payments?account=alice").await;
+    let amounts: Vec<i64> = payments
+        .iter()
+        .map(|p| p["amount"].as_i64().unwrap())
+        .collect();
+    assert_eq!(amounts, (100..107).collect::<Vec<_>>());
+    assert!(
+        payments
+            .iter()
+            .all(|p| p["postings"].as_array().unwrap().len() == 4)
+    );
+    let all = walk(&s, &pay, "/v1/payments").await;
+    assert_eq!(all.len(), 7);
+    // alice: the opening balance, then one debit and one fee per payment
+    let entries = walk(&s, &pay, "/v1/accounts/alice/entries").await;
+    assert_eq!(entries.len(), 1 + 7 * 2);
+    let ids: Vec<i64> = entries.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ascending, no repeats");
+    let sum: i64 = entries.iter().map(|e| e["amount"].as_i64().unwrap()).sum();
+    assert_eq!(
+        sum,
+        s.get("/v1/accounts/alice", &pay).await.1["balance"]
+            .as_i64()
+            .unwrap()
+    );
+    // a cursor of one listing is refused by another
+    let (_, page) = s.get("/v1/accounts/alice/entries?limit=1", &pay).await;
+    let c = page["next_cursor"].as_str().unwrap();
+    let (st, body) = s.get(&format!("/v1/payments?cursor={c}"), &pay).await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_cursor"))
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_documents_every_route_and_readyz_checks_the_schema() {
+    let s = Server::start().await;
+    let (st, doc) = s.get("/openapi.json", "").await;
+    assert_eq!(st, StatusCode::OK);
+    // every route the server has, as (method, path)
+    let routes = [
+        ("post", "/v1/accounts"),
+        ("get", "/v1/accounts/{id}"),
+        ("get", "/v1/accounts/{id}/entries"),
+        ("post", "/v1/payments"),
+        ("get", "/v1/payments"),
+        ("get", "/v1/payments/{id}"),
+        ("post", "/v1/plugins"),
+        ("get", "/v1/plugins"),
+        ("put", "/v1/pipelines/{kind}"),
+        ("get", "/v1/pipelines/{kind}"),
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("get", "/openapi.json"),
+    ];
+    let paths = doc["paths"].as_object().unwrap();
+    let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(
+        documented,
+        routes.len(),
+        "no undocumented extras: {paths:?}"
+    );
+    for (method, path) in routes {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing from openapi.json"
+        );
+        // and the server really has it: never the router's own 404/405
+        let concrete = path.replace("{id}", "x").replace("{kind}", "x");
+        let (_, body) = send(s.req(method.to_uppercase().parse().unwrap(), &concrete, None)).await;
+        assert!(
+            !matches!(
+                body["code"].as_str(),
+                Some("not_found" | "method_not_allowed")
+            ),
+            "{method} {path} is documented but not routed: {body}"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+
+    let (st, ready) = s.get("/readyz", "").await;
+    assert_eq!(
+        (st, ready["status"].as_str()),
+        (StatusCode::OK, Some("ready"))
+    );
+    let c = s.db.pool.get().await.unwrap();
+    c.execute(
+        "delete from payrail.schema_migrations where version = (select max(version) from payrail.schema_migrations)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let r = s.req(Method::GET, "/readyz", None).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "migrations_pending"
+    );
+    s.stop().await;
+}
+
+/// The real binary: config check, then serve; SIGTERM while a payment is in
+/// flight lets it finish, refuses new connections, and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_binary_drains_in_flight_requests_on_sigterm_and_exits_0() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let db = TestDb::new().await;
+    let bin = env!("CARGO_BIN_EXE_payrail");
+
+    // --check-config: valid config printed with the password redacted
+    let dir = std::env::temp_dir().join(format!("payrail-cfg-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("payrail.toml");
+    std::fs::write(
+        &cfg,
+        "[database]\nurl = \"postgres://u:hunter2@localhost/x\"\n[server]\nshutdown_grace_ms = 20000\n",
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .args(["serve", "--check-config", "--config"])
+        .arg(&cfg)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("u:***@localhost") && !stdout.contains("hunter2"),
+        "{stdout}"
+    );
+    std::fs::write(&cfg, "[server]\nlisen = \"x\"\n").unwrap();
+    let out = Command::new(bin)
+        .args(["serve", "--check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid_config") && stderr.contains("lisen"),
+        "{stderr}"
+    );
+    std::fs::write(&cfg, "[server]\nshutdown_grace_ms = 20000\n").unwrap();
+
+    let pay = {
+        let c = db.pool.get().await.unwrap();
+        apikeys::create(&c, "default", &[Scope::Payments])
+            .await
+            .unwrap()
+            .secret
+    };
+    db.samples().await;
+    db.account("alice", 100_000).await;
+    db.account("bob", 0).await;
+
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .env("DATABASE_URL", &db.url)
+        .env("PAYRAIL_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("serve printed its address").unwrap();
+        if let Some(addr) = line.strip_prefix("payrail listening on ") {
+            break addr.to_string();
+        }
+    };
+    let http = reqwest::Client::new();
+    let (st, _) = send(http.get(format!("{base}/readyz"))).await;
+    assert_eq!(st, StatusCode::OK);
+
+    // hold alice's advisory lock so the payment waits inside the server
+    let mut locker = db.pool.get().await.unwrap();
+    let tx = locker.transaction().await.unwrap();
+    tx.execute(
+        "select pg_advisory_xact_lock($1)",
+        &[&payrail::locks::account_key("default", "alice")],
+    )
+    .await
+    .unwrap();
+    let req = http
+        .post(format!("{base}/v1/payments"))
+        .bearer_auth(&pay)
+        .header("idempotency-key", "in-flight")
+        .json(&transfer(1000));
+    let in_flight = tokio::spawn(async move { req.send().await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // no new connections while draining
+    let refused = reqwest::Client::new()
+        .get(format!("{base}/healthz"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a new connection was accepted while draining"
+    );
+    assert!(
+        !in_flight.is_finished(),
+        "the payment is still waiting for its lock"
+    );
+    tx.commit().await.unwrap();
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request was answered");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(resp.json::<Value>().await.unwrap()["status"], "approved");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(db.balance("bob").await, 1000);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -56,13 +56,15 @@ const CHECKS: &[(&str, &str)] = &[
          where not exists (select 1 from payrail.outbox o
                            where o.key = p.id::text and o.topic = 'payment.' || p.status)",
     ),
+    // A payment's key row may be gone: the reaper deletes keys past their
+    // expiry (`payrail serve`). While it exists it must be finished and
+    // point at the payment with its stored response.
     (
         "payment_has_stored_response",
         "select format('payment %s has no finished idempotency key with a stored response', p.id)
          from payrail.payments p
-         where not exists (select 1 from payrail.idempotency_keys k
-                           where k.tenant = p.tenant and k.key = p.idempotency_key
-                             and k.state = 'done' and k.response is not null and k.payment_id = p.id)",
+         join payrail.idempotency_keys k on k.tenant = p.tenant and k.key = p.idempotency_key
+         where not (k.state = 'done' and k.response is not null and k.payment_id is not distinct from p.id)",
     ),
 ];
 

@@ -1,6 +1,8 @@
 //! The `payrail` command line: parses arguments (clap) and dispatches to the
 //! library. Each subcommand is a thin layer over one library call.
 
+use crate::apikeys::{self, Scope};
+use crate::config::{Config, LogFormat};
 use crate::db::{self, Pool};
 use crate::engine::{EngineConfig, PluginEngine};
 use crate::error::{Error, Result};
@@ -8,7 +10,7 @@ use crate::ledger::{self, NewAccount};
 use crate::model::{DEFAULT_TENANT, PaymentRequest};
 use crate::processor::{Processor, ProcessorSettings};
 use crate::registry::{self, StepSpec};
-use crate::{audit, bench, demo};
+use crate::{api, audit, bench, demo};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,10 +33,13 @@ pub struct DbArgs {
     /// system's server binaries (data in $PAYRAIL_DATA_DIR).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Connection pool size.
-    #[arg(long, env = "PAYRAIL_POOL_SIZE", default_value_t = 16, global = true)]
-    pub pool_size: usize,
+    /// Connection pool size [default: 16].
+    #[arg(long, env = "PAYRAIL_POOL_SIZE", global = true)]
+    pub pool_size: Option<usize>,
 }
+
+/// Pool size when neither flag, environment nor config file sets one.
+pub const DEFAULT_POOL_SIZE: usize = 16;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -59,6 +64,50 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Benchmark payrail against the PL/pgSQL baseline on the same Postgres.
     Bench(bench::BenchArgs),
+    /// Run the HTTP API until SIGTERM/SIGINT (see README "HTTP API").
+    Serve(ServeArgs),
+    /// Manage API keys (shown once, stored as a hash).
+    #[command(subcommand)]
+    Apikey(ApikeyCmd),
+}
+
+/// `payrail serve` options. Precedence: flags, then environment, then the
+/// config file, then defaults.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0: a free port).
+    #[arg(long, env = "PAYRAIL_LISTEN")]
+    pub listen: Option<String>,
+    /// TOML configuration file.
+    #[arg(long, env = "PAYRAIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print it (secrets redacted) and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Apply pending migrations before serving.
+    #[arg(long)]
+    pub migrate: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCmd {
+    /// Create a key; prints it once (only its hash is stored).
+    Create {
+        /// The tenant the key acts for.
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated: `payments` (accounts, payments), `admin`
+        /// (plugins, pipelines).
+        #[arg(long, default_value = "payments")]
+        scopes: String,
+    },
+    /// Revoke a key by its id (`key_...`); it stops working at once.
+    Revoke { id: String },
+    /// List a tenant's keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,7 +182,7 @@ impl Context {
     /// Resolves the database, builds the pool and the engine.
     pub async fn open(db_args: &DbArgs) -> Result<Context> {
         let url = db::resolve_url(db_args.database_url.clone()).await?;
-        let pool = db::pool(&url, db_args.pool_size)?;
+        let pool = db::pool(&url, db_args.pool_size.unwrap_or(DEFAULT_POOL_SIZE))?;
         let engine = Arc::new(
             PluginEngine::new(EngineConfig::default())
                 .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?,
@@ -195,8 +244,49 @@ fn print_json(v: &impl serde::Serialize) {
     );
 }
 
+/// The serve configuration: the file, then the environment, then flags.
+pub fn serve_config(db: &DbArgs, args: &ServeArgs) -> Result<Config> {
+    let mut config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
+    if let Some(url) = &db.database_url {
+        config.database.url = Some(url.clone());
+    }
+    if let Some(n) = db.pool_size {
+        config.database.pool_size = n;
+    }
+    if let Some(listen) = &args.listen {
+        config.server.listen = listen.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Log format and filter for this invocation: `serve` reads them from its
+/// configuration; other commands log text at `warn`. `PAYRAIL_LOG` wins.
+pub fn log_settings(cli: &Cli) -> (LogFormat, String) {
+    match &cli.command {
+        Command::Serve(args) => match serve_config(&cli.db, args) {
+            Ok(c) => (c.log.format, c.log.filter),
+            // the error is reported properly when the command runs
+            Err(_) => (LogFormat::Text, "info".into()),
+        },
+        _ => (LogFormat::Text, "warn".into()),
+    }
+}
+
 /// Runs one parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32> {
+    if let Command::Serve(args) = &cli.command {
+        let config = serve_config(&cli.db, args)?;
+        println!(
+            "payrail configuration (secrets redacted):\n{}",
+            config.redacted()
+        );
+        if args.check_config {
+            println!("configuration is valid");
+            return Ok(0);
+        }
+        return api::serve(config, args.migrate).await;
+    }
     let ctx = Context::open(&cli.db).await?;
     match cli.command {
         Command::Migrate => {
@@ -299,6 +389,24 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Demo(args) => return demo::run(&ctx, &args).await,
         Command::Bench(args) => return bench::run(&ctx, &args).await,
+        Command::Serve(_) => unreachable!("handled above"),
+        Command::Apikey(cmd) => {
+            ctx.require_schema().await?;
+            let client = ctx.pool.get().await?;
+            match cmd {
+                ApikeyCmd::Create { tenant, scopes } => {
+                    let scopes = Scope::parse_list(&scopes)?;
+                    let key = apikeys::create(&client, &tenant, &scopes).await?;
+                    eprintln!(
+                        "created {} for tenant {:?}; the key is shown only now, store it safely:",
+                        key.key.id, key.key.tenant
+                    );
+                    println!("{}", key.secret);
+                }
+                ApikeyCmd::Revoke { id } => print_json(&apikeys::revoke(&client, &id).await?),
+                ApikeyCmd::List { tenant } => print_json(&apikeys::list(&client, &tenant).await?),
+            }
+        }
     }
     Ok(0)
 }

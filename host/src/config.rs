@@ -298,7 +298,12 @@ impl Config {
         }
         self.listen_addr()?;
         let s = &self.server;
-        range("server.request_timeout_ms", s.request_timeout_ms, 100, 600_000)?;
+        range(
+            "server.request_timeout_ms",
+            s.request_timeout_ms,
+            100,
+            600_000,
+        )?;
         range("server.shutdown_grace_ms", s.shutdown_grace_ms, 0, 600_000)?;
         range(
             "server.max_json_body_bytes",
@@ -326,7 +331,12 @@ impl Config {
         )?;
         range("processor.max_attempts", p.max_attempts, 1, 100)?;
         let g = &self.plugins;
-        range("plugins.max_plugin_bytes", g.max_plugin_bytes, 1024, 64 << 20)?;
+        range(
+            "plugins.max_plugin_bytes",
+            g.max_plugin_bytes,
+            1024,
+            64 << 20,
+        )?;
         range(
             "plugins.max_wasm_stack_bytes",
             g.max_wasm_stack_bytes,
@@ -528,7 +538,12 @@ mod tests {
         assert!(e.to_string().contains("database.pool_size = 0"), "{e}");
         let mut c = Config::default();
         c.server.listen = "nowhere".into();
-        assert!(c.validate().unwrap_err().to_string().contains("server.listen"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("server.listen")
+        );
     }
 
     #[test]

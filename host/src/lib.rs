@@ -2,13 +2,16 @@
 //! pipeline of sandboxed WebAssembly rule plugins inside one Postgres
 //! transaction.
 //!
-//! Data flows one way: [`cli`] -> [`processor`] -> ([`locks`], [`engine`],
+//! Data flows one way: [`cli`] / [`api`] -> [`processor`] -> ([`locks`], [`engine`],
 //! [`ledger`], outbox rows) -> Postgres. The [`engine`] knows nothing of
 //! Postgres; the [`ledger`] knows nothing of WebAssembly.
 
+pub mod api;
+pub mod apikeys;
 pub mod audit;
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod currency;
 pub mod db;
 pub mod demo;

@@ -179,11 +179,20 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let mut values = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
-        let (Some(value), None) = (values.next(), values.next()) else {
-            return Err(ApiError::bad_request(
-                "idempotency_key_missing",
-                "send exactly one `Idempotency-Key` header (a unique string per payment, e.g. a UUID); retries reuse it",
-            ));
+        let value = match (values.next(), values.next()) {
+            (Some(v), None) => v,
+            (None, _) => {
+                return Err(ApiError::bad_request(
+                    "idempotency_key_missing",
+                    "send an `Idempotency-Key` header (a unique string per payment, e.g. a UUID); retries reuse it",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    "send exactly one `Idempotency-Key` header",
+                ));
+            }
         };
         let raw = value.to_str().unwrap_or("").trim();
         let key = raw

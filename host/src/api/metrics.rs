@@ -51,9 +51,17 @@ impl Histogram {
 /// Label values, rendered in order with the metric's label names.
 type Labels = Vec<String>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Family<T> {
     series: BTreeMap<Labels, T>,
+}
+
+impl<T> Default for Family<T> {
+    fn default() -> Self {
+        Family {
+            series: BTreeMap::new(),
+        }
+    }
 }
 
 impl<T> Family<T> {
@@ -119,10 +127,11 @@ pub struct PoolGauges {
 impl Metrics {
     /// Records one answered request.
     pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        *self.requests.lock().expect("metrics lock").get(
-            vec![method.into(), route.into(), status.to_string()],
-            || 0,
-        ) += 1;
+        *self
+            .requests
+            .lock()
+            .expect("metrics lock")
+            .get(vec![method.into(), route.into(), status.to_string()], || 0) += 1;
         self.latency
             .lock()
             .expect("metrics lock")
@@ -273,7 +282,10 @@ impl Metrics {
 }
 
 fn simple(out: &mut String, name: &str, kind: &str, help: &str, v: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+    );
 }
 
 fn counter_family(out: &mut String, name: &str, help: &str, labels: &[&str], f: &Family<u64>) {

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::processor::Processor;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use metrics::Metrics;
@@ -198,6 +198,11 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     let response = match state.in_flight.clone().try_acquire_owned() {
         Err(_) => {
             state.metrics.overloaded();
@@ -232,9 +237,16 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
         start.elapsed().as_secs_f64(),
     );
     let mut response = response;
-    response
-        .headers_mut()
-        .insert("cache-control", HeaderValue::from_static("no-store"));
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // A refused request's body may be unread (401 before a plugin upload,
+    // say): close the connection so the client does not reuse it while the
+    // rest of that body is still on the wire.
+    if has_body && (response.status().is_client_error() || response.status().is_server_error()) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -348,4 +360,71 @@ pub async fn serve_until(
             Ok(false)
         }
     }
+}
+
+/// `payrail serve`: opens the pool and engine from `config`, optionally
+/// migrates, starts the key reaper, serves until SIGTERM/SIGINT, drains
+/// in-flight requests for at most `server.shutdown_grace_ms`, and returns
+/// the exit code (0).
+pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
+    let addr = config.listen_addr()?;
+    let url = crate::db::resolve_url(config.database.url.clone()).await?;
+    let pool = crate::db::pool(&url, config.database.pool_size)?;
+    {
+        let mut client = pool.get().await?;
+        if migrate {
+            let applied = crate::db::migrate::migrate(&mut client).await?;
+            if !applied.is_empty() {
+                tracing::info!(?applied, "applied migrations");
+            }
+        } else if !crate::db::migrate::is_current(&client).await? {
+            tracing::warn!(
+                "the database schema is not current: /readyz answers 503 until `payrail migrate` runs"
+            );
+        }
+    }
+    let engine = Arc::new(
+        PluginEngine::new(config.engine())
+            .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?,
+    );
+    let processor = Processor::new(pool.clone(), engine, config.processor());
+    let state = AppState::new(processor, ApiLimits::from_config(&config));
+    let metrics = state.metrics.clone();
+    let (router, _doc) = router(state);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Setup(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::Setup(format!("listener address: {e}")))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reaper = tokio::spawn(run_reaper(
+        pool.clone(),
+        metrics,
+        Duration::from_secs(config.idempotency.reaper_interval_secs),
+        config.idempotency.reaper_batch,
+        stop_rx,
+    ));
+    // stdout, for scripts and tests that pick port 0
+    println!("payrail listening on http://{local}");
+    tracing::info!(%local, "listening");
+    let drained = serve_until(
+        listener,
+        router,
+        shutdown_signal(),
+        Duration::from_millis(config.server.shutdown_grace_ms),
+    )
+    .await?;
+    let _ = stop_tx.send(true);
+    let _ = reaper.await;
+    if drained {
+        tracing::info!("shut down cleanly");
+    } else {
+        tracing::warn!(
+            grace_ms = config.server.shutdown_grace_ms,
+            "requests still in flight after the grace period were cut off; their transactions rolled back"
+        );
+    }
+    println!("payrail stopped");
+    Ok(0)
 }

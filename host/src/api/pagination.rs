@@ -73,12 +73,7 @@ pub fn cursor(kind: &str, pos: &str) -> String {
 
 /// Builds a page from `rows` fetched with `limit + 1`: the extra row only
 /// says there is a next page, whose cursor is the last kept row's position.
-pub fn page<T>(
-    mut rows: Vec<T>,
-    limit: usize,
-    kind: &str,
-    pos: impl Fn(&T) -> String,
-) -> Page<T> {
+pub fn page<T>(mut rows: Vec<T>, limit: usize, kind: &str, pos: impl Fn(&T) -> String) -> Page<T> {
     let more = rows.len() > limit;
     rows.truncate(limit);
     let next_cursor = if more {
@@ -113,6 +108,10 @@ mod tests {
         let pg = page(vec![1, 2, 3, 4], 3, "n", |n| n.to_string());
         assert_eq!(pg.data, [1, 2, 3]);
         assert_eq!(pg.next_cursor, Some(cursor("n", "3")));
-        assert!(page(vec![1], 3, "n", |n| n.to_string()).next_cursor.is_none());
+        assert!(
+            page(vec![1], 3, "n", |n| n.to_string())
+                .next_cursor
+                .is_none()
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! status here; bad input is always a 4xx, and database trouble that is
 //! safe to retry is a 503 with `Retry-After`.
 
-use crate::error::Error;
 use crate::engine::LoadError;
+use crate::error::Error;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;

@@ -1,0 +1,110 @@
+//! Operations routes (no API key): liveness, readiness, metrics, and the
+//! OpenAPI document.
+
+use super::AppState;
+use super::metrics::PoolGauges;
+use super::problem::{ApiError, Problem};
+use crate::db::migrate;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use utoipa::ToSchema;
+
+/// How long readiness waits for the database.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The generated OpenAPI document, as JSON text.
+#[derive(Clone)]
+pub struct OpenApiJson(pub Arc<String>);
+
+/// A health answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `ready`.
+    pub status: String,
+}
+
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "Up", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: the database answers and its schema is current.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Database unreachable or migrations pending", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn readyz(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
+    let check = async {
+        let client = st.pool.get().await.map_err(crate::Error::from)?;
+        migrate::is_current(&client).await
+    };
+    match tokio::time::timeout(READY_TIMEOUT, check).await {
+        Ok(Ok(true)) => Ok(Json(Health {
+            status: "ready".into(),
+        })),
+        Ok(Ok(false)) => Err(ApiError::unavailable(
+            "migrations_pending",
+            "the database schema is not current: run `payrail migrate`",
+            5,
+        )),
+        Ok(Err(e)) => Err(ApiError::unavailable(
+            "database_unavailable",
+            format!("the database is not reachable: {e}"),
+            2,
+        )),
+        Err(_) => Err(ApiError::unavailable(
+            "database_unavailable",
+            format!(
+                "the database did not answer within {} ms",
+                READY_TIMEOUT.as_millis()
+            ),
+            2,
+        )),
+    }
+}
+
+/// Prometheus metrics (text exposition format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let s = st.pool.status();
+    let text = st.metrics.render(
+        PoolGauges {
+            size: s.size,
+            available: s.available,
+            max_size: s.max_size,
+            waiting: s.waiting,
+        },
+        st.limits
+            .max_in_flight
+            .saturating_sub(st.in_flight.available_permits()),
+    );
+    let mut resp = text.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
+pub async fn openapi(Extension(doc): Extension<OpenApiJson>) -> Response {
+    let mut resp = doc.0.as_str().to_string().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,0 +1,440 @@
+//! `/v1/payments`: make payments (with `Idempotency-Key`), read and list
+//! them.
+//!
+//! Idempotency (IETF draft "The Idempotency-Key HTTP Header Field"): the
+//! key is required; the processor claims it in the payment's own
+//! transaction with a fingerprint of the request (method and path are fixed
+//! for this route, so the parsed body decides). Same key and request,
+//! finished: the stored 201 and body, plus `Idempotency-Replayed: true`.
+//! Same key, different request: 422. Same key while the first request is
+//! running: 409 (or the replay, once it committed). Keys are per tenant and
+//! expire after `idempotency.key_ttl_secs`; a key reused after its expiry
+//! still names the payment it made, and is refused with 409
+//! `idempotency_key_expired`.
+
+use super::AppState;
+use super::accounts::{load_visible, validate_metadata};
+use super::extract::{ApiJson, ApiQuery, IdempotencyKey, PaymentsKey};
+use super::pagination::{Page, PageParams, page};
+use super::problem::{ApiError, ApiResult, Problem};
+use crate::model::{Metadata, PaymentRequest, PaymentResponse, PaymentStatus, Posting};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use tokio_postgres::error::SqlState;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// Response header marking a replayed response.
+pub const REPLAYED_HEADER: &str = "idempotency-replayed";
+
+/// `POST /v1/payments` body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePayment {
+    /// Payment kind: selects the pipeline.
+    pub kind: String,
+    /// Account debited.
+    pub source: String,
+    /// Account credited.
+    pub destination: String,
+    /// Positive, in minor units, within i64.
+    pub amount: i64,
+    /// ISO 4217 code; both accounts must hold it.
+    pub currency: String,
+    /// Up to 32 string entries of at most 512 bytes, handed to plugins.
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// Outcome of a payment.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusView {
+    /// Money moved.
+    Approved,
+    /// A business decision said no; recorded, final on retry.
+    Declined,
+}
+
+/// Why a payment was declined.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeclineView {
+    /// Stable code (`amount_too_large`, `insufficient_funds`, ...).
+    pub code: String,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+/// One ledger movement: positive credits `account`, negative debits it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PostingView {
+    /// The account.
+    pub account: String,
+    /// Minor units.
+    pub amount: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+/// A payment.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PaymentView {
+    /// Derived from (tenant, idempotency key).
+    pub id: String,
+    /// `approved` or `declined`.
+    pub status: StatusView,
+    /// Present when declined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decline: Option<DeclineView>,
+    /// The ledger movements (empty when declined).
+    pub postings: Vec<PostingView>,
+    /// Payment kind.
+    pub kind: String,
+    /// Minor units.
+    pub amount: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Account debited.
+    pub source: String,
+    /// Account credited.
+    pub destination: String,
+    /// What the plugins annotated.
+    pub annotations: Metadata,
+    /// When it was recorded (RFC 3339, UTC); on reads only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}
+
+fn posting_view(p: Posting) -> PostingView {
+    let Posting {
+        account,
+        amount,
+        currency,
+    } = p;
+    PostingView {
+        account,
+        amount,
+        currency,
+    }
+}
+
+impl From<PaymentResponse> for PaymentView {
+    fn from(r: PaymentResponse) -> Self {
+        let PaymentResponse {
+            id,
+            status,
+            decline,
+            postings,
+            kind,
+            amount,
+            currency,
+            source,
+            destination,
+            annotations,
+        } = r;
+        PaymentView {
+            id,
+            status: match status {
+                PaymentStatus::Approved => StatusView::Approved,
+                PaymentStatus::Declined => StatusView::Declined,
+            },
+            decline: decline.map(|d| DeclineView {
+                code: d.code,
+                message: d.message,
+            }),
+            postings: postings.into_iter().map(posting_view).collect(),
+            kind,
+            amount,
+            currency,
+            source,
+            destination,
+            annotations,
+            created_at: None,
+        }
+    }
+}
+
+/// Make a payment.
+#[utoipa::path(post, path = "/v1/payments", tag = "payments",
+    request_body = CreatePayment,
+    params(("Idempotency-Key" = String, Header, description = "Unique per payment; retries reuse it (1-255 visible ASCII, optionally as a quoted sf-string)")),
+    responses(
+        (status = 201, description = "Processed (approved or declined); on a replay with header `Idempotency-Replayed: true`", body = PaymentView),
+        (status = 400, description = "Invalid request or missing Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown account or pipeline", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this key is in progress, or the key expired", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Key reused for a different request, or a plugin fault", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Lock timeout or database unavailable; no effect, retry", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_payment(
+    State(st): State<AppState>,
+    PaymentsKey(p): PaymentsKey,
+    IdempotencyKey(key): IdempotencyKey,
+    ApiJson(body): ApiJson<CreatePayment>,
+) -> ApiResult<Response> {
+    validate_metadata(&body.metadata)?;
+    let CreatePayment {
+        kind,
+        source,
+        destination,
+        amount,
+        currency,
+        metadata,
+    } = body;
+    let req = PaymentRequest {
+        kind,
+        source,
+        destination,
+        amount,
+        currency,
+        metadata,
+    };
+    let outcome = match st.processor.pay(&p.tenant, &key, &req).await {
+        Ok(o) => o,
+        Err(e) => {
+            let unique = e.sqlstate() == Some(&SqlState::UNIQUE_VIOLATION);
+            let err = if unique {
+                // The payment row of this (tenant, key) exists but its key
+                // row was reaped: the key expired.
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_expired",
+                    format!(
+                        "idempotency key {key:?} expired; it still names the payment it made (GET /v1/payments/{}); use a new key for a new payment",
+                        crate::processor::payment_id(&p.tenant, &key)
+                    ),
+                )
+            } else {
+                ApiError::from(e)
+            };
+            st.metrics.payment_error(&err.code);
+            return Err(err);
+        }
+    };
+    let status = outcome.response.status.as_str();
+    st.metrics.payment(status, outcome.replayed);
+    tracing::Span::current().record("payment_id", outcome.response.id.as_str());
+    if !outcome.replayed {
+        record_plugin_calls(&st, &outcome.response.id).await;
+    }
+    let location = format!("/v1/payments/{}", outcome.response.id);
+    let mut resp = (
+        StatusCode::CREATED,
+        Json(PaymentView::from(outcome.response)),
+    )
+        .into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if outcome.replayed {
+        h.insert(
+            HeaderName::from_static(REPLAYED_HEADER),
+            HeaderValue::from_static("true"),
+        );
+    }
+    Ok(resp)
+}
+
+/// Plugin fuel and duration from the payment's journal, for the metrics.
+/// Best effort: a failure here only loses a sample.
+async fn record_plugin_calls(st: &AppState, payment: &str) {
+    let Ok(id) = payment.parse::<Uuid>() else {
+        return;
+    };
+    let Ok(client) = st.pool.get().await else {
+        return;
+    };
+    if let Ok(rows) = client
+        .query(
+            "select digest, fuel_used, duration_us from payrail.plugin_calls where payment_id = $1",
+            &[&id],
+        )
+        .await
+    {
+        for r in rows {
+            let fuel: i64 = r.get(1);
+            let us: i64 = r.get(2);
+            st.metrics
+                .plugin_call(r.get(0), fuel.max(0) as u64, us.max(0) as f64 / 1e6);
+        }
+    }
+}
+
+const PAYMENT_COLUMNS: &str = "id, status, decline_code, decline_message, kind, amount, currency,
+    source, destination, annotations,
+    to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+/// Builds views from payment rows, with their postings (one query).
+async fn views(
+    client: &deadpool_postgres::Client,
+    rows: &[tokio_postgres::Row],
+) -> Result<Vec<PaymentView>, ApiError> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    let mut postings: HashMap<Uuid, Vec<PostingView>> = HashMap::new();
+    if !ids.is_empty() {
+        for e in client
+            .query(
+                "select payment_id, account_id, amount, currency from payrail.entries
+                 where payment_id = any($1) order by id",
+                &[&ids],
+            )
+            .await
+            .map_err(crate::Error::from)?
+        {
+            postings.entry(e.get(0)).or_default().push(PostingView {
+                account: e.get(1),
+                amount: e.get(2),
+                currency: e.get(3),
+            });
+        }
+    }
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let id: Uuid = r.get(0);
+            let status: String = r.get(1);
+            let decline_code: Option<String> = r.get(2);
+            PaymentView {
+                id: id.to_string(),
+                status: if status == "approved" {
+                    StatusView::Approved
+                } else {
+                    StatusView::Declined
+                },
+                decline: decline_code.map(|code| DeclineView {
+                    code,
+                    message: r.get::<_, Option<String>>(3).unwrap_or_default(),
+                }),
+                postings: postings.remove(&id).unwrap_or_default(),
+                kind: r.get(4),
+                amount: r.get(5),
+                currency: r.get(6),
+                source: r.get(7),
+                destination: r.get(8),
+                annotations: serde_json::from_value(r.get(9)).unwrap_or_default(),
+                created_at: Some(r.get(10)),
+            }
+        })
+        .collect())
+}
+
+/// Read a payment.
+#[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments",
+    params(("id" = String, Path, description = "Payment id")),
+    responses(
+        (status = 200, description = "The payment", body = PaymentView),
+        (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_payment(
+    State(st): State<AppState>,
+    PaymentsKey(p): PaymentsKey,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PaymentView>> {
+    let not_found = || {
+        ApiError::from(crate::Error::NotFound {
+            what: "payment",
+            id: id.chars().take(64).collect(),
+        })
+    };
+    let uuid: Uuid = id.parse().map_err(|_| not_found())?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
+    let rows = client
+        .query(
+            &format!(
+                "select {PAYMENT_COLUMNS} from payrail.payments where tenant = $1 and id = $2"
+            ),
+            &[&p.tenant, &uuid],
+        )
+        .await
+        .map_err(crate::Error::from)?;
+    if rows.is_empty() {
+        return Err(not_found());
+    }
+    let mut v = views(&client, &rows).await?;
+    Ok(Json(v.pop().expect("one row")))
+}
+
+/// `GET /v1/payments` query.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListPayments {
+    /// Only payments with this account as source or destination.
+    pub account: Option<String>,
+    /// Items per page, 1-200 (default 50).
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// List payments, oldest first, optionally of one account.
+#[utoipa::path(get, path = "/v1/payments", tag = "payments",
+    params(ListPayments),
+    responses(
+        (status = 200, description = "A page of payments", body = Page<PaymentView>),
+        (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such account", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_payments(
+    State(st): State<AppState>,
+    PaymentsKey(p): PaymentsKey,
+    ApiQuery(q): ApiQuery<ListPayments>,
+) -> ApiResult<Json<Page<PaymentView>>> {
+    let pp = PageParams {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let limit = pp.limit()?;
+    let bad_cursor = || ApiError::bad_request("invalid_cursor", "malformed cursor");
+    let after: Option<(String, Uuid)> = match pp.position("payments")? {
+        Some(pos) => {
+            let (ts, id) = pos.split_once('|').ok_or_else(bad_cursor)?;
+            Some((ts.to_string(), id.parse().map_err(|_| bad_cursor())?))
+        }
+        None => None,
+    };
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
+    if let Some(a) = &q.account {
+        load_visible(&client, &p.tenant, a).await?;
+    }
+    let (after_ts, after_id) = match &after {
+        Some((ts, id)) => (Some(ts.as_str()), Some(*id)),
+        None => (None, None),
+    };
+    let rows = client
+        .query(
+            &format!(
+                "select {PAYMENT_COLUMNS} from payrail.payments
+                 where tenant = $1
+                   and ($2::text is null or source = $2 or destination = $2)
+                   and ($3::text is null or (created_at, id) > ($3::timestamptz, $4::uuid))
+                 order by created_at, id limit $5"
+            ),
+            &[
+                &p.tenant,
+                &q.account,
+                &after_ts,
+                &after_id,
+                &(limit as i64 + 1),
+            ],
+        )
+        .await
+        .map_err(|e| {
+            if e.code() == Some(&SqlState::INVALID_DATETIME_FORMAT)
+                || e.code() == Some(&SqlState::DATETIME_FIELD_OVERFLOW)
+            {
+                bad_cursor()
+            } else {
+                crate::Error::from(e).into()
+            }
+        })?;
+    let payments = views(&client, &rows).await?;
+    Ok(Json(page(payments, limit, "payments", |v| {
+        format!("{}|{}", v.created_at.as_deref().unwrap_or(""), v.id)
+    })))
+}

@@ -1,0 +1,140 @@
+//! `/v1/plugins` and `/v1/pipelines` (scope `admin`): deploy plugin
+//! components, list them, set and read the pipeline of a payment kind.
+
+use super::AppState;
+use super::extract::{AdminKey, ApiJson, ApiQuery, read_body};
+use super::pagination::{Page, PageParams, page};
+use super::problem::{ApiError, ApiResult, Problem};
+use crate::ledger::validate_id;
+use crate::registry::{self, Pipeline, PluginInfo, StepSpec};
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// `POST /v1/plugins` query.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UploadParams {
+    /// Name pipelines use for the latest deploy (1-64 of `A-Z a-z 0-9 _ . : -`).
+    pub name: String,
+}
+
+/// A deployed plugin.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Deployed {
+    /// The tenant's name for it.
+    pub name: String,
+    /// sha256 of the component (hex).
+    pub digest: String,
+}
+
+/// Deploy a plugin: the raw `.wasm` component as the body.
+#[utoipa::path(post, path = "/v1/plugins", tag = "admin",
+    params(UploadParams),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "A wasm32-wasip2 component built with the payrail-plugin SDK"),
+    responses(
+        (status = 201, description = "Validated, compiled and stored", body = Deployed),
+        (status = 400, description = "Not a valid plugin component", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than plugins.max_plugin_bytes", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn upload_plugin(
+    State(st): State<AppState>,
+    AdminKey(p): AdminKey,
+    ApiQuery(q): ApiQuery<UploadParams>,
+    req: Request,
+) -> ApiResult<(StatusCode, Json<Deployed>)> {
+    validate_id("plugin name", &q.name)?;
+    let bytes = read_body(req, st.limits.max_plugin_bytes, "plugin_too_large").await?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            "plugin_invalid",
+            "send the plugin's .wasm component as the request body",
+        ));
+    }
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
+    let digest =
+        registry::deploy_plugin_for(&client, &st.engine, &p.tenant, &q.name, bytes.to_vec())
+            .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Deployed {
+            name: q.name,
+            digest,
+        }),
+    ))
+}
+
+/// List the tenant's plugins (the latest deploy of each name).
+#[utoipa::path(get, path = "/v1/plugins", tag = "admin",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of plugins, by name", body = Page<PluginInfo>),
+    ))]
+pub async fn list_plugins(
+    State(st): State<AppState>,
+    AdminKey(p): AdminKey,
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> ApiResult<Json<Page<PluginInfo>>> {
+    let limit = q.limit()?;
+    let after = q.position("plugins")?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
+    let rows = registry::list_plugins(&client, &p.tenant, after.as_deref(), limit + 1).await?;
+    Ok(Json(page(rows, limit, "plugins", |r| r.name.clone())))
+}
+
+/// `PUT /v1/pipelines/{kind}` body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutPipeline {
+    /// The steps, run in order (at most 16).
+    pub steps: Vec<StepSpec>,
+}
+
+/// Replace the pipeline of a payment kind.
+#[utoipa::path(put, path = "/v1/pipelines/{kind}", tag = "admin",
+    params(("kind" = String, Path, description = "Payment kind")),
+    request_body = PutPipeline,
+    responses(
+        (status = 200, description = "The new pipeline (version + 1)", body = Pipeline),
+        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "A step names an unknown plugin", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_pipeline(
+    State(st): State<AppState>,
+    AdminKey(p): AdminKey,
+    Path(kind): Path<String>,
+    ApiJson(body): ApiJson<PutPipeline>,
+) -> ApiResult<Json<Pipeline>> {
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
+    Ok(Json(
+        registry::set_pipeline(&client, &p.tenant, &kind, &body.steps).await?,
+    ))
+}
+
+/// Read the pipeline of a payment kind.
+#[utoipa::path(get, path = "/v1/pipelines/{kind}", tag = "admin",
+    params(("kind" = String, Path, description = "Payment kind")),
+    responses(
+        (status = 200, description = "The pipeline", body = Pipeline),
+        (status = 404, description = "No pipeline for this kind", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_pipeline(
+    State(st): State<AppState>,
+    AdminKey(p): AdminKey,
+    Path(kind): Path<String>,
+) -> ApiResult<Json<Pipeline>> {
+    if validate_id("payment kind", &kind).is_err() {
+        return Err(crate::Error::NotFound {
+            what: "pipeline",
+            id: kind.chars().take(64).collect(),
+        }
+        .into());
+    }
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
+    Ok(Json(
+        registry::load_pipeline(&client, &p.tenant, &kind).await?,
+    ))
+}
