@@ -30,11 +30,15 @@ impl Server {
     }
 
     async fn start_on(db: TestDb) -> Server {
+        Server::start_with(db, Duration::from_secs(30), 256).await
+    }
+
+    async fn start_with(db: TestDb, request_timeout: Duration, max_in_flight: usize) -> Server {
         let limits = ApiLimits {
             max_json_body_bytes: JSON_LIMIT,
             max_plugin_bytes: 2 * 1024 * 1024,
-            request_timeout: Duration::from_secs(30),
-            max_in_flight: 256,
+            request_timeout,
+            max_in_flight,
         };
         let state = AppState::new(db.processor(), limits);
         let (router, _) = api::router(state);
@@ -253,6 +257,7 @@ async fn a_client_deploys_plugins_sets_a_pipeline_and_pays() {
         "payrail_payments_total{status=\"approved\"} 1",
         "payrail_plugin_fuel_used_count{digest=",
         "payrail_plugin_call_duration_seconds_count{digest=",
+        "payrail_lock_wait_seconds_count 1",
         "payrail_db_pool_max_size 24",
     ] {
         assert!(metrics.contains(needle), "{needle} missing in\n{metrics}");
@@ -624,6 +629,28 @@ async fn idempotency_key_rules() {
             .unwrap(),
         balance + 1000
     );
+
+    // a request whose key another transaction holds right now: 409, nothing
+    // written; once that transaction ends, the key is free again
+    let mut holder = s.db.pool.get().await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    tx.execute(
+        "select pg_advisory_xact_lock($1)",
+        &[&payrail::locks::idempotency_key("t", "held")],
+    )
+    .await
+    .unwrap();
+    let before = s.written().await;
+    let r = s.pay(&pay, "held", transfer(100)).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "idempotency_key_in_progress"
+    );
+    assert_eq!(s.written().await, before);
+    tx.rollback().await.unwrap();
+    let r = s.pay(&pay, "held", transfer(100)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
 
     // expiry: the reaper removes finished keys past expires_at; reusing such
     // a key is a clear 409, never a 500 and never a second charge
@@ -1248,9 +1275,15 @@ async fn the_binary_drains_in_flight_requests_on_sigterm_and_exits_0() {
         .env("DATABASE_URL", &db.url)
         .env("PAYRAIL_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let base = loop {
         let line = lines.next().expect("serve printed its address").unwrap();
@@ -1309,7 +1342,154 @@ async fn the_binary_drains_in_flight_requests_on_sigterm_and_exits_0() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(status.code(), Some(0));
+    let logs = logs.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{logs}");
     assert_eq!(db.balance("bob").await, 1000);
+    // JSON logs: one object per line, request spans carry tenant and payment
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "shut down cleanly"),
+        "{logs}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["span"]["route"] == "/v1/payments" && l["span"]["payment_id"].is_string()),
+        "{logs}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_requests_time_out_and_excess_requests_are_shed() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("alice", 100_000).await;
+    db.account("bob", 0).await;
+    let s = Server::start_with(db, Duration::from_millis(700), 1).await;
+    let pay = s.key("default", &[Scope::Payments]).await;
+    let before = s.written().await;
+    // alice's lock is held: the payment waits inside the server
+    let mut locker = s.db.pool.get().await.unwrap();
+    let tx = locker.transaction().await.unwrap();
+    tx.execute(
+        "select pg_advisory_xact_lock($1)",
+        &[&payrail::locks::account_key("default", "alice")],
+    )
+    .await
+    .unwrap();
+    let slow = s
+        .req(Method::POST, "/v1/payments", Some(&pay))
+        .header("idempotency-key", "slow")
+        .json(&transfer(100));
+    let slow = tokio::spawn(async move { send(slow).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // the one in-flight slot is taken
+    let r = s
+        .req(Method::GET, "/v1/accounts/bob", Some(&pay))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "overloaded");
+    let (st, body) = slow.await.unwrap();
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("request_timeout"))
+    );
+    tx.rollback().await.unwrap();
+    drop(locker);
+    // the abandoned payment rolled back; a retry with its key runs it
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.written().await, before);
+    let r = s.pay(&pay, "slow", transfer(100)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(r.headers().get("idempotency-replayed").is_none());
+    let metrics = s
+        .req(Method::GET, "/metrics", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("payrail_http_overloaded_total 1"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
+
+/// `payrail apikey create|list|revoke` as an operator runs them, against a
+/// server using the same database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn apikey_commands_create_list_and_revoke_keys() {
+    use std::process::Command;
+    let s = Server::start().await;
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_payrail"))
+            .args(args)
+            .env("DATABASE_URL", &s.db.url)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, key, err) = run(&[
+        "apikey",
+        "create",
+        "--tenant",
+        "acme",
+        "--scopes",
+        "admin,payments",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(key.starts_with("pr_") && key.len() == 67, "{key}");
+    let (st, _) = s
+        .post("/v1/accounts", &key, json!({"id": "a", "currency": "EUR"}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, _) = s.get("/v1/plugins", &key).await;
+    assert_eq!(st, StatusCode::OK);
+    let (code, list, _) = run(&["apikey", "list", "--tenant", "acme"]);
+    assert_eq!(code, Some(0));
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["scopes"], json!(["admin", "payments"]));
+    assert!(!list.to_string().contains(&key), "secrets are never listed");
+    let c = s.db.pool.get().await.unwrap();
+    let stored: String = c
+        .query_one("select hash from payrail.api_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stored,
+        apikeys::hash_secret(&key),
+        "only the hash is stored"
+    );
+    let id = list[0]["id"].as_str().unwrap();
+    let (code, _, err) = run(&["apikey", "revoke", id]);
+    assert_eq!(code, Some(0), "{err}");
+    let (st, body) = s.get("/v1/accounts/a", &key).await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+    let (code, _, err) = run(&["apikey", "create", "--tenant", "acme", "--scopes", "root"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("invalid_scope"), "{err}");
+    let (code, _, err) = run(&["apikey", "revoke", "key_0000000000000000"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("api_key_not_found"), "{err}");
+    s.stop().await;
 }

@@ -89,6 +89,7 @@ pub struct ServeArgs {
     pub migrate: bool,
 }
 
+/// `payrail apikey` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ApikeyCmd {
     /// Create a key; prints it once (only its hash is stored).
@@ -102,9 +103,13 @@ pub enum ApikeyCmd {
         scopes: String,
     },
     /// Revoke a key by its id (`key_...`); it stops working at once.
-    Revoke { id: String },
+    Revoke {
+        /// The key's id as `apikey create` or `apikey list` shows it.
+        id: String,
+    },
     /// List a tenant's keys (never their secrets).
     List {
+        /// The tenant whose keys to list.
         #[arg(long)]
         tenant: String,
     },

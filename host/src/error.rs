@@ -18,6 +18,12 @@ pub enum Error {
     /// The request with this key is still being processed by someone else.
     #[error("a request with idempotency key {key:?} is still in progress; retry later")]
     InProgress { key: String },
+    /// The key's record expired and was reaped, but it still names the
+    /// payment it made: a new payment needs a new key.
+    #[error(
+        "idempotency key {key:?} expired; it still names the payment it made ({payment}); use a new key for a new payment"
+    )]
+    KeyExpired { key: String, payment: String },
     #[error("{what} {id:?} not found")]
     NotFound { what: &'static str, id: String },
     #[error("{what} {id:?} already exists")]
@@ -52,6 +58,7 @@ impl Error {
             Error::Invalid { code, .. } => code,
             Error::IdempotencyConflict { .. } => "idempotency_key_conflict",
             Error::InProgress { .. } => "idempotency_key_in_progress",
+            Error::KeyExpired { .. } => "idempotency_key_expired",
             Error::NotFound { what, .. } => match *what {
                 "account" => "account_not_found",
                 "payment" => "payment_not_found",

@@ -269,7 +269,9 @@ pub async fn read_accounts(
     ids: &[String],
 ) -> Result<HashMap<String, Account>> {
     let stmt = client.prepare_cached(ACCOUNTS_SQL).await?;
-    Ok(accounts_by_id(&client.query(&stmt, &[&tenant, &ids]).await?))
+    Ok(accounts_by_id(
+        &client.query(&stmt, &[&tenant, &ids]).await?,
+    ))
 }
 
 /// Rows of `ACCOUNTS_SQL` keyed by account id.
@@ -403,7 +405,14 @@ pub async fn append_entries(
         .await?;
     tx.execute(
         &stmt,
-        &[&tenant, &payment_id, &txn_ids, &accounts, &amounts, &currencies],
+        &[
+            &tenant,
+            &payment_id,
+            &txn_ids,
+            &accounts,
+            &amounts,
+            &currencies,
+        ],
     )
     .await?;
     Ok(())

@@ -37,7 +37,12 @@ pub fn account_key(tenant: &str, account: &str) -> i64 {
 /// idempotency key is in progress: a concurrent duplicate sees it taken and
 /// answers "in progress" instead of queueing behind it.
 pub fn idempotency_key(tenant: &str, key: &str) -> i64 {
-    key_of(&[IDEMPOTENCY_NAMESPACE, tenant.as_bytes(), b"\0", key.as_bytes()])
+    key_of(&[
+        IDEMPOTENCY_NAMESPACE,
+        tenant.as_bytes(),
+        b"\0",
+        key.as_bytes(),
+    ])
 }
 
 /// Session-level key `payrail migrate` holds while it applies migrations.

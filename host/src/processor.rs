@@ -72,6 +72,20 @@ impl Default for ProcessorSettings {
 pub struct PayOutcome {
     pub response: PaymentResponse,
     pub replayed: bool,
+    /// The plugin calls this request ran (empty for a replay).
+    pub calls: Vec<CallStat>,
+    /// Time spent claiming the key and taking the account locks (the first
+    /// flight of the transaction): mostly lock waiting under contention.
+    pub lock_wait: Duration,
+}
+
+/// Cost of one plugin call, for metrics.
+#[derive(Debug, Clone)]
+pub struct CallStat {
+    pub plugin: String,
+    pub digest: String,
+    pub fuel_used: u64,
+    pub duration: Duration,
 }
 
 /// One journaled plugin call.
@@ -255,6 +269,14 @@ impl Processor {
                 Err(e) if e.sqlstate() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
                     return Err(Error::LockTimeout);
                 }
+                // The key row was reaped (expired) but the payment it made
+                // still holds (tenant, key): see docs/idempotency.md.
+                Err(e) if e.sqlstate() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    return Err(Error::KeyExpired {
+                        key: key.to_string(),
+                        payment: payment_id(tenant, key).to_string(),
+                    });
+                }
                 other => return other,
             }
         }
@@ -276,6 +298,7 @@ impl Processor {
         let statement_ms = format!("{}ms", self.settings.statement_timeout_ms);
         let ttl_secs = self.settings.key_ttl_secs as f64;
         let key_lock = locks::idempotency_key(tenant, key);
+        let flight_started = std::time::Instant::now();
         let (claim_row, (), mut accounts, pipeline) = futures::try_join!(
             async {
                 Ok::<_, Error>(
@@ -299,6 +322,7 @@ impl Processor {
             ledger::lock_rows(&tx, tenant, &parties),
             registry::load_pipeline(&tx, tenant, &req.kind),
         )?;
+        let lock_wait = flight_started.elapsed();
         let key_free: bool = claim_row.get(0);
         let claimed: i64 = claim_row.get(1);
         if !key_free {
@@ -362,7 +386,14 @@ impl Processor {
             .expect("pipeline semaphore is never closed");
         let run = tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            run_steps(&engine, &run_pipeline, &run_payment, snapshots, now, &limits)
+            run_steps(
+                &engine,
+                &run_pipeline,
+                &run_payment,
+                snapshots,
+                now,
+                &limits,
+            )
         })
         .await
         .expect("pipeline task")?;
@@ -449,9 +480,21 @@ impl Processor {
         )?;
         tx.commit().await?;
         tracing::debug!(payment = %id, status = status.as_str(), "payment committed");
+        let calls = run
+            .calls
+            .iter()
+            .map(|c| CallStat {
+                plugin: pipeline.steps[c.step as usize].plugin.clone(),
+                digest: c.digest.clone(),
+                fuel_used: c.fuel_used as u64,
+                duration: Duration::from_micros(c.duration_us as u64),
+            })
+            .collect();
         Ok(PayOutcome {
             response,
             replayed: false,
+            calls,
+            lock_wait,
         })
     }
 
@@ -486,6 +529,8 @@ impl Processor {
         Ok(PayOutcome {
             response,
             replayed: true,
+            calls: Vec::new(),
+            lock_wait: Duration::ZERO,
         })
     }
 

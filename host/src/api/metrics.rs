@@ -106,6 +106,7 @@ pub struct Metrics {
     payment_errors: Mutex<Family<u64>>,
     plugin_fuel: Mutex<Family<Histogram>>,
     plugin_duration: Mutex<Family<Histogram>>,
+    lock_wait: Mutex<Family<Histogram>>,
     replays: AtomicU64,
     keys_reaped: AtomicU64,
     overloaded: AtomicU64,
@@ -178,6 +179,16 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Records the time a payment spent claiming its key and taking its
+    /// account locks.
+    pub fn lock_wait(&self, seconds: f64) {
+        self.lock_wait
+            .lock()
+            .expect("metrics lock")
+            .get(vec![], || Histogram::new(LATENCY_BUCKETS))
+            .observe(seconds);
+    }
+
     /// Records expired idempotency keys deleted by the reaper.
     pub fn keys_reaped(&self, n: u64) {
         self.keys_reaped.fetch_add(n, Ordering::Relaxed);
@@ -239,6 +250,13 @@ impl Metrics {
             "wall-clock time per plugin call, by digest prefix",
             &["digest"],
             &self.plugin_duration.lock().expect("metrics lock"),
+        );
+        histogram_family(
+            &mut out,
+            "payrail_lock_wait_seconds",
+            "time a payment spent claiming its key and taking its account locks",
+            &[],
+            &self.lock_wait.lock().expect("metrics lock"),
         );
         simple(
             &mut out,

@@ -221,7 +221,7 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
                 Err(_) => ApiError::unavailable(
                     "request_timeout",
                     format!(
-                        "the request took longer than {} ms; anything unfinished was rolled back, retry it",
+                        "the request took longer than {} ms and was abandoned; retry it (a payment with the same Idempotency-Key: you get its result, or it runs again)",
                         state.limits.request_timeout.as_millis()
                     ),
                     1,

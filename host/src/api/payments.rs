@@ -196,21 +196,7 @@ pub async fn create_payment(
     let outcome = match st.processor.pay(&p.tenant, &key, &req).await {
         Ok(o) => o,
         Err(e) => {
-            let unique = e.sqlstate() == Some(&SqlState::UNIQUE_VIOLATION);
-            let err = if unique {
-                // The payment row of this (tenant, key) exists but its key
-                // row was reaped: the key expired.
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_expired",
-                    format!(
-                        "idempotency key {key:?} expired; it still names the payment it made (GET /v1/payments/{}); use a new key for a new payment",
-                        crate::processor::payment_id(&p.tenant, &key)
-                    ),
-                )
-            } else {
-                ApiError::from(e)
-            };
+            let err = ApiError::from(e);
             st.metrics.payment_error(&err.code);
             return Err(err);
         }
@@ -219,7 +205,11 @@ pub async fn create_payment(
     st.metrics.payment(status, outcome.replayed);
     tracing::Span::current().record("payment_id", outcome.response.id.as_str());
     if !outcome.replayed {
-        record_plugin_calls(&st, &outcome.response.id).await;
+        st.metrics.lock_wait(outcome.lock_wait.as_secs_f64());
+    }
+    for c in &outcome.calls {
+        st.metrics
+            .plugin_call(&c.digest, c.fuel_used, c.duration.as_secs_f64());
     }
     let location = format!("/v1/payments/{}", outcome.response.id);
     let mut resp = (
@@ -238,31 +228,6 @@ pub async fn create_payment(
         );
     }
     Ok(resp)
-}
-
-/// Plugin fuel and duration from the payment's journal, for the metrics.
-/// Best effort: a failure here only loses a sample.
-async fn record_plugin_calls(st: &AppState, payment: &str) {
-    let Ok(id) = payment.parse::<Uuid>() else {
-        return;
-    };
-    let Ok(client) = st.pool.get().await else {
-        return;
-    };
-    if let Ok(rows) = client
-        .query(
-            "select digest, fuel_used, duration_us from payrail.plugin_calls where payment_id = $1",
-            &[&id],
-        )
-        .await
-    {
-        for r in rows {
-            let fuel: i64 = r.get(1);
-            let us: i64 = r.get(2);
-            st.metrics
-                .plugin_call(r.get(0), fuel.max(0) as u64, us.max(0) as f64 / 1e6);
-        }
-    }
 }
 
 const PAYMENT_COLUMNS: &str = "id, status, decline_code, decline_message, kind, amount, currency,

@@ -161,7 +161,7 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::Invalid { .. } => StatusCode::BAD_REQUEST,
             Error::IdempotencyConflict { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::InProgress { .. } => StatusCode::CONFLICT,
+            Error::InProgress { .. } | Error::KeyExpired { .. } => StatusCode::CONFLICT,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::AlreadyExists { .. } => StatusCode::CONFLICT,
             // A plugin fault is deterministic for this request and this
