@@ -1154,10 +1154,13 @@ async fn openapi_documents_every_route_and_readyz_checks_the_schema() {
         ("post", "/v1/payments"),
         ("get", "/v1/payments"),
         ("get", "/v1/payments/{id}"),
+        ("post", "/v1/payments/{id}/capture"),
+        ("post", "/v1/payments/{id}/void"),
         ("post", "/v1/plugins"),
         ("get", "/v1/plugins"),
         ("put", "/v1/pipelines/{kind}"),
         ("get", "/v1/pipelines/{kind}"),
+        ("get", "/v1/pipelines/{kind}/shadow"),
         ("get", "/healthz"),
         ("get", "/readyz"),
         ("get", "/metrics"),
@@ -1491,5 +1494,64 @@ async fn apikey_commands_create_list_and_revoke_keys() {
     let (code, _, err) = run(&["apikey", "revoke", "key_0000000000000000"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("api_key_not_found"), "{err}");
+    s.stop().await;
+}
+
+/// Shadow mode over HTTP: a step's candidate and limits set with PUT,
+/// payments unaffected, the report at GET /v1/pipelines/{kind}/shadow;
+/// another tenant sees no such pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shadow_report_over_http() {
+    let s = Server::start().await;
+    let admin = s.key("acme", &[Scope::Admin, Scope::Payments]).await;
+    s.samples(&admin, &admin).await;
+    let r = s
+        .req(
+            Method::POST,
+            "/v1/plugins?name=hostile&version=9.9",
+            Some(&admin),
+        )
+        .header("content-type", "application/wasm")
+        .body(plugin_bytes("payrail_hostile"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (st, p) = send(
+        s.req(Method::PUT, "/v1/pipelines/transfer", Some(&admin))
+            .json(&json!({"steps": [
+                {"plugin": "limits", "config": {"max_amount": 100_000}, "limits": {"fuel": 5_000_000}},
+                {"plugin": "fee", "config": {"fee_account": "fees", "percent_bps": 100, "fixed": 10},
+                 "candidate": "hostile"}
+            ]})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{p}");
+    assert_eq!(p["steps"][1]["candidate"]["plugin"], "hostile");
+    assert_eq!(p["steps"][0]["limits"]["fuel"], 5_000_000);
+    for i in 0..2 {
+        let r = s.pay(&admin, &format!("k{i}"), transfer(1_000)).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let (st, report) = s.get("/v1/pipelines/transfer/shadow", &admin).await;
+    assert_eq!(st, StatusCode::OK, "{report}");
+    let step = &report["steps"][0];
+    assert_eq!(step["step"], 1);
+    assert_eq!(
+        (step["calls"].as_i64(), step["disagree"].as_i64()),
+        (Some(2), Some(2))
+    );
+    assert!(
+        step["examples"][0]["candidate_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("plugin_error:")
+    );
+    let other = s.key("other", &[Scope::Admin]).await;
+    let (st, body) = s.get("/v1/pipelines/transfer/shadow", &other).await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("pipeline_not_found"))
+    );
     s.stop().await;
 }

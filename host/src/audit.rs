@@ -42,8 +42,8 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "approved_payment_has_entries",
-        "select format('approved payment %s has no entries', p.id) from payrail.payments p
-         where p.status = 'approved' and not exists (select 1 from payrail.entries e where e.payment_id = p.id)",
+        "select format('%s payment %s has no entries', p.status, p.id) from payrail.payments p
+         where p.status in ('approved', 'captured') and not exists (select 1 from payrail.entries e where e.payment_id = p.id)",
     ),
     (
         "declined_payment_has_no_entries",
@@ -65,6 +65,50 @@ const CHECKS: &[(&str, &str)] = &[
          from payrail.payments p
          join payrail.idempotency_keys k on k.tenant = p.tenant and k.key = p.idempotency_key
          where not (k.state = 'done' and k.response is not null and k.payment_id is not distinct from p.id)",
+    ),
+    // Two-phase payments (see `holds`).
+    (
+        "held_equals_active_holds",
+        "select format('account %s/%s has held %s but its active holds sum to %s', a.tenant, a.id, a.held, coalesce(h.total, 0))
+         from payrail.accounts a
+         left join (select tenant, account, sum(amount) as total from payrail.holds
+                    where state = 'authorized' group by tenant, account) h
+           on h.tenant = a.tenant and h.account = a.id
+         where a.held <> coalesce(h.total, 0)",
+    ),
+    (
+        "hold_resolved_at_most_once",
+        "select format('hold of payment %s resolved %s times', key, count(*)) from payrail.outbox
+         where topic in ('payment.captured', 'payment.voided', 'payment.expired')
+         group by key having count(*) > 1",
+    ),
+    (
+        "hold_matches_payment",
+        "select format('hold of payment %s is %s but the payment is %s', h.payment_id, h.state, p.status)
+         from payrail.holds h join payrail.payments p on p.id = h.payment_id
+         where h.state <> p.status",
+    ),
+    (
+        "captured_within_hold",
+        "select format('hold of payment %s captured %s of %s', payment_id, captured_amount, amount)
+         from payrail.holds where captured_amount > amount or captured_amount <= 0",
+    ),
+    (
+        "capture_entries_once",
+        "select format('payment %s has entries in %s ledger transactions', payment_id, count(distinct txn_id))
+         from payrail.entries where payment_id is not null
+         group by payment_id having count(distinct txn_id) > 1",
+    ),
+    (
+        "only_captured_holds_have_entries",
+        "select format('%s payment %s has entries', p.status, p.id) from payrail.payments p
+         where p.status in ('authorized', 'voided', 'expired')
+           and exists (select 1 from payrail.entries e where e.payment_id = p.id)",
+    ),
+    (
+        "no_forbidden_negative_available",
+        "select format('account %s/%s has balance %s and held %s: available is negative', tenant, id, balance, held)
+         from payrail.accounts where balance - held < 0 and not allow_negative",
     ),
 ];
 

@@ -138,10 +138,14 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
             StepSpec {
                 plugin: "limits".into(),
                 config: serde_json::json!({"max_amount": 1_000_000}),
+                candidate: None,
+                limits: None,
             },
             StepSpec {
                 plugin: "fee".into(),
                 config: serde_json::json!({"fee_account": "fees", "percent_bps": 290, "min": 1}),
+                candidate: None,
+                limits: None,
             },
         ],
     )
@@ -161,6 +165,8 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
                     amount: rng.random_range(100..100_000),
                     currency: "EUR".into(),
                     metadata: Default::default(),
+                    capture: Default::default(),
+                    hold_ttl_secs: None,
                 };
                 (format!("b{n}"), req)
             })

@@ -57,6 +57,11 @@ pub enum Command {
     /// Make a payment; prints the result as JSON. Same key again: the same
     /// payment, nothing new written.
     Pay(PayArgs),
+    /// Capture an authorized (`pay --authorize-only`) payment: all of its
+    /// hold or `--amount`; prints the result as JSON.
+    Capture(CaptureArgs),
+    /// Void an authorized payment: release its hold; prints the result.
+    Void(VoidArgs),
     /// Check every ledger invariant; exit 0 only if all hold.
     Audit,
     /// Run the demo: sample plugins, accounts, thousands of concurrent
@@ -69,6 +74,46 @@ pub enum Command {
     /// Manage API keys (shown once, stored as a hash).
     #[command(subcommand)]
     Apikey(ApikeyCmd),
+    /// Re-execute a payment's journaled plugin calls (or a time range's)
+    /// and report match or the exact difference; exit 1 on a difference.
+    Replay(crate::platform_cli::ReplayArgs),
+    /// Shadow mode: candidate plugins compared on live traffic.
+    #[command(subcommand)]
+    Shadow(crate::platform_cli::ShadowCmd),
+    /// Run only the outbox relay (the `[outbox]` and `[[sinks]]` of the
+    /// configuration) until SIGTERM/SIGINT.
+    Relay(RelayArgs),
+    /// Inspect and requeue outbox dead letters.
+    #[command(subcommand)]
+    Outbox(OutboxCmd),
+}
+
+/// `payrail relay` options.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// TOML configuration file (the same one `payrail serve` reads).
+    #[arg(long, env = "PAYRAIL_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// `payrail outbox` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OutboxCmd {
+    /// List events that exhausted their delivery attempts, as JSON.
+    DeadLetters {
+        /// Most events listed.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Requeue dead-lettered events: by outbox id, or every one with --all.
+    Retry {
+        /// Outbox ids, as `outbox dead-letters` shows them.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// Requeue every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// `payrail serve` options. Precedence: flags, then environment, then the
@@ -124,7 +169,16 @@ pub enum PluginCmd {
         /// Name pipelines may use to refer to the latest deploy.
         #[arg(long)]
         name: String,
+        /// Version label of this deploy (default: v<N>).
+        #[arg(long = "plugin-version")]
+        version: Option<String>,
+        /// Hex ed25519 signature of the digest (`payrail plugin sign`);
+        /// required when PAYRAIL_TRUSTED_PLUGIN_KEYS is set.
+        #[arg(long)]
+        signature: Option<String>,
     },
+    #[command(flatten)]
+    Tools(crate::plugin_tools::ToolCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +193,16 @@ pub enum PipelineCmd {
     },
     /// Show the pipeline of a payment kind.
     Show { kind: String },
+    /// Every version of a payment kind's pipeline, newest first.
+    History {
+        kind: String,
+        /// Most versions shown.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Make an earlier version current again (as a new version); default:
+    /// the version before the current one.
+    Rollback { kind: String, version: Option<i32> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +238,37 @@ pub struct PayArgs {
     /// Idempotency key: reuse it to retry safely.
     #[arg(long)]
     pub key: String,
+    /// Authorize only: hold the funds; `payrail capture` or `payrail void`
+    /// later (or the hold expires).
+    #[arg(long)]
+    pub authorize_only: bool,
+    /// Seconds the hold lasts (with --authorize-only; default 7 days, at
+    /// most 30 days).
+    #[arg(long)]
+    pub hold_ttl_secs: Option<i64>,
+}
+
+/// `payrail capture` options.
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// The payment id (from `payrail pay --authorize-only`).
+    pub payment_id: String,
+    /// Idempotency key of this capture: reuse it to retry safely.
+    #[arg(long)]
+    pub key: String,
+    /// Minor units to capture (default: the whole hold).
+    #[arg(long)]
+    pub amount: Option<i64>,
+}
+
+/// `payrail void` options.
+#[derive(Debug, Args)]
+pub struct VoidArgs {
+    /// The payment id.
+    pub payment_id: String,
+    /// Idempotency key of this void: reuse it to retry safely.
+    #[arg(long)]
+    pub key: String,
 }
 
 /// Everything a command needs to talk to the database and run plugins.
@@ -190,7 +285,9 @@ impl Context {
         let pool = db::pool(&url, db_args.pool_size.unwrap_or(DEFAULT_POOL_SIZE))?;
         let engine = Arc::new(
             PluginEngine::new(EngineConfig::default())
-                .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?,
+                .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?
+                .with_default_artifact_cache()
+                .with_trusted_keys(crate::signing::TrustedKeys::from_env()?),
         );
         Ok(Context { url, pool, engine })
     }
@@ -239,6 +336,8 @@ pub fn parse_step(s: &str) -> Result<StepSpec> {
     Ok(StepSpec {
         plugin: plugin.to_string(),
         config,
+        candidate: None,
+        limits: None,
     })
 }
 
@@ -278,6 +377,44 @@ pub fn log_settings(cli: &Cli) -> (LogFormat, String) {
     }
 }
 
+/// `payrail relay`: the outbox relay alone, until SIGTERM/SIGINT.
+async fn run_relay(db_args: &DbArgs, args: &RelayArgs) -> Result<i32> {
+    let mut config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
+    if let Some(url) = &db_args.database_url {
+        config.database.url = Some(url.clone());
+    }
+    if let Some(n) = db_args.pool_size {
+        config.database.pool_size = n;
+    }
+    config.validate()?;
+    if config.sinks.is_empty() {
+        return Err(Error::invalid(
+            "invalid_config",
+            "no [[sinks]] configured: the relay would have nowhere to deliver",
+        ));
+    }
+    let url = db::resolve_url(config.database.url.clone()).await?;
+    let pool = db::pool(&url, config.database.pool_size)?;
+    {
+        let client = pool.get().await?;
+        if !db::migrate::is_current(&client).await? {
+            return Err(Error::Migration(
+                "the database schema is not current: run `payrail migrate` first".into(),
+            ));
+        }
+    }
+    let metrics = Arc::new(api::metrics::Metrics::default());
+    let relay = crate::outbox::Relay::from_config(pool, &config, metrics)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(relay.run(stop_rx));
+    println!("payrail relay running");
+    api::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = task.await;
+    println!("payrail relay stopped");
+    Ok(0)
+}
+
 /// Runs one parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32> {
     if let Command::Serve(args) = &cli.command {
@@ -292,6 +429,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         return api::serve(config, args.migrate).await;
     }
+    if let Command::Relay(args) = &cli.command {
+        return run_relay(&cli.db, args).await;
+    }
+    if let Command::Plugin(PluginCmd::Tools(cmd)) = &cli.command {
+        return crate::plugin_tools::run(cmd);
+    }
     let ctx = Context::open(&cli.db).await?;
     match cli.command {
         Command::Migrate => {
@@ -305,7 +448,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 println!("applied migrations {applied:?}");
             }
         }
-        Command::Plugin(PluginCmd::Deploy { file, name }) => {
+        Command::Plugin(PluginCmd::Deploy {
+            file,
+            name,
+            version,
+            signature,
+        }) => {
             ctx.require_schema().await?;
             let bytes = std::fs::read(&file).map_err(|e| {
                 Error::invalid(
@@ -314,7 +462,16 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 )
             })?;
             let client = ctx.pool.get().await?;
-            let digest = registry::deploy_plugin(&client, &ctx.engine, &name, bytes).await?;
+            let digest = registry::deploy_plugin_versioned(
+                &client,
+                &ctx.engine,
+                DEFAULT_TENANT,
+                &name,
+                version.as_deref(),
+                signature.as_deref(),
+                bytes,
+            )
+            .await?;
             println!("{digest}");
         }
         Command::Pipeline(PipelineCmd::Set { kind, steps }) => {
@@ -368,6 +525,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 amount: a.amount,
                 currency: a.currency,
                 metadata: Default::default(),
+                capture: if a.authorize_only {
+                    crate::model::CaptureMode::Manual
+                } else {
+                    crate::model::CaptureMode::Automatic
+                },
+                hold_ttl_secs: a.hold_ttl_secs,
             };
             let out = ctx.processor().pay(DEFAULT_TENANT, &a.key, &req).await?;
             if out.replayed {
@@ -375,6 +538,31 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     "replayed: key {:?} was already used for this payment; nothing new written",
                     a.key
                 );
+            }
+            print_json(&out.response);
+        }
+        Command::Capture(a) => {
+            ctx.require_schema().await?;
+            let out = ctx
+                .processor()
+                .capture(DEFAULT_TENANT, &a.key, &a.payment_id, a.amount)
+                .await?;
+            if out.replayed {
+                eprintln!(
+                    "replayed: key {:?} was already used for this capture",
+                    a.key
+                );
+            }
+            print_json(&out.response);
+        }
+        Command::Void(a) => {
+            ctx.require_schema().await?;
+            let out = ctx
+                .processor()
+                .void(DEFAULT_TENANT, &a.key, &a.payment_id)
+                .await?;
+            if out.replayed {
+                eprintln!("replayed: key {:?} was already used for this void", a.key);
             }
             print_json(&out.response);
         }
@@ -392,9 +580,33 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 return Ok(1);
             }
         }
+        Command::Pipeline(PipelineCmd::History { kind, limit }) => {
+            return crate::platform_cli::pipeline_history(&ctx, &kind, limit).await;
+        }
+        Command::Pipeline(PipelineCmd::Rollback { kind, version }) => {
+            return crate::platform_cli::pipeline_rollback(&ctx, &kind, version).await;
+        }
+        Command::Replay(args) => return crate::platform_cli::replay(&ctx, &args).await,
+        Command::Shadow(cmd) => return crate::platform_cli::shadow(&ctx, &cmd).await,
         Command::Demo(args) => return demo::run(&ctx, &args).await,
         Command::Bench(args) => return bench::run(&ctx, &args).await,
-        Command::Serve(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Relay(_) | Command::Plugin(PluginCmd::Tools(_)) => {
+            unreachable!("handled above")
+        }
+        Command::Outbox(cmd) => {
+            ctx.require_schema().await?;
+            match cmd {
+                OutboxCmd::DeadLetters { limit } => {
+                    print_json(&crate::outbox::dead_letters(&ctx.pool, limit).await?)
+                }
+                OutboxCmd::Retry { ids, all } => {
+                    let n =
+                        crate::outbox::retry_dead(&ctx.pool, if all { None } else { Some(&ids) })
+                            .await?;
+                    println!("requeued {n} event(s)");
+                }
+            }
+        }
         Command::Apikey(cmd) => {
             ctx.require_schema().await?;
             let client = ctx.pool.get().await?;

@@ -33,6 +33,126 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The outbox relay.
+    pub outbox: OutboxConfig,
+    /// Where outbox events go, chosen per topic pattern (`[[sinks]]`).
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// `[outbox]`: the relay that delivers outbox events to the sinks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Run the relay inside `payrail serve` (without sinks it only runs the
+    /// hold expiry timers).
+    pub relay: bool,
+    /// Events claimed per round.
+    pub batch_size: i64,
+    /// How long a claim is exclusive; a host that dies holding it loses it
+    /// after this long and another host delivers the events again.
+    pub lease_ms: u64,
+    /// Pause between rounds when there was nothing to do.
+    pub poll_interval_ms: u64,
+    /// Deliveries of one event before it moves to dead-letter.
+    pub max_attempts: i32,
+    /// First retry delay; doubles per attempt (with jitter) up to the cap.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay.
+    pub backoff_max_ms: u64,
+    /// Events delivered at once.
+    pub concurrency: usize,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            relay: true,
+            batch_size: 100,
+            lease_ms: 30_000,
+            poll_interval_ms: 250,
+            max_attempts: 20,
+            backoff_base_ms: 500,
+            backoff_max_ms: 300_000,
+            concurrency: 16,
+        }
+    }
+}
+
+/// The kind of a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// HTTP POST of the event, HMAC-SHA256 signed.
+    Webhook,
+    /// NATS JetStream publish, deduplicated by `Nats-Msg-Id`.
+    Nats,
+    /// Appends one JSON line per event to a file.
+    File,
+}
+
+/// `[[sinks]]`: one destination and the topics it takes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Name, for logs and errors; unique.
+    pub name: String,
+    /// `webhook`, `nats` or `file`.
+    #[serde(rename = "type")]
+    pub kind: SinkKind,
+    /// Topic patterns: `payment.approved`, `payment.*` (a prefix) or `*`.
+    pub topics: Vec<String>,
+    /// webhook: the `http://` URL; nats: the server URL (default
+    /// `$NATS_URL`, else `nats://127.0.0.1:4222`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// webhook: the HMAC-SHA256 signing secret (printed redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// webhook: read the secret from this environment variable instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+    /// nats: the subject is this prefix + the topic (default `payrail.`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_prefix: Option<String>,
+    /// file: the JSON-lines file appended to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<std::path::PathBuf>,
+    /// Longest one delivery may take (connect + send + acknowledgement).
+    #[serde(default = "default_sink_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_sink_timeout_ms() -> u64 {
+    5_000
+}
+
+/// Longest webhook secret accepted, and the shortest.
+pub const WEBHOOK_SECRET_BYTES: std::ops::RangeInclusive<usize> = 16..=1024;
+
+impl SinkConfig {
+    /// The webhook secret, from `secret` or the variable `secret_env` names.
+    pub fn resolved_secret(&self, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+        self.secret
+            .clone()
+            .or_else(|| self.secret_env.as_deref().and_then(env))
+    }
+
+    /// Whether this sink takes events of `topic`.
+    pub fn matches(&self, topic: &str) -> bool {
+        self.topics.iter().any(|p| topic_matches(p, topic))
+    }
+}
+
+/// `*` matches everything, `a.*` every topic starting with `a.`, anything
+/// else only itself.
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_suffix('*') {
+        Some(prefix) => topic.starts_with(prefix),
+        None => pattern == topic,
+    }
 }
 
 /// `[server]`: the HTTP listener and its limits.
@@ -387,6 +507,77 @@ impl Config {
         range("idempotency.reaper_batch", i.reaper_batch, 1, 100_000)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|e| invalid(format!("log.filter {:?}: {e}", self.log.filter)))?;
+        let o = &self.outbox;
+        range("outbox.batch_size", o.batch_size, 1, 1000)?;
+        range("outbox.lease_ms", o.lease_ms, 500, 3_600_000)?;
+        range("outbox.poll_interval_ms", o.poll_interval_ms, 10, 60_000)?;
+        range("outbox.max_attempts", o.max_attempts, 1, 1000)?;
+        range("outbox.backoff_base_ms", o.backoff_base_ms, 1, 3_600_000)?;
+        range(
+            "outbox.backoff_max_ms",
+            o.backoff_max_ms,
+            o.backoff_base_ms,
+            24 * 3_600_000,
+        )?;
+        range("outbox.concurrency", o.concurrency, 1, 1000)?;
+        range("sinks (count)", self.sinks.len(), 0, 64)?;
+        let mut names = std::collections::HashSet::new();
+        for s in &self.sinks {
+            let name = &s.name;
+            if name.is_empty() || name.len() > 64 || !names.insert(name.as_str()) {
+                return Err(invalid(format!(
+                    "sinks: name {name:?} must be 1-64 bytes and unique"
+                )));
+            }
+            range(
+                &format!("sinks.{name}.timeout_ms"),
+                s.timeout_ms,
+                100,
+                120_000,
+            )?;
+            if s.topics.is_empty()
+                || s.topics
+                    .iter()
+                    .any(|t| t.is_empty() || (t.contains('*') && !(t == "*" || t.ends_with(".*"))))
+            {
+                return Err(invalid(format!(
+                    "sinks.{name}.topics: give one or more patterns like `payment.approved`, `payment.*` or `*`"
+                )));
+            }
+            match s.kind {
+                SinkKind::Webhook => {
+                    let url = s.url.as_deref().unwrap_or("");
+                    if !url.starts_with("http://") {
+                        return Err(invalid(format!(
+                            "sinks.{name}.url: a webhook needs an http:// URL (put TLS in a local proxy)"
+                        )));
+                    }
+                    let secret = s.resolved_secret(|k| std::env::var(k).ok());
+                    if !secret
+                        .as_ref()
+                        .is_some_and(|x| WEBHOOK_SECRET_BYTES.contains(&x.len()))
+                    {
+                        return Err(invalid(format!(
+                            "sinks.{name}: a webhook needs `secret` (or `secret_env` naming a set variable) of 16-1024 bytes"
+                        )));
+                    }
+                }
+                SinkKind::Nats => {
+                    if let Some(url) = &s.url
+                        && !(url.starts_with("nats://") || url.starts_with("tls://"))
+                    {
+                        return Err(invalid(format!(
+                            "sinks.{name}.url: a NATS URL starts with nats://"
+                        )));
+                    }
+                }
+                SinkKind::File => {
+                    if s.path.is_none() {
+                        return Err(invalid(format!("sinks.{name}: a file sink needs `path`")));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -431,6 +622,11 @@ impl Config {
     pub fn redacted(&self) -> String {
         let mut c = self.clone();
         c.database.url = c.database.url.as_deref().map(redact_url);
+        for s in &mut c.sinks {
+            if s.secret.is_some() {
+                s.secret = Some("***".into());
+            }
+        }
         toml::to_string(&c).expect("config serializes")
     }
 }
@@ -494,6 +690,72 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn sinks_are_parsed_validated_and_redacted() {
+        let base = r#"
+[outbox]
+lease_ms = 2000
+[[sinks]]
+name = "hook"
+type = "webhook"
+topics = ["payment.*"]
+url = "http://127.0.0.1:9/x"
+secret = "0123456789abcdef-secret"
+[[sinks]]
+name = "bus"
+type = "nats"
+topics = ["*"]
+[[sinks]]
+name = "log"
+type = "file"
+topics = ["payment.approved"]
+path = "/tmp/x.jsonl"
+"#;
+        let c = Config::from_toml(base).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.sinks.len(), 3);
+        assert_eq!(c.sinks[1].timeout_ms, 5000);
+        assert!(c.sinks[0].matches("payment.approved") && !c.sinks[0].matches("fee.charged"));
+        assert!(c.sinks[1].matches("anything"));
+        assert!(c.sinks[2].matches("payment.approved") && !c.sinks[2].matches("payment.declined"));
+        let shown = c.redacted();
+        assert!(
+            !shown.contains("0123456789abcdef-secret") && shown.contains("***"),
+            "{shown}"
+        );
+        let printed = Config::from_toml(&shown).unwrap();
+        assert_eq!(printed.sinks.len(), 3);
+        for (bad, needle) in [
+            ("url = \"http://127.0.0.1:9/x\"", "http:// URL"),
+            ("secret = \"0123456789abcdef-secret\"", "needs `secret`"),
+            ("topics = [\"payment.*\"]", "topics"),
+            ("name = \"bus\"", "unique"),
+        ] {
+            let replacement = match needle {
+                "http:// URL" => "url = \"https://x\"",
+                "needs `secret`" => "secret = \"short\"",
+                "topics" => "topics = [\"pay*ment\"]",
+                _ => "name = \"hook\"",
+            };
+            let text = base.replacen(bad, replacement, 1);
+            let e = Config::from_toml(&text).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains(needle), "{needle}: {e}");
+        }
+        let e = Config::from_toml("[[sinks]]\nname = \"f\"\ntype = \"file\"\ntopics = [\"*\"]\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("needs `path`"), "{e}");
+        assert!(
+            Config::from_toml("[[sinks]]\nname = \"f\"\ntype = \"kafka\"\ntopics = []\n").is_err()
+        );
+        let e = Config::from_toml("[outbox]\nbatch_size = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("outbox.batch_size"), "{e}");
     }
 
     #[test]

@@ -72,10 +72,14 @@ pub async fn run(ctx: &Context, args: &DemoArgs) -> Result<i32> {
             StepSpec {
                 plugin: "limits".into(),
                 config: serde_json::json!({"max_amount": 50_000, "allowed_currencies": ["EUR"]}),
+                candidate: None,
+                limits: None,
             },
             StepSpec {
                 plugin: "fee".into(),
                 config: serde_json::json!({"fee_account": fee_account, "percent_bps": 150, "fixed": 10, "min": 25, "max": 500}),
+                candidate: None,
+                limits: None,
             },
         ],
     )
@@ -114,6 +118,8 @@ pub async fn run(ctx: &Context, args: &DemoArgs) -> Result<i32> {
                 amount: rng.random_range(100..60_000),
                 currency: "EUR".into(),
                 metadata: Default::default(),
+                capture: Default::default(),
+                hold_ttl_secs: None,
             },
         };
         if rng.random_range(0..100) < args.retry_percent {
@@ -165,6 +171,8 @@ pub async fn run(ctx: &Context, args: &DemoArgs) -> Result<i32> {
                     let code = out.response.decline.map(|d| d.code).unwrap_or_default();
                     *declined.entry(code).or_default() += 1;
                 }
+                // The demo makes one-step payments only.
+                other => unreachable!("one-step payment ended {}", other.as_str()),
             },
             Err(e) => *errors.entry(e.code().to_string()).or_default() += 1,
         }

@@ -24,6 +24,18 @@ pub enum Error {
         "idempotency key {key:?} expired; it still names the payment it made ({payment}); use a new key for a new payment"
     )]
     KeyExpired { key: String, payment: String },
+    /// A capture or void of a payment whose hold is not (or no longer)
+    /// authorized: already captured, voided or expired, or the payment was
+    /// never authorized for manual capture.
+    #[error("payment {payment} has no active hold (it is {state}); nothing was changed")]
+    HoldNotActive { payment: String, state: String },
+    /// A capture above the held amount.
+    #[error("cannot capture {amount}: the hold is for {held}; nothing was changed")]
+    CaptureExceedsHold { amount: i64, held: i64 },
+    /// The pipeline (or the ledger) declined a capture; the hold stays
+    /// authorized (void it, or let it expire) and the key stays free.
+    #[error("capture declined ({code}): {message}; the hold is unchanged")]
+    CaptureDeclined { code: String, message: String },
     #[error("{what} {id:?} not found")]
     NotFound { what: &'static str, id: String },
     #[error("{what} {id:?} already exists")]
@@ -59,6 +71,9 @@ impl Error {
             Error::IdempotencyConflict { .. } => "idempotency_key_conflict",
             Error::InProgress { .. } => "idempotency_key_in_progress",
             Error::KeyExpired { .. } => "idempotency_key_expired",
+            Error::HoldNotActive { .. } => "hold_not_active",
+            Error::CaptureExceedsHold { .. } => "capture_exceeds_hold",
+            Error::CaptureDeclined { .. } => "capture_declined",
             Error::NotFound { what, .. } => match *what {
                 "account" => "account_not_found",
                 "payment" => "payment_not_found",

@@ -76,8 +76,19 @@ pub struct Account {
     pub id: String,
     pub currency: String,
     pub balance: i64,
+    /// Reserved by active holds (two-phase payments); what may be spent is
+    /// `balance - held`.
+    #[serde(default)]
+    pub held: i64,
     pub allow_negative: bool,
     pub metadata: Metadata,
+}
+
+impl Account {
+    /// What may be spent now: the balance minus active holds.
+    pub fn available(&self) -> i64 {
+        self.balance.saturating_sub(self.held)
+    }
 }
 
 fn metadata_from_json(v: serde_json::Value) -> Metadata {
@@ -89,6 +100,7 @@ fn account_from_row(r: &tokio_postgres::Row) -> Account {
         id: r.get("id"),
         currency: r.get("currency"),
         balance: r.get("balance"),
+        held: r.get("held"),
         allow_negative: r.get("allow_negative"),
         metadata: metadata_from_json(r.get("metadata")),
     }
@@ -209,7 +221,7 @@ pub async fn create_accounts(
     }
     let rows = tx
         .query(
-            "select id, currency, balance, allow_negative, metadata from payrail.accounts
+            "select id, currency, balance, held, allow_negative, metadata from payrail.accounts
              where tenant = $1 and id = any($2)",
             &[&tenant, &ids],
         )
@@ -232,7 +244,7 @@ pub async fn create_accounts(
 pub async fn get_account(client: &impl GenericClient, tenant: &str, id: &str) -> Result<Account> {
     let row = client
         .query_opt(
-            "select id, currency, balance, allow_negative, metadata from payrail.accounts
+            "select id, currency, balance, held, allow_negative, metadata from payrail.accounts
              where tenant = $1 and id = $2",
             &[&tenant, &id],
         )
@@ -244,7 +256,7 @@ pub async fn get_account(client: &impl GenericClient, tenant: &str, id: &str) ->
     Ok(account_from_row(&row))
 }
 
-const ACCOUNTS_SQL: &str = "select id, currency, balance, allow_negative, metadata
+const ACCOUNTS_SQL: &str = "select id, currency, balance, held, allow_negative, metadata
      from payrail.accounts where tenant = $1 and id = any($2)";
 
 /// Row-locks (`FOR NO KEY UPDATE`, in id order: the lock a balance update
@@ -327,7 +339,8 @@ pub enum ApplyProblem {
 
 /// Checks postings against the locked accounts: every account exists,
 /// currencies match, balances stay within i64, and accounts that disallow
-/// negatives stay >= 0.
+/// negatives keep `balance - held >= 0` when debited (money reserved by a
+/// hold cannot be spent twice).
 pub fn check_against(
     accounts: &HashMap<String, Account>,
     postings: &[Posting],
@@ -359,7 +372,7 @@ pub fn check_against(
                 account: id.clone(),
                 message: format!("balance of {id:?} would overflow a 64-bit amount"),
             })?;
-        if after < 0 && *delta < 0 && !a.allow_negative {
+        if after < a.held && *delta < 0 && !a.allow_negative {
             return Err(ApplyProblem::InsufficientFunds {
                 account: id.clone(),
             });
@@ -480,6 +493,7 @@ mod tests {
                 id: "a".into(),
                 currency: "EUR".into(),
                 balance: 10,
+                held: 0,
                 allow_negative: false,
                 metadata: Metadata::new(),
             },

@@ -17,11 +17,18 @@ pub mod db;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod holds;
 pub mod ledger;
 pub mod locks;
 pub mod model;
+pub mod outbox;
+pub mod platform_cli;
+pub mod plugin_tools;
 pub mod processor;
 pub mod registry;
+pub mod replay;
 pub mod samples;
+pub mod shadow;
+pub mod signing;
 
 pub use error::{Error, Result};

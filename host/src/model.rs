@@ -26,6 +26,33 @@ pub struct PaymentRequest {
     pub currency: String,
     #[serde(default)]
     pub metadata: Metadata,
+    /// `manual`: authorize only (hold the funds) and wait for a capture or
+    /// void. Absent (automatic, the default) is not serialized, so the
+    /// fingerprint of a one-step request is unchanged.
+    #[serde(default, skip_serializing_if = "CaptureMode::is_automatic")]
+    pub capture: CaptureMode,
+    /// How long an authorization holds the funds before it expires
+    /// (manual capture only; 1 s to 30 days, default 7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_ttl_secs: Option<i64>,
+}
+
+/// When a payment's money moves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMode {
+    /// One step: the payment moves the money at once.
+    #[default]
+    Automatic,
+    /// Two steps: authorize (hold) now, capture or void later.
+    Manual,
+}
+
+impl CaptureMode {
+    /// True for the default one-step mode.
+    pub fn is_automatic(&self) -> bool {
+        *self == CaptureMode::Automatic
+    }
 }
 
 /// The payment as a plugin sees it.
@@ -107,6 +134,14 @@ pub struct PluginInput {
 pub enum PaymentStatus {
     Approved,
     Declined,
+    /// Two-phase: funds held, waiting for capture or void.
+    Authorized,
+    /// Two-phase: the hold was captured (money moved).
+    Captured,
+    /// Two-phase: the hold was released by a void.
+    Voided,
+    /// Two-phase: the hold was released by its expiry.
+    Expired,
 }
 
 impl PaymentStatus {
@@ -115,6 +150,10 @@ impl PaymentStatus {
         match self {
             PaymentStatus::Approved => "approved",
             PaymentStatus::Declined => "declined",
+            PaymentStatus::Authorized => "authorized",
+            PaymentStatus::Captured => "captured",
+            PaymentStatus::Voided => "voided",
+            PaymentStatus::Expired => "expired",
         }
     }
 }

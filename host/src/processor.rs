@@ -90,7 +90,7 @@ pub struct CallStat {
 
 /// One journaled plugin call.
 #[derive(Debug, Clone)]
-struct CallRecord {
+pub(crate) struct CallRecord {
     call_key: String,
     step: i32,
     digest: String,
@@ -99,17 +99,33 @@ struct CallRecord {
     output_json: String,
     fuel_used: i64,
     duration_us: i64,
+    /// The step's shadow candidate run on the same input, if it has one.
+    shadow: Option<ShadowRecord>,
+}
+
+/// One shadow (candidate) call, journaled in `payrail.shadow_calls`.
+#[derive(Debug, Clone)]
+struct ShadowRecord {
+    pipeline_version: i32,
+    candidate_digest: String,
+    /// Canonical JSON of the candidate's decision, or `None` on a fault.
+    output_json: Option<String>,
+    /// `code: message` of the candidate's fault.
+    error: Option<String>,
+    agree: bool,
+    fuel_used: i64,
+    duration_us: i64,
 }
 
 /// What the pipeline decided, before ledger checks.
-struct PipelineRun {
-    calls: Vec<CallRecord>,
-    decline: Option<DeclineReason>,
+pub(crate) struct PipelineRun {
+    pub(crate) calls: Vec<CallRecord>,
+    pub(crate) decline: Option<DeclineReason>,
     /// Plugin postings with the step that proposed them (each step's set
     /// already balanced).
-    postings: Vec<(usize, Posting)>,
-    events: Vec<(usize, PluginEvent)>,
-    annotations: Metadata,
+    pub(crate) postings: Vec<(usize, Posting)>,
+    pub(crate) events: Vec<(usize, PluginEvent)>,
+    pub(crate) annotations: Metadata,
 }
 
 /// Runs payments. Cheap to clone; share one per process.
@@ -152,7 +168,14 @@ pub fn fingerprint(req: &PaymentRequest) -> String {
     hex::encode(Sha256::digest(json))
 }
 
-fn call_key(payment: Uuid, step: usize, digest: &str, input_digest: &[u8; 32]) -> String {
+/// The journal key of a call: sha256(payment, step, plugin digest, input
+/// digest), hex. Replay recomputes it to detect an altered row.
+pub(crate) fn call_key(
+    payment: Uuid,
+    step: usize,
+    digest: &str,
+    input_digest: &[u8; 32],
+) -> String {
     let d = Sha256::new()
         .chain_update(payment.as_bytes())
         .chain_update((step as u64).to_be_bytes())
@@ -212,17 +235,31 @@ pub fn validate_request(key: &str, req: &PaymentRequest) -> Result<()> {
             ),
         ));
     }
+    if req
+        .metadata
+        .keys()
+        .any(|k| k.starts_with(crate::holds::RESERVED_METADATA_PREFIX))
+    {
+        return Err(Error::invalid(
+            "invalid_metadata",
+            format!(
+                "metadata keys starting with {:?} are reserved for payrail",
+                crate::holds::RESERVED_METADATA_PREFIX
+            ),
+        ));
+    }
+    crate::holds::validate_capture(req)?;
     Ok(())
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as u64
 }
 
-fn is_retryable(e: &Error) -> bool {
+pub(crate) fn is_retryable(e: &Error) -> bool {
     matches!(
         e.sqlstate(),
         Some(&SqlState::T_R_DEADLOCK_DETECTED) | Some(&SqlState::T_R_SERIALIZATION_FAILURE)
@@ -250,6 +287,38 @@ impl Processor {
     /// The plugin engine.
     pub fn engine(&self) -> &Arc<PluginEngine> {
         &self.engine
+    }
+
+    /// The processor's tunables.
+    pub fn settings(&self) -> &ProcessorSettings {
+        &self.settings
+    }
+
+    /// Runs `pipeline` for `payment` off the async workers, holding one
+    /// pipeline slot (two-phase transitions use it; see `holds`).
+    pub(crate) async fn run_pipeline(
+        &self,
+        pipeline: &Pipeline,
+        payment: &Payment,
+        snapshots: Vec<AccountSnapshot>,
+    ) -> Result<PipelineRun> {
+        let engine = self.engine.clone();
+        let limits = self.settings.limits;
+        let pipeline = pipeline.clone();
+        let payment = payment.clone();
+        let now = now_ms();
+        let slot = self
+            .pipeline_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("pipeline semaphore is never closed");
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            run_steps(&engine, &pipeline, &payment, snapshots, now, &limits)
+        })
+        .await
+        .expect("pipeline task")
     }
 
     /// Processes one payment with idempotency key `key`. A replay of a
@@ -356,8 +425,10 @@ impl Processor {
             currency: req.currency.clone(),
             source: req.source.clone(),
             destination: req.destination.clone(),
-            metadata: req.metadata.clone(),
+            metadata: crate::holds::phase_metadata(req),
         };
+        // Two-phase (manual capture): this is the authorization. See `holds`.
+        let manual = !req.capture.is_automatic();
         let snapshots: Vec<AccountSnapshot> = parties
             .iter()
             .map(|p| {
@@ -417,7 +488,11 @@ impl Processor {
                 amount: req.amount,
                 currency: req.currency.clone(),
             });
-            postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
+            // At authorize plugin postings are ignored: the funds check is
+            // for the principal; fees are charged at capture.
+            if !manual {
+                postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
+            }
             let checked = self
                 .check_postings(&tx, tenant, &mut accounts, &postings)
                 .await?;
@@ -439,6 +514,11 @@ impl Processor {
         // 7. Record everything in one pipelined flight, balances last; commit.
         let status = if decline.is_some() {
             PaymentStatus::Declined
+        } else if manual {
+            // Nothing moves yet: the hold reserves the principal.
+            postings.clear();
+            deltas.clear();
+            PaymentStatus::Authorized
         } else {
             PaymentStatus::Approved
         };
@@ -470,6 +550,12 @@ impl Processor {
             },
             write_journal(&tx, id, &run.calls),
             write_events(&tx, tenant, id, &response, &response_json, &run.events),
+            async {
+                if status != PaymentStatus::Authorized {
+                    return Ok(());
+                }
+                crate::holds::create_hold(&tx, tenant, id, req).await
+            },
             finish_key(&tx, tenant, key, &response_json),
             async {
                 if deltas.is_empty() {
@@ -500,7 +586,7 @@ impl Processor {
 
     /// The key is taken by a finished request: the stored response if the
     /// request is the same, a conflict otherwise. Writes nothing.
-    async fn replay(
+    pub(crate) async fn replay(
         &self,
         tx: deadpool_postgres::Transaction<'_>,
         tenant: &str,
@@ -538,7 +624,7 @@ impl Processor {
     /// ones row-locked, credited-only ones just read) and checks the
     /// postings against them. The outer error is a database failure; the
     /// inner one is what is wrong with the postings.
-    async fn check_postings(
+    pub(crate) async fn check_postings(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         tenant: &str,
@@ -575,7 +661,7 @@ impl Processor {
 /// timeouts, try-locks the key (false: another transaction is processing it
 /// right now) and inserts the pending row (0 rows: a finished request owns
 /// the key). Returns (key_free, inserted).
-const CLAIM_SQL: &str = "
+pub(crate) const CLAIM_SQL: &str = "
     with cfg as (
         select set_config('lock_timeout', $6, true) as l,
                set_config('statement_timeout', $7, true) as s
@@ -593,7 +679,7 @@ const CLAIM_SQL: &str = "
 
 /// A bad posting is the fault of the first step that proposed a posting to
 /// that account; if no plugin did, the request itself is at fault.
-fn plugin_fault(pipeline: &Pipeline, run: &PipelineRun, problem: ApplyProblem) -> Error {
+pub(crate) fn plugin_fault(pipeline: &Pipeline, run: &PipelineRun, problem: ApplyProblem) -> Error {
     let ApplyProblem::Invalid { account, message } = problem else {
         unreachable!("insufficient funds is a decline, not a fault")
     };
@@ -656,7 +742,7 @@ async fn write_payment(
 }
 
 /// Marks the key finished with its stored response.
-async fn finish_key(
+pub(crate) async fn finish_key(
     tx: &deadpool_postgres::Transaction<'_>,
     tenant: &str,
     key: &str,
@@ -708,7 +794,37 @@ fn run_steps(
         });
         let span = tracing::info_span!("plugin_call", payment = %payment.id, plugin = %step.plugin, digest = %&step.digest[..12]);
         let _enter = span.enter();
-        let out = engine.call(&step.digest, &input, limits).map_err(fault)?;
+        let limits = match &step.limits {
+            Some(o) => o.apply(limits),
+            None => *limits,
+        };
+        let out = engine.call(&step.digest, &input, &limits).map_err(fault)?;
+        // Shadow: the candidate runs on the very same input after the live
+        // call; whatever it does (decide otherwise, fault, hit a limit) is
+        // only recorded, never returned.
+        let shadow = step.candidate.as_ref().map(|c| {
+            let started = std::time::Instant::now();
+            match engine.call(&c.digest, &input, &limits) {
+                Ok(cand) => ShadowRecord {
+                    pipeline_version: pipeline.version,
+                    candidate_digest: c.digest.clone(),
+                    agree: cand.output_json == out.output_json,
+                    output_json: Some(cand.output_json),
+                    error: None,
+                    fuel_used: cand.fuel_used as i64,
+                    duration_us: cand.duration.as_micros() as i64,
+                },
+                Err(f) => ShadowRecord {
+                    pipeline_version: pipeline.version,
+                    candidate_digest: c.digest.clone(),
+                    output_json: None,
+                    error: Some(format!("{}: {f}", f.code())),
+                    agree: false,
+                    fuel_used: 0,
+                    duration_us: started.elapsed().as_micros() as i64,
+                },
+            }
+        });
         if !out.log.is_empty() {
             tracing::info!(log = %out.log.trim_end(), "plugin log");
         }
@@ -745,6 +861,7 @@ fn run_steps(
             output_json: out.output_json,
             fuel_used: out.fuel_used as i64,
             duration_us: out.duration.as_micros() as i64,
+            shadow,
         });
         let declined = match &out.decision {
             Decision::Decline { code, message } => {
@@ -771,7 +888,7 @@ fn run_steps(
 /// Appends the journal rows of one payment (one statement). A key already
 /// journaled is left as it is: calls are deterministic, so the stored output
 /// is the output.
-async fn write_journal(
+pub(crate) async fn write_journal(
     tx: &deadpool_postgres::Transaction<'_>,
     payment: Uuid,
     calls: &[CallRecord],
@@ -809,6 +926,66 @@ async fn write_journal(
             &outputs,
             &fuel,
             &durations,
+        ],
+    )
+    .await?;
+    write_shadows(tx, payment, calls).await
+}
+
+/// Appends the shadow rows of one payment (one statement, none if no step
+/// has a candidate). A row already there (a retried payment) is kept.
+async fn write_shadows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    payment: Uuid,
+    calls: &[CallRecord],
+) -> Result<()> {
+    let shadows: Vec<(&CallRecord, &ShadowRecord)> = calls
+        .iter()
+        .filter_map(|c| c.shadow.as_ref().map(|s| (c, s)))
+        .collect();
+    if shadows.is_empty() {
+        return Ok(());
+    }
+    let steps: Vec<i32> = shadows.iter().map(|(c, _)| c.step).collect();
+    let versions: Vec<i32> = shadows.iter().map(|(_, s)| s.pipeline_version).collect();
+    let live: Vec<&str> = shadows.iter().map(|(c, _)| c.digest.as_str()).collect();
+    let cand: Vec<&str> = shadows
+        .iter()
+        .map(|(_, s)| s.candidate_digest.as_str())
+        .collect();
+    let inputs: Vec<&str> = shadows
+        .iter()
+        .map(|(c, _)| c.input_digest.as_str())
+        .collect();
+    let live_out: Vec<&str> = shadows
+        .iter()
+        .map(|(c, _)| c.output_json.as_str())
+        .collect();
+    let cand_out: Vec<Option<&str>> = shadows
+        .iter()
+        .map(|(_, s)| s.output_json.as_deref())
+        .collect();
+    let errors: Vec<Option<&str>> = shadows.iter().map(|(_, s)| s.error.as_deref()).collect();
+    let agree: Vec<bool> = shadows.iter().map(|(_, s)| s.agree).collect();
+    let fuel: Vec<i64> = shadows.iter().map(|(_, s)| s.fuel_used).collect();
+    let durations: Vec<i64> = shadows.iter().map(|(_, s)| s.duration_us).collect();
+    let stmt = tx
+        .prepare_cached(
+            "insert into payrail.shadow_calls
+               (payment_id, step, pipeline_version, live_digest, candidate_digest, input_digest,
+                live_output, candidate_output, candidate_error, agree, fuel_used, duration_us)
+             select $1, s, v, l, c, i, lo::jsonb, co::jsonb, e, a, f, u
+             from unnest($2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::text[], $9::text[], $10::bool[], $11::bigint[], $12::bigint[])
+                  as t(s, v, l, c, i, lo, co, e, a, f, u)
+             on conflict (payment_id, step) do nothing",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &payment, &steps, &versions, &live, &cand, &inputs, &live_out, &cand_out, &errors,
+            &agree, &fuel, &durations,
         ],
     )
     .await?;

@@ -6,7 +6,7 @@
 //! (`payrail.plugin_names`), and a tenant can put into its pipelines only
 //! digests it deployed itself.
 
-use crate::engine::{PluginEngine, digest_of};
+use crate::engine::{PluginEngine, PluginLimitOverrides, digest_of};
 use crate::error::{Error, Result};
 use crate::ledger::validate_id;
 use crate::model::DEFAULT_TENANT;
@@ -29,6 +29,15 @@ pub struct StepSpec {
     #[serde(default = "empty_config")]
     #[schema(value_type = Object)]
     pub config: serde_json::Value,
+    /// Shadow mode: a plugin name or digest of the tenant run on the same
+    /// input after the live plugin, with no effect on the payment; its
+    /// outcome is journaled for `payrail shadow report`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
+    /// Limits of this step's calls (live and candidate); absent fields keep
+    /// the host's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<PluginLimitOverrides>,
 }
 
 fn empty_config() -> serde_json::Value {
@@ -45,6 +54,22 @@ pub struct Step {
     /// The step's config object.
     #[schema(value_type = Object)]
     pub config: serde_json::Value,
+    /// The shadow candidate, if any: runs after the live plugin on the same
+    /// input; never affects the payment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<Candidate>,
+    /// Per-step limit overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<PluginLimitOverrides>,
+}
+
+/// A shadow candidate of a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Candidate {
+    /// The candidate plugin's name when the pipeline was set.
+    pub plugin: String,
+    /// The exact component the candidate runs.
+    pub digest: String,
 }
 
 /// The ordered steps run for one payment kind.
@@ -87,7 +112,27 @@ pub async fn deploy_plugin_for(
     name: &str,
     bytes: Vec<u8>,
 ) -> Result<String> {
+    deploy_plugin_versioned(client, engine, tenant, name, None, None, bytes).await
+}
+
+/// [`deploy_plugin_for`] with a version label. Without one, a new digest
+/// under `name` is labelled `v<N>` (N = digests deployed under the name so
+/// far + 1); redeploying the same bytes keeps the label it had unless a
+/// new one is given. `signature` (hex ed25519 over the digest, see
+/// [`crate::signing`]) is required when the engine has trusted keys.
+pub async fn deploy_plugin_versioned(
+    client: &impl GenericClient,
+    engine: &Arc<PluginEngine>,
+    tenant: &str,
+    name: &str,
+    version: Option<&str>,
+    signature: Option<&str>,
+    bytes: Vec<u8>,
+) -> Result<String> {
     validate_id("tenant", tenant)?;
+    if let Some(v) = version {
+        validate_id("plugin version", v)?;
+    }
     validate_id("plugin name", name)?;
     if is_digest(name) {
         return Err(Error::invalid(
@@ -96,6 +141,7 @@ pub async fn deploy_plugin_for(
         ));
     }
     let digest = digest_of(&bytes);
+    engine.trusted_keys().verify(&digest, signature)?;
     let eng = engine.clone();
     let bytes = Arc::new(bytes);
     let to_compile = bytes.clone();
@@ -111,9 +157,13 @@ pub async fn deploy_plugin_for(
         .await?;
     client
         .execute(
-            "insert into payrail.plugin_names (tenant, name, digest) values ($1, $2, $3)
-             on conflict (tenant, name, digest) do update set deployed_at = clock_timestamp()",
-            &[&tenant, &name, &digest],
+            "insert into payrail.plugin_names (tenant, name, digest, version)
+             values ($1, $2, $3, coalesce($4, 'v' || (
+                 select count(*) + 1 from payrail.plugin_names where tenant = $1 and name = $2)))
+             on conflict (tenant, name, digest) do update
+               set deployed_at = clock_timestamp(),
+                   version = coalesce($4, payrail.plugin_names.version)",
+            &[&tenant, &name, &digest, &version],
         )
         .await?;
     Ok(digest)
@@ -128,6 +178,8 @@ pub struct PluginInfo {
     pub digest: String,
     /// Size of the component.
     pub size_bytes: i32,
+    /// The version label of this deploy (`--version`, or `v<N>`).
+    pub version: Option<String>,
     /// When this name last pointed at this digest (RFC 3339, UTC).
     pub deployed_at: String,
 }
@@ -148,7 +200,8 @@ pub async fn list_plugins(
     let rows = client
         .query(
             "select distinct on (n.name) n.name, n.digest, p.size_bytes,
-                    to_char(n.deployed_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+                    to_char(n.deployed_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                    n.version
              from payrail.plugin_names n join payrail.plugins p on p.digest = n.digest
              where n.tenant = $1 and ($2::text is null or n.name > $2)
              order by n.name, n.deployed_at desc
@@ -163,6 +216,7 @@ pub async fn list_plugins(
             digest: r.get(1),
             size_bytes: r.get(2),
             deployed_at: r.get(3),
+            version: r.get(4),
         })
         .collect())
 }
@@ -190,53 +244,268 @@ pub async fn set_pipeline(
                 format!("config of step {:?} must be a JSON object", s.plugin),
             ));
         }
-        // Only the tenant's own plugins: another tenant's name or digest is
-        // "not found", whether it exists or not.
-        let row = if is_digest(&s.plugin) {
-            client
-                .query_opt(
-                    "select name, digest from payrail.plugin_names
-                     where tenant = $1 and digest = $2
-                     order by deployed_at desc limit 1",
-                    &[&tenant, &s.plugin],
-                )
-                .await?
-        } else {
-            client
-                .query_opt(
-                    "select name, digest from payrail.plugin_names
-                     where tenant = $1 and name = $2
-                     order by deployed_at desc limit 1",
-                    &[&tenant, &s.plugin],
-                )
-                .await?
+        if let Some(l) = &s.limits {
+            l.validate().map_err(|m| {
+                Error::invalid("invalid_limits", format!("step {:?}: {m}", s.plugin))
+            })?;
+        }
+        let (plugin, digest) = resolve(client, tenant, &s.plugin).await?;
+        let candidate = match &s.candidate {
+            Some(c) => {
+                let (plugin, digest) = resolve(client, tenant, c).await?;
+                Some(Candidate { plugin, digest })
+            }
+            None => None,
         };
-        let row = row.ok_or_else(|| Error::NotFound {
-            what: "plugin",
-            id: s.plugin.clone(),
-        })?;
         steps.push(Step {
-            plugin: row.get(0),
-            digest: row.get(1),
+            plugin,
+            digest,
             config: s.config.clone(),
+            candidate,
+            limits: s.limits,
         });
     }
+    store_version(client, tenant, kind, steps, "set", None).await
+}
+
+/// The (name, digest) a step's plugin reference names: only the tenant's
+/// own plugins; another tenant's name or digest is "not found", whether it
+/// exists or not.
+async fn resolve(
+    client: &impl GenericClient,
+    tenant: &str,
+    plugin: &str,
+) -> Result<(String, String)> {
+    let sql = if is_digest(plugin) {
+        "select name, digest from payrail.plugin_names
+         where tenant = $1 and digest = $2
+         order by deployed_at desc limit 1"
+    } else {
+        "select name, digest from payrail.plugin_names
+         where tenant = $1 and name = $2
+         order by deployed_at desc limit 1"
+    };
+    let row = client
+        .query_opt(sql, &[&tenant, &plugin])
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            what: "plugin",
+            id: plugin.to_string(),
+        })?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Makes `steps` the current pipeline of `kind` and appends it to the
+/// history, in one statement (atomic: a payment sees the old or the new
+/// version, never a mix). With `expected`, only if the current version is
+/// still `expected` (else a `pipeline_changed` error: retry).
+async fn store_version(
+    client: &impl GenericClient,
+    tenant: &str,
+    kind: &str,
+    steps: Vec<Step>,
+    note: &str,
+    expected: Option<i32>,
+) -> Result<Pipeline> {
     let json = serde_json::to_value(&steps).expect("steps serialize");
     let row = client
-        .query_one(
-            "insert into payrail.pipelines (tenant, kind, steps) values ($1, $2, $3)
-             on conflict (tenant, kind) do update
-               set steps = excluded.steps, version = payrail.pipelines.version + 1,
-                   updated_at = now()
-             returning version",
-            &[&tenant, &kind, &json],
+        .query_opt(
+            "with up as (
+                 insert into payrail.pipelines (tenant, kind, steps) values ($1, $2, $3)
+                 on conflict (tenant, kind) do update
+                   set steps = excluded.steps, version = payrail.pipelines.version + 1,
+                       updated_at = now()
+                   where $5::int is null or payrail.pipelines.version = $5::int
+                 returning version
+             ), hist as (
+                 insert into payrail.pipeline_versions (tenant, kind, version, steps, note)
+                 select $1, $2, version, $3, $4 from up
+                 returning version
+             )
+             select version from hist",
+            &[&tenant, &kind, &json, &note, &expected],
         )
-        .await?;
+        .await?
+        .ok_or_else(|| {
+            Error::invalid(
+                "pipeline_changed",
+                format!("the pipeline {kind:?} changed meanwhile; look at it again and retry"),
+            )
+        })?;
     Ok(Pipeline {
         kind: kind.to_string(),
         version: row.get(0),
         steps,
     })
+}
+
+/// One entry of a pipeline's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PipelineVersion {
+    /// The version number (1, 2, ...).
+    pub version: i32,
+    /// What made it: `set`, `rollback to vN`, `promote step N`.
+    pub note: String,
+    /// When it was made (RFC 3339, UTC).
+    pub created_at: String,
+    /// Its steps.
+    pub steps: Vec<Step>,
+}
+
+/// Most history entries one [`pipeline_history`] call returns.
+pub const MAX_HISTORY: i64 = 1000;
+
+/// The versions of the pipeline of `kind`, newest first, at most `limit`
+/// (capped at [`MAX_HISTORY`]).
+pub async fn pipeline_history(
+    client: &impl GenericClient,
+    tenant: &str,
+    kind: &str,
+    limit: i64,
+) -> Result<Vec<PipelineVersion>> {
+    let rows = client
+        .query(
+            "select version, note,
+                    to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                    steps
+             from payrail.pipeline_versions where tenant = $1 and kind = $2
+             order by version desc limit $3",
+            &[&tenant, &kind, &limit.clamp(1, MAX_HISTORY)],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Err(Error::NotFound {
+            what: "pipeline",
+            id: kind.to_string(),
+        });
+    }
+    rows.iter()
+        .map(|r| {
+            Ok(PipelineVersion {
+                version: r.get(0),
+                note: r.get(1),
+                created_at: r.get(2),
+                steps: serde_json::from_value(r.get(3)).map_err(|e| {
+                    Error::Setup(format!("stored pipeline {kind:?} is unreadable: {e}"))
+                })?,
+            })
+        })
+        .collect()
+}
+
+/// Makes the steps of an earlier version current again, as a new version
+/// (history is append-only). `to`: the version to restore; `None`: the
+/// one before the current.
+pub async fn rollback_pipeline(
+    client: &impl GenericClient,
+    tenant: &str,
+    kind: &str,
+    to: Option<i32>,
+) -> Result<Pipeline> {
+    let current = load_pipeline(client, tenant, kind).await?;
+    let target = to.unwrap_or(current.version - 1);
+    if target < 1 || target > current.version {
+        return Err(Error::invalid(
+            "invalid_version",
+            format!(
+                "pipeline {kind:?} has versions 1..={}; there is no version {target} to roll back to",
+                current.version
+            ),
+        ));
+    }
+    let row = client
+        .query_opt(
+            "select steps from payrail.pipeline_versions
+             where tenant = $1 and kind = $2 and version = $3",
+            &[&tenant, &kind, &target],
+        )
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            what: "pipeline version",
+            id: format!("{kind} v{target}"),
+        })?;
+    let steps: Vec<Step> = serde_json::from_value(row.get(0))
+        .map_err(|e| Error::Setup(format!("stored pipeline {kind:?} is unreadable: {e}")))?;
+    store_version(
+        client,
+        tenant,
+        kind,
+        steps,
+        &format!("rollback to v{target}"),
+        Some(current.version),
+    )
+    .await
+}
+
+/// Sets (`Some`) or clears (`None`) the shadow candidate of step `step`
+/// (0-based), in one new pipeline version.
+pub async fn set_candidate(
+    client: &impl GenericClient,
+    tenant: &str,
+    kind: &str,
+    step: usize,
+    candidate: Option<&str>,
+) -> Result<Pipeline> {
+    let current = load_pipeline(client, tenant, kind).await?;
+    let mut steps = current.steps;
+    let n = steps.len();
+    let Some(s) = steps.get_mut(step) else {
+        return Err(Error::invalid(
+            "invalid_step",
+            format!("pipeline {kind:?} has {n} step(s); there is no step {step}"),
+        ));
+    };
+    s.candidate = match candidate {
+        Some(c) => {
+            let (plugin, digest) = resolve(client, tenant, c).await?;
+            Some(Candidate { plugin, digest })
+        }
+        None => None,
+    };
+    let note = match &s.candidate {
+        Some(c) => format!("shadow step {step}: {} {:.12}", c.plugin, c.digest),
+        None => format!("shadow step {step}: cleared"),
+    };
+    store_version(client, tenant, kind, steps, &note, Some(current.version)).await
+}
+
+/// Promotes the shadow candidate of step `step` (0-based) to live, in one
+/// new pipeline version; the step keeps its config and limits and has no
+/// candidate afterwards.
+pub async fn promote_candidate(
+    client: &impl GenericClient,
+    tenant: &str,
+    kind: &str,
+    step: usize,
+) -> Result<Pipeline> {
+    let current = load_pipeline(client, tenant, kind).await?;
+    let mut steps = current.steps;
+    let Some(s) = steps.get_mut(step) else {
+        return Err(Error::invalid(
+            "invalid_step",
+            format!(
+                "pipeline {kind:?} has {} step(s); there is no step {step}",
+                steps.len()
+            ),
+        ));
+    };
+    let Some(c) = s.candidate.take() else {
+        return Err(Error::invalid(
+            "no_candidate",
+            format!("step {step} of pipeline {kind:?} has no shadow candidate to promote"),
+        ));
+    };
+    s.plugin = c.plugin;
+    s.digest = c.digest;
+    store_version(
+        client,
+        tenant,
+        kind,
+        steps,
+        &format!("promote step {step}"),
+        Some(current.version),
+    )
+    .await
 }
 
 /// Reads the pipeline of `kind`.
@@ -273,28 +542,46 @@ pub async fn ensure_loaded(
     pipeline: &Pipeline,
 ) -> Result<()> {
     for step in &pipeline.steps {
-        if engine.is_loaded(&step.digest) {
-            continue;
+        ensure_digest_loaded(client, engine, &step.digest).await?;
+        // A candidate that cannot be loaded must not fail the payment: its
+        // shadow call then records `plugin_not_loaded`.
+        if let Some(c) = &step.candidate
+            && let Err(e) = ensure_digest_loaded(client, engine, &c.digest).await
+        {
+            tracing::warn!(candidate = %c.digest, error = %e, "shadow candidate not loaded");
         }
-        let row = client
-            .query_opt(
-                "select bytes from payrail.plugins where digest = $1",
-                &[&step.digest],
-            )
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                what: "plugin",
-                id: step.digest.clone(),
-            })?;
-        let bytes: Vec<u8> = row.get(0);
-        let eng = engine.clone();
-        let digest = tokio::task::spawn_blocking(move || eng.load(&bytes))
-            .await
-            .expect("plugin compile task")?;
-        assert_eq!(
-            digest, step.digest,
-            "stored plugin bytes match their digest"
-        );
+    }
+    Ok(())
+}
+
+/// Compiles the stored plugin `digest` unless the engine has it already.
+pub async fn ensure_digest_loaded(
+    client: &impl GenericClient,
+    engine: &Arc<PluginEngine>,
+    digest: &str,
+) -> Result<()> {
+    if engine.is_loaded(digest) {
+        return Ok(());
+    }
+    let row = client
+        .query_opt(
+            "select bytes from payrail.plugins where digest = $1",
+            &[&digest],
+        )
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            what: "plugin",
+            id: digest.to_string(),
+        })?;
+    let bytes: Vec<u8> = row.get(0);
+    let eng = engine.clone();
+    let loaded = tokio::task::spawn_blocking(move || eng.load(&bytes))
+        .await
+        .expect("plugin compile task")?;
+    if loaded != digest {
+        return Err(Error::Setup(format!(
+            "stored plugin {digest} has bytes whose digest is {loaded}: the plugins table was altered"
+        )));
     }
     Ok(())
 }

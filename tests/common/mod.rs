@@ -3,6 +3,8 @@
 //! shared plugin engine, and helpers to count what was written.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use payrail::db::{self, Pool};
 use payrail::engine::{EngineConfig, PluginEngine};
 use payrail::ledger::{self, NewAccount};
@@ -121,6 +123,8 @@ impl TestDb {
             .map(|(p, cfg)| StepSpec {
                 plugin: p.to_string(),
                 config: cfg.clone(),
+                candidate: None,
+                limits: None,
             })
             .collect();
         registry::set_pipeline(&c, DEFAULT_TENANT, kind, &specs)
@@ -231,5 +235,7 @@ pub fn transfer(from: &str, to: &str, amount: i64) -> PaymentRequest {
         amount,
         currency: "EUR".into(),
         metadata: Default::default(),
+        capture: Default::default(),
+        hold_ttl_secs: None,
     }
 }

@@ -41,7 +41,8 @@ pub struct AccountView {
     pub currency: String,
     /// Balance in minor units.
     pub balance: i64,
-    /// What may be spent now: the balance (there are no holds yet).
+    /// What may be spent now: the balance minus the funds reserved by
+    /// authorized (not yet captured or voided) two-phase payments.
     pub available: i64,
     /// Whether the balance may go below zero.
     pub allow_negative: bool,
@@ -51,17 +52,19 @@ pub struct AccountView {
 
 impl From<ledger::Account> for AccountView {
     fn from(a: ledger::Account) -> Self {
+        let available = a.available();
         let ledger::Account {
             id,
             currency,
             balance,
+            held: _,
             allow_negative,
             metadata,
         } = a;
         AccountView {
             id,
             currency,
-            available: balance,
+            available,
             balance,
             allow_negative,
             metadata,

@@ -110,6 +110,27 @@ pub struct Metrics {
     replays: AtomicU64,
     keys_reaped: AtomicU64,
     overloaded: AtomicU64,
+    /// The outbox relay's counters and gauges.
+    pub outbox: OutboxMetrics,
+}
+
+/// What the outbox relay reports.
+#[derive(Debug, Default)]
+pub struct OutboxMetrics {
+    /// Events acknowledged by every matching sink.
+    pub delivered: AtomicU64,
+    /// Delivery attempts that failed (each is retried or dead-lettered).
+    pub failed_attempts: AtomicU64,
+    /// Events moved to dead-letter.
+    pub dead_lettered: AtomicU64,
+    /// Events NATS reported as duplicates (already had that message id).
+    pub duplicates: AtomicU64,
+    /// Gauge: events due and not yet delivered, at the last measurement.
+    pub pending: AtomicU64,
+    /// Gauge: age in milliseconds of the oldest due, undelivered event.
+    pub lag_ms: AtomicU64,
+    /// Gauge: events in dead-letter.
+    pub dead: AtomicU64,
 }
 
 /// A snapshot of the connection pool, read when metrics are rendered.
@@ -272,6 +293,57 @@ impl Metrics {
             "requests refused with 503 because too many were in flight",
             self.overloaded.load(Ordering::Relaxed),
         );
+        let o = &self.outbox;
+        for (name, kind, help, v) in [
+            (
+                "payrail_outbox_delivered_total",
+                "counter",
+                "outbox events delivered to every matching sink",
+                &o.delivered,
+            ),
+            (
+                "payrail_outbox_failed_attempts_total",
+                "counter",
+                "outbox delivery attempts that failed",
+                &o.failed_attempts,
+            ),
+            (
+                "payrail_outbox_dead_lettered_total",
+                "counter",
+                "outbox events moved to dead-letter",
+                &o.dead_lettered,
+            ),
+            (
+                "payrail_outbox_nats_duplicates_total",
+                "counter",
+                "outbox events NATS already had (redeliveries)",
+                &o.duplicates,
+            ),
+            (
+                "payrail_outbox_pending",
+                "gauge",
+                "outbox events due and not yet delivered",
+                &o.pending,
+            ),
+            (
+                "payrail_outbox_lag_seconds",
+                "gauge",
+                "age of the oldest due, undelivered outbox event (whole seconds)",
+                &o.lag_ms,
+            ),
+            (
+                "payrail_outbox_dead",
+                "gauge",
+                "outbox events in dead-letter",
+                &o.dead,
+            ),
+        ] {
+            let mut v = v.load(Ordering::Relaxed);
+            if name == "payrail_outbox_lag_seconds" {
+                v /= 1000;
+            }
+            simple(&mut out, name, kind, help, v);
+        }
         simple(
             &mut out,
             "payrail_http_in_flight",

@@ -12,6 +12,7 @@
 
 pub mod accounts;
 pub mod extract;
+pub mod holds;
 pub mod metrics;
 pub mod ops;
 pub mod pagination;
@@ -138,8 +139,11 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(accounts::list_entries))
         .routes(routes!(payments::create_payment, payments::list_payments))
         .routes(routes!(payments::get_payment))
+        .routes(routes!(holds::capture_payment))
+        .routes(routes!(holds::void_payment))
         .routes(routes!(plugins::upload_plugin, plugins::list_plugins))
         .routes(routes!(plugins::put_pipeline, plugins::get_pipeline))
+        .routes(routes!(plugins::get_shadow_report))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
@@ -363,7 +367,8 @@ pub async fn serve_until(
 }
 
 /// `payrail serve`: opens the pool and engine from `config`, optionally
-/// migrates, starts the key reaper, serves until SIGTERM/SIGINT, drains
+/// migrates, starts the key reaper and (with sinks configured) the outbox
+/// relay, serves until SIGTERM/SIGINT, drains
 /// in-flight requests for at most `server.shutdown_grace_ms`, and returns
 /// the exit code (0).
 pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
@@ -385,11 +390,26 @@ pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
     }
     let engine = Arc::new(
         PluginEngine::new(config.engine())
-            .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?,
+            .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?
+            .with_default_artifact_cache()
+            .with_trusted_keys(crate::signing::TrustedKeys::from_env()?),
     );
     let processor = Processor::new(pool.clone(), engine, config.processor());
     let state = AppState::new(processor, ApiLimits::from_config(&config));
     let metrics = state.metrics.clone();
+    // Without sinks the relay still runs the hold expiry timers.
+    let relay = if config.outbox.relay {
+        Some(crate::outbox::Relay::from_config(
+            pool.clone(),
+            &config,
+            metrics.clone(),
+        )?)
+    } else {
+        tracing::info!(
+            "no outbox relay in this host (outbox.relay = false): holds expire on other hosts"
+        );
+        None
+    };
     let (router, _doc) = router(state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -403,8 +423,9 @@ pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
         metrics,
         Duration::from_secs(config.idempotency.reaper_interval_secs),
         config.idempotency.reaper_batch,
-        stop_rx,
+        stop_rx.clone(),
     ));
+    let relay = relay.map(|r| tokio::spawn(r.run(stop_rx)));
     // stdout, for scripts and tests that pick port 0
     println!("payrail listening on http://{local}");
     tracing::info!(%local, "listening");
@@ -417,6 +438,9 @@ pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
     .await?;
     let _ = stop_tx.send(true);
     let _ = reaper.await;
+    if let Some(relay) = relay {
+        let _ = relay.await;
+    }
     if drained {
         tracing::info!("shut down cleanly");
     } else {

@@ -45,9 +45,30 @@ pub struct CreatePayment {
     pub amount: i64,
     /// ISO 4217 code; both accounts must hold it.
     pub currency: String,
-    /// Up to 32 string entries of at most 512 bytes, handed to plugins.
+    /// Up to 32 string entries of at most 512 bytes, handed to plugins
+    /// (keys starting with `payrail.` are reserved).
     #[serde(default)]
     pub metadata: Metadata,
+    /// `manual`: authorize only (hold the funds; capture or void later).
+    /// Default `automatic`: move the money now.
+    #[serde(default)]
+    pub capture: CaptureView,
+    /// Seconds the hold lasts before it expires (`capture: manual` only;
+    /// 1 to 2592000 = 30 days, default 7 days).
+    #[serde(default)]
+    pub hold_ttl_secs: Option<i64>,
+}
+
+/// When the money moves.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureView {
+    /// One step: the payment moves the money.
+    #[default]
+    Automatic,
+    /// Two steps: authorize now; `POST /v1/payments/{id}/capture` or
+    /// `/void` later, or the hold expires.
+    Manual,
 }
 
 /// Outcome of a payment.
@@ -58,6 +79,41 @@ pub enum StatusView {
     Approved,
     /// A business decision said no; recorded, final on retry.
     Declined,
+    /// Funds held, waiting for capture or void.
+    Authorized,
+    /// The hold was captured: money moved.
+    Captured,
+    /// The hold was voided: funds released.
+    Voided,
+    /// The hold expired: funds released.
+    Expired,
+}
+
+impl From<PaymentStatus> for StatusView {
+    fn from(s: PaymentStatus) -> Self {
+        match s {
+            PaymentStatus::Approved => StatusView::Approved,
+            PaymentStatus::Declined => StatusView::Declined,
+            PaymentStatus::Authorized => StatusView::Authorized,
+            PaymentStatus::Captured => StatusView::Captured,
+            PaymentStatus::Voided => StatusView::Voided,
+            PaymentStatus::Expired => StatusView::Expired,
+        }
+    }
+}
+
+impl StatusView {
+    /// The view of a stored `payments.status`.
+    fn from_stored(s: &str) -> StatusView {
+        match s {
+            "approved" => StatusView::Approved,
+            "authorized" => StatusView::Authorized,
+            "captured" => StatusView::Captured,
+            "voided" => StatusView::Voided,
+            "expired" => StatusView::Expired,
+            _ => StatusView::Declined,
+        }
+    }
 }
 
 /// Why a payment was declined.
@@ -85,7 +141,8 @@ pub struct PostingView {
 pub struct PaymentView {
     /// Derived from (tenant, idempotency key).
     pub id: String,
-    /// `approved` or `declined`.
+    /// `approved` or `declined`; two-phase: `authorized`, then `captured`,
+    /// `voided` or `expired`.
     pub status: StatusView,
     /// Present when declined.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -138,10 +195,7 @@ impl From<PaymentResponse> for PaymentView {
         } = r;
         PaymentView {
             id,
-            status: match status {
-                PaymentStatus::Approved => StatusView::Approved,
-                PaymentStatus::Declined => StatusView::Declined,
-            },
+            status: status.into(),
             decline: decline.map(|d| DeclineView {
                 code: d.code,
                 message: d.message,
@@ -184,6 +238,8 @@ pub async fn create_payment(
         amount,
         currency,
         metadata,
+        capture,
+        hold_ttl_secs,
     } = body;
     let req = PaymentRequest {
         kind,
@@ -192,6 +248,11 @@ pub async fn create_payment(
         amount,
         currency,
         metadata,
+        capture: match capture {
+            CaptureView::Automatic => crate::model::CaptureMode::Automatic,
+            CaptureView::Manual => crate::model::CaptureMode::Manual,
+        },
+        hold_ttl_secs,
     };
     let outcome = match st.processor.pay(&p.tenant, &key, &req).await {
         Ok(o) => o,
@@ -266,11 +327,7 @@ async fn views(
             let decline_code: Option<String> = r.get(2);
             PaymentView {
                 id: id.to_string(),
-                status: if status == "approved" {
-                    StatusView::Approved
-                } else {
-                    StatusView::Declined
-                },
+                status: StatusView::from_stored(&status),
                 decline: decline_code.map(|code| DeclineView {
                     code,
                     message: r.get::<_, Option<String>>(3).unwrap_or_default(),

@@ -20,6 +20,11 @@ use utoipa::{IntoParams, ToSchema};
 pub struct UploadParams {
     /// Name pipelines use for the latest deploy (1-64 of `A-Z a-z 0-9 _ . : -`).
     pub name: String,
+    /// Version label of this deploy (default `v<N>`).
+    pub version: Option<String>,
+    /// Hex ed25519 signature of the digest (`payrail plugin sign`);
+    /// required when the host has trusted plugin keys.
+    pub signature: Option<String>,
 }
 
 /// A deployed plugin.
@@ -55,9 +60,16 @@ pub async fn upload_plugin(
         ));
     }
     let client = st.pool.get().await.map_err(crate::Error::from)?;
-    let digest =
-        registry::deploy_plugin_for(&client, &st.engine, &p.tenant, &q.name, bytes.to_vec())
-            .await?;
+    let digest = registry::deploy_plugin_versioned(
+        &client,
+        &st.engine,
+        &p.tenant,
+        &q.name,
+        q.version.as_deref(),
+        q.signature.as_deref(),
+        bytes.to_vec(),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(Deployed {
@@ -136,5 +148,33 @@ pub async fn get_pipeline(
     let client = st.pool.get().await.map_err(crate::Error::from)?;
     Ok(Json(
         registry::load_pipeline(&client, &p.tenant, &kind).await?,
+    ))
+}
+
+/// Shadow report of a payment kind: per step and candidate, how often the
+/// candidate agreed with the live plugin, and example differences.
+#[utoipa::path(get, path = "/v1/pipelines/{kind}/shadow", tag = "admin",
+    params(("kind" = String, Path, description = "Payment kind")),
+    responses(
+        (status = 200, description = "Agree/disagree counts and example differences", body = crate::shadow::ShadowReport),
+        (status = 404, description = "No pipeline for this kind", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_shadow_report(
+    State(st): State<AppState>,
+    AdminKey(p): AdminKey,
+    Path(kind): Path<String>,
+) -> ApiResult<Json<crate::shadow::ShadowReport>> {
+    if validate_id("payment kind", &kind).is_err() {
+        return Err(crate::Error::NotFound {
+            what: "pipeline",
+            id: kind.chars().take(64).collect(),
+        }
+        .into());
+    }
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
+    // 404 for a kind without a pipeline, like GET /v1/pipelines/{kind}
+    registry::load_pipeline(&client, &p.tenant, &kind).await?;
+    Ok(Json(
+        crate::shadow::report(&client, &p.tenant, &kind).await?,
     ))
 }

@@ -163,6 +163,10 @@ impl From<Error> for ApiError {
             Error::IdempotencyConflict { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::InProgress { .. } | Error::KeyExpired { .. } => StatusCode::CONFLICT,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::HoldNotActive { .. } => StatusCode::CONFLICT,
+            Error::CaptureExceedsHold { .. } | Error::CaptureDeclined { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Error::AlreadyExists { .. } => StatusCode::CONFLICT,
             // A plugin fault is deterministic for this request and this
             // pipeline: retrying the same request fails the same way.

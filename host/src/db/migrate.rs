@@ -32,6 +32,21 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tenants_api_keys",
         sql: include_str!("../../../migrations/0002_tenants_api_keys.sql"),
     },
+    Migration {
+        version: 3,
+        name: "outbox_relay_holds",
+        sql: include_str!("../../../migrations/0003_outbox_relay_holds.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "plugin_platform",
+        sql: include_str!("../../../migrations/0004_plugin_platform.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "holds",
+        sql: include_str!("../../../migrations/0005_holds.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.

@@ -7,6 +7,7 @@
 //! `Store` + instantiation from a cached `InstancePre` on the pooling
 //! allocator plus the guest's own work, tens of microseconds for the samples.
 
+mod cache;
 mod convert;
 mod wasi;
 
@@ -14,7 +15,7 @@ use crate::model::{Decision, PluginInput};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -73,6 +74,79 @@ impl Default for PluginLimits {
     }
 }
 
+/// Per-step overrides of [`PluginLimits`], set in a pipeline step
+/// (`"limits": {"fuel": 2000000}`); absent fields keep the host's value.
+/// Each present value must be positive and at most its hard cap
+/// ([`PluginLimitOverrides::validate`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimitOverrides {
+    /// Instruction budget (fuel units); at most 10^10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// Linear memory per instance; at most 256 MiB (and never above the
+    /// engine's pool slot size, which clamps it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_bytes: Option<usize>,
+    /// Wall-clock backstop; at most 10 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Input size (canonical JSON); at most 4 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_bytes: Option<usize>,
+    /// Output size (canonical JSON); at most 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<usize>,
+    /// Log bytes kept; at most 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_log_bytes: Option<usize>,
+}
+
+impl PluginLimitOverrides {
+    /// Refuses a zero or above-cap value, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let check = |name: &str, v: Option<u64>, cap: u64| match v {
+            Some(0) => Err(format!("limits.{name} must be positive")),
+            Some(v) if v > cap => Err(format!("limits.{name} is {v}, above the cap of {cap}")),
+            _ => Ok(()),
+        };
+        check("fuel", self.fuel, 10_000_000_000)?;
+        check(
+            "max_memory_bytes",
+            self.max_memory_bytes.map(|v| v as u64),
+            256 << 20,
+        )?;
+        check("timeout_ms", self.timeout_ms, 10_000)?;
+        check(
+            "max_input_bytes",
+            self.max_input_bytes.map(|v| v as u64),
+            4 << 20,
+        )?;
+        check(
+            "max_output_bytes",
+            self.max_output_bytes.map(|v| v as u64),
+            1 << 20,
+        )?;
+        check(
+            "max_log_bytes",
+            self.max_log_bytes.map(|v| v as u64),
+            64 << 10,
+        )
+    }
+
+    /// `base` with every present field replaced.
+    pub fn apply(&self, base: &PluginLimits) -> PluginLimits {
+        PluginLimits {
+            fuel: self.fuel.unwrap_or(base.fuel),
+            max_memory_bytes: self.max_memory_bytes.unwrap_or(base.max_memory_bytes),
+            timeout_ms: self.timeout_ms.unwrap_or(base.timeout_ms),
+            max_input_bytes: self.max_input_bytes.unwrap_or(base.max_input_bytes),
+            max_output_bytes: self.max_output_bytes.unwrap_or(base.max_output_bytes),
+            max_log_bytes: self.max_log_bytes.unwrap_or(base.max_log_bytes),
+        }
+    }
+}
+
 /// Engine-wide settings, fixed when the engine is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -97,11 +171,17 @@ impl Default for EngineConfig {
     }
 }
 
-/// Why a plugin could not be loaded.
+/// Why a plugin could not be loaded (each a clear deploy error).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("plugin is {size_bytes} bytes, above the limit of {max_bytes} bytes")]
+    /// Larger than `max_plugin_bytes` (checked before anything else).
+    #[error(
+        "plugin is {size_bytes} bytes, above the limit of {max_bytes} bytes (plugins.max_plugin_bytes)"
+    )]
     TooLarge { size_bytes: usize, max_bytes: usize },
+    /// A component header, but the body is malformed or fails validation.
+    #[error("the component does not compile: {0}")]
+    Compile(String),
     #[error(
         "not a WebAssembly component (a core module or garbage?): {0}; build the plugin for wasm32-wasip2 with the payrail-plugin SDK"
     )]
@@ -186,6 +266,8 @@ pub struct CallOutcome {
     pub duration: Duration,
     /// Captured log text (host log import + stdout/stderr), capped.
     pub log: String,
+    /// Largest linear memory the call had (bytes).
+    pub peak_memory_bytes: usize,
 }
 
 /// Store data of one call.
@@ -229,6 +311,8 @@ struct CallLimiter {
     max_memory_bytes: usize,
     max_table_elements: usize,
     memory_refused: bool,
+    /// Largest memory size granted so far.
+    peak_memory: usize,
 }
 
 impl ResourceLimiter for CallLimiter {
@@ -242,6 +326,7 @@ impl ResourceLimiter for CallLimiter {
             self.memory_refused = true;
             return Ok(false);
         }
+        self.peak_memory = self.peak_memory.max(desired);
         Ok(true)
     }
 
@@ -298,7 +383,28 @@ pub struct PluginEngine {
     linker: Linker<CallState>,
     loaded: RwLock<HashMap<String, RulePre<CallState>>>,
     config: EngineConfig,
+    /// Largest memory a pool slot holds: no call may be granted more.
+    pool_max_memory: usize,
+    /// Compiled artifacts on disk, if enabled.
+    cache: Option<cache::ArtifactCache>,
+    /// Loads served from the artifact cache.
+    cache_hits: AtomicU64,
+    /// Publisher keys a deploy must be signed by (none: unsigned is fine).
+    trusted: crate::signing::TrustedKeys,
     _ticker: EpochTicker,
+}
+
+/// The artifact cache directory `payrail` uses: `$PAYRAIL_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/payrail/artifacts`, else `~/.cache/payrail/artifacts`.
+pub fn default_cache_dir() -> Option<std::path::PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = env("PAYRAIL_CACHE_DIR") {
+        return Some(d.into());
+    }
+    let base = env("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| env("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    Some(base.join("payrail").join("artifacts"))
 }
 
 /// Hex sha256 of plugin bytes: the plugin's identity everywhere.
@@ -313,6 +419,7 @@ impl PluginEngine {
     pub fn new(config: EngineConfig) -> wasmtime::Result<Self> {
         assert!(config.limits.fuel > 0, "fuel limit must be positive");
         assert!(config.max_wasm_stack_bytes >= 64 * 1024, "stack too small");
+        let pool_max_memory = config.limits.max_memory_bytes.max(16 * 1024 * 1024);
         let mut pool = PoolingAllocationConfig::new();
         let instances = config.max_concurrent_instances.max(1);
         pool.total_component_instances(instances)
@@ -322,7 +429,7 @@ impl PluginEngine {
             .max_memories_per_component(4)
             .max_core_instances_per_component(16)
             .max_tables_per_component(16)
-            .max_memory_size(config.limits.max_memory_bytes.max(16 * 1024 * 1024));
+            .max_memory_size(pool_max_memory);
         let mut wasm = Config::new();
         wasm.consume_fuel(true)
             .epoch_interruption(true)
@@ -339,7 +446,61 @@ impl PluginEngine {
             linker,
             loaded: RwLock::new(HashMap::new()),
             config,
+            pool_max_memory,
+            cache: None,
+            cache_hits: AtomicU64::new(0),
+            trusted: Default::default(),
         })
+    }
+
+    /// Keeps compiled artifacts in `dir` (created owner-only) and loads
+    /// plugins from there when this host compiled them before: a restart
+    /// deserializes instead of recompiling. See `engine/cache.rs` for what
+    /// is trusted.
+    pub fn with_artifact_cache(mut self, dir: &std::path::Path) -> std::io::Result<Self> {
+        self.cache = Some(cache::ArtifactCache::open(dir, &self.engine)?);
+        Ok(self)
+    }
+
+    /// [`Self::with_artifact_cache`] in [`default_cache_dir`], unless
+    /// `PAYRAIL_CACHE_DIR` is `off`; a directory that cannot be used is
+    /// logged and the engine runs without a cache.
+    pub fn with_default_artifact_cache(self) -> Self {
+        if std::env::var("PAYRAIL_CACHE_DIR").as_deref() == Ok("off") {
+            return self;
+        }
+        let Some(dir) = default_cache_dir() else {
+            return self;
+        };
+        match cache::ArtifactCache::open(&dir, &self.engine) {
+            Ok(c) => PluginEngine {
+                cache: Some(c),
+                ..self
+            },
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "plugin artifact cache disabled");
+                self
+            }
+        }
+    }
+
+    /// Requires every deploy to be signed by one of `keys` (see
+    /// [`crate::signing`]).
+    pub fn with_trusted_keys(self, keys: crate::signing::TrustedKeys) -> Self {
+        PluginEngine {
+            trusted: keys,
+            ..self
+        }
+    }
+
+    /// The publisher keys deploys are checked against.
+    pub fn trusted_keys(&self) -> &crate::signing::TrustedKeys {
+        &self.trusted
+    }
+
+    /// How many loads the artifact cache served (instead of a compile).
+    pub fn artifact_cache_hits(&self) -> u64 {
+        self.cache_hits.load(Ordering::Relaxed)
     }
 
     /// The engine-wide configuration.
@@ -366,18 +527,54 @@ impl PluginEngine {
                 "the file does not start with the component-model header".into(),
             ));
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(&self.engine, &digest));
+        let fresh = cached.is_none();
+        let component = match cached {
+            Some(c) => {
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                c
+            }
+            None => Component::new(&self.engine, bytes)
+                .map_err(|e| LoadError::Compile(format!("{e:#}")))?,
+        };
+        let wrong_world = |e: wasmtime::Error| {
+            LoadError::WrongWorld(format!("{e:#}; {}", self.describe_world(&component)))
+        };
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        let pre = RulePre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+            .map_err(wrong_world)?;
+        let pre = RulePre::new(pre).map_err(wrong_world)?;
+        // only valid plugins reach the disk cache
+        if fresh && let Some(cache) = &self.cache {
+            cache.put(&digest, &component);
+        }
         self.loaded
             .write()
             .expect("plugin cache lock")
             .insert(digest.clone(), pre);
         Ok(digest)
+    }
+
+    /// "it imports [...] and exports [...]" of a component, for a deploy
+    /// error that says which world the component really has (at most 8
+    /// names each).
+    fn describe_world(&self, component: &Component) -> String {
+        let ty = component.component_type();
+        let names = |it: &mut dyn ExactSizeIterator<Item = &str>| {
+            let n = it.len();
+            let mut v: Vec<&str> = it.take(8).collect();
+            if n > 8 {
+                v.push("...");
+            }
+            v.join(", ")
+        };
+        let imports = names(&mut ty.imports(&self.engine).map(|(n, _)| n));
+        let exports = names(&mut ty.exports(&self.engine).map(|(n, _)| n));
+        format!("the component imports [{imports}] and exports [{exports}]")
     }
 
     /// Whether `digest` is compiled and ready.
@@ -409,6 +606,12 @@ impl PluginEngine {
             .get(digest)
             .cloned()
             .ok_or_else(|| PluginFault::NotLoaded(digest.to_string()))?;
+        // A step may ask for more memory than a pool slot holds; the slot
+        // is the real ceiling, so report that one when it is hit.
+        let limits = &PluginLimits {
+            max_memory_bytes: limits.max_memory_bytes.min(self.pool_max_memory),
+            ..*limits
+        };
         let log = Arc::new(Mutex::new(LogBuffer {
             max_bytes: limits.max_log_bytes,
             ..LogBuffer::default()
@@ -421,6 +624,7 @@ impl PluginEngine {
                 max_memory_bytes: limits.max_memory_bytes,
                 max_table_elements: 100_000,
                 memory_refused: false,
+                peak_memory: 0,
             },
             log: log.clone(),
         };
@@ -439,6 +643,7 @@ impl PluginEngine {
         let duration = started.elapsed();
         let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
         let memory_refused = store.data().limiter.memory_refused;
+        let peak_memory_bytes = store.data().limiter.peak_memory;
         drop(store);
         let log = std::mem::take(&mut log.lock().expect("log buffer lock").text);
 
@@ -466,6 +671,7 @@ impl PluginEngine {
             fuel_used,
             duration,
             log,
+            peak_memory_bytes,
         })
     }
 }

@@ -1,0 +1,779 @@
+//! Two-phase payments: authorize (hold the funds), then capture or void,
+//! or let the hold expire.
+//!
+//! - **Authorize** is `Processor::pay` with `capture: manual`: the same
+//!   claim / lock / pipeline transaction, the plugins see
+//!   `metadata["payrail.phase"] = "authorize"`, plugin postings and events
+//!   are ignored (fees are charged at capture), and if the pipeline approves
+//!   and `balance - held >= amount` (unless the source allows negatives)
+//!   the transaction writes a hold, raises the source's `held` and schedules
+//!   a `hold.expire` timer event in the outbox (own key `timer:<payment>`,
+//!   `available_at` = expiry). Status `authorized`; nothing moves yet.
+//! - **Capture** / **void** ([`Processor::capture`], [`Processor::void`])
+//!   are each one transaction with their own idempotency key (same replay /
+//!   conflict / in-progress semantics as payments): claim the key, take the
+//!   parties' advisory locks (sorted), row-lock the hold `FOR UPDATE`, check
+//!   it is still `authorized` and not past its expiry, run the pipeline with
+//!   phase `capture` / `void`, then write. A capture moves the captured
+//!   principal plus the plugins' postings (a fee), validated like a payment,
+//!   and releases the whole hold (the remainder of a partial capture is
+//!   released too). A void releases the hold; at void, plugin postings,
+//!   events and declines are ignored (a plugin cannot keep money held).
+//! - **Expiry** is the `hold.expire` outbox event: the relay runs
+//!   [`expire_hold`] instead of sending it to sinks. It takes the same locks,
+//!   and does nothing if the hold already resolved, so a redelivered timer is
+//!   harmless. Expiry runs no plugins: a plugin fault must not keep funds
+//!   held forever.
+//!
+//! A hold leaves `authorized` exactly once: every transition re-reads it
+//! under `FOR UPDATE` and refuses anything but `authorized`
+//! (`hold_not_active`).
+
+use crate::db::Pool;
+use crate::error::{Error, Result};
+use crate::ledger::{self, ApplyProblem};
+use crate::locks;
+use crate::model::{
+    AccountSnapshot, Metadata, Payment, PaymentRequest, PaymentResponse, PaymentStatus, Posting,
+};
+use crate::processor::{self, CLAIM_SQL, MAX_KEY_BYTES, PayOutcome, Processor};
+use crate::registry;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+/// Metadata keys with this prefix are set by payrail, never by users.
+pub const RESERVED_METADATA_PREFIX: &str = "payrail.";
+/// The metadata key telling plugins which phase they run in:
+/// `authorize`, `capture` or `void` (absent for one-step payments).
+pub const PHASE_KEY: &str = "payrail.phase";
+/// Hold lifetime when a manual-capture request names none: 7 days.
+pub const DEFAULT_HOLD_TTL_SECS: i64 = 7 * 24 * 3600;
+/// Longest hold lifetime accepted: 30 days.
+pub const MAX_HOLD_TTL_SECS: i64 = 30 * 24 * 3600;
+/// Outbox topic of the expiry timer; internal work of the relay, never sent
+/// to sinks.
+pub const EXPIRE_TOPIC: &str = "hold.expire";
+/// Timeouts of the expiry transaction (it has no processor settings).
+const EXPIRE_LOCK_TIMEOUT: &str = "5000ms";
+const EXPIRE_STATEMENT_TIMEOUT: &str = "30000ms";
+
+/// Checks the two-phase fields of a request.
+pub fn validate_capture(req: &PaymentRequest) -> Result<()> {
+    if let Some(ttl) = req.hold_ttl_secs {
+        if req.capture.is_automatic() {
+            return Err(Error::invalid(
+                "invalid_hold_ttl",
+                "hold_ttl_secs only applies to \"capture\": \"manual\"",
+            ));
+        }
+        if !(1..=MAX_HOLD_TTL_SECS).contains(&ttl) {
+            return Err(Error::invalid(
+                "invalid_hold_ttl",
+                format!("hold_ttl_secs must be 1-{MAX_HOLD_TTL_SECS} (30 days), got {ttl}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The metadata plugins see at pay time: the request's, plus
+/// `payrail.phase = authorize` for a manual-capture request. One-step
+/// payments are unchanged (so are their journal keys).
+pub fn phase_metadata(req: &PaymentRequest) -> Metadata {
+    let mut m = req.metadata.clone();
+    if !req.capture.is_automatic() {
+        m.insert(PHASE_KEY.into(), "authorize".into());
+    }
+    m
+}
+
+/// Writes the hold of an authorized payment in its transaction (one
+/// statement): the hold row, the source's `held`, and the expiry timer in
+/// the outbox. The caller checked the funds under the source's lock.
+pub(crate) async fn create_hold(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    payment: Uuid,
+    req: &PaymentRequest,
+) -> Result<()> {
+    let ttl = req.hold_ttl_secs.unwrap_or(DEFAULT_HOLD_TTL_SECS) as f64;
+    let timer_payload = serde_json::json!({ "payment_id": payment.to_string() });
+    let stmt = tx
+        .prepare_cached(
+            "with h as (
+                insert into payrail.holds
+                  (payment_id, tenant, account, destination, currency, amount, expires_at)
+                values ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+                returning expires_at
+             ), a as (
+                update payrail.accounts set held = held + $6
+                where tenant = $2 and id = $3
+                returning 1
+             )
+             insert into payrail.outbox (event_id, tenant, topic, key, payload, available_at)
+             select $8, $2, $9, $10, $11, h.expires_at from h
+             where (select count(*) from a) = 1",
+        )
+        .await?;
+    let n = tx
+        .execute(
+            &stmt,
+            &[
+                &payment,
+                &tenant,
+                &req.source,
+                &req.destination,
+                &req.currency,
+                &req.amount,
+                &ttl,
+                &phase_event_id(payment, "timer", 0),
+                &EXPIRE_TOPIC,
+                &timer_key(payment),
+                &timer_payload,
+            ],
+        )
+        .await?;
+    assert_eq!(n, 1, "the hold's source account exists and is locked");
+    Ok(())
+}
+
+/// The outbox key of a payment's expiry timer: its own key, so a future
+/// `available_at` never blocks the payment's other events.
+pub fn timer_key(payment: Uuid) -> String {
+    format!("timer:{payment}")
+}
+
+/// Stable id of the `index`th event of a payment's `phase` transition.
+fn phase_event_id(payment: Uuid, phase: &str, index: usize) -> Uuid {
+    let d = Sha256::new()
+        .chain_update(b"payrail/event/hold/v1\0")
+        .chain_update(payment.as_bytes())
+        .chain_update(phase.as_bytes())
+        .chain_update(b"\0")
+        .chain_update((index as u64).to_be_bytes())
+        .finalize();
+    Uuid::new_v8(d[..16].try_into().expect("16 bytes"))
+}
+
+/// Ledger transaction id of a hold's capture entries.
+fn capture_txn_id(payment: Uuid) -> Uuid {
+    phase_event_id(payment, "capture-entries", 0)
+}
+
+/// What a request does to a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transition {
+    /// Capture this much (`None`: the whole hold).
+    Capture(Option<i64>),
+    Void,
+}
+
+impl Transition {
+    fn phase(self) -> &'static str {
+        match self {
+            Transition::Capture(_) => "capture",
+            Transition::Void => "void",
+        }
+    }
+}
+
+/// The hold and its payment, as read under the locks.
+struct HoldRow {
+    source: String,
+    destination: String,
+    currency: String,
+    amount: i64,
+    state: String,
+    past_expiry: bool,
+    kind: String,
+    metadata: Metadata,
+    annotations: Metadata,
+}
+
+const HOLD_SQL: &str = "select h.account, h.destination, h.currency, h.amount, h.state,
+        h.expires_at <= now(), p.kind, p.metadata, p.annotations
+     from payrail.holds h join payrail.payments p on p.id = h.payment_id
+     where h.tenant = $1 and h.payment_id = $2";
+
+fn hold_from_row(r: &tokio_postgres::Row) -> HoldRow {
+    HoldRow {
+        source: r.get(0),
+        destination: r.get(1),
+        currency: r.get(2),
+        amount: r.get(3),
+        state: r.get(4),
+        past_expiry: r.get(5),
+        kind: r.get(6),
+        metadata: serde_json::from_value(r.get(7)).unwrap_or_default(),
+        annotations: serde_json::from_value(r.get(8)).unwrap_or_default(),
+    }
+}
+
+/// Reads the hold without a lock (to learn its accounts), then takes the
+/// parties' advisory locks (sorted) and re-reads it `FOR UPDATE`.
+async fn lock_hold(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    payment: Uuid,
+) -> Result<Option<HoldRow>> {
+    let Some(first) = tx.query_opt(HOLD_SQL, &[&tenant, &payment]).await? else {
+        return Ok(None);
+    };
+    let first = hold_from_row(&first);
+    let keys = locks::sorted_keys(tenant, [first.source.as_str(), first.destination.as_str()]);
+    locks::lock_all(tx, &keys).await?;
+    let row = tx
+        .query_one(&format!("{HOLD_SQL} for update of h"), &[&tenant, &payment])
+        .await?;
+    Ok(Some(hold_from_row(&row)))
+}
+
+/// Why a transition cannot run on a payment without an active hold.
+async fn not_active(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    payment: Uuid,
+    hold: Option<&HoldRow>,
+) -> Result<Error> {
+    if let Some(h) = hold {
+        let state = if h.state == "authorized" {
+            "expired (past its expiry time)".to_string()
+        } else {
+            h.state.clone()
+        };
+        return Ok(Error::HoldNotActive {
+            payment: payment.to_string(),
+            state,
+        });
+    }
+    let row = tx
+        .query_opt(
+            "select status from payrail.payments where tenant = $1 and id = $2",
+            &[&tenant, &payment],
+        )
+        .await?;
+    Ok(match row {
+        None => Error::NotFound {
+            what: "payment",
+            id: payment.to_string(),
+        },
+        Some(r) => Error::HoldNotActive {
+            payment: payment.to_string(),
+            state: format!(
+                "{}, not authorized for manual capture",
+                r.get::<_, String>(0)
+            ),
+        },
+    })
+}
+
+/// How a hold resolves.
+struct Outcome<'a> {
+    state: PaymentStatus,
+    captured: Option<i64>,
+    /// The capture/void idempotency key, or `expiry`.
+    resolved_by: &'a str,
+    annotations: &'a Metadata,
+}
+
+/// Releases a hold: the source's `held` drops by the hold's amount, the
+/// hold and the payment get their final state.
+async fn release(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    payment: Uuid,
+    hold: &HoldRow,
+    outcome: Outcome<'_>,
+) -> Result<()> {
+    let annotations = serde_json::to_value(outcome.annotations).expect("annotations serialize");
+    let stmt = tx
+        .prepare_cached(
+            "with a as (
+                update payrail.accounts set held = held - $3
+                where tenant = $1 and id = $4
+                returning 1
+             ), h as (
+                update payrail.holds set state = $5, captured_amount = $6,
+                  resolved_at = now(), resolved_by = $7
+                where payment_id = $2 and state = 'authorized'
+                returning 1
+             )
+             update payrail.payments set status = $5, annotations = $8
+             where id = $2 and (select count(*) from a) = 1 and (select count(*) from h) = 1",
+        )
+        .await?;
+    let n = tx
+        .execute(
+            &stmt,
+            &[
+                &tenant,
+                &payment,
+                &hold.amount,
+                &hold.source,
+                &outcome.state.as_str(),
+                &outcome.captured,
+                &outcome.resolved_by,
+                &annotations,
+            ],
+        )
+        .await?;
+    assert_eq!(n, 1, "the hold was authorized and locked");
+    Ok(())
+}
+
+/// Writes a transition's outbox events: `payment.<state>` with the
+/// response, then the plugin events (capture only), keyed by the payment.
+async fn write_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    payment: Uuid,
+    phase: &str,
+    response: &PaymentResponse,
+    plugin_events: &[(usize, crate::model::PluginEvent)],
+) -> Result<()> {
+    let mut ids = vec![phase_event_id(payment, phase, 0)];
+    let mut topics = vec![format!("payment.{}", response.status.as_str())];
+    let mut payloads = vec![serde_json::to_value(response).expect("response serializes")];
+    for (i, (step, e)) in plugin_events.iter().enumerate() {
+        ids.push(phase_event_id(payment, phase, i + 1));
+        topics.push(e.topic.clone());
+        let data: serde_json::Value =
+            serde_json::from_str(&e.payload).expect("event payload validated by the engine");
+        payloads.push(serde_json::json!({
+            "payment_id": payment.to_string(),
+            "step": step,
+            "data": data,
+        }));
+    }
+    let stmt = tx
+        .prepare_cached(
+            "insert into payrail.outbox (event_id, tenant, topic, key, payload)
+             select e, $1, t, $2, p
+             from unnest($3::uuid[], $4::text[], $5::jsonb[]) with ordinality as u(e, t, p, n)
+             order by n",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[&tenant, &payment.to_string(), &ids, &topics, &payloads],
+    )
+    .await?;
+    Ok(())
+}
+
+fn parse_payment_id(id: &str) -> Result<Uuid> {
+    id.parse().map_err(|_| Error::NotFound {
+        what: "payment",
+        id: id.chars().take(64).collect(),
+    })
+}
+
+fn validate_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(
+            "invalid_idempotency_key",
+            format!(
+                "the idempotency key must be 1-{MAX_KEY_BYTES} bytes without control characters"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Fingerprint of a capture/void request under an idempotency key.
+fn transition_fingerprint(payment: Uuid, t: Transition) -> String {
+    let amount = match t {
+        Transition::Capture(a) => a,
+        Transition::Void => None,
+    };
+    let json = serde_json::json!({
+        "op": t.phase(),
+        "payment": payment.to_string(),
+        "amount": amount,
+    });
+    hex::encode(Sha256::digest(json.to_string()))
+}
+
+impl Processor {
+    /// Captures an authorized payment's hold: `amount` (default: all of it,
+    /// at most the held amount), plus whatever the pipeline (phase
+    /// `capture`) posts, e.g. a fee; the rest of the hold is released.
+    /// Idempotent under `key` like [`Processor::pay`].
+    pub async fn capture(
+        &self,
+        tenant: &str,
+        key: &str,
+        payment: &str,
+        amount: Option<i64>,
+    ) -> Result<PayOutcome> {
+        if let Some(a) = amount
+            && a <= 0
+        {
+            return Err(Error::invalid(
+                "invalid_amount",
+                format!("a capture amount must be a positive integer in minor units, got {a}"),
+            ));
+        }
+        self.transition(tenant, key, payment, Transition::Capture(amount))
+            .await
+    }
+
+    /// Voids an authorized payment's hold: the funds are released, nothing
+    /// moves. Idempotent under `key` like [`Processor::pay`].
+    pub async fn void(&self, tenant: &str, key: &str, payment: &str) -> Result<PayOutcome> {
+        self.transition(tenant, key, payment, Transition::Void)
+            .await
+    }
+
+    async fn transition(
+        &self,
+        tenant: &str,
+        key: &str,
+        payment: &str,
+        t: Transition,
+    ) -> Result<PayOutcome> {
+        validate_key(key)?;
+        let id = parse_payment_id(payment)?;
+        let mut attempt = 1;
+        loop {
+            match self.transition_once(tenant, key, id, t).await {
+                Err(e) if processor::is_retryable(&e) && attempt < self.settings().max_attempts => {
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) if e.sqlstate() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                    return Err(Error::LockTimeout);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn transition_once(
+        &self,
+        tenant: &str,
+        key: &str,
+        id: Uuid,
+        t: Transition,
+    ) -> Result<PayOutcome> {
+        let started = std::time::Instant::now();
+        let mut client = self.pool().get().await?;
+        let tx = client.transaction().await?;
+        let print = transition_fingerprint(id, t);
+        let settings = *self.settings();
+        let claim = tx.prepare_cached(CLAIM_SQL).await?;
+        let row = tx
+            .query_one(
+                &claim,
+                &[
+                    &tenant,
+                    &key,
+                    &print,
+                    &id,
+                    &(settings.key_ttl_secs as f64),
+                    &format!("{}ms", settings.lock_timeout_ms),
+                    &format!("{}ms", settings.statement_timeout_ms),
+                    &locks::idempotency_key(tenant, key),
+                ],
+            )
+            .await?;
+        let (free, claimed): (bool, i64) = (row.get(0), row.get(1));
+        if !free {
+            return Err(Error::InProgress {
+                key: key.to_string(),
+            });
+        }
+        if claimed == 0 {
+            return self.replay(tx, tenant, key, &print).await;
+        }
+        // Roll back explicitly on a refusal, so the key's claim and try-lock
+        // are gone before the caller sees the error (a dropped transaction
+        // rolls back only when its connection is next used).
+        match self.resolve_in(&tx, tenant, key, id, t, started).await {
+            Ok(out) => {
+                tx.commit().await?;
+                tracing::debug!(payment = %id, status = out.response.status.as_str(), "hold resolved");
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The transition inside its transaction, after the key claim;
+    /// everything but the commit.
+    async fn resolve_in(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        tenant: &str,
+        key: &str,
+        id: Uuid,
+        t: Transition,
+        started: std::time::Instant,
+    ) -> Result<PayOutcome> {
+        let hold = lock_hold(tx, tenant, id).await?;
+        let hold = match hold {
+            Some(h) if h.state == "authorized" && !h.past_expiry => h,
+            other => return Err(not_active(tx, tenant, id, other.as_ref()).await?),
+        };
+        let lock_wait = started.elapsed();
+        let captured = match t {
+            Transition::Capture(a) => {
+                let a = a.unwrap_or(hold.amount);
+                if a > hold.amount {
+                    return Err(Error::CaptureExceedsHold {
+                        amount: a,
+                        held: hold.amount,
+                    });
+                }
+                Some(a)
+            }
+            Transition::Void => None,
+        };
+        let parties = [hold.source.clone(), hold.destination.clone()];
+        let mut accounts = ledger::lock_rows(tx, tenant, &parties).await?;
+        let pipeline = registry::load_pipeline(tx, tenant, &hold.kind).await?;
+        registry::ensure_loaded(tx, self.engine(), &pipeline).await?;
+        let mut metadata = hold.metadata.clone();
+        metadata.insert(PHASE_KEY.into(), t.phase().into());
+        let plugin_payment = Payment {
+            id: id.to_string(),
+            kind: hold.kind.clone(),
+            amount: captured.unwrap_or(hold.amount),
+            currency: hold.currency.clone(),
+            source: hold.source.clone(),
+            destination: hold.destination.clone(),
+            metadata,
+        };
+        let snapshots = parties
+            .iter()
+            .filter_map(|p| accounts.get(p))
+            .map(|a| AccountSnapshot {
+                id: a.id.clone(),
+                currency: a.currency.clone(),
+                balance: a.balance,
+                allow_negative: a.allow_negative,
+                metadata: a.metadata.clone(),
+            })
+            .collect();
+        let run = self
+            .run_pipeline(&pipeline, &plugin_payment, snapshots)
+            .await?;
+        let mut annotations = hold.annotations.clone();
+        annotations.extend(run.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+
+        let (status, postings, deltas) = match captured {
+            Some(amount) => {
+                if let Some(d) = &run.decline {
+                    return Err(Error::CaptureDeclined {
+                        code: d.code.clone(),
+                        message: d.message.clone(),
+                    });
+                }
+                // The hold is released by this capture: check the postings
+                // against what is available without it.
+                if let Some(src) = accounts.get_mut(&hold.source) {
+                    src.held -= hold.amount;
+                }
+                let mut postings = vec![
+                    Posting {
+                        account: hold.source.clone(),
+                        amount: -amount,
+                        currency: hold.currency.clone(),
+                    },
+                    Posting {
+                        account: hold.destination.clone(),
+                        amount,
+                        currency: hold.currency.clone(),
+                    },
+                ];
+                postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
+                match self
+                    .check_postings(tx, tenant, &mut accounts, &postings)
+                    .await?
+                {
+                    Ok(d) => (PaymentStatus::Captured, postings, d),
+                    Err(problem @ ApplyProblem::Invalid { .. }) => {
+                        return Err(processor::plugin_fault(&pipeline, &run, problem));
+                    }
+                    Err(ApplyProblem::InsufficientFunds { account }) => {
+                        return Err(Error::CaptureDeclined {
+                            code: "insufficient_funds".into(),
+                            message: format!("account {account:?} has insufficient funds"),
+                        });
+                    }
+                }
+            }
+            None => (PaymentStatus::Voided, Vec::new(), Default::default()),
+        };
+        let response = PaymentResponse {
+            id: id.to_string(),
+            status,
+            decline: None,
+            postings,
+            kind: hold.kind.clone(),
+            amount: hold.amount,
+            currency: hold.currency.clone(),
+            source: hold.source.clone(),
+            destination: hold.destination.clone(),
+            annotations: annotations.clone(),
+        };
+        let response_json = serde_json::to_value(&response).expect("response serializes");
+        // The hold is released before balances move: the accounts' check
+        // `balance >= held` holds after every statement.
+        let outcome = Outcome {
+            state: status,
+            captured,
+            resolved_by: key,
+            annotations: &annotations,
+        };
+        release(tx, tenant, id, &hold, outcome).await?;
+        if !response.postings.is_empty() {
+            let txn_ids = vec![capture_txn_id(id); response.postings.len()];
+            ledger::append_entries(tx, tenant, &txn_ids, Some(id), &response.postings).await?;
+            ledger::add_to_balances(tx, tenant, &deltas).await?;
+        }
+        processor::write_journal(tx, id, &run.calls).await?;
+        let plugin_events = if status == PaymentStatus::Captured {
+            &run.events[..]
+        } else {
+            &[]
+        };
+        write_events(tx, tenant, id, t.phase(), &response, plugin_events).await?;
+        processor::finish_key(tx, tenant, key, &response_json).await?;
+        Ok(PayOutcome {
+            response,
+            replayed: false,
+            calls: Vec::new(),
+            lock_wait,
+        })
+    }
+}
+
+/// Expires the hold of `payment` if it is still authorized and due (the
+/// relay runs this for a due `hold.expire` event). `Ok(false)`: it had
+/// already resolved (a redelivered timer), nothing written.
+pub async fn expire_hold(pool: &Pool, tenant: &str, payment: Uuid) -> Result<bool> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "select set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
+        &[&EXPIRE_LOCK_TIMEOUT, &EXPIRE_STATEMENT_TIMEOUT],
+    )
+    .await?;
+    let Some(hold) = lock_hold(&tx, tenant, payment).await? else {
+        return Ok(false);
+    };
+    if hold.state != "authorized" {
+        return Ok(false);
+    }
+    if !hold.past_expiry {
+        return Err(Error::invalid(
+            "hold_not_due",
+            format!("the hold of payment {payment} is not due to expire yet"),
+        ));
+    }
+    let response = PaymentResponse {
+        id: payment.to_string(),
+        status: PaymentStatus::Expired,
+        decline: None,
+        postings: Vec::new(),
+        kind: hold.kind.clone(),
+        amount: hold.amount,
+        currency: hold.currency.clone(),
+        source: hold.source.clone(),
+        destination: hold.destination.clone(),
+        annotations: hold.annotations.clone(),
+    };
+    let outcome = Outcome {
+        state: PaymentStatus::Expired,
+        captured: None,
+        resolved_by: "expiry",
+        annotations: &hold.annotations,
+    };
+    release(&tx, tenant, payment, &hold, outcome).await?;
+    write_events(&tx, tenant, payment, "expire", &response, &[]).await?;
+    tx.commit().await?;
+    tracing::info!(payment = %payment, "hold expired");
+    Ok(true)
+}
+
+/// Runs a claimed `hold.expire` event (its payload names the payment).
+/// `Ok` means done (expired now or earlier): mark the event delivered.
+pub async fn fire_timer(
+    pool: &Pool,
+    tenant: &str,
+    payload: &serde_json::Value,
+) -> std::result::Result<(), String> {
+    let id = payload
+        .get("payment_id")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse::<Uuid>().ok())
+        .ok_or_else(|| format!("hold.expire event without a payment id: {payload}"))?;
+    expire_hold(pool, tenant, id)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("[{}] {e}", e.code()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(capture: crate::model::CaptureMode, ttl: Option<i64>) -> PaymentRequest {
+        PaymentRequest {
+            kind: "t".into(),
+            source: "a".into(),
+            destination: "b".into(),
+            amount: 1,
+            currency: "EUR".into(),
+            metadata: Metadata::new(),
+            capture,
+            hold_ttl_secs: ttl,
+        }
+    }
+
+    #[test]
+    fn default_capture_keeps_the_fingerprint_and_ttl_is_bounded() {
+        use crate::model::CaptureMode::*;
+        let json = serde_json::to_string(&req(Automatic, None)).unwrap();
+        assert!(!json.contains("capture") && !json.contains("hold_ttl"));
+        assert!(
+            serde_json::to_string(&req(Manual, None))
+                .unwrap()
+                .contains("\"capture\":\"manual\"")
+        );
+        assert!(validate_capture(&req(Manual, Some(60))).is_ok());
+        assert!(validate_capture(&req(Manual, Some(0))).is_err());
+        assert!(validate_capture(&req(Manual, Some(MAX_HOLD_TTL_SECS + 1))).is_err());
+        assert!(validate_capture(&req(Automatic, Some(60))).is_err());
+        assert_eq!(
+            phase_metadata(&req(Manual, None))
+                .get(PHASE_KEY)
+                .map(String::as_str),
+            Some("authorize")
+        );
+        assert!(phase_metadata(&req(Automatic, None)).is_empty());
+    }
+
+    #[test]
+    fn transition_fingerprints_differ_by_op_payment_and_amount() {
+        let p = Uuid::nil();
+        let q = Uuid::from_u128(1);
+        let all = [
+            transition_fingerprint(p, Transition::Void),
+            transition_fingerprint(q, Transition::Void),
+            transition_fingerprint(p, Transition::Capture(None)),
+            transition_fingerprint(p, Transition::Capture(Some(5))),
+        ];
+        for i in 0..all.len() {
+            for j in i + 1..all.len() {
+                assert_ne!(all[i], all[j]);
+            }
+        }
+    }
+}

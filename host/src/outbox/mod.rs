@@ -1,0 +1,530 @@
+//! The outbox relay: delivers the events payments wrote to `payrail.outbox`
+//! (in their own transaction) to the configured sinks, at least once.
+//!
+//! - **Claim** a batch of due, pending events with `FOR UPDATE SKIP LOCKED`
+//!   and stamp a lease (owner + expiry) on them. Every claim scans all
+//!   pending rows (no `id > last_seen` cursor), so an event whose
+//!   transaction committed late is still found. An event whose lease
+//!   expired (its host died) is claimable again: that is the recovery.
+//! - **Order per key**: an event is only claimed when no earlier event with
+//!   the same key is undelivered (pending, leased, backing off or dead).
+//! - **Deliver** to every sink whose topic pattern matches; all must
+//!   acknowledge. Then the event is `delivered`; otherwise it goes back to
+//!   `pending` with an exponential, jittered backoff in `available_at`, and
+//!   after `max_attempts` claims to `dead` with its last error.
+//!
+//! Several relays (hosts) may run against one database; each event is
+//! leased to one of them at a time. See `docs/outbox.md`.
+
+pub mod sinks;
+
+use crate::api::metrics::Metrics;
+use crate::config::{Config, OutboxConfig};
+use crate::db::Pool;
+use crate::error::{Error, Result};
+use sinks::{Delivered, Envelope, Sink};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Most events `dead_letters` lists at once.
+pub const MAX_LIST: i64 = 10_000;
+/// How often the relay measures lag and dead letters for the metrics.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest `last_error` stored.
+const MAX_ERROR_BYTES: usize = 2000;
+
+/// The relay's tunables (see `[outbox]` in the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct RelaySettings {
+    /// Events claimed per round.
+    pub batch_size: i64,
+    /// How long a claim is exclusive.
+    pub lease: Duration,
+    /// Pause between rounds when there was nothing to do.
+    pub poll_interval: Duration,
+    /// Claims of one event before it goes to dead-letter.
+    pub max_attempts: i32,
+    /// First retry delay.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Events delivered at once.
+    pub concurrency: usize,
+}
+
+impl RelaySettings {
+    /// The settings of an `[outbox]` section.
+    pub fn from_config(c: &OutboxConfig) -> RelaySettings {
+        RelaySettings {
+            batch_size: c.batch_size,
+            lease: Duration::from_millis(c.lease_ms),
+            poll_interval: Duration::from_millis(c.poll_interval_ms),
+            max_attempts: c.max_attempts,
+            backoff_base: Duration::from_millis(c.backoff_base_ms),
+            backoff_max: Duration::from_millis(c.backoff_max_ms),
+            concurrency: c.concurrency,
+        }
+    }
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings::from_config(&OutboxConfig::default())
+    }
+}
+
+/// The delay before retry number `attempt` (1-based): `base * 2^(attempt-1)`
+/// capped at `max`, then scaled by `jitter` in [0.5, 1.0] (full jitter
+/// would allow near-zero delays; half keeps the backoff meaningful).
+pub fn backoff(settings: &RelaySettings, attempt: i32, jitter: f64) -> Duration {
+    let exp = (attempt.max(1) - 1).min(40) as u32;
+    let raw = settings
+        .backoff_base
+        .checked_mul(1u32 << exp.min(31))
+        .unwrap_or(settings.backoff_max)
+        .min(settings.backoff_max);
+    raw.mul_f64(jitter.clamp(0.5, 1.0))
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundStats {
+    /// Events claimed.
+    pub claimed: usize,
+    /// Events delivered to every matching sink.
+    pub delivered: usize,
+    /// Events whose delivery failed (retried later or dead).
+    pub failed: usize,
+    /// Events moved to dead-letter.
+    pub dead: usize,
+    /// Sink acknowledgements that reported a duplicate.
+    pub duplicates: usize,
+}
+
+/// One claimed event.
+struct Claimed {
+    id: i64,
+    attempts: i32,
+    envelope: Envelope,
+}
+
+/// Claims due events: pending, `available_at` reached, not leased (or the
+/// lease expired), and no earlier undelivered event of the same key.
+const CLAIM_SQL: &str = "
+    with c as (
+        select o.id from payrail.outbox o
+        where o.state = 'pending' and o.available_at <= now()
+          and (o.lease_until is null or o.lease_until < now())
+          and not exists (
+              select 1 from payrail.outbox p
+              where p.key = o.key and p.id < o.id and p.state <> 'delivered')
+          and (not $4 or o.topic = 'hold.expire')
+        order by o.available_at, o.id
+        limit $1
+        for update of o skip locked
+    )
+    update payrail.outbox o
+    set lease_owner = $2,
+        lease_until = now() + make_interval(secs => $3),
+        attempts = o.attempts + 1,
+        last_attempt_at = now()
+    from c where o.id = c.id
+    returning o.id, o.event_id::text, o.tenant, o.topic, o.key, o.payload, o.attempts,
+              (extract(epoch from o.created_at) * 1000)::bigint";
+
+/// The relay: owns the sinks, claims and delivers.
+pub struct Relay {
+    pool: Pool,
+    sinks: Vec<Sink>,
+    settings: RelaySettings,
+    owner: String,
+    metrics: Arc<Metrics>,
+    /// No sinks: only run timers (`hold.expire`), leave other events
+    /// pending for a host that has sinks.
+    timers_only: bool,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("owner", &self.owner)
+            .field("sinks", &self.sinks)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl Relay {
+    /// A relay over `pool` delivering to `sinks`. Its lease owner id is
+    /// unique per process start.
+    pub fn new(
+        pool: Pool,
+        sinks: Vec<Sink>,
+        settings: RelaySettings,
+        metrics: Arc<Metrics>,
+    ) -> Relay {
+        assert!(settings.batch_size > 0 && settings.concurrency > 0);
+        let host = std::env::var("HOSTNAME").unwrap_or_default();
+        Relay {
+            pool,
+            timers_only: sinks.is_empty(),
+            sinks,
+            settings,
+            owner: format!("{host}/{}/{}", std::process::id(), uuid::Uuid::new_v4()),
+            metrics,
+        }
+    }
+
+    /// The relay of a configuration (its `[outbox]` and `[[sinks]]`).
+    pub fn from_config(pool: Pool, config: &Config, metrics: Arc<Metrics>) -> Result<Relay> {
+        let sinks = config
+            .sinks
+            .iter()
+            .map(Sink::new)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::invalid("invalid_config", e))?;
+        Ok(Relay::new(
+            pool,
+            sinks,
+            RelaySettings::from_config(&config.outbox),
+            metrics,
+        ))
+    }
+
+    /// This relay's lease owner id.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// One round: claim a batch, deliver it, record the outcome.
+    pub async fn round(&self) -> Result<RoundStats> {
+        let claimed = self.claim().await?;
+        let mut stats = RoundStats {
+            claimed: claimed.len(),
+            ..RoundStats::default()
+        };
+        if claimed.is_empty() {
+            return Ok(stats);
+        }
+        let results: Vec<(i64, i32, std::result::Result<usize, String>)> =
+            futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+                futures::stream::iter(claimed.into_iter().map(|c| async move {
+                    // A hold's expiry timer is internal work, not an event
+                    // for sinks: run it here (idempotent) instead.
+                    let r = if c.envelope.topic == crate::holds::EXPIRE_TOPIC {
+                        crate::holds::fire_timer(
+                            &self.pool,
+                            &c.envelope.tenant,
+                            &c.envelope.payload,
+                        )
+                        .await
+                        .map(|()| 0)
+                    } else {
+                        self.deliver(&c.envelope).await
+                    };
+                    (c.id, c.attempts, r)
+                })),
+                self.settings.concurrency,
+            ))
+            .await;
+        let mut ok = Vec::new();
+        let mut failed_ids = Vec::new();
+        let mut errors = Vec::new();
+        let mut delays = Vec::new();
+        for (id, attempts, r) in results {
+            match r {
+                Ok(dups) => {
+                    ok.push(id);
+                    stats.duplicates += dups;
+                }
+                Err(e) => {
+                    tracing::warn!(outbox_id = id, attempts, error = %e, "outbox delivery failed");
+                    failed_ids.push(id);
+                    let mut e = e;
+                    if e.len() > MAX_ERROR_BYTES {
+                        let mut cut = MAX_ERROR_BYTES;
+                        while !e.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        e.truncate(cut);
+                    }
+                    errors.push(e);
+                    let jitter = 0.5 + rand::random::<f64>() * 0.5;
+                    delays.push(backoff(&self.settings, attempts, jitter).as_secs_f64());
+                }
+            }
+        }
+        let client = self.pool.get().await?;
+        if !ok.is_empty() {
+            // Delivered is delivered, even if our lease ran out meanwhile.
+            let n = client
+                .execute(
+                    "update payrail.outbox set state = 'delivered', delivered_at = now(),
+                       lease_owner = null, lease_until = null
+                     where id = any($1) and state = 'pending'",
+                    &[&ok],
+                )
+                .await?;
+            stats.delivered = n as usize;
+        }
+        if !failed_ids.is_empty() {
+            let rows = client
+                .query(
+                    "update payrail.outbox o set
+                       state = case when o.attempts >= $5 then 'dead' else 'pending' end,
+                       available_at = now() + make_interval(secs => f.delay),
+                       lease_owner = null, lease_until = null, last_error = f.err
+                     from unnest($1::bigint[], $2::text[], $3::float8[]) as f(id, err, delay)
+                     where o.id = f.id and o.lease_owner = $4 and o.state = 'pending'
+                     returning o.state",
+                    &[
+                        &failed_ids,
+                        &errors,
+                        &delays,
+                        &self.owner,
+                        &self.settings.max_attempts,
+                    ],
+                )
+                .await?;
+            stats.failed = failed_ids.len();
+            stats.dead = rows
+                .iter()
+                .filter(|r| r.get::<_, &str>(0) == "dead")
+                .count();
+        }
+        let m = &self.metrics.outbox;
+        m.delivered
+            .fetch_add(stats.delivered as u64, Ordering::Relaxed);
+        m.failed_attempts
+            .fetch_add(stats.failed as u64, Ordering::Relaxed);
+        m.dead_lettered
+            .fetch_add(stats.dead as u64, Ordering::Relaxed);
+        m.duplicates
+            .fetch_add(stats.duplicates as u64, Ordering::Relaxed);
+        Ok(stats)
+    }
+
+    async fn claim(&self) -> Result<Vec<Claimed>> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(CLAIM_SQL).await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &self.settings.batch_size,
+                    &self.owner,
+                    &self.settings.lease.as_secs_f64(),
+                    &self.timers_only,
+                ],
+            )
+            .await?;
+        let mut out: Vec<Claimed> = rows
+            .iter()
+            .map(|r| Claimed {
+                id: r.get(0),
+                attempts: r.get(6),
+                envelope: Envelope {
+                    event_id: r.get(1),
+                    tenant: r.get(2),
+                    topic: r.get(3),
+                    key: r.get(4),
+                    payload: r.get(5),
+                    sequence: r.get(0),
+                    created_at_ms: r.get(7),
+                },
+            })
+            .collect();
+        out.sort_by_key(|c| c.id);
+        Ok(out)
+    }
+
+    /// Delivers to every matching sink; Ok(duplicates reported).
+    async fn deliver(&self, event: &Envelope) -> std::result::Result<usize, String> {
+        let body = serde_json::to_vec(event).expect("envelope serializes");
+        let mut dups = 0;
+        let mut errors = Vec::new();
+        let results = futures::future::join_all(
+            self.sinks
+                .iter()
+                .filter(|s| s.matches(&event.topic))
+                .map(|s| s.deliver(event, &body)),
+        )
+        .await;
+        for r in results {
+            match r {
+                Ok(Delivered::Ok) => {}
+                Ok(Delivered::Duplicate) => dups += 1,
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(dups)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Measures the lag gauges (due undelivered events, the oldest one's
+    /// age, dead letters).
+    pub async fn measure(&self) -> Result<()> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "select (select count(*) from payrail.outbox
+                          where state = 'pending' and available_at <= now()),
+                        (select coalesce((extract(epoch from now() - min(created_at)) * 1000)::bigint, 0)
+                           from payrail.outbox where state = 'pending' and available_at <= now()),
+                        (select count(*) from payrail.outbox where state = 'dead')",
+                &[],
+            )
+            .await?;
+        let m = &self.metrics.outbox;
+        m.pending
+            .store(row.get::<_, i64>(0).max(0) as u64, Ordering::Relaxed);
+        m.lag_ms
+            .store(row.get::<_, i64>(1).max(0) as u64, Ordering::Relaxed);
+        m.dead
+            .store(row.get::<_, i64>(2).max(0) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Runs rounds until `stop` turns true: back to back while there is
+    /// work, every `poll_interval` otherwise, backing off on database
+    /// errors. A round in progress finishes (bounded by the sink timeouts)
+    /// before it returns; a round cut off by a crash is recovered by the
+    /// lease expiring.
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        tracing::info!(owner = %self.owner, sinks = self.sinks.len(), "outbox relay started");
+        let mut last_gauge = Instant::now() - GAUGE_INTERVAL;
+        let mut db_errors: u32 = 0;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let pause = match self.round().await {
+                Ok(s) => {
+                    db_errors = 0;
+                    if s.claimed > 0 {
+                        tracing::debug!(?s, "outbox round");
+                    }
+                    if s.claimed as i64 >= self.settings.batch_size {
+                        Duration::ZERO
+                    } else {
+                        self.settings.poll_interval
+                    }
+                }
+                Err(e) => {
+                    db_errors = db_errors.saturating_add(1);
+                    tracing::warn!(error = %e, "outbox relay round failed; will retry");
+                    (self.settings.poll_interval * db_errors.min(20)).min(Duration::from_secs(5))
+                }
+            };
+            if last_gauge.elapsed() >= GAUGE_INTERVAL {
+                last_gauge = Instant::now();
+                if let Err(e) = self.measure().await {
+                    tracing::debug!(error = %e, "outbox gauges not measured");
+                }
+            }
+            if !pause.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+        tracing::info!(owner = %self.owner, "outbox relay stopped");
+    }
+}
+
+/// One dead-lettered event, as `payrail outbox dead-letters` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    /// Outbox row id (what `payrail outbox retry` takes).
+    pub id: i64,
+    /// The event's stable id.
+    pub event_id: String,
+    /// Its topic.
+    pub topic: String,
+    /// Its ordering key.
+    pub key: String,
+    /// Deliveries tried.
+    pub attempts: i32,
+    /// The last failure.
+    pub last_error: Option<String>,
+}
+
+/// Dead-lettered events, oldest first, at most `limit` (capped at
+/// [`MAX_LIST`]).
+pub async fn dead_letters(pool: &Pool, limit: i64) -> Result<Vec<DeadLetter>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "select id, event_id::text, topic, key, attempts, last_error from payrail.outbox
+             where state = 'dead' order by id limit $1",
+            &[&limit.clamp(1, MAX_LIST)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| DeadLetter {
+            id: r.get(0),
+            event_id: r.get(1),
+            topic: r.get(2),
+            key: r.get(3),
+            attempts: r.get(4),
+            last_error: r.get(5),
+        })
+        .collect())
+}
+
+/// Requeues dead-lettered events (`ids`, or all with `None`): back to
+/// pending, attempts reset, due now; the last error is kept until the next
+/// attempt. Returns how many were requeued.
+pub async fn retry_dead(pool: &Pool, ids: Option<&[i64]>) -> Result<u64> {
+    let client = pool.get().await?;
+    let n = match ids {
+        Some(ids) => {
+            client
+                .execute(
+                    "update payrail.outbox set state = 'pending', attempts = 0,
+                       available_at = now(), lease_owner = null, lease_until = null
+                     where state = 'dead' and id = any($1)",
+                    &[&ids],
+                )
+                .await?
+        }
+        None => {
+            client
+                .execute(
+                    "update payrail.outbox set state = 'pending', attempts = 0,
+                       available_at = now(), lease_owner = null, lease_until = null
+                     where state = 'dead'",
+                    &[],
+                )
+                .await?
+        }
+    };
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
+        let s = RelaySettings {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            ..RelaySettings::default()
+        };
+        assert_eq!(backoff(&s, 1, 1.0), Duration::from_millis(100));
+        assert_eq!(backoff(&s, 2, 1.0), Duration::from_millis(200));
+        assert_eq!(backoff(&s, 5, 1.0), Duration::from_millis(1600));
+        assert_eq!(backoff(&s, 30, 1.0), Duration::from_secs(10));
+        assert_eq!(backoff(&s, 1000, 1.0), Duration::from_secs(10));
+        assert_eq!(backoff(&s, 1, 0.0), Duration::from_millis(50));
+        assert_eq!(backoff(&s, 3, 0.5), Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,140 @@
+//! The plugin-platform commands of the CLI (`payrail replay`, `payrail
+//! shadow ...`, `payrail pipeline history|rollback`), kept out of `cli.rs`
+//! so that file only dispatches to them.
+
+use crate::cli::Context;
+use crate::error::{Error, Result};
+use crate::model::DEFAULT_TENANT;
+use crate::processor::ProcessorSettings;
+use crate::{registry, replay, shadow};
+use clap::{Args, Subcommand};
+
+/// `payrail replay` options.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The payment to replay (its id, a UUID).
+    #[arg(required_unless_present = "since", conflicts_with_all = ["since", "until"])]
+    pub payment_id: Option<String>,
+    /// Replay every payment created at or after this time (e.g.
+    /// 2026-11-26T00:00:00Z) and summarize.
+    #[arg(long, requires = "until")]
+    pub since: Option<String>,
+    /// End of the range (exclusive).
+    #[arg(long, requires = "since")]
+    pub until: Option<String>,
+    /// Most payments a range replay checks.
+    #[arg(long, default_value_t = 10_000)]
+    pub limit: i64,
+}
+
+/// `payrail shadow` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ShadowCmd {
+    /// Agree/disagree counts and example differences of every candidate
+    /// that ran for a payment kind, as JSON.
+    Report {
+        /// The payment kind.
+        kind: String,
+    },
+    /// Make step STEP's candidate live (a new pipeline version).
+    Promote {
+        /// The payment kind.
+        kind: String,
+        /// The step (0-based, as `pipeline show` lists them).
+        step: usize,
+    },
+    /// Set (or with no PLUGIN, clear) the shadow candidate of step STEP (a
+    /// new pipeline version).
+    Set {
+        /// The payment kind.
+        kind: String,
+        /// The step (0-based).
+        step: usize,
+        /// A plugin name or digest of the tenant.
+        plugin: Option<String>,
+    },
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("output serializes")
+    );
+}
+
+/// `payrail replay`: exit 0 when every call matched, 1 otherwise.
+pub async fn replay(ctx: &Context, args: &ReplayArgs) -> Result<i32> {
+    ctx.require_schema().await?;
+    let client = ctx.pool.get().await?;
+    let limits = ProcessorSettings::default().limits;
+    if let Some(id) = &args.payment_id {
+        let id: uuid::Uuid = id.parse().map_err(|_| {
+            Error::invalid("invalid_id", format!("{id:?} is not a payment id (a UUID)"))
+        })?;
+        let r = replay::replay_payment(&client, &ctx.engine, &limits, DEFAULT_TENANT, id).await?;
+        print_json(&r);
+        if r.matched {
+            eprintln!("replay: all {} call(s) match the journal", r.calls.len());
+            return Ok(0);
+        }
+        eprintln!("replay: MISMATCH: the journal and the re-execution differ");
+        return Ok(1);
+    }
+    let (Some(since), Some(until)) = (&args.since, &args.until) else {
+        return Err(Error::invalid(
+            "invalid_arguments",
+            "give a PAYMENT_ID, or --since and --until",
+        ));
+    };
+    let s = replay::replay_range(
+        &client,
+        &ctx.engine,
+        &limits,
+        DEFAULT_TENANT,
+        since,
+        until,
+        args.limit,
+    )
+    .await?;
+    print_json(&s);
+    eprintln!(
+        "replay: {} payment(s), {} call(s), {} matched, {} payment(s) differ",
+        s.payments, s.calls, s.matched_calls, s.mismatched_payments
+    );
+    Ok(if s.mismatched_payments == 0 { 0 } else { 1 })
+}
+
+/// `payrail shadow ...`.
+pub async fn shadow(ctx: &Context, cmd: &ShadowCmd) -> Result<i32> {
+    ctx.require_schema().await?;
+    let client = ctx.pool.get().await?;
+    match cmd {
+        ShadowCmd::Report { kind } => {
+            print_json(&shadow::report(&client, DEFAULT_TENANT, kind).await?)
+        }
+        ShadowCmd::Promote { kind, step } => {
+            print_json(&registry::promote_candidate(&client, DEFAULT_TENANT, kind, *step).await?)
+        }
+        ShadowCmd::Set { kind, step, plugin } => print_json(
+            &registry::set_candidate(&client, DEFAULT_TENANT, kind, *step, plugin.as_deref())
+                .await?,
+        ),
+    }
+    Ok(0)
+}
+
+/// `payrail pipeline history KIND`.
+pub async fn pipeline_history(ctx: &Context, kind: &str, limit: i64) -> Result<i32> {
+    ctx.require_schema().await?;
+    let client = ctx.pool.get().await?;
+    print_json(&registry::pipeline_history(&client, DEFAULT_TENANT, kind, limit).await?);
+    Ok(0)
+}
+
+/// `payrail pipeline rollback KIND [VERSION]`.
+pub async fn pipeline_rollback(ctx: &Context, kind: &str, version: Option<i32>) -> Result<i32> {
+    ctx.require_schema().await?;
+    let client = ctx.pool.get().await?;
+    print_json(&registry::rollback_pipeline(&client, DEFAULT_TENANT, kind, version).await?);
+    Ok(0)
+}

@@ -1,0 +1,258 @@
+//! Plugin author tooling and signatures: `plugin new` (the template builds
+//! and passes its own tests), `plugin test` (no database), `plugin keygen`
+//! / `plugin sign` and a host that accepts only signed plugins.
+
+mod common;
+
+use common::{TestDb, plugin_bytes};
+use payrail::engine::{EngineConfig, PluginEngine};
+use payrail::registry;
+use payrail::signing::{self, TrustedKeys};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+const BIN: &str = env!("CARGO_BIN_EXE_payrail");
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("payrail-{tag}-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn wasm(name: &str) -> PathBuf {
+    Path::new(payrail::samples::WASM_DIR).join(format!("{name}.wasm"))
+}
+
+fn payrail(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+const FIXTURE: &str = r#"{
+  "payment": {"kind": "transfer", "amount": 10000, "currency": "EUR",
+              "source": "alice", "destination": "bob"},
+  "accounts": [{"id": "alice", "currency": "EUR", "balance": 100000},
+               {"id": "bob", "currency": "EUR", "balance": 0}],
+  "config": CONFIG
+}"#;
+
+#[test]
+fn plugin_test_runs_a_component_without_a_database_and_reports_costs() {
+    let dir = tmp("fixture");
+    let fixture = |name: &str, config: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, FIXTURE.replace("CONFIG", config)).unwrap();
+        p
+    };
+    let fee = fixture(
+        "fee.json",
+        r#"{"fee_account": "fees", "percent_bps": 150, "fixed": 10}"#,
+    );
+    let out = payrail(&[
+        "plugin",
+        "test",
+        wasm("payrail_fee").to_str().unwrap(),
+        "--input",
+        fee.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("fee: {r:#}");
+    assert_eq!(r["outcome"], "ok");
+    assert_eq!(r["decision"]["postings"][0]["amount"], -160);
+    assert!(r["fuel"]["used"].as_u64().unwrap() > 1_000);
+    assert_eq!(r["fuel"]["limit"], 11_000_000);
+    assert!(r["memory_bytes"]["used"].as_u64().unwrap() >= 65_536);
+    assert!(r["output_bytes"]["used"].as_u64().unwrap() > 10);
+    assert!(r["duration_us"]["limit"].as_u64().unwrap() == 200_000);
+
+    let limits = fixture("limits.json", r#"{"max_amount": 5000}"#);
+    let out = payrail(&[
+        "plugin",
+        "test",
+        wasm("payrail_limits").to_str().unwrap(),
+        "--input",
+        limits.to_str().unwrap(),
+    ]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("limits: {r:#}");
+    assert_eq!(r["decision"]["code"], "amount_too_large");
+
+    // a fault: exit 1, its code, with a smaller budget from the flag
+    let looping = fixture("loop.json", r#"{"mode": "loop"}"#);
+    let out = payrail(&[
+        "plugin",
+        "test",
+        wasm("payrail_hostile").to_str().unwrap(),
+        "--input",
+        looping.to_str().unwrap(),
+        "--fuel",
+        "100000",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["outcome"], "plugin_fuel_exhausted");
+    assert!(r["fault"].as_str().unwrap().contains("100000"));
+
+    // not a component: the deploy error, exit 2
+    let junk = dir.join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0").unwrap();
+    let out = payrail(&[
+        "plugin",
+        "test",
+        junk.to_str().unwrap(),
+        "--input",
+        fee.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a WebAssembly component"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_trusted_keys_deploys_only_plugins_they_signed() {
+    let dir = tmp("keys");
+    let key = dir.join("publisher.key");
+    let out = payrail(&["plugin", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(public.len(), 64);
+    // never overwrites a key
+    let again = payrail(&["plugin", "keygen", "--out", key.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2));
+    let fee = wasm("payrail_fee");
+    let out = payrail(&[
+        "plugin",
+        "sign",
+        fee.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let sig = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    let (other_secret, _) = signing::keygen();
+    let digest = payrail::engine::digest_of(&plugin_bytes("payrail_fee"));
+    let forged = signing::sign(&other_secret, &digest).unwrap();
+    let limits_digest = payrail::engine::digest_of(&plugin_bytes("payrail_limits"));
+    let secret = std::fs::read_to_string(&key).unwrap();
+    let for_other_plugin = signing::sign(secret.trim(), &limits_digest).unwrap();
+
+    let engine = Arc::new(
+        PluginEngine::new(EngineConfig::default())
+            .unwrap()
+            .with_trusted_keys(TrustedKeys::parse(&public).unwrap()),
+    );
+    let db = TestDb::new().await;
+    let c = db.pool.get().await.unwrap();
+    let deploy = |signature: Option<String>| {
+        let engine = engine.clone();
+        let c = &c;
+        async move {
+            registry::deploy_plugin_versioned(
+                c,
+                &engine,
+                "default",
+                "fee",
+                None,
+                signature.as_deref(),
+                plugin_bytes("payrail_fee"),
+            )
+            .await
+        }
+    };
+    for (signature, code) in [
+        (None, "plugin_unsigned"),
+        (Some(forged), "plugin_signature_invalid"),
+        (Some(for_other_plugin), "plugin_signature_invalid"),
+        (Some("zz".to_string()), "plugin_signature_invalid"),
+    ] {
+        let err = deploy(signature.clone()).await.unwrap_err();
+        assert_eq!(err.code(), code, "{signature:?}: {err}");
+    }
+    let n: i64 = c
+        .query_one("select count(*) from payrail.plugins", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "nothing refused was stored");
+    assert_eq!(deploy(Some(sig.clone())).await.unwrap(), digest);
+
+    // the CLI: the trusted keys come from the environment
+    let run = |signature: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["plugin", "deploy", fee.to_str().unwrap(), "--name", "fee2"])
+            .env("DATABASE_URL", &db.url)
+            .env("PAYRAIL_CACHE_DIR", "off")
+            .env(signing::TRUSTED_KEYS_ENV, &public);
+        if let Some(s) = signature {
+            cmd.args(["--signature", s]);
+        }
+        cmd.output().unwrap()
+    };
+    let refused = run(None);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("plugin_unsigned"));
+    let ok = run(Some(&sig));
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), digest);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `plugin new` -> `cargo test` -> wasm build -> `plugin test`: the
+/// author's path from the guide, offline, with the repository's lock file.
+#[test]
+fn plugin_new_creates_a_crate_that_builds_and_passes_its_tests() {
+    let dir = tmp("new");
+    let out = payrail(&["plugin", "new", "my-rule", "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let root = dir.join("my-rule");
+    for f in ["Cargo.toml", "src/lib.rs", "fixture.json", "README.md"] {
+        assert!(root.join(f).is_file(), "{f} missing");
+    }
+    // a second time refuses to overwrite
+    let again = payrail(&["plugin", "new", "my-rule", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2));
+    // shared target dir: later runs are incremental
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-template");
+    let cargo = |args: &[&str]| {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(&root)
+            .args(args)
+            .arg("--offline")
+            .env("CARGO_TARGET_DIR", &target);
+        for var in [
+            "RUSTFLAGS",
+            "CARGO_ENCODED_RUSTFLAGS",
+            "CARGO_BUILD_TARGET",
+            "CARGO_BUILD_RUSTFLAGS",
+            "RUSTC_WORKSPACE_WRAPPER",
+            "CARGO_LLVM_COV",
+        ] {
+            cmd.env_remove(var);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "cargo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let tested = cargo(&["test"]);
+    let report = String::from_utf8_lossy(&tested.stdout);
+    assert!(report.contains("test result: ok. 2 passed"), "{report}");
+    cargo(&["build", "--release", "--target", "wasm32-wasip2"]);
+    let component = target.join("wasm32-wasip2/release/my_rule.wasm");
+    let out = payrail(&[
+        "plugin",
+        "test",
+        component.to_str().unwrap(),
+        "--input",
+        root.join("fixture.json").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["decision"]["annotations"]["checked_by"], "my-rule");
+    let _ = std::fs::remove_dir_all(&dir);
+}
