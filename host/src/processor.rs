@@ -353,6 +353,23 @@ impl Processor {
 
     async fn pay_once(&self, tenant: &str, key: &str, req: &PaymentRequest) -> Result<PayOutcome> {
         let mut client = self.pool.get().await?;
+        let result = self.pay_in(&mut client, tenant, key, req).await;
+        if result.is_err() {
+            // A dropped transaction only queues its ROLLBACK; wait for it,
+            // so the key's claim and try-lock are gone before the caller
+            // sees the error and retries.
+            let _ = client.simple_query("").await;
+        }
+        result
+    }
+
+    async fn pay_in(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        tenant: &str,
+        key: &str,
+        req: &PaymentRequest,
+    ) -> Result<PayOutcome> {
         let tx = client.transaction().await?;
         let id = payment_id(tenant, key);
         let print = fingerprint(req);
