@@ -4,7 +4,7 @@
 use crate::apikeys::{self, Scope};
 use crate::config::{Config, LogFormat};
 use crate::db::{self, Pool};
-use crate::engine::{EngineConfig, PluginEngine};
+use crate::engine::PluginEngine;
 use crate::error::{Error, Result};
 use crate::ledger::{self, NewAccount};
 use crate::model::{DEFAULT_TENANT, PaymentRequest};
@@ -284,7 +284,7 @@ impl Context {
         let url = db::resolve_url(db_args.database_url.clone()).await?;
         let pool = db::pool(&url, db_args.pool_size.unwrap_or(DEFAULT_POOL_SIZE))?;
         let engine = Arc::new(
-            PluginEngine::new(EngineConfig::default())
+            PluginEngine::new(crate::config::Config::engine_from_env()?)
                 .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?
                 .with_default_artifact_cache()
                 .with_trusted_keys(crate::signing::TrustedKeys::from_env()?),

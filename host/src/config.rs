@@ -601,6 +601,13 @@ impl Config {
         }
     }
 
+    /// The engine settings from the environment alone (no config file):
+    /// what the one-shot CLI commands use, so `PAYRAIL_MAX_PLUGIN_BYTES` and
+    /// the plugin limit variables apply to them as to `serve`.
+    pub fn engine_from_env() -> Result<EngineConfig> {
+        Ok(Config::load(None, |k| std::env::var(k).ok())?.engine())
+    }
+
     /// The processor settings.
     pub fn processor(&self) -> ProcessorSettings {
         ProcessorSettings {

@@ -3,7 +3,7 @@
 //! `payrail plugin new` (a ready-to-build plugin crate), `payrail plugin
 //! keygen` / `payrail plugin sign` (optional signatures).
 
-use crate::engine::{EngineConfig, PluginEngine, PluginLimits, PreparedInput, digest_of};
+use crate::engine::{PluginEngine, PluginLimits, PreparedInput, digest_of};
 use crate::error::{Error, Result};
 use crate::model::PluginInput;
 use crate::signing;
@@ -115,7 +115,10 @@ pub struct TestReport {
 /// Loads `wasm` (validated as at deploy) and runs it once on `fixture`
 /// under `limits`, with no database.
 pub fn test_plugin(wasm: &Path, fixture: &Path, limits: &PluginLimits) -> Result<TestReport> {
-    let config = EngineConfig::default();
+    // Host limits from the environment (e.g. PAYRAIL_MAX_PLUGIN_BYTES for a
+    // large Python component), with room for the memory asked for here.
+    let mut config = crate::config::Config::engine_from_env()?;
+    config.limits.max_memory_bytes = config.limits.max_memory_bytes.max(limits.max_memory_bytes);
     let bytes = read(wasm, config.max_plugin_bytes as u64 + 1)?;
     let input = parse_fixture(&read(fixture, MAX_FIXTURE_BYTES)?)?;
     let engine = PluginEngine::new(config)
