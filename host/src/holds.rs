@@ -333,34 +333,16 @@ async fn write_events(
     response: &PaymentResponse,
     plugin_events: &[(usize, crate::model::PluginEvent)],
 ) -> Result<()> {
-    let mut ids = vec![phase_event_id(payment, phase, 0)];
-    let mut topics = vec![format!("payment.{}", response.status.as_str())];
-    let mut payloads = vec![serde_json::to_value(response).expect("response serializes")];
-    for (i, (step, e)) in plugin_events.iter().enumerate() {
-        ids.push(phase_event_id(payment, phase, i + 1));
-        topics.push(e.topic.clone());
-        let data: serde_json::Value =
-            serde_json::from_str(&e.payload).expect("event payload validated by the engine");
-        payloads.push(serde_json::json!({
-            "payment_id": payment.to_string(),
-            "step": step,
-            "data": data,
-        }));
-    }
-    let stmt = tx
-        .prepare_cached(
-            "insert into payrail.outbox (event_id, tenant, topic, key, payload)
-             select e, $1, t, $2, p
-             from unnest($3::uuid[], $4::text[], $5::jsonb[]) with ordinality as u(e, t, p, n)
-             order by n",
-        )
-        .await?;
-    tx.execute(
-        &stmt,
-        &[&tenant, &payment.to_string(), &ids, &topics, &payloads],
+    crate::processor::write_events(
+        tx,
+        tenant,
+        payment,
+        format!("payment.{}", response.status.as_str()),
+        &serde_json::to_value(response).expect("response serializes"),
+        plugin_events,
+        |i| phase_event_id(payment, phase, i),
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 fn parse_payment_id(id: &str) -> Result<Uuid> {

@@ -461,30 +461,7 @@ impl Processor {
             .collect();
 
         // 5. Run the pipeline off the async workers.
-        let engine = self.engine.clone();
-        let limits = self.settings.limits;
-        let run_pipeline = pipeline.clone();
-        let run_payment = payment.clone();
-        let now = now_ms();
-        let slot = self
-            .pipeline_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("pipeline semaphore is never closed");
-        let run = tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            run_steps(
-                &engine,
-                &run_pipeline,
-                &run_payment,
-                snapshots,
-                now,
-                &limits,
-            )
-        })
-        .await
-        .expect("pipeline task")?;
+        let run = self.run_pipeline(&pipeline, &payment, snapshots).await?;
 
         // 6. Validate the postings. Accounts only plugins name (a fee
         // account) are read without a lock when they are only credited: a
@@ -566,7 +543,20 @@ impl Processor {
                 ledger::append_entries(&tx, tenant, &txn_ids, Some(id), &response.postings).await
             },
             write_journal(&tx, id, &run.calls),
-            write_events(&tx, tenant, id, &response, &response_json, &run.events),
+            write_events(
+                &tx,
+                tenant,
+                id,
+                format!("payment.{}", status.as_str()),
+                &response_json,
+                // a declined payment publishes no plugin events
+                if status == PaymentStatus::Approved {
+                    &run.events
+                } else {
+                    &[]
+                },
+                |i| event_id(id, i),
+            ),
             async {
                 if status != PaymentStatus::Authorized {
                     return Ok(());
@@ -1009,32 +999,32 @@ async fn write_shadows(
     Ok(())
 }
 
-/// Writes the payment's outbox events: `payment.<status>` carrying the
-/// response, then each plugin event, all keyed by the payment id so their
-/// order is kept.
-async fn write_events(
+/// Writes a payment's outbox events in one statement: `topic` carrying
+/// `payload` (the response), then each plugin event, all keyed by the
+/// payment id so their order is kept. Event `i` gets id `event_id(i)`, stable
+/// across retries. Payments and hold transitions both write through here.
+pub(crate) async fn write_events(
     tx: &deadpool_postgres::Transaction<'_>,
     tenant: &str,
     payment: Uuid,
-    response: &PaymentResponse,
-    response_json: &serde_json::Value,
+    topic: String,
+    payload: &serde_json::Value,
     plugin_events: &[(usize, PluginEvent)],
+    event_id: impl Fn(usize) -> Uuid,
 ) -> Result<()> {
-    let mut ids = vec![event_id(payment, 0)];
-    let mut topics = vec![format!("payment.{}", response.status.as_str())];
-    let mut payloads = vec![response_json.clone()];
-    if response.status == PaymentStatus::Approved {
-        for (i, (step, e)) in plugin_events.iter().enumerate() {
-            ids.push(event_id(payment, i + 1));
-            topics.push(e.topic.clone());
-            let data: serde_json::Value =
-                serde_json::from_str(&e.payload).expect("event payload validated by the engine");
-            payloads.push(serde_json::json!({
-                "payment_id": payment.to_string(),
-                "step": step,
-                "data": data,
-            }));
-        }
+    let mut ids = vec![event_id(0)];
+    let mut topics = vec![topic];
+    let mut payloads = vec![payload.clone()];
+    for (i, (step, e)) in plugin_events.iter().enumerate() {
+        ids.push(event_id(i + 1));
+        topics.push(e.topic.clone());
+        let data: serde_json::Value =
+            serde_json::from_str(&e.payload).expect("event payload validated by the engine");
+        payloads.push(serde_json::json!({
+            "payment_id": payment.to_string(),
+            "step": step,
+            "data": data,
+        }));
     }
     let key = payment.to_string();
     let stmt = tx
