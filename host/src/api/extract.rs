@@ -10,6 +10,10 @@ use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::{StatusCode, header, request::Parts};
 use serde::de::DeserializeOwned;
 
+/// Largest refused body that is still drained before the 413 is sent
+/// (the server's request timeout bounds how long that may take).
+const MAX_DRAIN_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Reads at most `limit` bytes of body; more is 413 with `code`.
 pub async fn read_body(req: Request, limit: usize, code: &str) -> Result<Bytes, ApiError> {
     let too_large = || {
@@ -26,6 +30,13 @@ pub async fn read_body(req: Request, limit: usize, code: &str) -> Result<Bytes, 
         .and_then(|v| v.parse::<u64>().ok())
         && len > limit as u64
     {
+        // Read (and drop) what the client is still sending before answering,
+        // up to a bound: answering first and closing with unread data makes
+        // the client's write fail, and it never sees the 413.
+        if len <= MAX_DRAIN_BYTES {
+            let mut chunks = req.into_body().into_data_stream();
+            while let Some(Ok(_)) = futures::StreamExt::next(&mut chunks).await {}
+        }
         return Err(too_large());
     }
     axum::body::to_bytes(req.into_body(), limit)
