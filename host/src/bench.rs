@@ -1,7 +1,8 @@
-//! `payrail bench`: N concurrent payments through the `limits` + `fee`
-//! pipeline (every payment credits one fee account, like the baseline's
-//! `hot_fee` workload), then the PL/pgSQL peer (`shared/baseline/run.sh`) on
-//! the same Postgres in the same invocation, and the ratio.
+//! `payrail bench`: N concurrent payments per workload, like the baseline's
+//! two: `uniform` (pipeline `limits`) and `hot_fee` (`limits` + `fee`, every
+//! payment credits one fee account); then the PL/pgSQL peer
+//! (`shared/baseline/run.sh`) on the same Postgres in the same invocation,
+//! and the ratios workload by workload.
 
 use crate::cli::Context;
 use crate::db;
@@ -18,6 +19,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
+
+/// The workloads, named as the baseline names them (and as the pipelines
+/// the bench sets up).
+const WORKLOADS: [&str; 2] = ["uniform", "hot_fee"];
 
 /// Database the bench (re)creates on the server it is pointed at.
 const BENCH_DATABASE: &str = "payrail_bench";
@@ -130,65 +135,69 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         metadata: Default::default(),
     }));
     ledger::create_accounts(&mut c, DEFAULT_TENANT, &accounts).await?;
+    let limits_step = StepSpec {
+        plugin: "limits".into(),
+        config: serde_json::json!({"max_amount": 1_000_000}),
+        candidate: None,
+        limits: None,
+    };
+    let fee_step = StepSpec {
+        plugin: "fee".into(),
+        config: serde_json::json!({"fee_account": "fees", "percent_bps": 290, "min": 1}),
+        candidate: None,
+        limits: None,
+    };
     registry::set_pipeline(
         &c,
         DEFAULT_TENANT,
-        "bench",
-        &[
-            StepSpec {
-                plugin: "limits".into(),
-                config: serde_json::json!({"max_amount": 1_000_000}),
-                candidate: None,
-                limits: None,
-            },
-            StepSpec {
-                plugin: "fee".into(),
-                config: serde_json::json!({"fee_account": "fees", "percent_bps": 290, "min": 1}),
-                candidate: None,
-                limits: None,
-            },
-        ],
+        "uniform",
+        std::slice::from_ref(&limits_step),
     )
     .await?;
+    registry::set_pipeline(&c, DEFAULT_TENANT, "hot_fee", &[limits_step, fee_step]).await?;
     drop(c);
 
-    let mut rng = StdRng::seed_from_u64(seed);
-    let work: Arc<Vec<(String, PaymentRequest)>> = Arc::new(
-        (0..args.payments)
-            .map(|n| {
-                let from = rng.random_range(0..args.accounts);
-                let to = (from + rng.random_range(1..args.accounts)) % args.accounts;
-                let req = PaymentRequest {
-                    kind: "bench".into(),
-                    source: customer(from),
-                    destination: customer(to),
-                    amount: rng.random_range(100..100_000),
-                    currency: "EUR".into(),
-                    metadata: Default::default(),
-                    capture: Default::default(),
-                    hold_ttl_secs: None,
-                };
-                (format!("b{n}"), req)
-            })
-            .collect(),
-    );
     let processor = Processor::new(
         pool.clone(),
         ctx.engine.clone(),
         ProcessorSettings::default(),
     );
-    let result = drive(&processor, work, args.concurrency).await;
-    println!(
-        "payrail  workload=hot_fee clients={} tps={:.0} p50={:.2}ms p99={:.2}ms p99.9={:.2}ms approved={} declined={} errors={}",
-        args.concurrency,
-        result.tps,
-        result.p50_ms,
-        result.p99_ms,
-        result.p999_ms,
-        result.approved,
-        result.declined,
-        result.errors
-    );
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut results = Vec::new();
+    for workload in WORKLOADS {
+        let work: Arc<Vec<(String, PaymentRequest)>> = Arc::new(
+            (0..args.payments)
+                .map(|n| {
+                    let from = rng.random_range(0..args.accounts);
+                    let to = (from + rng.random_range(1..args.accounts)) % args.accounts;
+                    let req = PaymentRequest {
+                        kind: workload.to_string(),
+                        source: customer(from),
+                        destination: customer(to),
+                        amount: rng.random_range(100..100_000),
+                        currency: "EUR".into(),
+                        metadata: Default::default(),
+                        capture: Default::default(),
+                        hold_ttl_secs: None,
+                    };
+                    (format!("{workload}-{n}"), req)
+                })
+                .collect(),
+        );
+        let result = drive(&processor, work, args.concurrency).await;
+        println!(
+            "payrail  workload={workload} clients={} tps={:.0} p50={:.2}ms p99={:.2}ms p99.9={:.2}ms approved={} declined={} errors={}",
+            args.concurrency,
+            result.tps,
+            result.p50_ms,
+            result.p99_ms,
+            result.p999_ms,
+            result.approved,
+            result.declined,
+            result.errors
+        );
+        results.push((workload, result));
+    }
     let mut c = pool.get().await?;
     let violations = audit::run(&mut c).await?;
     println!(
@@ -205,20 +214,33 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
     } else {
         run_baseline(args, &admin_url)?
     };
-    if let Some(b) = baseline.hot_fee_tps {
-        println!("ratio    payrail/baseline hot_fee = {:.2}x", result.tps / b);
+    for (workload, result) in &results {
+        let peer = match *workload {
+            "uniform" => baseline.uniform_tps,
+            _ => baseline.hot_fee_tps,
+        };
+        if let Some(b) = peer {
+            println!(
+                "ratio    workload={workload} payrail/baseline = {:.2}x",
+                result.tps / b
+            );
+        }
     }
-    if let Some(b) = baseline.uniform_tps {
-        println!(
-            "ratio    payrail(hot_fee)/baseline uniform = {:.2}x",
-            result.tps / b
-        );
-    }
+    let payrail: serde_json::Map<String, serde_json::Value> = results
+        .iter()
+        .map(|(w, r)| {
+            (
+                w.to_string(),
+                serde_json::to_value(r).expect("result serializes"),
+            )
+        })
+        .collect();
     println!(
         "{}",
-        serde_json::json!({"seed": seed, "payrail": result, "baseline": baseline})
+        serde_json::json!({"seed": seed, "payrail": payrail, "baseline": baseline})
     );
-    Ok(if violations.is_empty() && result.errors == 0 {
+    let errors: usize = results.iter().map(|(_, r)| r.errors).sum();
+    Ok(if violations.is_empty() && errors == 0 {
         0
     } else {
         1
