@@ -451,3 +451,39 @@ async fn payrail_relay_runs_alone_and_stops_on_sigterm() {
     assert_eq!(state_counts(&db).await.get("delivered"), Some(&1));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The test setup starts its own JetStream server when none answers: prove
+/// the server it starts works (publish with a msg id, read it back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_setup_can_start_its_own_nats_server() {
+    let url = common::receiver::start_local_nats();
+    let client = async_nats::connect(&url)
+        .await
+        .expect("connect to the started nats-server");
+    let js = async_nats::jetstream::new(client);
+    let name = format!("PAYRAIL_SELFSTART_{:08x}", rand::random::<u32>());
+    let subject = format!("selfstart.{name}");
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![subject.clone()],
+        ..Default::default()
+    })
+    .await
+    .expect("JetStream is enabled on the started server");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "m1");
+    for _ in 0..2 {
+        js.publish_with_headers(subject.clone(), headers.clone(), "x".into())
+            .await
+            .unwrap()
+            .await
+            .expect("ack");
+    }
+    let mut stream = js.get_stream(&name).await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        1,
+        "deduplicated by msg id"
+    );
+    js.delete_stream(&name).await.unwrap();
+}

@@ -96,12 +96,83 @@ impl Receiver {
     }
 }
 
-/// The NATS URL tests use.
+/// The NATS URL tests use: `NATS_URL` if set; else the default
+/// nats://127.0.0.1:4222 if a server answers there; else a JetStream
+/// nats-server this test setup starts itself (see [`start_local_nats`]).
 pub fn nats_url() -> String {
-    std::env::var("NATS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "nats://127.0.0.1:4222".into())
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(u) = std::env::var("NATS_URL")
+            && !u.is_empty()
+        {
+            return u;
+        }
+        if answers("127.0.0.1:4222") {
+            return "nats://127.0.0.1:4222".into();
+        }
+        start_local_nats()
+    })
+    .clone()
+}
+
+/// Whether something accepts TCP connections at `addr` (500 ms bound).
+fn answers(addr: &str) -> bool {
+    let addr: std::net::SocketAddr = addr.parse().expect("socket address");
+    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).is_ok()
+}
+
+/// Starts (or reuses) a JetStream nats-server for tests on a free port,
+/// shared by every test process through a state dir under the system temp
+/// dir (port file + lock), like the local Postgres. It keeps running after
+/// the tests, as the local Postgres does. Needs `nats-server` on PATH or in
+/// /usr/sbin; fails with a clear message otherwise.
+pub fn start_local_nats() -> String {
+    let dir = std::env::temp_dir().join("payrail-test-nats");
+    std::fs::create_dir_all(&dir).expect("nats state dir");
+    let lock = std::fs::File::create(dir.join("lock")).expect("nats lock file");
+    lock.lock().expect("lock the nats state dir");
+    let port_file = dir.join("port");
+    if let Ok(port) = std::fs::read_to_string(&port_file)
+        && answers(&format!("127.0.0.1:{}", port.trim()))
+    {
+        return format!("nats://127.0.0.1:{}", port.trim());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let binary = ["nats-server", "/usr/sbin/nats-server", "/usr/local/bin/nats-server"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("no NATS server answers at 127.0.0.1:4222 and no nats-server binary was found: install nats-server or set NATS_URL");
+    let mut child = std::process::Command::new(binary)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.join("store"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    // The server outlives this test process on purpose; a waiting thread
+    // reaps it should it exit while we run.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !answers(&addr) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nats-server did not answer on {addr} within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::write(&port_file, port.to_string()).expect("write nats port file");
+    format!("nats://{addr}")
 }
 
 /// A JetStream stream unique to one test, capturing `<prefix>>`.
