@@ -55,17 +55,24 @@ async fn each_fault_is_typed_writes_nothing_and_the_next_payment_succeeds() {
     assert!(db.audit().await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn wall_clock_backstop_stops_a_loop_when_fuel_is_huge() {
+/// A database whose "transfer" pipeline is the hostile plugin in `mode`,
+/// with accounts alice (1000) and bob.
+async fn hostile_transfer(mode: &str) -> TestDb {
     let db = TestDb::new().await;
     db.deploy("payrail_hostile", "hostile").await;
     db.account("alice", 1_000).await;
     db.account("bob", 0).await;
     db.pipeline(
         "transfer",
-        &[("hostile", serde_json::json!({"mode": "loop"}))],
+        &[("hostile", serde_json::json!({ "mode": mode }))],
     )
     .await;
+    db
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wall_clock_backstop_stops_a_loop_when_fuel_is_huge() {
+    let db = hostile_transfer("loop").await;
     let mut settings = ProcessorSettings::default();
     settings.limits.fuel = u64::MAX / 2;
     settings.limits.timeout_ms = 50;
@@ -79,15 +86,7 @@ async fn wall_clock_backstop_stops_a_loop_when_fuel_is_huge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wasi_gives_no_filesystem_env_network_and_a_frozen_clock() {
-    let db = TestDb::new().await;
-    db.deploy("payrail_hostile", "hostile").await;
-    db.account("alice", 1_000).await;
-    db.account("bob", 0).await;
-    db.pipeline(
-        "transfer",
-        &[("hostile", serde_json::json!({"mode": "wasi"}))],
-    )
-    .await;
+    let db = hostile_transfer("wasi").await;
     let out = db
         .processor()
         .pay(DEFAULT_TENANT, "k", &transfer("alice", "bob", 1))

@@ -6,13 +6,11 @@
 
 use super::AppState;
 use super::extract::{IdempotencyKey, PaymentsKey, parse_json, read_body};
-use super::payments::{PaymentView, REPLAYED_HEADER};
-use super::problem::{ApiError, ApiResult, Problem};
-use crate::processor::PayOutcome;
-use axum::Json;
+use super::payments::{PaymentView, respond};
+use super::problem::{ApiResult, Problem};
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -25,29 +23,6 @@ pub struct CapturePayment {
     /// The rest of the hold is released.
     #[serde(default)]
     pub amount: Option<i64>,
-}
-
-fn respond(st: &AppState, outcome: Result<PayOutcome, crate::Error>) -> ApiResult<Response> {
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            let err = ApiError::from(e);
-            st.metrics.payment_error(&err.code);
-            return Err(err);
-        }
-    };
-    st.metrics
-        .payment(outcome.response.status.as_str(), outcome.replayed);
-    tracing::Span::current().record("payment_id", outcome.response.id.as_str());
-    let replayed = outcome.replayed;
-    let mut resp = (StatusCode::OK, Json(PaymentView::from(outcome.response))).into_response();
-    if replayed {
-        resp.headers_mut().insert(
-            HeaderName::from_static(REPLAYED_HEADER),
-            HeaderValue::from_static("true"),
-        );
-    }
-    Ok(resp)
 }
 
 /// Capture an authorized payment (all or part of its hold, at most once).
@@ -82,7 +57,7 @@ pub async fn capture_payment(
         .processor
         .capture(&p.tenant, &key, &id, body.amount)
         .await;
-    respond(&st, out)
+    respond(&st, out, StatusCode::OK)
 }
 
 /// Void an authorized payment: release its hold, nothing moves.
@@ -106,5 +81,5 @@ pub async fn void_payment(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let out = st.processor.void(&p.tenant, &key, &id).await;
-    respond(&st, out)
+    respond(&st, out, StatusCode::OK)
 }

@@ -18,6 +18,7 @@ use super::extract::{ApiJson, ApiQuery, IdempotencyKey, PaymentsKey};
 use super::pagination::{Page, PageParams, page};
 use super::problem::{ApiError, ApiResult, Problem};
 use crate::model::{Metadata, PaymentRequest, PaymentResponse, PaymentStatus, Posting};
+use crate::processor::PayOutcome;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -254,7 +255,19 @@ pub async fn create_payment(
         },
         hold_ttl_secs,
     };
-    let outcome = match st.processor.pay(&p.tenant, &key, &req).await {
+    let outcome = st.processor.pay(&p.tenant, &key, &req).await;
+    respond(&st, outcome, StatusCode::CREATED)
+}
+
+/// Turns a processor outcome into the HTTP answer, for payments and their
+/// capture/void alike: records the metrics (status, lock wait, plugin
+/// calls), `Location` of the payment, `Idempotency-Replayed` on a replay.
+pub(super) fn respond(
+    st: &AppState,
+    outcome: Result<PayOutcome, crate::Error>,
+    status: StatusCode,
+) -> ApiResult<Response> {
+    let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
             let err = ApiError::from(e);
@@ -262,8 +275,8 @@ pub async fn create_payment(
             return Err(err);
         }
     };
-    let status = outcome.response.status.as_str();
-    st.metrics.payment(status, outcome.replayed);
+    st.metrics
+        .payment(outcome.response.status.as_str(), outcome.replayed);
     tracing::Span::current().record("payment_id", outcome.response.id.as_str());
     if !outcome.replayed {
         st.metrics.lock_wait(outcome.lock_wait.as_secs_f64());
@@ -273,11 +286,7 @@ pub async fn create_payment(
             .plugin_call(&c.digest, c.fuel_used, c.duration.as_secs_f64());
     }
     let location = format!("/v1/payments/{}", outcome.response.id);
-    let mut resp = (
-        StatusCode::CREATED,
-        Json(PaymentView::from(outcome.response)),
-    )
-        .into_response();
+    let mut resp = (status, Json(PaymentView::from(outcome.response))).into_response();
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);
