@@ -8,7 +8,7 @@
 
 use crate::engine::{EngineConfig, PluginLimits};
 use crate::error::{Error, Result};
-use crate::processor::ProcessorSettings;
+use crate::processor::{BatchSettings, ProcessorSettings};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -213,6 +213,15 @@ pub struct ProcessorConfig {
     pub statement_timeout_ms: u64,
     /// Attempts for a transaction that hit a deadlock.
     pub max_attempts: u32,
+    /// Most one-step payments in one transaction; 1 turns batching off
+    /// (`PAYRAIL_BATCH_MAX_PAYMENTS`). See docs/batching.md.
+    pub batch_max_payments: usize,
+    /// Batch workers, each running one transaction at a time
+    /// (`PAYRAIL_BATCH_WORKERS`).
+    pub batch_workers: usize,
+    /// How long a worker waits for more payments once it has one; 0 takes
+    /// what is queued (`PAYRAIL_BATCH_WINDOW_US`).
+    pub batch_window_us: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -222,6 +231,9 @@ impl Default for ProcessorConfig {
             lock_timeout_ms: d.lock_timeout_ms,
             statement_timeout_ms: d.statement_timeout_ms,
             max_attempts: d.max_attempts,
+            batch_max_payments: d.batch.max_payments,
+            batch_workers: d.batch.workers,
+            batch_window_us: d.batch.window_us,
         }
     }
 }
@@ -375,6 +387,15 @@ impl Config {
         if let Some(v) = get("PAYRAIL_LOCK_TIMEOUT_MS") {
             self.processor.lock_timeout_ms = parse_env("PAYRAIL_LOCK_TIMEOUT_MS", &v)?;
         }
+        if let Some(v) = get("PAYRAIL_BATCH_MAX_PAYMENTS") {
+            self.processor.batch_max_payments = parse_env("PAYRAIL_BATCH_MAX_PAYMENTS", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_BATCH_WORKERS") {
+            self.processor.batch_workers = parse_env("PAYRAIL_BATCH_WORKERS", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_BATCH_WINDOW_US") {
+            self.processor.batch_window_us = parse_env("PAYRAIL_BATCH_WINDOW_US", &v)?;
+        }
         if let Some(v) = get("PAYRAIL_KEY_TTL_SECS") {
             self.idempotency.key_ttl_secs = parse_env("PAYRAIL_KEY_TTL_SECS", &v)?;
         }
@@ -450,6 +471,10 @@ impl Config {
             3_600_000,
         )?;
         range("processor.max_attempts", p.max_attempts, 1, 100)?;
+        self.processor()
+            .batch
+            .validate()
+            .map_err(|e| invalid(format!("processor: {e}")))?;
         let g = &self.plugins;
         range(
             "plugins.max_plugin_bytes",
@@ -616,6 +641,12 @@ impl Config {
             key_ttl_secs: self.idempotency.key_ttl_secs,
             max_attempts: self.processor.max_attempts,
             limits: self.plugins.limits,
+            batch: BatchSettings {
+                max_payments: self.processor.batch_max_payments,
+                workers: self.processor.batch_workers,
+                window_us: self.processor.batch_window_us,
+                ..BatchSettings::default()
+            },
         }
     }
 

@@ -616,7 +616,8 @@ impl Processor {
         release(tx, tenant, id, &hold, outcome).await?;
         if !response.postings.is_empty() {
             let txn_ids = vec![capture_txn_id(id); response.postings.len()];
-            ledger::append_entries(tx, tenant, &txn_ids, Some(id), &response.postings).await?;
+            let payment_ids = vec![Some(id); txn_ids.len()];
+            ledger::append_entries(tx, tenant, &txn_ids, &payment_ids, &response.postings).await?;
             ledger::add_to_balances(tx, tenant, &deltas).await?;
         }
         processor::write_journal(tx, id, &run.calls).await?;

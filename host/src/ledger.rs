@@ -392,36 +392,50 @@ async fn apply_entries(
     postings: &[Posting],
     deltas: &BTreeMap<String, i64>,
 ) -> Result<()> {
-    append_entries(tx, tenant, txn_ids, payment_id, postings).await?;
+    append_entries(
+        tx,
+        tenant,
+        txn_ids,
+        &vec![payment_id; txn_ids.len()],
+        postings,
+    )
+    .await?;
     add_to_balances(tx, tenant, deltas).await
 }
 
 /// Appends one entry per posting (entry `i` in ledger transaction
-/// `txn_ids[i]`), one statement. Callers check balance first.
+/// `txn_ids[i]`, made by payment `payment_ids[i]` if any), one statement
+/// whatever the number of postings or payments. Callers check balance first.
 pub async fn append_entries(
     tx: &impl GenericClient,
     tenant: &str,
     txn_ids: &[Uuid],
-    payment_id: Option<Uuid>,
+    payment_ids: &[Option<Uuid>],
     postings: &[Posting],
 ) -> Result<()> {
     assert_eq!(txn_ids.len(), postings.len(), "one txn id per posting");
+    assert_eq!(
+        payment_ids.len(),
+        postings.len(),
+        "one payment id per posting"
+    );
     let accounts: Vec<&str> = postings.iter().map(|p| p.account.as_str()).collect();
     let amounts: Vec<i64> = postings.iter().map(|p| p.amount).collect();
     let currencies: Vec<&str> = postings.iter().map(|p| p.currency.as_str()).collect();
     let stmt = tx
         .prepare_cached(
             "insert into payrail.entries (tenant, txn_id, payment_id, account_id, amount, currency)
-             select $1, x, $2, a, m, c
-             from unnest($3::uuid[], $4::text[], $5::bigint[], $6::text[]) as t(x, a, m, c)",
+             select $1, x, p, a, m, c
+             from unnest($2::uuid[], $3::uuid[], $4::text[], $5::bigint[], $6::text[])
+                  as t(x, p, a, m, c)",
         )
         .await?;
     tx.execute(
         &stmt,
         &[
             &tenant,
-            &payment_id,
             &txn_ids,
+            &payment_ids,
             &accounts,
             &amounts,
             &currencies,

@@ -514,11 +514,15 @@ pub async fn load_pipeline(
     tenant: &str,
     kind: &str,
 ) -> Result<Pipeline> {
-    let row = client
-        .query_opt(
+    // Prepared once per connection: this read is in every payment's first
+    // flight, and an unprepared query would add a round trip.
+    let stmt = client
+        .prepare_cached(
             "select steps, version from payrail.pipelines where tenant = $1 and kind = $2",
-            &[&tenant, &kind],
         )
+        .await?;
+    let row = client
+        .query_opt(&stmt, &[&tenant, &kind])
         .await?
         .ok_or_else(|| Error::NotFound {
             what: "pipeline",

@@ -15,6 +15,10 @@
 //! The lock phase takes a list of keys and sorts it, so a later batcher can
 //! pass the keys of a whole batch and keep one global lock order.
 
+mod batch;
+
+pub use batch::{BatchSettings, MAX_BATCH_PAYMENTS};
+
 use crate::db::Pool;
 use crate::engine::{PluginEngine, PluginFault, PluginLimits, PreparedInput};
 use crate::error::{Error, Result};
@@ -52,6 +56,8 @@ pub struct ProcessorSettings {
     pub max_attempts: u32,
     /// Limits for every plugin call.
     pub limits: PluginLimits,
+    /// How one-step payments are grouped into transactions.
+    pub batch: BatchSettings,
 }
 
 impl Default for ProcessorSettings {
@@ -62,6 +68,7 @@ impl Default for ProcessorSettings {
             key_ttl_secs: 24 * 3600,
             max_attempts: 5,
             limits: PluginLimits::default(),
+            batch: BatchSettings::default(),
         }
     }
 }
@@ -138,6 +145,9 @@ pub struct Processor {
     /// steps run, so the pooling allocator is never asked for more
     /// instances than it has (that would surface as a bogus plugin trap).
     pipeline_slots: Arc<tokio::sync::Semaphore>,
+    /// The batcher's queue (None: one transaction per payment, and in the
+    /// batcher's own copy).
+    batcher: Option<batch::Queue>,
 }
 
 /// Payment id: derived from (tenant, idempotency key), so every retry of a
@@ -271,12 +281,15 @@ impl Processor {
     pub fn new(pool: Pool, engine: Arc<PluginEngine>, settings: ProcessorSettings) -> Self {
         assert!(settings.max_attempts >= 1, "at least one attempt");
         let slots = engine.config().max_concurrent_instances as usize;
-        Processor {
+        let mut processor = Processor {
             pool,
             engine,
             settings,
             pipeline_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
-        }
+            batcher: None,
+        };
+        processor.batcher = batch::start(processor.clone(), settings.batch);
+        processor
     }
 
     /// The connection pool.
@@ -325,8 +338,26 @@ impl Processor {
     /// finished request returns the stored response and writes nothing.
     /// Deadlocks and serialization failures are retried up to
     /// `max_attempts`; every other error is returned with nothing written.
+    ///
+    /// One-step payments go through the batcher when it is on (see
+    /// `batch`): same guarantees, one transaction for many payments.
     pub async fn pay(&self, tenant: &str, key: &str, req: &PaymentRequest) -> Result<PayOutcome> {
         validate_request(key, req)?;
+        match &self.batcher {
+            Some(queue) if req.capture.is_automatic() => {
+                batch::submit(queue, tenant, key, req).await
+            }
+            _ => self.pay_single(tenant, key, req).await,
+        }
+    }
+
+    /// `pay` in a transaction of its own (validated request).
+    async fn pay_single(
+        &self,
+        tenant: &str,
+        key: &str,
+        req: &PaymentRequest,
+    ) -> Result<PayOutcome> {
         let mut attempt = 1;
         loop {
             match self.pay_once(tenant, key, req).await {
@@ -419,46 +450,13 @@ impl Processor {
         if claimed == 0 {
             return self.replay(tx, tenant, key, &print).await;
         }
-        for party in &parties {
-            let a = accounts.get(party).ok_or_else(|| Error::NotFound {
-                what: "account",
-                id: party.clone(),
-            })?;
-            if a.currency != req.currency {
-                return Err(Error::invalid(
-                    "currency_mismatch",
-                    format!(
-                        "account {:?} is held in {}, the payment is in {}",
-                        a.id, a.currency, req.currency
-                    ),
-                ));
-            }
-        }
+        check_parties(&accounts, req)?;
         registry::ensure_loaded(&tx, &self.engine, &pipeline).await?;
-        let payment = Payment {
-            id: id.to_string(),
-            kind: req.kind.clone(),
-            amount: req.amount,
-            currency: req.currency.clone(),
-            source: req.source.clone(),
-            destination: req.destination.clone(),
-            metadata: crate::holds::phase_metadata(req),
-        };
+        let payment = payment_of(id, req);
         // Two-phase (manual capture): this is the authorization. See `holds`.
         let manual = !req.capture.is_automatic();
-        let snapshots: Vec<AccountSnapshot> = parties
-            .iter()
-            .map(|p| {
-                let a = &accounts[p];
-                AccountSnapshot {
-                    id: a.id.clone(),
-                    currency: a.currency.clone(),
-                    balance: a.balance,
-                    allow_negative: a.allow_negative,
-                    metadata: a.metadata.clone(),
-                }
-            })
-            .collect();
+        let snapshots: Vec<AccountSnapshot> =
+            parties.iter().map(|p| snapshot_of(&accounts[p])).collect();
 
         // 5. Run the pipeline off the async workers.
         let run = self.run_pipeline(&pipeline, &payment, snapshots).await?;
@@ -472,16 +470,7 @@ impl Processor {
         let mut postings = Vec::new();
         let mut deltas = BTreeMap::new();
         if decline.is_none() {
-            postings.push(Posting {
-                account: req.source.clone(),
-                amount: -req.amount,
-                currency: req.currency.clone(),
-            });
-            postings.push(Posting {
-                account: req.destination.clone(),
-                amount: req.amount,
-                currency: req.currency.clone(),
-            });
+            postings = principal_postings(req);
             // At authorize plugin postings are ignored: the funds check is
             // for the principal; fees are charged at capture.
             if !manual {
@@ -516,31 +505,25 @@ impl Processor {
         } else {
             PaymentStatus::Approved
         };
-        let response = PaymentResponse {
-            id: id.to_string(),
-            status,
-            decline: decline.clone(),
-            postings,
-            kind: req.kind.clone(),
-            amount: req.amount,
-            currency: req.currency.clone(),
-            source: req.source.clone(),
-            destination: req.destination.clone(),
-            annotations: if decline.is_some() {
-                Metadata::new()
-            } else {
-                run.annotations.clone()
-            },
-        };
+        let response = response_of(id, req, status, decline, postings, &run.annotations);
         let response_json = serde_json::to_value(&response).expect("response serializes");
         let txn_ids = vec![id; response.postings.len()];
+        let payment_ids = vec![Some(id); response.postings.len()];
+        let payment_row = [PaymentRow {
+            id,
+            key,
+            req,
+            response: &response,
+            pipeline: &pipeline,
+        }];
         futures::try_join!(
-            write_payment(&tx, tenant, key, id, req, &response, &pipeline),
+            write_payments(&tx, tenant, &payment_row),
             async {
                 if response.postings.is_empty() {
                     return Ok(());
                 }
-                ledger::append_entries(&tx, tenant, &txn_ids, Some(id), &response.postings).await
+                ledger::append_entries(&tx, tenant, &txn_ids, &payment_ids, &response.postings)
+                    .await
             },
             write_journal(&tx, id, &run.calls),
             write_events(
@@ -573,20 +556,10 @@ impl Processor {
         )?;
         tx.commit().await?;
         tracing::debug!(payment = %id, status = status.as_str(), "payment committed");
-        let calls = run
-            .calls
-            .iter()
-            .map(|c| CallStat {
-                plugin: pipeline.steps[c.step as usize].plugin.clone(),
-                digest: c.digest.clone(),
-                fuel_used: c.fuel_used as u64,
-                duration: Duration::from_micros(c.duration_us as u64),
-            })
-            .collect();
         Ok(PayOutcome {
             response,
             replayed: false,
-            calls,
+            calls: call_stats(&pipeline, &run.calls),
             lock_wait,
         })
     }
@@ -664,6 +637,111 @@ impl Processor {
     }
 }
 
+/// The payment as plugins see it.
+pub(crate) fn payment_of(id: Uuid, req: &PaymentRequest) -> Payment {
+    Payment {
+        id: id.to_string(),
+        kind: req.kind.clone(),
+        amount: req.amount,
+        currency: req.currency.clone(),
+        source: req.source.clone(),
+        destination: req.destination.clone(),
+        metadata: crate::holds::phase_metadata(req),
+    }
+}
+
+/// An account as plugins see it.
+pub(crate) fn snapshot_of(a: &ledger::Account) -> AccountSnapshot {
+    AccountSnapshot {
+        id: a.id.clone(),
+        currency: a.currency.clone(),
+        balance: a.balance,
+        allow_negative: a.allow_negative,
+        metadata: a.metadata.clone(),
+    }
+}
+
+/// Both parties exist (in `accounts`, read under their locks) and are held
+/// in the payment's currency.
+pub(crate) fn check_parties(
+    accounts: &HashMap<String, ledger::Account>,
+    req: &PaymentRequest,
+) -> Result<()> {
+    for party in [&req.source, &req.destination] {
+        let a = accounts.get(party).ok_or_else(|| Error::NotFound {
+            what: "account",
+            id: party.clone(),
+        })?;
+        if a.currency != req.currency {
+            return Err(Error::invalid(
+                "currency_mismatch",
+                format!(
+                    "account {:?} is held in {}, the payment is in {}",
+                    a.id, a.currency, req.currency
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The principal: source debited, destination credited.
+pub(crate) fn principal_postings(req: &PaymentRequest) -> Vec<Posting> {
+    vec![
+        Posting {
+            account: req.source.clone(),
+            amount: -req.amount,
+            currency: req.currency.clone(),
+        },
+        Posting {
+            account: req.destination.clone(),
+            amount: req.amount,
+            currency: req.currency.clone(),
+        },
+    ]
+}
+
+/// The response of a decided payment; a declined one carries no
+/// annotations.
+pub(crate) fn response_of(
+    id: Uuid,
+    req: &PaymentRequest,
+    status: PaymentStatus,
+    decline: Option<DeclineReason>,
+    postings: Vec<Posting>,
+    annotations: &Metadata,
+) -> PaymentResponse {
+    PaymentResponse {
+        id: id.to_string(),
+        status,
+        annotations: if decline.is_some() {
+            Metadata::new()
+        } else {
+            annotations.clone()
+        },
+        decline,
+        postings,
+        kind: req.kind.clone(),
+        amount: req.amount,
+        currency: req.currency.clone(),
+        source: req.source.clone(),
+        destination: req.destination.clone(),
+    }
+}
+
+/// Per-call costs of a run, for metrics.
+pub(crate) fn call_stats(pipeline: &Pipeline, calls: &[CallRecord]) -> Vec<CallStat> {
+    calls
+        .iter()
+        .map(|c| CallStat {
+            plugin: pipeline.steps[c.step as usize].plugin.clone(),
+            digest: c.digest.clone(),
+            fuel_used: c.fuel_used as u64,
+            duration: Duration::from_micros(c.duration_us as u64),
+        })
+        .collect()
+}
+
 /// Claims an idempotency key in one statement: sets the transaction's
 /// timeouts, try-locks the key (false: another transaction is processing it
 /// right now) and inserts the pending row (0 rows: a finished request owns
@@ -701,47 +779,85 @@ pub(crate) fn plugin_fault(pipeline: &Pipeline, run: &PipelineRun, problem: Appl
     }
 }
 
-/// Inserts the payment row.
-async fn write_payment(
+/// One payment row to insert.
+pub(crate) struct PaymentRow<'a> {
+    pub(crate) id: Uuid,
+    pub(crate) key: &'a str,
+    pub(crate) req: &'a PaymentRequest,
+    pub(crate) response: &'a PaymentResponse,
+    pub(crate) pipeline: &'a Pipeline,
+}
+
+/// Inserts payment rows, one statement whatever their number.
+pub(crate) async fn write_payments(
     tx: &deadpool_postgres::Transaction<'_>,
     tenant: &str,
-    key: &str,
-    id: Uuid,
-    req: &PaymentRequest,
-    response: &PaymentResponse,
-    pipeline: &Pipeline,
+    rows: &[PaymentRow<'_>],
 ) -> Result<()> {
-    let pipeline_json = serde_json::json!({
-        "version": pipeline.version,
-        "digests": pipeline.steps.iter().map(|s| s.digest.as_str()).collect::<Vec<_>>(),
-    });
-    let metadata = serde_json::to_value(&req.metadata).expect("metadata serializes");
-    let annotations = serde_json::to_value(&response.annotations).expect("annotations");
-    let decline = response.decline.as_ref();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.key).collect();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.req.kind.as_str()).collect();
+    let sources: Vec<&str> = rows.iter().map(|r| r.req.source.as_str()).collect();
+    let destinations: Vec<&str> = rows.iter().map(|r| r.req.destination.as_str()).collect();
+    let amounts: Vec<i64> = rows.iter().map(|r| r.req.amount).collect();
+    let currencies: Vec<&str> = rows.iter().map(|r| r.req.currency.as_str()).collect();
+    let metadata: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::to_value(&r.req.metadata).expect("metadata serializes"))
+        .collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.response.status.as_str()).collect();
+    let decline_codes: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| r.response.decline.as_ref().map(|d| d.code.as_str()))
+        .collect();
+    let decline_messages: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| r.response.decline.as_ref().map(|d| d.message.as_str()))
+        .collect();
+    let annotations: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::to_value(&r.response.annotations).expect("annotations serialize"))
+        .collect();
+    let pipelines: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "version": r.pipeline.version,
+                "digests": r.pipeline.steps.iter().map(|s| s.digest.as_str()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
     let stmt = tx
         .prepare_cached(
             "insert into payrail.payments (id, tenant, idempotency_key, kind, source, destination,
                amount, currency, metadata, status, decline_code, decline_message, annotations, pipeline)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             select i, $1, k, kd, s, d, a, c, m, st, dc, dm, an, pl
+             from unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
+                         $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[],
+                         $13::jsonb[], $14::jsonb[])
+                  as t(i, k, kd, s, d, a, c, m, st, dc, dm, an, pl)",
         )
         .await?;
     tx.execute(
         &stmt,
         &[
-            &id,
             &tenant,
-            &key,
-            &req.kind,
-            &req.source,
-            &req.destination,
-            &req.amount,
-            &req.currency,
+            &ids,
+            &keys,
+            &kinds,
+            &sources,
+            &destinations,
+            &amounts,
+            &currencies,
             &metadata,
-            &response.status.as_str(),
-            &decline.map(|d| d.code.as_str()),
-            &decline.map(|d| d.message.as_str()),
+            &statuses,
+            &decline_codes,
+            &decline_messages,
             &annotations,
-            &pipeline_json,
+            &pipelines,
         ],
     )
     .await?;
@@ -755,14 +871,29 @@ pub(crate) async fn finish_key(
     key: &str,
     response: &serde_json::Value,
 ) -> Result<()> {
+    finish_keys(tx, tenant, &[key], std::slice::from_ref(response)).await
+}
+
+/// Marks claimed keys finished with their stored responses (one statement).
+pub(crate) async fn finish_keys(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    keys: &[&str],
+    responses: &[serde_json::Value],
+) -> Result<()> {
+    assert_eq!(keys.len(), responses.len(), "one response per key");
+    if keys.is_empty() {
+        return Ok(());
+    }
     let stmt = tx
         .prepare_cached(
-            "update payrail.idempotency_keys set state = 'done', status_code = 201, response = $3
-             where tenant = $1 and key = $2",
+            "update payrail.idempotency_keys k set state = 'done', status_code = 201, response = u.r
+             from unnest($2::text[], $3::jsonb[]) as u(key, r)
+             where k.tenant = $1 and k.key = u.key",
         )
         .await?;
-    let updated = tx.execute(&stmt, &[&tenant, &key, response]).await?;
-    assert_eq!(updated, 1, "the claimed key row exists");
+    let updated = tx.execute(&stmt, &[&tenant, &keys, &responses]).await?;
+    assert_eq!(updated as usize, keys.len(), "every claimed key row exists");
     Ok(())
 }
 
@@ -900,31 +1031,45 @@ pub(crate) async fn write_journal(
     payment: Uuid,
     calls: &[CallRecord],
 ) -> Result<()> {
+    write_journals(tx, &[(payment, calls)]).await
+}
+
+/// Appends the journal rows of several payments in one statement, then
+/// their shadow rows (if any step has a candidate).
+pub(crate) async fn write_journals(
+    tx: &deadpool_postgres::Transaction<'_>,
+    payments: &[(Uuid, &[CallRecord])],
+) -> Result<()> {
+    let calls: Vec<(Uuid, &CallRecord)> = payments
+        .iter()
+        .flat_map(|(p, calls)| calls.iter().map(move |c| (*p, c)))
+        .collect();
     if calls.is_empty() {
         return Ok(());
     }
-    let keys: Vec<&str> = calls.iter().map(|c| c.call_key.as_str()).collect();
-    let steps: Vec<i32> = calls.iter().map(|c| c.step).collect();
-    let digests: Vec<&str> = calls.iter().map(|c| c.digest.as_str()).collect();
-    let input_digests: Vec<&str> = calls.iter().map(|c| c.input_digest.as_str()).collect();
-    let inputs: Vec<&str> = calls.iter().map(|c| c.input_json.as_str()).collect();
-    let outputs: Vec<&str> = calls.iter().map(|c| c.output_json.as_str()).collect();
-    let fuel: Vec<i64> = calls.iter().map(|c| c.fuel_used).collect();
-    let durations: Vec<i64> = calls.iter().map(|c| c.duration_us).collect();
+    let payment_ids: Vec<Uuid> = calls.iter().map(|(p, _)| *p).collect();
+    let keys: Vec<&str> = calls.iter().map(|(_, c)| c.call_key.as_str()).collect();
+    let steps: Vec<i32> = calls.iter().map(|(_, c)| c.step).collect();
+    let digests: Vec<&str> = calls.iter().map(|(_, c)| c.digest.as_str()).collect();
+    let input_digests: Vec<&str> = calls.iter().map(|(_, c)| c.input_digest.as_str()).collect();
+    let inputs: Vec<&str> = calls.iter().map(|(_, c)| c.input_json.as_str()).collect();
+    let outputs: Vec<&str> = calls.iter().map(|(_, c)| c.output_json.as_str()).collect();
+    let fuel: Vec<i64> = calls.iter().map(|(_, c)| c.fuel_used).collect();
+    let durations: Vec<i64> = calls.iter().map(|(_, c)| c.duration_us).collect();
     let stmt = tx
         .prepare_cached(
             "insert into payrail.plugin_calls
                (call_key, payment_id, step, digest, input_digest, input, output, fuel_used, duration_us)
-             select k, $1, s, d, i, inp::jsonb, o::jsonb, f, u
-             from unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::bigint[], $9::bigint[]) as t(k, s, d, i, inp, o, f, u)
+             select k, p, s, d, i, inp::jsonb, o::jsonb, f, u
+             from unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::bigint[], $9::bigint[]) as t(p, k, s, d, i, inp, o, f, u)
              on conflict (call_key) do nothing",
         )
         .await?;
     tx.execute(
         &stmt,
         &[
-            &payment,
+            &payment_ids,
             &keys,
             &steps,
             &digests,
@@ -936,7 +1081,10 @@ pub(crate) async fn write_journal(
         ],
     )
     .await?;
-    write_shadows(tx, payment, calls).await
+    for (payment, calls) in payments {
+        write_shadows(tx, *payment, calls).await?;
+    }
+    Ok(())
 }
 
 /// Appends the shadow rows of one payment (one statement, none if no step
@@ -999,10 +1147,50 @@ async fn write_shadows(
     Ok(())
 }
 
-/// Writes a payment's outbox events in one statement: `topic` carrying
-/// `payload` (the response), then each plugin event, all keyed by the
-/// payment id so their order is kept. Event `i` gets id `event_id(i)`, stable
-/// across retries. Payments and hold transitions both write through here.
+/// One outbox row.
+pub(crate) struct EventRow {
+    id: Uuid,
+    topic: String,
+    key: String,
+    payload: serde_json::Value,
+}
+
+/// A payment's outbox rows: `topic` carrying `payload` (the response), then
+/// each plugin event, all keyed by the payment id so their order is kept.
+/// Event `i` gets id `event_id(i)`, stable across retries.
+pub(crate) fn event_rows(
+    payment: Uuid,
+    topic: String,
+    payload: &serde_json::Value,
+    plugin_events: &[(usize, PluginEvent)],
+    event_id: impl Fn(usize) -> Uuid,
+) -> Vec<EventRow> {
+    let key = payment.to_string();
+    let mut rows = vec![EventRow {
+        id: event_id(0),
+        topic,
+        key: key.clone(),
+        payload: payload.clone(),
+    }];
+    for (i, (step, e)) in plugin_events.iter().enumerate() {
+        let data: serde_json::Value =
+            serde_json::from_str(&e.payload).expect("event payload validated by the engine");
+        rows.push(EventRow {
+            id: event_id(i + 1),
+            topic: e.topic.clone(),
+            key: key.clone(),
+            payload: serde_json::json!({
+                "payment_id": key,
+                "step": step,
+                "data": data,
+            }),
+        });
+    }
+    rows
+}
+
+/// Writes a payment's outbox events (`event_rows`) in one statement.
+/// Payments and hold transitions both write through here.
 pub(crate) async fn write_events(
     tx: &deadpool_postgres::Transaction<'_>,
     tenant: &str,
@@ -1012,30 +1200,34 @@ pub(crate) async fn write_events(
     plugin_events: &[(usize, PluginEvent)],
     event_id: impl Fn(usize) -> Uuid,
 ) -> Result<()> {
-    let mut ids = vec![event_id(0)];
-    let mut topics = vec![topic];
-    let mut payloads = vec![payload.clone()];
-    for (i, (step, e)) in plugin_events.iter().enumerate() {
-        ids.push(event_id(i + 1));
-        topics.push(e.topic.clone());
-        let data: serde_json::Value =
-            serde_json::from_str(&e.payload).expect("event payload validated by the engine");
-        payloads.push(serde_json::json!({
-            "payment_id": payment.to_string(),
-            "step": step,
-            "data": data,
-        }));
+    let rows = event_rows(payment, topic, payload, plugin_events, event_id);
+    insert_events(tx, tenant, &rows).await
+}
+
+/// Inserts outbox rows in the given order (one statement): the relay keeps
+/// that order per key.
+pub(crate) async fn insert_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    rows: &[EventRow],
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
     }
-    let key = payment.to_string();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    let payloads: Vec<&serde_json::Value> = rows.iter().map(|r| &r.payload).collect();
     let stmt = tx
         .prepare_cached(
             "insert into payrail.outbox (event_id, tenant, topic, key, payload)
-             select e, $1, t, $2, p
-             from unnest($3::uuid[], $4::text[], $5::jsonb[]) with ordinality as u(e, t, p, n)
+             select e, $1, t, k, p
+             from unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[])
+                  with ordinality as u(e, t, k, p, n)
              order by n",
         )
         .await?;
-    tx.execute(&stmt, &[&tenant, &key, &ids, &topics, &payloads])
+    tx.execute(&stmt, &[&tenant, &ids, &topics, &keys, &payloads])
         .await?;
     Ok(())
 }

@@ -1,0 +1,871 @@
+//! The batcher: one-step payments that arrive together share one
+//! transaction (docs/batching.md).
+//!
+//! `Processor::pay` queues the payment; a few workers each take what is
+//! queued (at most `max_payments`, lingering at most `window_us` for more)
+//! and run it as one transaction:
+//!
+//! 1. one flight: timeouts and every key claimed (try-lock + pending row),
+//!    the advisory locks of every party of the batch **sorted across the
+//!    batch** (one global order: batches never deadlock on each other), the
+//!    parties' rows, the pipelines;
+//! 2. the pipelines, in arrival order, against balances that already hold
+//!    the batch's earlier payments;
+//! 3. one flight of multi-row writes: payments, entries, journal, outbox,
+//!    keys and the balances, one update per account for the whole batch
+//!    (a hot fee account takes its row lock once per batch); commit.
+//!
+//! One payment that fails (unknown account, plugin fault...) or is declined
+//! does not fail its neighbours: it is decided in the host, and a failed
+//! payment's key claim is deleted in the same transaction, so it leaves
+//! nothing. A database error fails the batch: a deadlock or serialization
+//! failure retries the batch, anything else falls back to one transaction
+//! per payment, which gives each payment its own exact answer.
+
+use super::{
+    PayOutcome, PaymentRow, PipelineRun, Processor, call_stats, check_parties, event_id,
+    event_rows, fingerprint, insert_events, is_retryable, now_ms, payment_id, payment_of,
+    plugin_fault, principal_postings, response_of, run_steps, snapshot_of, write_journals,
+    write_payments,
+};
+use crate::error::{Error, Result};
+use crate::ledger::{self, Account, ApplyProblem};
+use crate::locks;
+use crate::model::{DeclineReason, PaymentRequest, PaymentResponse, PaymentStatus, Posting};
+use crate::registry::{self, Pipeline};
+use futures::FutureExt;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+/// Largest batch accepted by the settings: bounds the size of every
+/// multi-row statement and of the lock set of one transaction.
+pub const MAX_BATCH_PAYMENTS: usize = 512;
+/// Most batch workers (each holds one connection while it runs a batch).
+pub const MAX_BATCH_WORKERS: usize = 64;
+/// Longest linger for more payments.
+pub const MAX_BATCH_WINDOW_US: u64 = 100_000;
+
+/// How payments are grouped into transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// Most payments in one transaction; 1 turns batching off (one
+    /// transaction per payment).
+    pub max_payments: usize,
+    /// Workers running batches at once.
+    pub workers: usize,
+    /// How long a worker that has one payment waits for more. 0: it takes
+    /// what is queued at that moment, so batches grow with load and an idle
+    /// host adds no latency.
+    pub window_us: u64,
+    /// Payments waiting for a worker before `pay` waits for room.
+    pub queue_depth: usize,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            max_payments: 64,
+            workers: 4,
+            window_us: 0,
+            queue_depth: 4096,
+        }
+    }
+}
+
+impl BatchSettings {
+    /// Checks the bounds; `what` prefixes the error.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(1..=MAX_BATCH_PAYMENTS).contains(&self.max_payments) {
+            return Err(format!(
+                "batch max_payments must be 1-{MAX_BATCH_PAYMENTS}, got {}",
+                self.max_payments
+            ));
+        }
+        if !(1..=MAX_BATCH_WORKERS).contains(&self.workers) {
+            return Err(format!(
+                "batch workers must be 1-{MAX_BATCH_WORKERS}, got {}",
+                self.workers
+            ));
+        }
+        if self.window_us > MAX_BATCH_WINDOW_US {
+            return Err(format!(
+                "batch window_us must be at most {MAX_BATCH_WINDOW_US}, got {}",
+                self.window_us
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.queue_depth) {
+            return Err(format!(
+                "batch queue_depth must be 1-1000000, got {}",
+                self.queue_depth
+            ));
+        }
+        Ok(())
+    }
+
+    fn enabled(&self) -> bool {
+        self.max_payments > 1
+    }
+}
+
+/// One queued payment and where its answer goes.
+pub(crate) struct Job {
+    tenant: String,
+    key: String,
+    req: PaymentRequest,
+    reply: oneshot::Sender<Result<PayOutcome>>,
+}
+
+/// The sending side of the queue; the workers stop when every copy is gone.
+pub(crate) type Queue = mpsc::Sender<Job>;
+
+/// Starts the workers for `processor` (a copy without a queue of its own).
+/// None when batching is off or there is no Tokio runtime to run them on.
+pub(crate) fn start(processor: Processor, settings: BatchSettings) -> Option<Queue> {
+    settings
+        .validate()
+        .expect("batch settings are validated by config");
+    if !settings.enabled() {
+        return None;
+    }
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let (tx, rx) = mpsc::channel(settings.queue_depth);
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..settings.workers {
+        runtime.spawn(work(processor.clone(), rx.clone(), settings));
+    }
+    Some(tx)
+}
+
+/// Queues one payment and waits for its answer.
+pub(crate) async fn submit(
+    queue: &Queue,
+    tenant: &str,
+    key: &str,
+    req: &PaymentRequest,
+) -> Result<PayOutcome> {
+    let (reply, answer) = oneshot::channel();
+    let job = Job {
+        tenant: tenant.to_string(),
+        key: key.to_string(),
+        req: req.clone(),
+        reply,
+    };
+    let stopped = || Error::Setup("the payment batcher has stopped".into());
+    queue.send(job).await.map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
+}
+
+/// One worker: take a batch, run it, repeat until the queue closes.
+async fn work(processor: Processor, rx: Arc<Mutex<mpsc::Receiver<Job>>>, settings: BatchSettings) {
+    loop {
+        let jobs = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut jobs = vec![first];
+            let deadline = tokio::time::Instant::now() + Duration::from_micros(settings.window_us);
+            while jobs.len() < settings.max_payments {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if settings.window_us == 0 {
+                            break;
+                        }
+                        match tokio::time::timeout_at(deadline, rx.recv()).await {
+                            Ok(Some(job)) => jobs.push(job),
+                            _ => break,
+                        }
+                    }
+                }
+            }
+            jobs
+        };
+        // A panic (a broken invariant) must not take the worker with it:
+        // the batch's callers get an error when their reply is dropped.
+        let run = std::panic::AssertUnwindSafe(processor.pay_batch(jobs)).catch_unwind();
+        if run.await.is_err() {
+            tracing::error!("a payment batch panicked; its payments were answered with an error");
+        }
+    }
+}
+
+/// What became of one payment of the batch.
+enum Slot {
+    /// Claimed, parties checked, waiting for its pipeline.
+    Ready,
+    /// A finished request owns the key: answered from the stored response.
+    Replay,
+    /// Failed on its own; `claimed` says whether its key claim must go.
+    Failed { error: Error, claimed: bool },
+    /// Approved or declined: written with the batch.
+    Decided(Box<Decided>),
+}
+
+struct Decided {
+    pipeline: Arc<Pipeline>,
+    run: PipelineRun,
+    status: PaymentStatus,
+    decline: Option<DeclineReason>,
+    postings: Vec<Posting>,
+}
+
+/// The batch's view of its accounts: rows as read under their locks, with
+/// the batch's own earlier payments applied.
+struct Book {
+    accounts: HashMap<String, Account>,
+    /// Accounts row-locked in this transaction (may be debited).
+    locked: HashSet<String>,
+    /// Accounts already asked for (found or not): never asked twice.
+    asked: HashSet<String>,
+    /// What the batch adds to each balance.
+    deltas: BTreeMap<String, i64>,
+}
+
+/// Accounts a payment needs that the book does not have yet.
+#[derive(Default)]
+struct Missing {
+    /// To read under a row lock (debited).
+    lock: Vec<String>,
+    /// To read without a lock (only credited: a credit cannot overdraw; the
+    /// row is locked by the balance update just before commit).
+    read: Vec<String>,
+}
+
+impl Book {
+    fn missing(&self, deltas: &BTreeMap<String, i64>) -> Missing {
+        let mut m = Missing::default();
+        for (account, delta) in deltas {
+            if *delta < 0 && !self.locked.contains(account) {
+                m.lock.push(account.clone());
+            } else if !self.accounts.contains_key(account) && !self.asked.contains(account) {
+                m.read.push(account.clone());
+            }
+        }
+        m
+    }
+
+    /// Adds accounts read from the database: a fresh row gets the batch's
+    /// earlier deltas on top.
+    fn add(&mut self, rows: HashMap<String, Account>, asked: &[String], locked: bool) {
+        for id in asked {
+            self.asked.insert(id.clone());
+            if locked {
+                self.locked.insert(id.clone());
+            }
+        }
+        for (id, mut a) in rows {
+            let pending = self.deltas.get(&id).copied().unwrap_or(0);
+            a.balance = a.balance.saturating_add(pending);
+            self.accounts.insert(id, a);
+        }
+    }
+
+    /// Applies a checked payment's deltas.
+    fn apply(&mut self, deltas: &BTreeMap<String, i64>) {
+        for (id, delta) in deltas {
+            let a = self
+                .accounts
+                .get_mut(id)
+                .expect("checked accounts are in the book");
+            a.balance = a
+                .balance
+                .checked_add(*delta)
+                .expect("checked against overflow");
+            let total = self.deltas.entry(id.clone()).or_insert(0);
+            *total = total
+                .checked_add(*delta)
+                .expect("a batch delta fits in i64");
+        }
+    }
+}
+
+/// One payment whose pipeline runs in this batch.
+struct Item {
+    job: usize,
+    id: Uuid,
+    pipeline: Arc<Pipeline>,
+    /// The run, kept while the payment waits for accounts.
+    run: Option<PipelineRun>,
+}
+
+impl Processor {
+    /// Runs a batch taken from the queue and answers every payment in it.
+    async fn pay_batch(&self, jobs: Vec<Job>) {
+        assert!(!jobs.is_empty() && jobs.len() <= MAX_BATCH_PAYMENTS);
+        // One transaction per tenant; a key seen twice in the batch runs on
+        // its own afterwards (then it is a replay or a conflict).
+        let mut groups: BTreeMap<String, Vec<Job>> = BTreeMap::new();
+        let mut repeats = Vec::new();
+        let mut seen = HashSet::new();
+        for job in jobs {
+            if seen.insert((job.tenant.clone(), job.key.clone())) {
+                groups.entry(job.tenant.clone()).or_default().push(job);
+            } else {
+                repeats.push(job);
+            }
+        }
+        for (tenant, jobs) in groups {
+            self.run_group(&tenant, jobs).await;
+        }
+        for job in repeats {
+            self.answer_alone(job).await;
+        }
+    }
+
+    /// Runs one payment in a transaction of its own. If its caller goes
+    /// away first (a request timeout), the transaction is dropped and rolls
+    /// back, exactly as when the caller ran it itself.
+    async fn answer_alone(&self, mut job: Job) {
+        let tenant = job.tenant.clone();
+        tokio::select! {
+            answer = self.pay_single(&tenant, &job.key, &job.req) => {
+                let _ = job.reply.send(answer);
+            }
+            () = job.reply.closed() => {
+                tracing::debug!(key = %job.key, "caller went away; payment rolled back");
+            }
+        }
+    }
+
+    async fn run_group(&self, tenant: &str, jobs: Vec<Job>) {
+        if jobs.len() == 1 {
+            let job = jobs.into_iter().next().expect("one job");
+            self.answer_alone(job).await;
+            return;
+        }
+        let mut attempt = 1;
+        loop {
+            match self.batch_once(tenant, &jobs).await {
+                Ok(answers) => {
+                    assert_eq!(answers.len(), jobs.len(), "one answer per payment");
+                    for (job, answer) in jobs.into_iter().zip(answers) {
+                        let _ = job.reply.send(answer);
+                    }
+                    return;
+                }
+                Err(e) if is_retryable(&e) && attempt < self.settings.max_attempts => {
+                    tracing::debug!(attempt, error = %e, "retrying payment batch");
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, payments = jobs.len(), "batch failed; one transaction per payment");
+                    futures::future::join_all(jobs.into_iter().map(|job| self.answer_alone(job)))
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn batch_once(&self, tenant: &str, jobs: &[Job]) -> Result<Vec<Result<PayOutcome>>> {
+        let mut client = self.pool.get().await?;
+        let result = self.batch_in(&mut client, tenant, jobs).await;
+        if result.is_err() {
+            // Wait for the queued ROLLBACK (see `pay_single`).
+            let _ = client.simple_query("").await;
+        }
+        result
+    }
+
+    async fn batch_in(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        tenant: &str,
+        jobs: &[Job],
+    ) -> Result<Vec<Result<PayOutcome>>> {
+        let tx = client.transaction().await?;
+        let ids: Vec<Uuid> = jobs.iter().map(|j| payment_id(tenant, &j.key)).collect();
+        let prints: Vec<String> = jobs.iter().map(|j| fingerprint(&j.req)).collect();
+        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+        let key_locks: Vec<i64> = keys
+            .iter()
+            .map(|k| locks::idempotency_key(tenant, k))
+            .collect();
+        let mut parties: Vec<String> = jobs
+            .iter()
+            .flat_map(|j| [j.req.source.clone(), j.req.destination.clone()])
+            .collect();
+        parties.sort();
+        parties.dedup();
+        let party_keys = locks::sorted_keys(tenant, parties.iter().map(String::as_str));
+        let mut kinds: Vec<&str> = jobs.iter().map(|j| j.req.kind.as_str()).collect();
+        kinds.sort();
+        kinds.dedup();
+
+        // 1. Claims, locks, rows, pipelines: one flight.
+        let claim = tx.prepare_cached(CLAIM_MANY_SQL).await?;
+        let lock_ms = format!("{}ms", self.settings.lock_timeout_ms);
+        let statement_ms = format!("{}ms", self.settings.statement_timeout_ms);
+        let ttl_secs = self.settings.key_ttl_secs as f64;
+        let flight_started = Instant::now();
+        let (claims, (), rows, loaded) = futures::try_join!(
+            async {
+                Ok::<_, Error>(
+                    tx.query(
+                        &claim,
+                        &[
+                            &tenant,
+                            &keys,
+                            &prints,
+                            &ids,
+                            &ttl_secs,
+                            &lock_ms,
+                            &statement_ms,
+                            &key_locks,
+                        ],
+                    )
+                    .await?,
+                )
+            },
+            async { Ok(locks::lock_all(&tx, &party_keys).await?) },
+            ledger::lock_rows(&tx, tenant, &parties),
+            async {
+                Ok(futures::future::join_all(
+                    kinds
+                        .iter()
+                        .map(|k| registry::load_pipeline(&tx, tenant, k)),
+                )
+                .await)
+            },
+        )?;
+        let lock_wait = flight_started.elapsed();
+        assert_eq!(claims.len(), jobs.len(), "one claim row per payment");
+        let mut pipelines: HashMap<&str, Option<Arc<Pipeline>>> = HashMap::new();
+        for (kind, loaded) in kinds.iter().zip(loaded) {
+            match loaded {
+                Ok(p) => {
+                    registry::ensure_loaded(&tx, &self.engine, &p).await?;
+                    pipelines.insert(kind, Some(Arc::new(p)));
+                }
+                Err(Error::NotFound { .. }) => {
+                    pipelines.insert(kind, None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+
+        let mut book = Book {
+            locked: rows.keys().cloned().collect(),
+            asked: parties.iter().cloned().collect(),
+            accounts: rows,
+            deltas: BTreeMap::new(),
+        };
+        let mut slots = Vec::with_capacity(jobs.len());
+        let mut items = Vec::new();
+        for (i, (job, claim)) in jobs.iter().zip(&claims).enumerate() {
+            let key_free: bool = claim.get(0);
+            let inserted: bool = claim.get(1);
+            let slot = if !key_free {
+                Slot::Failed {
+                    error: Error::InProgress {
+                        key: job.key.clone(),
+                    },
+                    claimed: false,
+                }
+            } else if !inserted {
+                Slot::Replay
+            } else if let Err(error) = check_parties(&book.accounts, &job.req) {
+                Slot::Failed {
+                    error,
+                    claimed: true,
+                }
+            } else if let Some(pipeline) = &pipelines[job.req.kind.as_str()] {
+                items.push(Item {
+                    job: i,
+                    id: ids[i],
+                    pipeline: pipeline.clone(),
+                    run: None,
+                });
+                Slot::Ready
+            } else {
+                Slot::Failed {
+                    error: Error::NotFound {
+                        what: "pipeline",
+                        id: job.req.kind.clone(),
+                    },
+                    claimed: true,
+                }
+            };
+            slots.push(slot);
+        }
+
+        // 2. The pipelines, in order; a payment naming accounts the book
+        // lacks pauses the loop while they are read.
+        let now = now_ms();
+        let mut next = 0;
+        while next < items.len() {
+            let slot = self
+                .pipeline_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("pipeline semaphore is never closed");
+            let engine = self.engine.clone();
+            let limits = self.settings.limits;
+            let reqs: Vec<PaymentRequest> = jobs.iter().map(|j| j.req.clone()).collect();
+            // A caller that went away (request timeout) gets no payment: one
+            // not decided yet is dropped like a rolled-back transaction.
+            let abandoned: Vec<bool> = jobs.iter().map(|j| j.reply.is_closed()).collect();
+            let (b, its, sl, paused) = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                let (mut book, mut items, mut slots) = (book, items, slots);
+                let paused = decide(
+                    &engine,
+                    &limits,
+                    now,
+                    (&reqs, &abandoned),
+                    &mut book,
+                    &mut items,
+                    &mut slots,
+                    next,
+                );
+                (book, items, slots, paused)
+            })
+            .await
+            .expect("pipeline task");
+            (book, items, slots) = (b, its, sl);
+            let Some((at, missing)) = paused else {
+                break;
+            };
+            if !missing.lock.is_empty() {
+                let rows = ledger::lock_rows(&tx, tenant, &missing.lock).await?;
+                book.add(rows, &missing.lock, true);
+            }
+            if !missing.read.is_empty() {
+                let rows = ledger::read_accounts(&tx, tenant, &missing.read).await?;
+                book.add(rows, &missing.read, false);
+            }
+            next = at;
+        }
+
+        // Replays: the stored responses, one statement.
+        let replay_keys: Vec<&str> = jobs
+            .iter()
+            .zip(&slots)
+            .filter(|(_, s)| matches!(s, Slot::Replay))
+            .map(|(j, _)| j.key.as_str())
+            .collect();
+        let mut stored: HashMap<String, (String, serde_json::Value)> = HashMap::new();
+        if !replay_keys.is_empty() {
+            let stmt = tx
+                .prepare_cached(
+                    "select key, fingerprint, response from payrail.idempotency_keys
+                     where tenant = $1 and key = any($2) and state = 'done'",
+                )
+                .await?;
+            for row in tx.query(&stmt, &[&tenant, &replay_keys]).await? {
+                stored.insert(row.get(0), (row.get(1), row.get(2)));
+            }
+            if stored.len() != replay_keys.len() {
+                // A key reaped between the claim and this read: let the
+                // one-payment path answer each exactly.
+                return Err(Error::Setup(
+                    "an idempotency key vanished during its batch".into(),
+                ));
+            }
+        }
+
+        // 3. One flight of writes, balances last; commit.
+        let mut answers: Vec<Option<Result<PayOutcome>>> = Vec::with_capacity(jobs.len());
+        let mut responses: Vec<Option<PaymentResponse>> = Vec::with_capacity(jobs.len());
+        let mut released: Vec<&str> = Vec::new();
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let job = &jobs[i];
+            match std::mem::replace(slot, Slot::Ready) {
+                Slot::Ready => unreachable!("every payment is decided"),
+                Slot::Failed { error, claimed } => {
+                    if claimed {
+                        released.push(job.key.as_str());
+                    }
+                    answers.push(Some(Err(error)));
+                    responses.push(None);
+                }
+                Slot::Replay => {
+                    let (print, response) = &stored[&job.key];
+                    answers.push(Some(if *print != prints[i] {
+                        Err(Error::IdempotencyConflict {
+                            key: job.key.clone(),
+                        })
+                    } else {
+                        serde_json::from_value(response.clone())
+                            .map(|response| PayOutcome {
+                                response,
+                                replayed: true,
+                                calls: Vec::new(),
+                                lock_wait: Duration::ZERO,
+                            })
+                            .map_err(|e| Error::Setup(format!("stored response unreadable: {e}")))
+                    }));
+                    responses.push(None);
+                }
+                Slot::Decided(d) => {
+                    let response = response_of(
+                        ids[i],
+                        &job.req,
+                        d.status,
+                        d.decline.clone(),
+                        d.postings.clone(),
+                        &d.run.annotations,
+                    );
+                    *slot = Slot::Decided(d);
+                    answers.push(None);
+                    responses.push(Some(response));
+                }
+            }
+        }
+        let decided: Vec<(usize, &Decided, &PaymentResponse)> = slots
+            .iter()
+            .zip(&responses)
+            .enumerate()
+            .filter_map(|(i, (s, r))| match (s, r) {
+                (Slot::Decided(d), Some(r)) => Some((i, &**d, r)),
+                _ => None,
+            })
+            .collect();
+        let payment_rows: Vec<PaymentRow> = decided
+            .iter()
+            .map(|(i, d, r)| PaymentRow {
+                id: ids[*i],
+                key: &jobs[*i].key,
+                req: &jobs[*i].req,
+                response: r,
+                pipeline: &d.pipeline,
+            })
+            .collect();
+        let mut txn_ids = Vec::new();
+        let mut entry_payments = Vec::new();
+        let mut postings = Vec::new();
+        let mut events = Vec::new();
+        let mut finished: Vec<&str> = Vec::new();
+        let mut stored_responses = Vec::new();
+        for (i, d, response) in &decided {
+            let id = ids[*i];
+            for p in &response.postings {
+                txn_ids.push(id);
+                entry_payments.push(Some(id));
+                postings.push(p.clone());
+            }
+            let json = serde_json::to_value(response).expect("response serializes");
+            events.extend(event_rows(
+                id,
+                format!("payment.{}", d.status.as_str()),
+                &json,
+                // a declined payment publishes no plugin events
+                if d.status == PaymentStatus::Approved {
+                    &d.run.events
+                } else {
+                    &[]
+                },
+                |n| event_id(id, n),
+            ));
+            finished.push(jobs[*i].key.as_str());
+            stored_responses.push(json);
+        }
+        let journal: Vec<(Uuid, &[super::CallRecord])> = decided
+            .iter()
+            .map(|(i, d, _)| (ids[*i], &d.run.calls[..]))
+            .collect();
+        let deltas: BTreeMap<String, i64> = book
+            .deltas
+            .iter()
+            .filter(|(_, d)| **d != 0)
+            .map(|(a, d)| (a.clone(), *d))
+            .collect();
+        // Accounts only credited were read without a lock: lock them in
+        // sorted order before the update when there are several, so two
+        // batches never take them in opposite orders.
+        let unlocked: Vec<String> = deltas
+            .keys()
+            .filter(|a| !book.locked.contains(*a))
+            .cloned()
+            .collect();
+        futures::try_join!(
+            write_payments(&tx, tenant, &payment_rows),
+            async {
+                if postings.is_empty() {
+                    return Ok(());
+                }
+                ledger::append_entries(&tx, tenant, &txn_ids, &entry_payments, &postings).await
+            },
+            write_journals(&tx, &journal),
+            insert_events(&tx, tenant, &events),
+            super::finish_keys(&tx, tenant, &finished, &stored_responses),
+            release_claims(&tx, tenant, &released),
+            async {
+                if deltas.is_empty() {
+                    return Ok(());
+                }
+                if unlocked.len() > 1 {
+                    ledger::lock_rows(&tx, tenant, &unlocked).await?;
+                }
+                ledger::add_to_balances(&tx, tenant, &deltas).await
+            },
+        )?;
+        tx.commit().await?;
+        tracing::debug!(payments = jobs.len(), "payment batch committed");
+
+        let mut out = Vec::with_capacity(jobs.len());
+        for ((answer, response), slot) in answers.into_iter().zip(responses).zip(&slots) {
+            out.push(match (answer, response, slot) {
+                (Some(answer), _, _) => answer,
+                (None, Some(response), Slot::Decided(d)) => Ok(PayOutcome {
+                    response,
+                    replayed: false,
+                    calls: call_stats(&d.pipeline, &d.run.calls),
+                    lock_wait,
+                }),
+                _ => unreachable!("a decided payment has a response"),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Runs the pipelines of `items[from..]` in order and decides each payment
+/// against the book. Returns where it paused and what accounts it needs
+/// when a payment names accounts the book lacks (that payment's run is
+/// kept in its item, so its plugins do not run twice).
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    engine: &crate::engine::PluginEngine,
+    limits: &crate::engine::PluginLimits,
+    now_ms: u64,
+    (reqs, abandoned): (&[PaymentRequest], &[bool]),
+    book: &mut Book,
+    items: &mut [Item],
+    slots: &mut [Slot],
+    from: usize,
+) -> Option<(usize, Missing)> {
+    for (n, item) in items.iter_mut().enumerate().skip(from) {
+        let req = &reqs[item.job];
+        let run = match item.run.take() {
+            Some(run) => run,
+            None if abandoned[item.job] => {
+                slots[item.job] = Slot::Failed {
+                    error: Error::Setup("the caller went away before the payment ran".into()),
+                    claimed: true,
+                };
+                continue;
+            }
+            None => {
+                let snapshots = [&req.source, &req.destination]
+                    .map(|p| snapshot_of(&book.accounts[p]))
+                    .to_vec();
+                let payment = payment_of(item.id, req);
+                match run_steps(engine, &item.pipeline, &payment, snapshots, now_ms, limits) {
+                    Ok(run) => run,
+                    Err(error) => {
+                        slots[item.job] = Slot::Failed {
+                            error,
+                            claimed: true,
+                        };
+                        continue;
+                    }
+                }
+            }
+        };
+        let decided = |run, status, decline, postings| {
+            Slot::Decided(Box::new(Decided {
+                pipeline: item.pipeline.clone(),
+                run,
+                status,
+                decline,
+                postings,
+            }))
+        };
+        if let Some(decline) = run.decline.clone() {
+            slots[item.job] = decided(run, PaymentStatus::Declined, Some(decline), Vec::new());
+            continue;
+        }
+        let mut postings = principal_postings(req);
+        postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
+        let deltas = match ledger::net_deltas(&postings) {
+            Ok(d) => d,
+            Err(problem) => {
+                slots[item.job] = Slot::Failed {
+                    error: plugin_fault(&item.pipeline, &run, problem),
+                    claimed: true,
+                };
+                continue;
+            }
+        };
+        let missing = book.missing(&deltas);
+        if !missing.lock.is_empty() || !missing.read.is_empty() {
+            item.run = Some(run);
+            return Some((n, missing));
+        }
+        match ledger::check_against(&book.accounts, &postings, &deltas) {
+            Ok(()) => {
+                book.apply(&deltas);
+                slots[item.job] = decided(run, PaymentStatus::Approved, None, postings);
+            }
+            Err(ApplyProblem::InsufficientFunds { account }) => {
+                let decline = DeclineReason {
+                    code: "insufficient_funds".into(),
+                    message: format!("account {account:?} has insufficient funds"),
+                };
+                slots[item.job] = decided(run, PaymentStatus::Declined, Some(decline), Vec::new());
+            }
+            Err(problem @ ApplyProblem::Invalid { .. }) => {
+                slots[item.job] = Slot::Failed {
+                    error: plugin_fault(&item.pipeline, &run, problem),
+                    claimed: true,
+                };
+            }
+        }
+    }
+    None
+}
+
+/// Deletes the key claims of payments that failed inside the batch: the
+/// transaction commits without them, as if they had never been tried.
+async fn release_claims(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    keys: &[&str],
+) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "delete from payrail.idempotency_keys
+             where tenant = $1 and key = any($2) and state = 'pending'",
+        )
+        .await?;
+    let deleted = tx.execute(&stmt, &[&tenant, &keys]).await?;
+    assert_eq!(
+        deleted as usize,
+        keys.len(),
+        "every released claim was pending"
+    );
+    Ok(())
+}
+
+/// Claims every key of a batch in one statement (as `CLAIM_SQL` does for
+/// one): sets the transaction's timeouts, try-locks each key and inserts its
+/// pending row. One row per key, in order: (key_free, inserted).
+const CLAIM_MANY_SQL: &str = "
+    with cfg as (
+        select set_config('lock_timeout', $6, true) as l,
+               set_config('statement_timeout', $7, true) as s
+    ), k as (
+        select t.n, t.key, t.print, t.pid, pg_try_advisory_xact_lock(t.lk) as free
+        from cfg, unnest($2::text[], $3::text[], $4::uuid[], $8::bigint[])
+                  with ordinality as t(key, print, pid, lk, n)
+    ), ins as (
+        insert into payrail.idempotency_keys
+            (tenant, key, fingerprint, state, payment_id, expires_at)
+        select $1, k.key, k.print, 'pending', k.pid, now() + make_interval(secs => $5)
+        from k where k.free
+        on conflict do nothing
+        returning key
+    )
+    select k.free, exists (select 1 from ins where ins.key = k.key)
+    from k order by k.n";
