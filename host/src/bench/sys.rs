@@ -51,6 +51,15 @@ pub fn peak_rss_bytes(p: Proc) -> Option<u64> {
     parse_vm_hwm(&status)
 }
 
+/// Resets the peak RSS to the current RSS (writes `5` to
+/// `/proc/<pid>/clear_refs`, Linux 4.0+), so the next [`peak_rss_bytes`]
+/// covers only what came after: the bench's own setup (opening 100k
+/// accounts) must not count as the in-process host's peak. Returns whether
+/// it worked.
+pub fn reset_peak_rss(p: Proc) -> bool {
+    std::fs::write(format!("{}/clear_refs", p.dir()), "5").is_ok()
+}
+
 fn parse_vm_hwm(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line
