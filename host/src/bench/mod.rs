@@ -1,0 +1,739 @@
+//! `payrail bench`: the standard benchmark (issue 6).
+//!
+//! On a fresh database it runs two workloads, `uniform` (random transfers
+//! among `--accounts` customers, pipeline `limits`) and `hot_fee` (the same
+//! plus `fee`, crediting one fee account on every payment), over two paths,
+//! reported separately: in-process (`Processor::pay` from tasks) and HTTP
+//! (keep-alive clients POSTing to a real `payrail serve` child on a real
+//! socket). For each it sweeps `--concurrency` (closed loop, `--secs` per
+//! point), then paces a run at 80% of the peak to read the latency there.
+//! With `--serve-processes N` it repeats the best HTTP point over N serve
+//! processes. Then the PL/pgSQL peer (`shared/baseline/run.sh`) runs with
+//! the same client counts on the same Postgres, and `payrail audit` checks
+//! the bench database. Durability is the server's own (nothing is set; the
+//! report shows `synchronous_commit` and `fsync`).
+//!
+//! The report goes to `--out`: `report.md`, `report.json`,
+//! `throughput.svg`, `latency.svg` and the serve children's logs.
+
+pub mod chart;
+pub mod driver;
+pub mod http;
+pub mod peer;
+pub mod report;
+pub mod sys;
+pub mod workload;
+
+use crate::apikeys::{self, Scope};
+use crate::audit;
+use crate::cli::Context;
+use crate::config::Config;
+use crate::db;
+use crate::error::{Error, Result};
+use crate::model::DEFAULT_TENANT;
+use crate::processor::Processor;
+use clap::Args;
+use driver::{RunSamples, Target};
+use http::{HttpTarget, ServeChild, ServeMetrics};
+use report::{
+    AuditResult, Durability, HostReadings, LOAD_FRACTION, PathKind, Report, RunResult, ScaleOut,
+};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use sys::Proc;
+use workload::Workload;
+
+/// Most concurrent clients of one point (payrail serve admits 1024
+/// requests in flight by default).
+pub const MAX_CLIENTS: usize = 512;
+/// Longest measured point, s.
+pub const MAX_SECS: u64 = 600;
+/// Most points in one sweep.
+pub const MAX_POINTS: usize = 16;
+/// Most customer accounts.
+pub const MAX_ACCOUNTS: usize = 5_000_000;
+/// Most `payrail serve` processes of the scale-out check.
+pub const MAX_SERVE_PROCESSES: usize = 8;
+/// Longest warm-up, s.
+pub const MAX_WARMUP_SECS: u64 = 60;
+/// The bench drops and recreates its database: only names with this
+/// prefix, so a typo cannot drop a real database.
+pub const DATABASE_PREFIX: &str = "payrail_bench";
+
+/// Options of `payrail bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Seconds per measured point: every closed-loop point, every paced
+    /// run and every peer point.
+    #[arg(long, default_value_t = 10)]
+    pub secs: u64,
+    /// Concurrent clients to sweep, comma-separated (payrail clients and
+    /// pgbench clients alike).
+    #[arg(long, value_delimiter = ',', default_values_t = [8, 16, 32, 64])]
+    pub concurrency: Vec<usize>,
+    /// Customer accounts.
+    #[arg(long, default_value_t = 100_000)]
+    pub accounts: usize,
+    /// Workloads to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values = ["uniform", "hot_fee"])]
+    pub workloads: Vec<Workload>,
+    /// Paths to drive payrail over, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values = ["in-process", "http"])]
+    pub paths: Vec<PathKind>,
+    /// Scale-out check: also run the best HTTP point over this many
+    /// `payrail serve` processes on the one database (1: no check).
+    #[arg(long, default_value_t = 1)]
+    pub serve_processes: usize,
+    /// Unmeasured warm-up per path and workload, s.
+    #[arg(long, default_value_t = 1)]
+    pub warmup_secs: u64,
+    /// The peer's script; default: `shared/baseline/run.sh` in the current
+    /// directory or any parent.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Run payrail only (no ratios, P1 not measured).
+    #[arg(long)]
+    pub skip_baseline: bool,
+    /// Database the bench drops and recreates (must start with
+    /// `payrail_bench`).
+    #[arg(long, default_value = DATABASE_PREFIX)]
+    pub database: String,
+    /// Where the report goes.
+    #[arg(long, default_value = "target/bench-report")]
+    pub out: PathBuf,
+    /// Seed of the workload (printed; the same seed draws the same
+    /// payments).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+fn invalid(msg: String) -> Error {
+    Error::invalid("invalid_bench", msg)
+}
+
+impl BenchArgs {
+    /// Checks every option against its limit.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_SECS).contains(&self.secs) {
+            return Err(invalid(format!("--secs must be 1 to {MAX_SECS}")));
+        }
+        if self.concurrency.is_empty() || self.concurrency.len() > MAX_POINTS {
+            return Err(invalid(format!(
+                "--concurrency takes 1 to {MAX_POINTS} client counts"
+            )));
+        }
+        if let Some(c) = self
+            .concurrency
+            .iter()
+            .find(|c| !(1..=MAX_CLIENTS).contains(*c))
+        {
+            return Err(invalid(format!(
+                "--concurrency {c}: each count must be 1 to {MAX_CLIENTS}"
+            )));
+        }
+        if !(2..=MAX_ACCOUNTS).contains(&self.accounts) {
+            return Err(invalid(format!("--accounts must be 2 to {MAX_ACCOUNTS}")));
+        }
+        if self.workloads.is_empty() || self.paths.is_empty() {
+            return Err(invalid("give at least one workload and one path".into()));
+        }
+        if !(1..=MAX_SERVE_PROCESSES).contains(&self.serve_processes) {
+            return Err(invalid(format!(
+                "--serve-processes must be 1 to {MAX_SERVE_PROCESSES}"
+            )));
+        }
+        if self.serve_processes > 1 && !self.paths.contains(&PathKind::Http) {
+            return Err(invalid(
+                "--serve-processes needs the http path (--paths http)".into(),
+            ));
+        }
+        if self.warmup_secs > MAX_WARMUP_SECS {
+            return Err(invalid(format!(
+                "--warmup-secs must be at most {MAX_WARMUP_SECS}"
+            )));
+        }
+        let name_ok = self.database.len() <= 63
+            && self.database.starts_with(DATABASE_PREFIX)
+            && self
+                .database
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !name_ok {
+            return Err(invalid(format!(
+                "--database {:?}: the bench drops and recreates it, so it must start with {DATABASE_PREFIX:?} and hold only a-z, 0-9 and _ (at most 63)",
+                self.database
+            )));
+        }
+        Ok(())
+    }
+
+    /// Rough wall time of the whole bench, s (for the banner).
+    fn estimate_secs(&self) -> u64 {
+        let points = self.concurrency.len() as u64;
+        let w = self.workloads.len() as u64;
+        let per_path = w * (self.warmup_secs + (points + 1) * self.secs);
+        let scale = if self.serve_processes > 1 {
+            w * self.secs
+        } else {
+            0
+        };
+        let peer = if self.skip_baseline {
+            0
+        } else {
+            2 * points * self.secs
+        };
+        self.paths.len() as u64 * per_path + scale + peer
+    }
+}
+
+/// Where the host of a run lives, for its CPU, RSS and metrics.
+enum Hosts<'a> {
+    /// This process.
+    Current,
+    /// `payrail serve` children, with the client that reads their metrics.
+    Children(&'a [ServeChild], &'a HttpTarget),
+}
+
+/// Readings taken before a run.
+struct Before {
+    cpu: Option<Duration>,
+    metrics: Option<ServeMetrics>,
+}
+
+impl Hosts<'_> {
+    fn cpu(&self) -> Option<Duration> {
+        match self {
+            Hosts::Current => sys::cpu_time(Proc::Current),
+            Hosts::Children(children, _) => children.iter().map(|c| c.cpu_time()).sum(),
+        }
+    }
+
+    async fn before(&self) -> Result<Before> {
+        if let Hosts::Current = self {
+            sys::reset_peak_rss(Proc::Current);
+        }
+        Ok(Before {
+            cpu: self.cpu(),
+            metrics: match self {
+                Hosts::Current => None,
+                Hosts::Children(_, t) => Some(t.metrics().await?),
+            },
+        })
+    }
+
+    async fn after(&self, before: &Before) -> Result<HostReadings> {
+        let cpu = self.cpu().zip(before.cpu).map(|(a, b)| a.saturating_sub(b));
+        let (peak_rss, metrics) = match self {
+            Hosts::Current => (sys::peak_rss_bytes(Proc::Current), None),
+            Hosts::Children(children, t) => (
+                children.iter().filter_map(|c| c.peak_rss_bytes()).max(),
+                Some(t.metrics().await?),
+            ),
+        };
+        let delta = metrics.zip(before.metrics).map(|(a, b)| a.since(&b));
+        Ok(HostReadings {
+            cpu,
+            peak_rss,
+            plugin_seconds_calls: delta.map(|d| (d.plugin_seconds, d.plugin_calls)),
+            lock_seconds_count: delta.map(|d| (d.lock_wait_seconds, d.lock_waits)),
+        })
+    }
+}
+
+/// The state of one bench invocation.
+struct Bench<'a> {
+    args: &'a BenchArgs,
+    seed: u64,
+    runs: u64,
+}
+
+impl Bench<'_> {
+    /// A key prefix and seed unique to the next run.
+    fn next_run(&mut self) -> (String, u64) {
+        self.runs += 1;
+        (
+            format!("r{}", self.runs),
+            self.seed
+                .wrapping_add(self.runs.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        )
+    }
+
+    async fn closed(
+        &mut self,
+        target: &Target,
+        workload: Workload,
+        clients: usize,
+        secs: u64,
+    ) -> Result<RunSamples> {
+        let (prefix, seed) = self.next_run();
+        driver::closed_loop(
+            target,
+            workload,
+            self.args.accounts,
+            clients,
+            Duration::from_secs(secs),
+            seed,
+            &prefix,
+        )
+        .await
+    }
+
+    /// Warm-up, the concurrency sweep and the paced run of one path.
+    async fn measure_path(
+        &mut self,
+        target: &Target,
+        path: PathKind,
+        hosts: &Hosts<'_>,
+        runs: &mut Vec<RunResult>,
+        at_load: &mut Vec<RunResult>,
+    ) -> Result<()> {
+        let processes = match hosts {
+            Hosts::Current => 0,
+            Hosts::Children(c, _) => c.len(),
+        };
+        for &workload in &self.args.workloads {
+            if self.args.warmup_secs > 0 {
+                self.closed(
+                    target,
+                    workload,
+                    self.args.concurrency[0],
+                    self.args.warmup_secs,
+                )
+                .await?;
+            }
+            for &clients in &self.args.concurrency {
+                let before = hosts.before().await?;
+                let s = self
+                    .closed(target, workload, clients, self.args.secs)
+                    .await?;
+                let host = hosts.after(&before).await?;
+                let r = RunResult::new(
+                    path, workload, clients, processes, s.samples, s.elapsed, host,
+                );
+                print_run(&r);
+                runs.push(r);
+            }
+            let peak = report::best(runs, path, workload)
+                .map(|r| r.tps)
+                .unwrap_or(0.0);
+            if peak < 1.0 {
+                continue;
+            }
+            let rate = peak * LOAD_FRACTION;
+            let max_in_flight = self.max_clients().saturating_mul(2).clamp(64, MAX_CLIENTS);
+            let (prefix, seed) = self.next_run();
+            let before = hosts.before().await?;
+            let s = driver::rate_limited(
+                target,
+                workload,
+                self.args.accounts,
+                rate,
+                max_in_flight,
+                Duration::from_secs(self.args.secs),
+                seed,
+                &prefix,
+            )
+            .await?;
+            let host = hosts.after(&before).await?;
+            let mut r = RunResult::new(
+                path,
+                workload,
+                max_in_flight,
+                processes,
+                s.samples,
+                s.elapsed,
+                host,
+            );
+            r.target_tps = Some(rate);
+            print_run(&r);
+            at_load.push(r);
+        }
+        Ok(())
+    }
+
+    fn max_clients(&self) -> usize {
+        self.args.concurrency.iter().copied().max().unwrap_or(1)
+    }
+}
+
+fn print_run(r: &RunResult) {
+    let lock = r
+        .lock_wait
+        .as_ref()
+        .map(|l| format!(" lock_wait_p99={:.2}ms", l.p99_ms))
+        .or_else(|| {
+            r.lock_wait_mean_ms
+                .map(|m| format!(" lock_wait_mean={m:.2}ms"))
+        })
+        .unwrap_or_default();
+    println!(
+        "payrail  path={} workload={} {}={}{}{} tps={:.0} p50={:.2}ms p99={:.2}ms p99.9={:.2}ms errors={} plugin/payment={}{lock}",
+        r.path.name(),
+        r.workload.name(),
+        if r.target_tps.is_some() {
+            "max_in_flight"
+        } else {
+            "clients"
+        },
+        r.clients,
+        if r.processes > 1 {
+            format!(" processes={}", r.processes)
+        } else {
+            String::new()
+        },
+        r.target_tps
+            .map(|t| format!(" paced_at={t:.0}/s"))
+            .unwrap_or_default(),
+        r.tps,
+        r.latency.p50_ms,
+        r.latency.p99_ms,
+        r.latency.p999_ms,
+        r.errors,
+        r.plugin
+            .per_payment_us
+            .map(|v| format!("{v:.1}us"))
+            .unwrap_or_else(|| "-".into()),
+    );
+    if let Some(e) = &r.first_error {
+        println!("         first error: {e}");
+    }
+}
+
+async fn admin_client(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn start_children(
+    n: usize,
+    url: &str,
+    pool_size: usize,
+    out: &std::path::Path,
+) -> Result<Vec<ServeChild>> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Setup(format!("cannot find the payrail binary: {e}")))?;
+    let mut children = Vec::with_capacity(n);
+    for i in 1..=n {
+        let log = out.join(format!("serve-{n}x-{i}.log"));
+        children.push(ServeChild::start(&exe, url, pool_size, &log).await?);
+    }
+    Ok(children)
+}
+
+async fn stop_children(children: Vec<ServeChild>) {
+    for c in children {
+        if !c.stop().await {
+            eprintln!("warning: a payrail serve child did not exit cleanly");
+        }
+    }
+}
+
+/// Runs the benchmark; exit code 0 when every payment went through and
+/// the audit passed (the targets are reported, not enforced).
+pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
+    args.validate()?;
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let wall = Instant::now();
+    let pool_size = ctx.pool.status().max_size;
+    println!(
+        "payrail bench  seed={seed} accounts={} secs={} concurrency={:?} workloads={:?} paths={:?} pool={pool_size} serve_processes={} (about {} s)",
+        args.accounts,
+        args.secs,
+        args.concurrency,
+        args.workloads.iter().map(|w| w.name()).collect::<Vec<_>>(),
+        args.paths.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        args.serve_processes,
+        args.estimate_secs()
+    );
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| Error::Setup(format!("cannot create {}: {e}", args.out.display())))?;
+    let peer_script = if args.skip_baseline {
+        None
+    } else {
+        Some(peer::find_script(args.baseline.as_deref())?)
+    };
+
+    let admin_url = db::url_with_database(&ctx.url, "postgres");
+    let admin = admin_client(&admin_url).await?;
+    let row = admin
+        .query_one(
+            "select current_setting('synchronous_commit'), current_setting('fsync'), version()",
+            &[],
+        )
+        .await?;
+    let (sync_commit, fsync, postgres): (String, String, String) =
+        (row.get(0), row.get(1), row.get(2));
+    let durability = Durability {
+        full: sync_commit != "off" && fsync == "on",
+        synchronous_commit: sync_commit,
+        fsync,
+    };
+    if !durability.full {
+        eprintln!(
+            "warning: the server runs with synchronous_commit={} fsync={}: not full durability; the numbers are not comparable",
+            durability.synchronous_commit, durability.fsync
+        );
+    }
+    // Two statements: DROP/CREATE DATABASE refuse to run in one batch.
+    admin
+        .batch_execute(&format!(
+            "drop database if exists {} with (force)",
+            args.database
+        ))
+        .await?;
+    admin
+        .batch_execute(&format!("create database {}", args.database))
+        .await?;
+    let url = db::url_with_database(&ctx.url, &args.database);
+    let pool = db::pool(&url, pool_size)?;
+    let t = Instant::now();
+    workload::setup(&pool, &ctx.engine, args.accounts).await?;
+    println!(
+        "setup    database {} migrated, plugins deployed, {} accounts in {:.1} s",
+        args.database,
+        args.accounts,
+        t.elapsed().as_secs_f64()
+    );
+    // the processor settings `payrail serve` would use from this environment
+    let settings = Config::load(None, |k| std::env::var(k).ok())?.processor();
+
+    let mut bench = Bench {
+        args,
+        seed,
+        runs: 0,
+    };
+    let mut runs = Vec::new();
+    let mut at_load = Vec::new();
+    let mut scale_out = Vec::new();
+    if args.paths.contains(&PathKind::InProcess) {
+        let target = Target::InProcess(Processor::new(pool.clone(), ctx.engine.clone(), settings));
+        bench
+            .measure_path(
+                &target,
+                PathKind::InProcess,
+                &Hosts::Current,
+                &mut runs,
+                &mut at_load,
+            )
+            .await?;
+    }
+    if args.paths.contains(&PathKind::Http) {
+        let secret = apikeys::create(&pool.get().await?, DEFAULT_TENANT, &[Scope::Payments])
+            .await?
+            .secret;
+        let children = start_children(1, &url, pool_size, &args.out).await?;
+        let client = Arc::new(HttpTarget::new(
+            vec![children[0].base_url.clone()],
+            secret.clone(),
+            MAX_CLIENTS,
+        )?);
+        let measured = bench
+            .measure_path(
+                &Target::Http(client.clone()),
+                PathKind::Http,
+                &Hosts::Children(&children, &client),
+                &mut runs,
+                &mut at_load,
+            )
+            .await;
+        stop_children(children).await;
+        measured?;
+        if args.serve_processes > 1 {
+            let n = args.serve_processes;
+            let children = start_children(n, &url, pool_size, &args.out).await?;
+            let client = Arc::new(HttpTarget::new(
+                children.iter().map(|c| c.base_url.clone()).collect(),
+                secret,
+                MAX_CLIENTS,
+            )?);
+            let hosts = Hosts::Children(&children, &client);
+            let target = Target::Http(client.clone());
+            let mut measure = async || -> Result<()> {
+                for &workload in &args.workloads {
+                    let Some(one) = report::best(&runs, PathKind::Http, workload).cloned() else {
+                        continue;
+                    };
+                    let clients = one.clients.max(n);
+                    let before = hosts.before().await?;
+                    let s = bench.closed(&target, workload, clients, args.secs).await?;
+                    let host = hosts.after(&before).await?;
+                    let r = RunResult::new(
+                        PathKind::Http,
+                        workload,
+                        clients,
+                        n,
+                        s.samples,
+                        s.elapsed,
+                        host,
+                    );
+                    print_run(&r);
+                    println!(
+                        "scale    workload={} {n} processes: {:.0} tps vs one process {:.0} tps ({:.2}x)",
+                        workload.name(),
+                        r.tps,
+                        one.tps,
+                        r.tps / one.tps
+                    );
+                    scale_out.push(ScaleOut {
+                        workload,
+                        clients,
+                        processes: n,
+                        tps: r.tps,
+                        one_process_tps: one.tps,
+                        speedup: r.tps / one.tps,
+                        run: r,
+                    });
+                }
+                Ok(())
+            };
+            let measured = measure().await;
+            stop_children(children).await;
+            measured?;
+        }
+    }
+
+    let peer_points = match &peer_script {
+        None => Vec::new(),
+        Some(script) => {
+            let free = peer::free_connections(&admin).await?;
+            peer::run(
+                script,
+                &admin_url,
+                args.secs,
+                &args.concurrency,
+                args.accounts,
+                free,
+            )
+            .await?
+        }
+    };
+
+    let violations = audit::run(&mut pool.get().await?).await?;
+    let audit = AuditResult {
+        passed: violations.is_empty(),
+        violations: violations
+            .iter()
+            .map(|v| format!("{}: {}", v.check, v.detail))
+            .collect(),
+    };
+    println!(
+        "audit    {}",
+        if audit.passed {
+            "passed: every invariant holds".to_string()
+        } else {
+            format!("FAILED: {:?}", audit.violations)
+        }
+    );
+
+    let mut report = Report {
+        version: env!("CARGO_PKG_VERSION").into(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        seed,
+        started_unix,
+        postgres,
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        durability,
+        accounts: args.accounts,
+        secs: args.secs,
+        concurrency: args.concurrency.clone(),
+        pool_size,
+        ratios: report::ratios(&runs, &peer_points),
+        runs,
+        at_load,
+        peer: peer_points,
+        scale_out,
+        targets: Vec::new(),
+        audit,
+        notes: notes(args, pool_size),
+    };
+    report.targets = report::targets(&report);
+    write_report(&report, &args.out)?;
+    for r in &report.ratios {
+        if let Some(x) = r.ratio {
+            println!(
+                "ratio    path={} workload={} payrail/peer = {x:.2}x ({:.0} vs {:.0} tps)",
+                r.path.name(),
+                r.workload.name(),
+                r.payrail_tps,
+                r.peer_tps.unwrap_or_default()
+            );
+        }
+    }
+    for t in &report.targets {
+        println!(
+            "target   {:<3} {:<55} {:>10} goal {:<9} {}",
+            t.id,
+            t.what,
+            t.value,
+            t.goal,
+            match t.met {
+                Some(true) => "met",
+                Some(false) => "NOT MET",
+                None => "not measured",
+            }
+        );
+    }
+    println!(
+        "report   {} ({:.0} s)",
+        args.out.join("report.md").display(),
+        wall.elapsed().as_secs_f64()
+    );
+    let errors: u64 = report
+        .runs
+        .iter()
+        .chain(&report.at_load)
+        .chain(report.scale_out.iter().map(|s| &s.run))
+        .map(|r| r.errors)
+        .sum();
+    if errors > 0 {
+        println!("errors   {errors} payment(s) failed: see the report's first errors");
+    }
+    Ok(if report.audit.passed && errors == 0 {
+        0
+    } else {
+        1
+    })
+}
+
+fn notes(args: &BenchArgs, pool_size: usize) -> Vec<String> {
+    vec![
+        format!(
+            "Closed loop: each client makes its next payment as soon as the last one answered, for {} s per point; tps = completed payments (approved + declined) / wall time. Latency is client-side, percentiles by nearest rank over every payment.",
+            args.secs
+        ),
+        format!(
+            "Paced runs start payments on a fixed schedule at {:.0}% of the path's peak tps (at most the listed number in flight); latency counts from each payment's scheduled start, so falling behind shows as latency.",
+            LOAD_FRACTION * 100.0
+        ),
+        "in-process: `Processor::pay` from tasks of the bench process; host CPU and RSS are this process's (it also runs the load generator, so the plugin CPU share is a lower bound; the peak RSS is reset before each run where Linux allows, so the setup does not count). Lock wait is `PayOutcome::lock_wait` (key claim + advisory locks).".into(),
+        "http: keep-alive reqwest clients in the bench process POST to `payrail serve` children on 127.0.0.1 (same machine, same CPUs); host CPU (utime+stime) and peak RSS (VmHWM) are the children's from /proc; plugin time and lock wait are from their /metrics (mean only).".into(),
+        format!(
+            "Each host process has a pool of {pool_size} connections (--pool-size / PAYRAIL_POOL_SIZE); clients beyond it queue for a connection. The peer (shared/baseline/run.sh, pgbench -j 2) opens one connection per client on the same server, same seconds per point."
+        ),
+        "Durability: the server's own settings, read and reported, never changed by the bench.".into(),
+    ]
+}
+
+fn write_report(report: &Report, out: &std::path::Path) -> Result<()> {
+    let write = |name: &str, text: String| {
+        let path = out.join(name);
+        std::fs::write(&path, text)
+            .map_err(|e| Error::Setup(format!("cannot write {}: {e}", path.display())))
+    };
+    write(
+        "report.json",
+        serde_json::to_string_pretty(report).expect("the report serializes"),
+    )?;
+    write("report.md", report::markdown(report))?;
+    write("throughput.svg", chart::throughput(report))?;
+    write("latency.svg", chart::latency(report))?;
+    Ok(())
+}

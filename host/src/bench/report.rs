@@ -1,0 +1,586 @@
+//! The benchmark's results: what each run measured, the ratios to the peer,
+//! the targets of issue 6, and their rendering as `report.md` and
+//! `report.json`.
+
+use super::peer::PeerPoint;
+use super::workload::{Percentiles, Samples, Workload};
+use serde::Serialize;
+use std::fmt::Write;
+use std::time::Duration;
+
+/// P1: payrail's best uniform throughput over the peer's best.
+pub const P1_MIN_RATIO: f64 = 1.5;
+/// P2: payrail's best hot_fee throughput over its own best uniform.
+pub const P2_MIN_RATIO: f64 = 0.9;
+/// P3: p99 latency at 80% of peak throughput, ms.
+pub const P3_MAX_P99_MS: f64 = 25.0;
+/// P4: median plugin call, µs.
+pub const P4_MAX_CALL_US: f64 = 10.0;
+/// P4: plugin time as a share of the host's CPU time.
+pub const P4_MAX_CPU_SHARE: f64 = 0.10;
+/// Peak RSS of the host, MB.
+pub const MAX_RSS_MB: f64 = 256.0;
+/// The fraction of peak throughput the latency run is paced at.
+pub const LOAD_FRACTION: f64 = 0.8;
+
+/// How the payments reached payrail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    /// `Processor::pay` from tasks in the bench process.
+    #[value(name = "in-process")]
+    InProcess,
+    /// HTTP to `payrail serve` children.
+    Http,
+}
+
+impl PathKind {
+    /// Its name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::InProcess => "in-process",
+            PathKind::Http => "http",
+        }
+    }
+}
+
+/// The plugins' share of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PluginCost {
+    /// Plugin calls made.
+    pub calls: u64,
+    /// Plugin time per payment, µs (sum of call durations / payments).
+    pub per_payment_us: Option<f64>,
+    /// Median call, µs (in-process: from every call's duration).
+    pub median_call_us: Option<f64>,
+    /// Mean call, µs.
+    pub mean_call_us: Option<f64>,
+    /// Plugin time over the host's CPU time in the run.
+    pub cpu_share: Option<f64>,
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    /// How the payments reached payrail.
+    pub path: PathKind,
+    /// The workload.
+    pub workload: Workload,
+    /// Closed-loop clients; for a paced run, the most payments in flight.
+    pub clients: usize,
+    /// Paced runs: the rate payments were started at (per second).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_tps: Option<f64>,
+    /// `payrail serve` processes (0: in-process).
+    pub processes: usize,
+    /// Wall time of the run, s.
+    pub seconds: f64,
+    /// Approved + declined.
+    pub payments: u64,
+    pub approved: u64,
+    pub declined: u64,
+    pub errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+    /// Completed payments per second.
+    pub tps: f64,
+    /// End-to-end latency (client side).
+    pub latency: Percentiles,
+    /// In-process: the distribution of `PayOutcome::lock_wait`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_wait: Option<Percentiles>,
+    /// HTTP: mean lock wait from the servers' metrics, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_wait_mean_ms: Option<f64>,
+    /// The plugins' cost.
+    pub plugin: PluginCost,
+    /// CPU time of the host process(es) during the run, s.
+    pub host_cpu_seconds: Option<f64>,
+    /// Peak RSS of the host process (the largest of several), MB.
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// What the host processes reported around a run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostReadings {
+    /// CPU time used during the run.
+    pub cpu: Option<Duration>,
+    /// Peak RSS in bytes at the end.
+    pub peak_rss: Option<u64>,
+    /// HTTP: plugin seconds and calls from the servers' metrics.
+    pub plugin_seconds_calls: Option<(f64, f64)>,
+    /// HTTP: lock wait seconds and count from the servers' metrics.
+    pub lock_seconds_count: Option<(f64, f64)>,
+}
+
+impl RunResult {
+    /// Summarizes `samples` of a run that took `elapsed`.
+    pub fn new(
+        path: PathKind,
+        workload: Workload,
+        clients: usize,
+        processes: usize,
+        mut samples: Samples,
+        elapsed: Duration,
+        host: HostReadings,
+    ) -> RunResult {
+        let payments = samples.completed();
+        let seconds = elapsed.as_secs_f64().max(1e-9);
+        let per = |total: f64, n: f64| (n > 0.0).then(|| total / n);
+        let (plugin_secs, calls, median) = match host.plugin_seconds_calls {
+            Some((secs, calls)) => (secs, calls, None),
+            None => {
+                let median = (!samples.call_us.is_empty())
+                    .then(|| Percentiles::of(&mut samples.call_us).p50_ms * 1000.0);
+                (
+                    samples.plugin_time.as_secs_f64(),
+                    samples.call_us.len() as f64,
+                    median,
+                )
+            }
+        };
+        let cpu = host.cpu.map(|d| d.as_secs_f64());
+        let plugin = PluginCost {
+            calls: calls as u64,
+            per_payment_us: per(plugin_secs * 1e6, payments as f64),
+            median_call_us: median,
+            mean_call_us: per(plugin_secs * 1e6, calls),
+            cpu_share: cpu.and_then(|c| per(plugin_secs, c)),
+        };
+        let lock_wait =
+            (!samples.lock_wait_us.is_empty()).then(|| Percentiles::of(&mut samples.lock_wait_us));
+        RunResult {
+            path,
+            workload,
+            clients,
+            target_tps: None,
+            processes,
+            seconds,
+            payments,
+            approved: samples.approved,
+            declined: samples.declined,
+            errors: samples.errors,
+            first_error: samples.first_error.take(),
+            tps: payments as f64 / seconds,
+            latency: Percentiles::of(&mut samples.latency_us),
+            lock_wait,
+            lock_wait_mean_ms: host
+                .lock_seconds_count
+                .and_then(|(s, n)| per(s * 1000.0, n)),
+            plugin,
+            host_cpu_seconds: cpu,
+            peak_rss_mb: host.peak_rss.map(|b| b as f64 / (1024.0 * 1024.0)),
+        }
+    }
+}
+
+/// payrail's best against the peer's best, one workload and path.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub path: PathKind,
+    pub workload: Workload,
+    pub payrail_tps: f64,
+    pub payrail_clients: usize,
+    pub peer_tps: Option<f64>,
+    pub peer_clients: Option<usize>,
+    /// payrail / peer.
+    pub ratio: Option<f64>,
+}
+
+/// Several `payrail serve` processes against one, same clients.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleOut {
+    pub workload: Workload,
+    pub clients: usize,
+    pub processes: usize,
+    pub tps: f64,
+    pub one_process_tps: f64,
+    /// tps / one_process_tps.
+    pub speedup: f64,
+    /// The run itself.
+    pub run: RunResult,
+}
+
+/// One target of issue 6.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    /// P1..P4, RSS.
+    pub id: String,
+    /// What is compared.
+    pub what: String,
+    /// The measured value, formatted.
+    pub value: String,
+    /// The goal, formatted.
+    pub goal: String,
+    /// `None`: not measured.
+    pub met: Option<bool>,
+}
+
+/// The server's durability settings (read, never changed).
+#[derive(Debug, Clone, Serialize)]
+pub struct Durability {
+    pub synchronous_commit: String,
+    pub fsync: String,
+    /// Both on.
+    pub full: bool,
+}
+
+/// `payrail audit` on the bench database.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditResult {
+    pub passed: bool,
+    pub violations: Vec<String>,
+}
+
+/// Everything one `payrail bench` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// payrail's version.
+    pub version: String,
+    /// The command line.
+    pub command: String,
+    /// Seed of the workload.
+    pub seed: u64,
+    /// Unix time the bench started.
+    pub started_unix: u64,
+    /// Postgres `version()`.
+    pub postgres: String,
+    /// CPUs of this machine.
+    pub cpus: usize,
+    pub durability: Durability,
+    pub accounts: usize,
+    pub secs: u64,
+    pub concurrency: Vec<usize>,
+    /// Connection pool of each host process.
+    pub pool_size: usize,
+    /// Closed-loop runs, every path, workload and client count.
+    pub runs: Vec<RunResult>,
+    /// Paced runs at [`LOAD_FRACTION`] of each path's and workload's peak.
+    pub at_load: Vec<RunResult>,
+    /// The baseline.
+    pub peer: Vec<PeerPoint>,
+    pub ratios: Vec<Ratio>,
+    pub scale_out: Vec<ScaleOut>,
+    pub targets: Vec<TargetCheck>,
+    pub audit: AuditResult,
+    /// Caveats of this run.
+    pub notes: Vec<String>,
+}
+
+/// The closed-loop run with the highest throughput of `path`, `workload`.
+pub fn best(runs: &[RunResult], path: PathKind, workload: Workload) -> Option<&RunResult> {
+    runs.iter()
+        .filter(|r| r.path == path && r.workload == workload && r.processes <= 1)
+        .max_by(|a, b| a.tps.total_cmp(&b.tps))
+}
+
+/// The peer's best point of `workload`.
+pub fn peer_best(peer: &[PeerPoint], workload: Workload) -> Option<(f64, usize)> {
+    peer.iter()
+        .filter(|p| p.workload == workload)
+        .filter_map(|p| p.tps.map(|t| (t, p.clients)))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+/// payrail best vs peer best per path and workload.
+pub fn ratios(runs: &[RunResult], peer: &[PeerPoint]) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    for path in [PathKind::InProcess, PathKind::Http] {
+        for workload in [Workload::Uniform, Workload::HotFee] {
+            let Some(b) = best(runs, path, workload) else {
+                continue;
+            };
+            let p = peer_best(peer, workload);
+            out.push(Ratio {
+                path,
+                workload,
+                payrail_tps: b.tps,
+                payrail_clients: b.clients,
+                peer_tps: p.map(|p| p.0),
+                peer_clients: p.map(|p| p.1),
+                ratio: p.map(|p| b.tps / p.0),
+            });
+        }
+    }
+    out
+}
+
+fn check(
+    id: &str,
+    what: String,
+    value: Option<f64>,
+    fmt: impl Fn(f64) -> String,
+    goal: String,
+    ok: impl Fn(f64) -> bool,
+) -> TargetCheck {
+    TargetCheck {
+        id: id.into(),
+        what,
+        value: value.map(&fmt).unwrap_or_else(|| "n/a".into()),
+        goal,
+        met: value.map(ok),
+    }
+}
+
+/// Evaluates the targets of issue 6 on every path measured.
+pub fn targets(report: &Report) -> Vec<TargetCheck> {
+    let mut out = Vec::new();
+    let paths: Vec<PathKind> = [PathKind::InProcess, PathKind::Http]
+        .into_iter()
+        .filter(|p| report.runs.iter().any(|r| r.path == *p))
+        .collect();
+    let x = |v: f64| format!("{v:.2}x");
+    for &path in &paths {
+        let n = path.name();
+        let uniform = best(&report.runs, path, Workload::Uniform);
+        let hot = best(&report.runs, path, Workload::HotFee);
+        let peer_u = peer_best(&report.peer, Workload::Uniform);
+        let p1 = uniform.zip(peer_u).map(|(u, p)| u.tps / p.0);
+        out.push(check(
+            "P1",
+            format!("{n}: best uniform tps / peer best uniform tps"),
+            p1,
+            x,
+            format!(">= {P1_MIN_RATIO}x"),
+            |v| v >= P1_MIN_RATIO,
+        ));
+        let p2 = uniform.zip(hot).map(|(u, h)| h.tps / u.tps);
+        out.push(check(
+            "P2",
+            format!("{n}: best hot_fee tps / own best uniform tps"),
+            p2,
+            x,
+            format!(">= {P2_MIN_RATIO}x"),
+            |v| v >= P2_MIN_RATIO,
+        ));
+        for workload in [Workload::Uniform, Workload::HotFee] {
+            let r = report
+                .at_load
+                .iter()
+                .find(|r| r.path == path && r.workload == workload);
+            out.push(check(
+                "P3",
+                format!(
+                    "{n} {}: p99 at {:.0}% of peak",
+                    workload.name(),
+                    LOAD_FRACTION * 100.0
+                ),
+                r.map(|r| r.latency.p99_ms),
+                |v| format!("{v:.2} ms"),
+                format!("<= {P3_MAX_P99_MS} ms"),
+                |v| v <= P3_MAX_P99_MS,
+            ));
+        }
+        for workload in [Workload::Uniform, Workload::HotFee] {
+            let b = best(&report.runs, path, workload);
+            let (value, label) = match b {
+                Some(r) if r.plugin.median_call_us.is_some() => (r.plugin.median_call_us, "median"),
+                Some(r) => (r.plugin.mean_call_us, "mean (server metrics)"),
+                None => (None, "median"),
+            };
+            out.push(check(
+                "P4",
+                format!("{n} {}: plugin call, {label}", workload.name()),
+                value,
+                |v| format!("{v:.1} µs"),
+                format!("<= {P4_MAX_CALL_US} µs"),
+                |v| v <= P4_MAX_CALL_US,
+            ));
+            out.push(check(
+                "P4",
+                format!("{n} {}: plugin share of host CPU", workload.name()),
+                b.and_then(|r| r.plugin.cpu_share),
+                |v| format!("{:.1}%", v * 100.0),
+                format!("<= {:.0}%", P4_MAX_CPU_SHARE * 100.0),
+                |v| v <= P4_MAX_CPU_SHARE,
+            ));
+        }
+        let rss = report
+            .runs
+            .iter()
+            .chain(&report.at_load)
+            .filter(|r| r.path == path)
+            .filter_map(|r| r.peak_rss_mb)
+            .reduce(f64::max);
+        out.push(check(
+            "RSS",
+            format!("{n}: host peak RSS"),
+            rss,
+            |v| format!("{v:.0} MB"),
+            format!("<= {MAX_RSS_MB} MB"),
+            |v| v <= MAX_RSS_MB,
+        ));
+    }
+    out
+}
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "-".into())
+}
+
+fn met(m: Option<bool>) -> &'static str {
+    match m {
+        Some(true) => "met",
+        Some(false) => "**not met**",
+        None => "not measured",
+    }
+}
+
+fn run_row(md: &mut String, r: &RunResult) {
+    let lock = match (&r.lock_wait, r.lock_wait_mean_ms) {
+        (Some(l), _) => format!("{:.2} / {:.2} / {:.1}", l.p50_ms, l.p99_ms, l.max_ms),
+        (None, Some(m)) => format!("mean {m:.2}"),
+        _ => "-".into(),
+    };
+    let _ = writeln!(
+        md,
+        "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
+        r.path.name(),
+        r.workload.name(),
+        if r.target_tps.is_some() {
+            format!("≤{} in flight", r.clients)
+        } else if r.processes > 1 {
+            format!("{} ({} procs)", r.clients, r.processes)
+        } else {
+            r.clients.to_string()
+        },
+        opt(r.target_tps, |t| format!("{t:.0}")),
+        r.tps,
+        r.latency.p50_ms,
+        r.latency.p99_ms,
+        r.latency.p999_ms,
+        r.errors,
+        opt(r.plugin.per_payment_us, |v| format!("{v:.1}")),
+        opt(r.plugin.median_call_us.or(r.plugin.mean_call_us), |v| {
+            format!("{v:.1}")
+        }),
+        opt(r.plugin.cpu_share, |v| format!("{:.1}%", v * 100.0)),
+        lock,
+        opt(r.peak_rss_mb, |v| format!("{v:.0}")),
+    );
+}
+
+const RUN_HEADER: &str = "| path | workload | clients | paced at tps | tps | p50 ms | p99 ms | p99.9 ms | errors | plugin µs/payment | plugin µs/call | plugin % CPU | lock wait ms (p50 / p99 / max) | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+
+/// `report.md`.
+pub fn markdown(r: &Report) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# payrail bench\n");
+    let _ = writeln!(
+        md,
+        "`{}`  \npayrail {} · seed {} · {} accounts · {} s per point · pool {} per host · {} CPUs  \n{}  \ndurability: synchronous_commit={}, fsync={}{}\n",
+        r.command,
+        r.version,
+        r.seed,
+        r.accounts,
+        r.secs,
+        r.pool_size,
+        r.cpus,
+        r.postgres,
+        r.durability.synchronous_commit,
+        r.durability.fsync,
+        if r.durability.full {
+            " (full)"
+        } else {
+            " — **NOT full durability: numbers are not comparable**"
+        }
+    );
+    let _ = writeln!(
+        md,
+        "audit: **{}**\n",
+        if r.audit.passed { "passed" } else { "FAILED" }
+    );
+    for v in &r.audit.violations {
+        let _ = writeln!(md, "- VIOLATION {v}");
+    }
+    let _ = writeln!(
+        md,
+        "## Targets\n\n| target | what | measured | goal | |\n|---|---|---|---|---|"
+    );
+    for t in &r.targets {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            t.id,
+            t.what,
+            t.value,
+            t.goal,
+            met(t.met)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## Ratios: payrail best vs peer best\n\n| path | workload | payrail tps (clients) | peer tps (clients) | ratio |\n|---|---|---|---|---|"
+    );
+    for x in &r.ratios {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} ({}) | {} | {} |",
+            x.path.name(),
+            x.workload.name(),
+            x.payrail_tps,
+            x.payrail_clients,
+            match (x.peer_tps, x.peer_clients) {
+                (Some(t), Some(c)) => format!("{t:.0} ({c})"),
+                _ => "-".into(),
+            },
+            opt(x.ratio, |v| format!("{v:.2}x"))
+        );
+    }
+    let _ = writeln!(md, "\n![throughput vs concurrency](throughput.svg)\n");
+    let _ = writeln!(
+        md,
+        "## Closed loop: throughput and latency by concurrency\n"
+    );
+    md.push_str(RUN_HEADER);
+    for run in &r.runs {
+        run_row(&mut md, run);
+    }
+    let _ = writeln!(
+        md,
+        "\n## Latency at {:.0}% of peak (paced, open loop; latency from each payment's scheduled start)\n",
+        LOAD_FRACTION * 100.0
+    );
+    md.push_str(RUN_HEADER);
+    for run in &r.at_load {
+        run_row(&mut md, run);
+    }
+    let _ = writeln!(md, "\n![latency distribution](latency.svg)\n");
+    let _ = writeln!(
+        md,
+        "## Peer (PL/pgSQL + pgbench, same server)\n\n| workload | clients | tps | |\n|---|---|---|---|"
+    );
+    for p in &r.peer {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            p.workload.name(),
+            p.clients,
+            opt(p.tps, |t| format!("{t:.0}")),
+            p.note.as_deref().unwrap_or("")
+        );
+    }
+    if !r.scale_out.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Scale-out: several `payrail serve` processes, one Postgres\n\n| workload | clients | processes | tps | one process tps | speedup |\n|---|---|---|---|---|---|"
+        );
+        for s in &r.scale_out {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.0} | {:.0} | {:.2}x |",
+                s.workload.name(),
+                s.clients,
+                s.processes,
+                s.tps,
+                s.one_process_tps,
+                s.speedup
+            );
+        }
+    }
+    let _ = writeln!(md, "\n## How to read this\n");
+    for n in &r.notes {
+        let _ = writeln!(md, "- {n}");
+    }
+    md
+}

@@ -1,0 +1,296 @@
+//! The two workloads of the standard benchmark, the data they run on, and
+//! what one run measures.
+//!
+//! Both workloads are random transfers between distinct customer accounts
+//! (uniformly chosen), as the peer baseline makes them: `uniform` runs the
+//! pipeline `limits`; `hot_fee` runs `limits` + `fee`, so every payment also
+//! credits the one fee account (the hot row).
+
+use crate::db::Pool;
+use crate::engine::PluginEngine;
+use crate::error::{Error, Result};
+use crate::ledger::{self, MAX_ACCOUNTS_PER_CALL, NewAccount};
+use crate::model::{DEFAULT_TENANT, PaymentRequest};
+use crate::registry::{self, StepSpec};
+use crate::samples;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The account every `hot_fee` payment credits.
+pub const FEE_ACCOUNT: &str = "fees";
+/// Opening balance of each customer: large enough that no run overdraws.
+const OPENING_BALANCE: i64 = 1_000_000_000;
+/// Amounts are drawn from this range (minor units), as in the baseline.
+const AMOUNTS: std::ops::Range<i64> = 100..100_001;
+/// Latency samples kept per run and kind; past it only counters grow
+/// (a run at 20k payments/s for the longest `--secs` stays below).
+const MAX_SAMPLES: usize = 20_000_000;
+
+/// A benchmark workload (the pipeline kind is its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Transfers with the pipeline `limits`.
+    Uniform,
+    /// Transfers with `limits` + `fee` (one hot fee account).
+    #[value(name = "hot_fee")]
+    HotFee,
+}
+
+impl Workload {
+    /// The name the baseline and the pipeline use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Uniform => "uniform",
+            Workload::HotFee => "hot_fee",
+        }
+    }
+}
+
+/// Id of customer account `i`.
+pub fn customer(i: usize) -> String {
+    format!("a{i}")
+}
+
+/// Migrates a fresh database, deploys the sample plugins, opens the fee
+/// account and `accounts` customers, and sets both workloads' pipelines.
+pub async fn setup(pool: &Pool, engine: &Arc<PluginEngine>, accounts: usize) -> Result<()> {
+    let mut c = pool.get().await?;
+    crate::db::migrate::migrate(&mut c).await?;
+    samples::deploy(&c, engine).await?;
+    let new = |id: String, opening_balance: i64| NewAccount {
+        id,
+        currency: "EUR".into(),
+        allow_negative: false,
+        opening_balance,
+        metadata: Default::default(),
+    };
+    ledger::create_accounts(&mut c, DEFAULT_TENANT, &[new(FEE_ACCOUNT.into(), 0)]).await?;
+    let mut start = 0;
+    while start < accounts {
+        let end = (start + MAX_ACCOUNTS_PER_CALL).min(accounts);
+        let chunk: Vec<NewAccount> = (start..end)
+            .map(|i| new(customer(i), OPENING_BALANCE))
+            .collect();
+        ledger::create_accounts(&mut c, DEFAULT_TENANT, &chunk).await?;
+        start = end;
+    }
+    let limits = StepSpec {
+        plugin: "limits".into(),
+        config: serde_json::json!({"max_amount": 1_000_000}),
+        candidate: None,
+        limits: None,
+    };
+    // 290 bps = the baseline's 29 permille, at least 1 cent
+    let fee = StepSpec {
+        plugin: "fee".into(),
+        config: serde_json::json!({"fee_account": FEE_ACCOUNT, "percent_bps": 290, "min": 1}),
+        candidate: None,
+        limits: None,
+    };
+    registry::set_pipeline(
+        &c,
+        DEFAULT_TENANT,
+        Workload::Uniform.name(),
+        std::slice::from_ref(&limits),
+    )
+    .await?;
+    registry::set_pipeline(&c, DEFAULT_TENANT, Workload::HotFee.name(), &[limits, fee]).await?;
+    Ok(())
+}
+
+/// Draws the payments of one client: a deterministic stream per seed.
+pub struct RequestGen {
+    rng: StdRng,
+    accounts: usize,
+    workload: Workload,
+}
+
+impl RequestGen {
+    /// A stream over `accounts` customers (at least 2).
+    pub fn new(workload: Workload, accounts: usize, seed: u64) -> Result<RequestGen> {
+        if accounts < 2 {
+            return Err(Error::invalid(
+                "invalid_bench",
+                "a transfer needs at least 2 accounts",
+            ));
+        }
+        Ok(RequestGen {
+            rng: StdRng::seed_from_u64(seed),
+            accounts,
+            workload,
+        })
+    }
+
+    /// The next transfer: two distinct random customers, a random amount.
+    pub fn next_request(&mut self) -> PaymentRequest {
+        let from = self.rng.random_range(0..self.accounts);
+        let to = (from + self.rng.random_range(1..self.accounts)) % self.accounts;
+        PaymentRequest {
+            kind: self.workload.name().to_string(),
+            source: customer(from),
+            destination: customer(to),
+            amount: self.rng.random_range(AMOUNTS),
+            currency: "EUR".into(),
+            metadata: Default::default(),
+            capture: Default::default(),
+            hold_ttl_secs: None,
+        }
+    }
+}
+
+/// Raw measurements of one run (or one client of it), merged at the end.
+#[derive(Debug, Default)]
+pub struct Samples {
+    /// End-to-end latency of each payment, µs.
+    pub latency_us: Vec<u32>,
+    /// `PayOutcome::lock_wait` of each payment, µs (in-process only).
+    pub lock_wait_us: Vec<u32>,
+    /// Duration of each plugin call, µs (in-process only).
+    pub call_us: Vec<u32>,
+    /// Sum of all plugin call durations.
+    pub plugin_time: Duration,
+    /// Payments approved.
+    pub approved: u64,
+    /// Payments declined (a business decision: counted as done).
+    pub declined: u64,
+    /// Payments that failed.
+    pub errors: u64,
+    /// The first failure, for the report.
+    pub first_error: Option<String>,
+}
+
+fn push(v: &mut Vec<u32>, d: Duration) {
+    if v.len() < MAX_SAMPLES {
+        v.push(d.as_micros().min(u32::MAX as u128) as u32);
+    }
+}
+
+impl Samples {
+    /// Records one finished payment.
+    pub fn record(&mut self, latency: Duration, outcome: &super::driver::Outcome) {
+        push(&mut self.latency_us, latency);
+        match &outcome.result {
+            Ok(true) => self.approved += 1,
+            Ok(false) => self.declined += 1,
+            Err(e) => {
+                self.errors += 1;
+                if self.first_error.is_none() {
+                    self.first_error = Some(e.clone());
+                }
+            }
+        }
+        if let Some(w) = outcome.lock_wait {
+            push(&mut self.lock_wait_us, w);
+        }
+        for d in &outcome.calls {
+            push(&mut self.call_us, *d);
+            self.plugin_time += *d;
+        }
+    }
+
+    /// Adds another client's samples.
+    pub fn merge(&mut self, other: Samples) {
+        self.latency_us.extend(other.latency_us);
+        self.lock_wait_us.extend(other.lock_wait_us);
+        self.call_us.extend(other.call_us);
+        self.plugin_time += other.plugin_time;
+        self.approved += other.approved;
+        self.declined += other.declined;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    /// Payments that completed (approved or declined).
+    pub fn completed(&self) -> u64 {
+        self.approved + self.declined
+    }
+}
+
+/// Percentiles of one distribution, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    /// Samples the percentiles are over.
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The percentile levels of [`Percentiles`] and the latency chart.
+pub const LEVELS: [(&str, f64); 5] = [
+    ("p50", 0.50),
+    ("p90", 0.90),
+    ("p99", 0.99),
+    ("p99.9", 0.999),
+    ("max", 1.0),
+];
+
+impl Percentiles {
+    /// Sorts `us` and reads the percentiles (nearest rank).
+    pub fn of(us: &mut [u32]) -> Percentiles {
+        us.sort_unstable();
+        let at = |p: f64| -> f64 {
+            if us.is_empty() {
+                return 0.0;
+            }
+            let rank = ((us.len() as f64) * p).ceil() as usize;
+            us[rank.clamp(1, us.len()) - 1] as f64 / 1000.0
+        };
+        Percentiles {
+            count: us.len(),
+            p50_ms: at(0.50),
+            p90_ms: at(0.90),
+            p99_ms: at(0.99),
+            p999_ms: at(0.999),
+            max_ms: at(1.0),
+        }
+    }
+
+    /// The values in the order of [`LEVELS`].
+    pub fn values(&self) -> [f64; 5] {
+        [
+            self.p50_ms,
+            self.p90_ms,
+            self.p99_ms,
+            self.p999_ms,
+            self.max_ms,
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut v: Vec<u32> = (1..=1000).map(|i| i * 1000).collect();
+        let p = Percentiles::of(&mut v);
+        assert_eq!(p.count, 1000);
+        assert_eq!(p.p50_ms, 500.0);
+        assert_eq!(p.p99_ms, 990.0);
+        assert_eq!(p.p999_ms, 999.0);
+        assert_eq!(p.max_ms, 1000.0);
+        assert_eq!(Percentiles::of(&mut []).p50_ms, 0.0);
+    }
+
+    #[test]
+    fn requests_are_distinct_transfers() {
+        let mut g = RequestGen::new(Workload::HotFee, 2, 7).unwrap();
+        for _ in 0..100 {
+            let r = g.next_request();
+            assert_ne!(r.source, r.destination);
+            assert_eq!(r.kind, "hot_fee");
+            assert!(AMOUNTS.contains(&r.amount));
+        }
+        assert!(RequestGen::new(Workload::Uniform, 1, 7).is_err());
+    }
+}

@@ -1,0 +1,158 @@
+//! CI smoke guard for `payrail bench`: a short run of the real binary
+//! (in-process and HTTP, both workloads, a small account count) with the
+//! PL/pgSQL peer on the same Postgres, on a database of its own.
+//!
+//! It fails only on a gross regression: payrail's best throughput below
+//! [`MIN_RATIO_TO_PEER`] times the peer's best measured in the same run,
+//! per path and workload. It is not a performance measurement (that is
+//! `payrail bench` itself, release build, full length); the numbers are
+//! printed so a failure shows how far off they were.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// payrail (debug build, 2 s points, 4 clients) against the peer measured
+/// in the same run. Measured on a shared 2-core machine in the debug
+/// build: 0.09 to 1.1 depending on the load (the peer's 2 s points are the
+/// noisier side); a release build is several times higher. 0.02 leaves a
+/// 4-5x margin under the worst seen: only a gross regression (an
+/// accidental sleep, serialized payments, a lost connection pool) falls
+/// below it.
+const MIN_RATIO_TO_PEER: f64 = 0.02;
+
+/// The whole bench must finish within this (it takes ~30 s).
+const TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The peer's script: `$PAYRAIL_BASELINE`, else `shared/baseline/run.sh`
+/// beside or above the repository.
+fn baseline_script() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("PAYRAIL_BASELINE") {
+        return Some(PathBuf::from(p));
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|d| d.join("shared/baseline/run.sh"))
+        .find(|p| p.is_file())
+}
+
+fn best(report: &serde_json::Value, path: &str, workload: &str) -> Option<f64> {
+    report["runs"]
+        .as_array()?
+        .iter()
+        .filter(|r| r["path"] == path && r["workload"] == workload)
+        .filter_map(|r| r["tps"].as_f64())
+        .reduce(f64::max)
+}
+
+fn peer_best(report: &serde_json::Value, workload: &str) -> Option<f64> {
+    report["peer"]
+        .as_array()?
+        .iter()
+        .filter(|p| p["workload"] == workload)
+        .filter_map(|p| p["tps"].as_f64())
+        .reduce(f64::max)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_is_not_grossly_slower_than_the_peer() {
+    let Some(script) = baseline_script() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the peer baseline shared/baseline/run.sh was not found: set PAYRAIL_BASELINE"
+        );
+        eprintln!("SKIPPED: no peer baseline (shared/baseline/run.sh or $PAYRAIL_BASELINE)");
+        return;
+    };
+    let admin_url = common::admin_url().await;
+    let database = format!("payrail_bench_smoke_{:08x}", rand::random::<u32>());
+    let out = std::env::temp_dir().join(&database);
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_payrail"))
+        .args(["bench", "--secs", "2", "--concurrency", "4"])
+        .args(["--accounts", "1000", "--warmup-secs", "1"])
+        .args(["--database", &database])
+        .arg("--out")
+        .arg(&out)
+        .arg("--baseline")
+        .arg(&script)
+        .env("DATABASE_URL", &admin_url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start payrail bench");
+    // read both pipes on threads so neither can fill up and block it
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let (out_text, err_text) = (read(Box::new(stdout)), read(Box::new(stderr)));
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (stdout, stderr) = (out_text.join().unwrap(), err_text.join().unwrap());
+    println!("{stdout}");
+    eprintln!("{stderr}");
+
+    // the bench database is ours alone: drop it whatever happened
+    let (c, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(&format!("drop database if exists {database} with (force)"))
+        .await
+        .unwrap();
+
+    let status = status.unwrap_or_else(|| panic!("payrail bench took longer than {TIMEOUT:?}"));
+    assert!(
+        status.success(),
+        "payrail bench failed ({status}): payments failed or the audit did not pass"
+    );
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("report.json")).expect("report.json written"),
+    )
+    .expect("report.json is JSON");
+    for f in ["report.md", "throughput.svg", "latency.svg"] {
+        assert!(out.join(f).is_file(), "{f} written");
+    }
+    assert_eq!(report["audit"]["passed"], true, "the audit passed");
+    let mut failures = Vec::new();
+    for workload in ["uniform", "hot_fee"] {
+        let peer =
+            peer_best(&report, workload).unwrap_or_else(|| panic!("the peer measured {workload}"));
+        for path in ["in_process", "http"] {
+            let tps = best(&report, path, workload)
+                .unwrap_or_else(|| panic!("payrail measured {path} {workload}"));
+            let ratio = tps / peer;
+            println!(
+                "smoke    {path:<10} {workload:<7} payrail {tps:>7.0} tps  peer {peer:>7.0} tps  ratio {ratio:.3} (floor {MIN_RATIO_TO_PEER})"
+            );
+            if ratio < MIN_RATIO_TO_PEER {
+                failures.push(format!(
+                    "{path} {workload}: {tps:.0} tps is {ratio:.3}x the peer's {peer:.0}"
+                ));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    println!("bench smoke took {:.0} s", started.elapsed().as_secs_f64());
+    assert!(
+        failures.is_empty(),
+        "gross throughput regression (below {MIN_RATIO_TO_PEER}x the peer): {failures:?}"
+    );
+}
