@@ -830,6 +830,12 @@ const CLAIM_MANY_SQL: &str = "
         from cfg, unnest($2::text[], $3::bigint[]) with ordinality as t(key, lk, n)
     )
     select k.free, i.fingerprint, i.response
-    from k left join payrail.idempotency_keys i
-      on k.free and i.tenant = $1 and i.key = k.key and i.state = 'done'
+    from k left join lateral (
+        -- `limit 1` keeps this a per-key index lookup: a join the planner
+        -- may turn into a scan of every key (this statement is planned
+        -- before it sets plan_cache_mode).
+        select i.fingerprint, i.response from payrail.idempotency_keys i
+        where k.free and i.tenant = $1 and i.key = k.key and i.state = 'done'
+        limit 1
+    ) i on true
     order by k.n";

@@ -745,11 +745,13 @@ pub(crate) fn call_stats(pipeline: &Pipeline, calls: &[CallRecord]) -> Vec<CallS
 /// Claims an idempotency key in one statement: sets the transaction's
 /// timeouts, try-locks the key (false: another transaction is processing it
 /// right now) and inserts the pending row (0 rows: a finished request owns
-/// the key). Returns (key_free, inserted).
+/// the key). Returns (key_free, inserted). Later statements get custom
+/// plans (see `batch::CLAIM_MANY_SQL`).
 pub(crate) const CLAIM_SQL: &str = "
     with cfg as (
         select set_config('lock_timeout', $6, true) as l,
-               set_config('statement_timeout', $7, true) as s
+               set_config('statement_timeout', $7, true) as s,
+               set_config('plan_cache_mode', 'force_custom_plan', true) as p
     ), k as (
         select pg_try_advisory_xact_lock($8) as free from cfg
     ), ins as (
