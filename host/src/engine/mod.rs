@@ -5,7 +5,8 @@
 //! [`Decision`] or a typed [`PluginFault`]. Costs (measured on 2 cores): a
 //! compile is ~100 ms per plugin (done once per digest); a call is one
 //! `Store` + instantiation from a cached `InstancePre` on the pooling
-//! allocator plus the guest's own work, tens of microseconds for the samples.
+//! allocator plus the guest's own work, 8-10 µs for the samples
+//! (`payrail plugin bench`; docs/sandbox.md says where it goes).
 
 mod cache;
 mod convert;
