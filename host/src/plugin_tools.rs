@@ -1,9 +1,10 @@
 //! Plugin author tooling, no database needed: `payrail plugin test` (run a
 //! component on a fixture and show its costs against the limits),
 //! `payrail plugin new` (a ready-to-build plugin crate), `payrail plugin
-//! keygen` / `payrail plugin sign` (optional signatures).
+//! keygen` / `payrail plugin sign` (optional signatures), `payrail plugin
+//! bench` (per-call cost of a plugin, split by phase).
 
-use crate::engine::{PluginEngine, PluginLimits, PreparedInput, digest_of};
+use crate::engine::{CallTimings, PluginEngine, PluginLimits, PreparedInput, digest_of};
 use crate::error::{Error, Result};
 use crate::model::PluginInput;
 use crate::signing;
@@ -160,6 +161,158 @@ pub fn test_plugin(wasm: &Path, fixture: &Path, limits: &PluginLimits) -> Result
             duration_us: None,
             log: String::new(),
         },
+    })
+}
+
+/// Median, 99th percentile, mean and minimum of one per-call figure, in
+/// microseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub p99: f64,
+    pub mean: f64,
+    pub min: f64,
+}
+
+fn spread(mut ns: Vec<u64>) -> Spread {
+    ns.sort_unstable();
+    let n = ns.len().max(1);
+    let at = |q: f64| ns.get(((n - 1) as f64 * q).round() as usize).copied();
+    let us = |v: Option<u64>| (v.unwrap_or(0) as f64 / 10.0).round() / 100.0;
+    Spread {
+        median: us(at(0.5)),
+        p99: us(at(0.99)),
+        mean: us(Some(ns.iter().sum::<u64>() / n as u64)),
+        min: us(ns.first().copied()),
+    }
+}
+
+/// What `payrail plugin bench` prints: per-call costs (µs) of `calls`
+/// calls after `warmup` unmeasured ones, each phase measured on its own.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub digest: String,
+    pub calls: usize,
+    pub warmup: usize,
+    /// `ok` or the fault code of the first call.
+    pub outcome: String,
+    /// Fuel used by one call (the same for every call: calls are
+    /// deterministic).
+    pub fuel: u64,
+    /// `PreparedInput::new`: the input's canonical JSON and sha256.
+    pub prepare_us: Spread,
+    /// Fresh store + WASI context + guest input conversion.
+    pub setup_us: Spread,
+    /// Instantiation from the `InstancePre`.
+    pub instantiate_us: Spread,
+    /// Input lowering, the guest's `evaluate`, output lifting.
+    pub call_us: Spread,
+    /// Dropping the store (resetting the pool slot for the next call).
+    pub teardown_us: Spread,
+    /// Output checks + canonical output JSON.
+    pub validate_us: Spread,
+    /// What the engine reports as the call's duration (setup through call).
+    pub engine_duration_us: Spread,
+    /// Everything one payment step pays: prepare through validate.
+    pub total_us: Spread,
+    /// CPU time of the whole process (all threads) per measured call, from
+    /// /proc (Linux only): shows background work such as decommits.
+    pub process_cpu_us_per_call: Option<f64>,
+}
+
+/// CPU nanoseconds used so far by every thread of this process (Linux
+/// `/proc/self/task/*/schedstat`).
+fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let text = std::fs::read_to_string(path).ok()?;
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// Loads `wasm` and calls it `calls` times on `fixture` (after `warmup`
+/// calls), as the processor would per payment step: prepare the input,
+/// call, check the output. No database.
+pub fn bench_plugin(
+    wasm: &Path,
+    fixture: &Path,
+    limits: &PluginLimits,
+    calls: usize,
+    warmup: usize,
+) -> Result<BenchReport> {
+    let config = crate::config::Config::engine_from_env()?;
+    let bytes = read(wasm, config.max_plugin_bytes as u64 + 1)?;
+    let input = parse_fixture(&read(fixture, MAX_FIXTURE_BYTES)?)?;
+    let engine = PluginEngine::new(config)
+        .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?;
+    let digest = engine.load(&bytes)?;
+    let calls = calls.max(1);
+    let first = engine.call(&digest, &PreparedInput::new(input.clone()), limits);
+    let (outcome, fuel) = match &first {
+        Ok(out) => ("ok".to_string(), out.fuel_used),
+        Err(f) => (f.code().to_string(), 0),
+    };
+    if first.is_err() {
+        return Err(Error::invalid(
+            "plugin_fault",
+            format!(
+                "the plugin faults on this fixture ({outcome}); bench needs a call that succeeds"
+            ),
+        ));
+    }
+    /// One measured call: prepare and total (ns), the engine's split.
+    struct Sample {
+        prepare: u64,
+        total: u64,
+        timings: CallTimings,
+        duration: std::time::Duration,
+    }
+    let mut samples: Vec<Sample> = Vec::with_capacity(calls);
+    let mut cpu_start = None;
+    for i in 0..warmup + calls {
+        if i == warmup {
+            cpu_start = process_cpu_ns();
+        }
+        let t0 = std::time::Instant::now();
+        let prepared = PreparedInput::new(input.clone());
+        let t1 = std::time::Instant::now();
+        let out = engine
+            .call(&digest, &prepared, limits)
+            .map_err(|f| Error::invalid("plugin_fault", format!("{}: {f}", f.code())))?;
+        let t2 = std::time::Instant::now();
+        drop(prepared);
+        if i >= warmup {
+            samples.push(Sample {
+                prepare: (t1 - t0).as_nanos() as u64,
+                total: (t2 - t0).as_nanos() as u64,
+                timings: out.timings,
+                duration: out.duration,
+            });
+        }
+    }
+    let cpu = match (cpu_start, process_cpu_ns()) {
+        (Some(a), Some(b)) => Some(((b - a) as f64 / calls as f64 / 10.0).round() / 100.0),
+        _ => None,
+    };
+    let col = |f: &dyn Fn(&Sample) -> u64| spread(samples.iter().map(f).collect());
+    let ns = |d: std::time::Duration| d.as_nanos() as u64;
+    Ok(BenchReport {
+        digest,
+        calls,
+        warmup,
+        outcome,
+        fuel,
+        prepare_us: col(&|s| s.prepare),
+        setup_us: col(&|s| ns(s.timings.setup)),
+        instantiate_us: col(&|s| ns(s.timings.instantiate)),
+        call_us: col(&|s| ns(s.timings.run)),
+        teardown_us: col(&|s| ns(s.timings.teardown)),
+        validate_us: col(&|s| ns(s.timings.validate)),
+        engine_duration_us: col(&|s| ns(s.duration)),
+        total_us: col(&|s| s.total),
+        process_cpu_us_per_call: cpu,
     })
 }
 
@@ -389,6 +542,23 @@ pub enum ToolCmd {
         #[arg(long)]
         max_memory_bytes: Option<usize>,
     },
+    /// Measure a plugin's per-call cost on a fixture, without a database:
+    /// median/p99 µs per call split into prepare (input JSON + sha256),
+    /// setup (store), instantiate, call and validate, plus fuel. Build
+    /// with --release for meaningful numbers.
+    Bench {
+        /// The plugin's .wasm component.
+        file: std::path::PathBuf,
+        /// A JSON plugin input, as for `plugin test`.
+        #[arg(long)]
+        input: std::path::PathBuf,
+        /// Measured calls.
+        #[arg(long, default_value_t = 20_000)]
+        calls: usize,
+        /// Unmeasured calls first (warm caches and pool slots).
+        #[arg(long, default_value_t = 2_000)]
+        warmup: usize,
+    },
     /// Create a plugin crate from the template (builds and passes its own
     /// tests as generated).
     New {
@@ -438,6 +608,19 @@ pub fn run(cmd: &ToolCmd) -> Result<i32> {
                 serde_json::to_string_pretty(&r).expect("report serializes")
             );
             Ok(if r.outcome == "ok" { 0 } else { 1 })
+        }
+        ToolCmd::Bench {
+            file,
+            input,
+            calls,
+            warmup,
+        } => {
+            let r = bench_plugin(file, input, &PluginLimits::default(), *calls, *warmup)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&r).expect("report serializes")
+            );
+            Ok(0)
         }
         ToolCmd::New { name, dir } => {
             let root = new_plugin(name, dir)?;

@@ -5,7 +5,8 @@
 //! [`Decision`] or a typed [`PluginFault`]. Costs (measured on 2 cores): a
 //! compile is ~100 ms per plugin (done once per digest); a call is one
 //! `Store` + instantiation from a cached `InstancePre` on the pooling
-//! allocator plus the guest's own work, tens of microseconds for the samples.
+//! allocator plus the guest's own work, 8-10 µs for the samples
+//! (`payrail plugin bench`; docs/sandbox.md says where it goes).
 
 mod cache;
 mod convert;
@@ -20,8 +21,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
-    Trap,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter,
+    Store, Trap,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -39,6 +40,10 @@ use bindings::{Rule, RulePre};
 /// Epoch ticks happen every `EPOCH_TICK_MS`; the wall-clock backstop of a
 /// call is rounded up to whole ticks.
 const EPOCH_TICK_MS: u64 = 5;
+
+/// Dirty linear memory per pool slot reset in place (rather than
+/// decommitted) when a call ends, if PAGEMAP_SCAN is available.
+const KEEP_RESIDENT_PAGEMAP: usize = 2 << 20;
 
 /// Per-call resource limits. Defaults follow Shopify Functions' published
 /// limits (11M instructions, 10 MB memory, 128 kB input, 20 kB output, 1 kB
@@ -268,11 +273,36 @@ pub struct CallOutcome {
     pub log: String,
     /// Largest linear memory the call had (bytes).
     pub peak_memory_bytes: usize,
+    /// Where `duration` (and the output check after it) went.
+    pub timings: CallTimings,
+}
+
+/// The phases of one successful call, for `payrail plugin bench`.
+/// `setup + instantiate + run` is [`CallOutcome::duration`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallTimings {
+    /// Fresh `Store` with its WASI context, limiter, fuel and deadline.
+    pub setup: Duration,
+    /// Instantiation from the cached `InstancePre` (pool slot, memory image).
+    pub instantiate: Duration,
+    /// Lowering the input, the guest's `evaluate`, lifting the output.
+    pub run: Duration,
+    /// Dropping the store: the pool slot's memory is reset for the next
+    /// call (after `duration` was taken).
+    pub teardown: Duration,
+    /// Output checks and canonical JSON.
+    pub validate: Duration,
 }
 
 /// Store data of one call.
 struct CallState {
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call: most rules never make one, and
+    /// building the context is about half of a store's setup cost. Built
+    /// from `now_ms` and `seed` only, so lazily or not, the guest sees the
+    /// same deterministic world.
+    wasi: Option<WasiCtx>,
+    now_ms: u64,
+    seed: [u8; 32],
     table: ResourceTable,
     limiter: CallLimiter,
     log: wasi::SharedLog,
@@ -280,8 +310,12 @@ struct CallState {
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let (now_ms, seed, log) = (self.now_ms, self.seed, &self.log);
+        let ctx = self
+            .wasi
+            .get_or_insert_with(|| wasi::deterministic_ctx(now_ms, seed, log));
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx,
             table: &mut self.table,
         }
     }
@@ -430,6 +464,22 @@ impl PluginEngine {
             .max_core_instances_per_component(16)
             .max_tables_per_component(16)
             .max_memory_size(pool_max_memory);
+        // Returning a slot to the pool must not cost a syscall per call:
+        // by default every dirty page of linear memory is `madvise`d away
+        // when the store drops (~7 us for a sample plugin) and faults back
+        // in on the next call. With PAGEMAP_SCAN (Linux >= 6.7) wasmtime
+        // finds the pages a call dirtied and copies them back from the
+        // memory image instead (only those stay resident); without it,
+        // keep-resident would memset the first bytes blindly, so keep that
+        // small.
+        let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
+        pool.pagemap_scan(Enabled::Auto)
+            .linear_memory_keep_resident(if pagemap {
+                KEEP_RESIDENT_PAGEMAP
+            } else {
+                64 << 10
+            })
+            .table_keep_resident(if pagemap { 256 << 10 } else { 16 << 10 });
         let mut wasm = Config::new();
         wasm.consume_fuel(true)
             .epoch_interruption(true)
@@ -618,7 +668,9 @@ impl PluginEngine {
         }));
         let started = Instant::now();
         let state = CallState {
-            wasi: wasi::deterministic_ctx(input.input.now_ms, input.digest, &log),
+            wasi: None,
+            now_ms: input.input.now_ms,
+            seed: input.digest,
             table: ResourceTable::new(),
             limiter: CallLimiter {
                 max_memory_bytes: limits.max_memory_bytes,
@@ -637,14 +689,19 @@ impl PluginEngine {
         store.epoch_deadline_trap();
 
         let guest_input = convert::input_to_guest(&input.input);
-        let result = pre
-            .instantiate(&mut store)
-            .and_then(|rule: Rule| rule.call_evaluate(&mut store, &guest_input));
-        let duration = started.elapsed();
+        let setup_done = Instant::now();
+        let mut instantiated = setup_done;
+        let result = pre.instantiate(&mut store).and_then(|rule: Rule| {
+            instantiated = Instant::now();
+            rule.call_evaluate(&mut store, &guest_input)
+        });
+        let ended = Instant::now();
+        let duration = ended - started;
         let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
         let memory_refused = store.data().limiter.memory_refused;
         let peak_memory_bytes = store.data().limiter.peak_memory;
         drop(store);
+        let torn_down = Instant::now();
         let log = std::mem::take(&mut log.lock().expect("log buffer lock").text);
 
         let output = match result {
@@ -672,6 +729,13 @@ impl PluginEngine {
             duration,
             log,
             peak_memory_bytes,
+            timings: CallTimings {
+                setup: setup_done - started,
+                instantiate: instantiated - setup_done,
+                run: ended - instantiated,
+                teardown: torn_down - ended,
+                validate: torn_down.elapsed(),
+            },
         })
     }
 }

@@ -27,7 +27,7 @@
 //! A zero fee approves with nothing.
 
 use payrail_plugin::{Decision, Input, PluginError, Rule, approve, config, error, serde_json};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The fee rule (exported as the component's `evaluate`).
 pub struct Fee;
@@ -76,6 +76,17 @@ impl FeeConfig {
     }
 }
 
+/// The `fee.charged` event payload. Serialized straight from borrowed
+/// fields (a `json!` map would allocate every key and value first); fields
+/// in alphabetical order, so the text is what a sorted JSON object gives.
+#[derive(Serialize)]
+struct FeeCharged<'a> {
+    account: &'a str,
+    currency: &'a str,
+    fee: i64,
+    payment: &'a str,
+}
+
 /// Computes the fee for `amount` (see the crate docs for the formula and
 /// rounding). Errors with `fee_overflow` if it does not fit in an `i64`.
 pub fn compute_fee(cfg: &FeeConfig, amount: i64) -> Result<i64, PluginError> {
@@ -102,17 +113,19 @@ impl Rule for Fee {
         if fee <= 0 {
             return Ok(approve().into());
         }
-        let payload = serde_json::json!({
-            "payment": p.id,
-            "fee": fee,
-            "currency": p.currency,
-            "account": cfg.fee_account,
-        });
+        let payload = FeeCharged {
+            account: &cfg.fee_account,
+            currency: &p.currency,
+            fee,
+            payment: &p.id,
+        };
+        let payload =
+            serde_json::to_string(&payload).map_err(|e| error("fee_payload", e.to_string()))?;
         Ok(approve()
             .posting(&p.source, -fee, &p.currency)
             .posting(&cfg.fee_account, fee, &p.currency)
             .annotation("fee", fee.to_string())
-            .event("fee.charged", payload.to_string())
+            .event("fee.charged", payload)
             .into())
     }
 }

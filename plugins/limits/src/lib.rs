@@ -61,13 +61,15 @@ impl Rule for Limits {
                 ),
             ));
         }
-        let (max, scope) = match cfg.per_currency.get(&p.currency) {
-            Some(&max) => (Some(max), format!("{} limit", p.currency)),
-            None => (cfg.max_amount, "limit".to_string()),
-        };
-        if let Some(max) = max
+        let per_currency = cfg.per_currency.get(&p.currency).copied();
+        if let Some(max) = per_currency.or(cfg.max_amount)
             && p.amount > max
         {
+            // the message is only built on a decline
+            let scope = match per_currency {
+                Some(_) => format!("{} limit", p.currency),
+                None => "limit".to_string(),
+            };
             return Ok(decline(
                 "amount_too_large",
                 format!(
