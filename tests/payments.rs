@@ -289,3 +289,32 @@ async fn audit_detects_a_balance_changed_behind_the_hosts_back() {
     assert_eq!(violations.len(), 1, "{violations:?}");
     assert_eq!(violations[0].check, "balance_equals_entries");
 }
+
+/// Entries carry no foreign keys (migration 0006): the audit is what
+/// catches an entry naming an account or a payment that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_detects_entries_naming_missing_accounts_or_payments() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("alice", 100_000).await;
+    db.account("bob", 0).await;
+    db.processor()
+        .pay(DEFAULT_TENANT, "k", &transfer("alice", "bob", 1_000))
+        .await
+        .unwrap();
+    assert!(db.audit().await.is_empty());
+    let c = db.pool.get().await.unwrap();
+    // A balanced pair, so only the dangling references are wrong.
+    c.execute(
+        "insert into payrail.entries (tenant, txn_id, payment_id, account_id, amount, currency)
+         values ('default', gen_random_uuid(), gen_random_uuid(), 'ghost', 5, 'EUR'),
+                ('default', gen_random_uuid(), null, 'alice', -5, 'EUR')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let checks: std::collections::BTreeSet<&str> =
+        db.audit().await.iter().map(|v| v.check).collect();
+    assert!(checks.contains("entry_account_exists"), "{checks:?}");
+    assert!(checks.contains("entry_payment_exists"), "{checks:?}");
+}

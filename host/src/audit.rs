@@ -35,6 +35,19 @@ const CHECKS: &[(&str, &str)] = &[
          from payrail.accounts where balance < 0 and not allow_negative",
     ),
     (
+        "entry_account_exists",
+        "select format('entry %s names account %s/%s, which does not exist', e.id, e.tenant, e.account_id)
+         from payrail.entries e
+         where not exists (select 1 from payrail.accounts a where a.tenant = e.tenant and a.id = e.account_id)",
+    ),
+    (
+        "entry_payment_exists",
+        "select format('entry %s names payment %s, which does not exist', e.id, e.payment_id)
+         from payrail.entries e
+         where e.payment_id is not null
+           and not exists (select 1 from payrail.payments p where p.id = e.payment_id)",
+    ),
+    (
         "entry_currency_matches_account",
         "select format('entry %s on %s is in %s, the account in %s', e.id, e.account_id, e.currency, a.currency)
          from payrail.entries e join payrail.accounts a on a.tenant = e.tenant and a.id = e.account_id

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "holds",
         sql: include_str!("../../../migrations/0005_holds.sql"),
     },
+    Migration {
+        version: 6,
+        name: "entries_checked_by_audit",
+        sql: include_str!("../../../migrations/0006_entries_checked_by_audit.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.

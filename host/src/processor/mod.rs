@@ -746,7 +746,8 @@ pub(crate) fn call_stats(pipeline: &Pipeline, calls: &[CallRecord]) -> Vec<CallS
 /// timeouts, try-locks the key (false: another transaction is processing it
 /// right now) and inserts the pending row (0 rows: a finished request owns
 /// the key). Returns (key_free, inserted). Later statements get custom
-/// plans (see `batch::CLAIM_MANY_SQL`).
+/// plans: `finish_keys` joins an array with the keys table, and a generic
+/// plan cached while that table was small would scan it whole.
 pub(crate) const CLAIM_SQL: &str = "
     with cfg as (
         select set_config('lock_timeout', $6, true) as l,
