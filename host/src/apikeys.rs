@@ -204,15 +204,14 @@ pub async fn authenticate(client: &impl GenericClient, secret: &str) -> Result<O
     if !looks_like_key(secret) {
         return Ok(None);
     }
-    let row = client
-        .query_opt(
-            &format!(
-                "select {KEY_COLUMNS} from payrail.api_keys
-                 where hash = $1 and revoked_at is null"
-            ),
-            &[&hash_secret(secret)],
-        )
+    // Prepared once per connection: this runs before every request.
+    let stmt = client
+        .prepare_cached(&format!(
+            "select {KEY_COLUMNS} from payrail.api_keys
+             where hash = $1 and revoked_at is null"
+        ))
         .await?;
+    let row = client.query_opt(&stmt, &[&hash_secret(secret)]).await?;
     Ok(row.map(|r| {
         let key = key_from_row(&r);
         Principal {
