@@ -36,6 +36,9 @@ fn baseline_script() -> Option<PathBuf> {
         .ancestors()
         .map(|d| d.join("shared/baseline/run.sh"))
         .find(|p| p.is_file())
+        .or_else(|| {
+            Some(PathBuf::from(payrail::bench::peer::VENDORED_SCRIPT)).filter(|p| p.is_file())
+        })
 }
 
 fn best(report: &serde_json::Value, path: &str, workload: &str) -> Option<f64> {

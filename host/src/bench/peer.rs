@@ -26,8 +26,12 @@ pub struct PeerPoint {
     pub note: Option<String>,
 }
 
+/// The repository's copy of the peer (bench/baseline, kept identical to
+/// the shared one), for a clone that has no `shared/` beside it.
+pub const VENDORED_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/baseline/run.sh");
+
 /// Finds the script: `explicit`, else `shared/baseline/run.sh` in the
-/// current directory or any parent.
+/// current directory or any parent, else the repository's copy.
 pub fn find_script(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return if p.is_file() {
@@ -46,6 +50,7 @@ pub fn find_script(explicit: Option<&Path>) -> Result<PathBuf> {
                 .map(|d| d.join("shared/baseline/run.sh"))
                 .find(|p| p.is_file())
         })
+        .or_else(|| Some(PathBuf::from(VENDORED_SCRIPT)).filter(|p| p.is_file()))
         .ok_or_else(|| {
             Error::Setup(
                 "baseline script shared/baseline/run.sh not found here or in a parent directory: pass --baseline PATH/run.sh or --skip-baseline".into(),
