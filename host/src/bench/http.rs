@@ -35,7 +35,16 @@ impl ServeChild {
     /// Request logs are at `warn` unless `PAYRAIL_LOG` says otherwise (one
     /// log line per request would measure the terminal). Its stderr goes to
     /// `log`.
-    pub async fn start(exe: &Path, url: &str, pool_size: usize, log: &Path) -> Result<ServeChild> {
+    ///
+    /// `batch_workers`, when given, sets `PAYRAIL_BATCH_WORKERS` for the
+    /// child (scale-out runs divide the workers between the processes).
+    pub async fn start(
+        exe: &Path,
+        url: &str,
+        pool_size: usize,
+        batch_workers: Option<usize>,
+        log: &Path,
+    ) -> Result<ServeChild> {
         let stderr = std::fs::File::create(log)
             .map_err(|e| Error::Setup(format!("cannot create {}: {e}", log.display())))?;
         let mut cmd = Command::new(exe);
@@ -48,6 +57,9 @@ impl ServeChild {
             .kill_on_drop(true);
         if std::env::var_os("PAYRAIL_LOG").is_none() {
             cmd.env("PAYRAIL_LOG", "warn");
+        }
+        if let Some(workers) = batch_workers {
+            cmd.env("PAYRAIL_BATCH_WORKERS", workers.to_string());
         }
         let mut child = cmd
             .spawn()

@@ -414,10 +414,18 @@ async fn start_children(
 ) -> Result<Vec<ServeChild>> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Setup(format!("cannot find the payrail binary: {e}")))?;
+    // Batch workers count per Postgres, not per host (docs/batching.md,
+    // "Tuning"): several processes share the default between them unless
+    // PAYRAIL_BATCH_WORKERS says otherwise.
+    let batch_workers = (n > 1 && std::env::var_os("PAYRAIL_BATCH_WORKERS").is_none()).then(|| {
+        let workers = (crate::processor::BatchSettings::default().workers / n).max(1);
+        println!("scale    {n} processes: PAYRAIL_BATCH_WORKERS={workers} each (the default divided between them)");
+        workers
+    });
     let mut children = Vec::with_capacity(n);
     for i in 1..=n {
         let log = out.join(format!("serve-{n}x-{i}.log"));
-        children.push(ServeChild::start(&exe, url, pool_size, &log).await?);
+        children.push(ServeChild::start(&exe, url, pool_size, batch_workers, &log).await?);
     }
     Ok(children)
 }
