@@ -61,6 +61,13 @@ async fn a_failing_or_declined_payment_does_not_fail_its_batch() {
         &[("hostile", serde_json::json!({ "mode": "trap" }))],
     )
     .await;
+    // Postings to an account the batch has not read: the pipeline loop
+    // pauses to read it, finds nothing, and faults this payment alone.
+    db.pipeline(
+        "ghost-posting",
+        &[("hostile", serde_json::json!({ "mode": "unknown_account" }))],
+    )
+    .await;
     for a in ["a", "b", "c", "d"] {
         db.account(a, 1_000_000).await;
     }
@@ -75,6 +82,8 @@ async fn a_failing_or_declined_payment_does_not_fail_its_batch() {
 
     let mut trap = transfer("c", "d", 100);
     trap.kind = "trap".into();
+    let mut ghost_posting = transfer("d", "c", 100);
+    ghost_posting.kind = "ghost-posting".into();
     let mut no_pipeline = transfer("c", "d", 100);
     no_pipeline.kind = "nothing".into();
     let cases = vec![
@@ -95,6 +104,7 @@ async fn a_failing_or_declined_payment_does_not_fail_its_batch() {
         ),
         ("yen", transfer("a", "yen", 100), Err("currency_mismatch")),
         ("trap", trap, Err("plugin_trap")),
+        ("ghost-posting", ghost_posting, Err("plugin_invalid_output")),
         ("no-pipeline", no_pipeline, Err("pipeline_not_found")),
         ("done", transfer("a", "b", 500), Ok(PaymentStatus::Approved)),
         (
@@ -133,7 +143,7 @@ async fn a_failing_or_declined_payment_does_not_fail_its_batch() {
         }
     }
     // The replay came from the stored response.
-    let replay = answers[6].as_ref().unwrap();
+    let replay = answers[7].as_ref().unwrap();
     assert!(replay.replayed);
     assert_eq!(replay.response.id, done.response.id);
 
@@ -146,7 +156,7 @@ async fn a_failing_or_declined_payment_does_not_fail_its_batch() {
         assert_eq!(x[k], batch_xid, "{k} committed with its batch");
     }
     assert_ne!(x["done"], batch_xid);
-    for k in ["ghost", "yen", "trap", "no-pipeline"] {
+    for k in ["ghost", "yen", "trap", "ghost-posting", "no-pipeline"] {
         assert!(!x.contains_key(k), "{k} wrote a payment");
         assert_eq!(key_rows(&db, k).await, 0, "{k} left its key claim");
     }
@@ -322,6 +332,10 @@ fn batch_settings_are_bounded() {
         BatchSettings { workers: 0, ..ok },
         BatchSettings {
             window_us: 10_000_000,
+            ..ok
+        },
+        BatchSettings {
+            queue_depth: 0,
             ..ok
         },
     ] {

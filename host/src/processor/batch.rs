@@ -496,6 +496,8 @@ impl Processor {
         // 2. The pipelines, in order; a payment naming accounts the book
         // lacks pauses the loop while they are read.
         let now = now_ms();
+        // Moved into each blocking run: built once, shared by every pause.
+        let reqs: Arc<[PaymentRequest]> = jobs.iter().map(|j| j.req.clone()).collect();
         let mut next = 0;
         while next < items.len() {
             let slot = self
@@ -506,7 +508,7 @@ impl Processor {
                 .expect("pipeline semaphore is never closed");
             let engine = self.engine.clone();
             let limits = self.settings.limits;
-            let reqs: Vec<PaymentRequest> = jobs.iter().map(|j| j.req.clone()).collect();
+            let reqs = reqs.clone();
             // A caller that went away (request timeout) gets no payment: one
             // not decided yet is dropped like a rolled-back transaction.
             let abandoned: Vec<bool> = jobs.iter().map(|j| j.reply.is_closed()).collect();
@@ -517,7 +519,7 @@ impl Processor {
                     &engine,
                     &limits,
                     now,
-                    (&reqs, &abandoned),
+                    (&reqs[..], &abandoned),
                     &mut book,
                     &mut items,
                     &mut slots,

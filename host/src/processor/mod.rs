@@ -745,14 +745,11 @@ pub(crate) fn call_stats(pipeline: &Pipeline, calls: &[CallRecord]) -> Vec<CallS
 /// Claims an idempotency key in one statement: sets the transaction's
 /// timeouts, try-locks the key (false: another transaction is processing it
 /// right now) and inserts the pending row (0 rows: a finished request owns
-/// the key). Returns (key_free, inserted). Later statements get custom
-/// plans: `finish_keys` joins an array with the keys table, and a generic
-/// plan cached while that table was small would scan it whole.
+/// the key). Returns (key_free, inserted).
 pub(crate) const CLAIM_SQL: &str = "
     with cfg as (
         select set_config('lock_timeout', $6, true) as l,
-               set_config('statement_timeout', $7, true) as s,
-               set_config('plan_cache_mode', 'force_custom_plan', true) as p
+               set_config('statement_timeout', $7, true) as s
     ), k as (
         select pg_try_advisory_xact_lock($8) as free from cfg
     ), ins as (
@@ -867,36 +864,22 @@ pub(crate) async fn write_payments(
     Ok(())
 }
 
-/// Marks the key finished with its stored response.
+/// Marks the key finished with its stored response (the one-payment path;
+/// a batch inserts its keys finished instead).
 pub(crate) async fn finish_key(
     tx: &deadpool_postgres::Transaction<'_>,
     tenant: &str,
     key: &str,
     response: &serde_json::Value,
 ) -> Result<()> {
-    finish_keys(tx, tenant, &[key], std::slice::from_ref(response)).await
-}
-
-/// Marks claimed keys finished with their stored responses (one statement).
-pub(crate) async fn finish_keys(
-    tx: &deadpool_postgres::Transaction<'_>,
-    tenant: &str,
-    keys: &[&str],
-    responses: &[serde_json::Value],
-) -> Result<()> {
-    assert_eq!(keys.len(), responses.len(), "one response per key");
-    if keys.is_empty() {
-        return Ok(());
-    }
     let stmt = tx
         .prepare_cached(
-            "update payrail.idempotency_keys k set state = 'done', status_code = 201, response = u.r
-             from unnest($2::text[], $3::jsonb[]) as u(key, r)
-             where k.tenant = $1 and k.key = u.key",
+            "update payrail.idempotency_keys set state = 'done', status_code = 201, response = $3
+             where tenant = $1 and key = $2",
         )
         .await?;
-    let updated = tx.execute(&stmt, &[&tenant, &keys, &responses]).await?;
-    assert_eq!(updated as usize, keys.len(), "every claimed key row exists");
+    let updated = tx.execute(&stmt, &[&tenant, &key, response]).await?;
+    assert_eq!(updated, 1, "the claimed key row exists");
     Ok(())
 }
 
