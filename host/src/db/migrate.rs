@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "entries_checked_by_audit",
         sql: include_str!("../../../migrations/0006_entries_checked_by_audit.sql"),
     },
+    Migration {
+        version: 7,
+        name: "fewer_indexes_byte_order",
+        sql: include_str!("../../../migrations/0007_fewer_indexes_byte_order.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.

@@ -1049,7 +1049,7 @@ pub(crate) async fn write_journals(
              select k, p, s, d, i, inp::jsonb, o::jsonb, f, u
              from unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
                          $7::text[], $8::bigint[], $9::bigint[]) as t(p, k, s, d, i, inp, o, f, u)
-             on conflict (call_key) do nothing",
+             on conflict (payment_id, call_key) do nothing",
         )
         .await?;
     tx.execute(
