@@ -143,7 +143,7 @@ impl Server {
             "select count(*) from payrail.plugin_names",
             "select count(*) from payrail.plugins",
             "select coalesce(sum(version), 0)::bigint from payrail.pipelines",
-            "select coalesce(sum(balance), 0)::bigint from payrail.accounts where not is_equity",
+            "select coalesce(sum(balance), 0)::bigint from payrail.account_balances where not is_equity",
         ] {
             out.push(c.query_one(q, &[]).await.unwrap().get(0));
         }

@@ -270,6 +270,44 @@ async fn concurrent_batches_on_few_accounts_conserve_money() {
     }
     assert_eq!(total, 50_000 * accounts.len() as i64, "money is conserved");
     assert!(db.audit().await.is_empty(), "{:?}", db.audit().await);
+
+    // The fee account was only credited, by batches that did not lock it:
+    // every fee is in its credit shards, none in its row.
+    let fees = db.balance("fees").await;
+    let (row, shards) = fee_row_and_shards(&db).await;
+    assert!(fees > 0);
+    assert_eq!((row, shards), (0, fees), "seed {seed}");
+    // Debits of the fee account (as a party, row-locked) fold its shards
+    // into the row: the row alone (0) could not cover them.
+    let refund = transfer("fees", "acct-0", fees / 4);
+    let answers = futures::future::join_all(
+        ["refund-1", "refund-2"].map(|k| p.pay(DEFAULT_TENANT, k, &refund)),
+    )
+    .await;
+    for a in answers {
+        assert_eq!(a.unwrap().response.status, PaymentStatus::Approved);
+    }
+    let after = db.balance("fees").await;
+    assert!(after < fees, "{after} >= {fees}");
+    let (row, shards) = fee_row_and_shards(&db).await;
+    assert_eq!((row, shards), (after, 0), "the shards are folded");
+    assert!(db.audit().await.is_empty(), "{:?}", db.audit().await);
+}
+
+/// (row balance, sum of credit shards) of the sample fee account.
+async fn fee_row_and_shards(db: &TestDb) -> (i64, i64) {
+    let c = db.pool.get().await.unwrap();
+    let r = c
+        .query_one(
+            "select a.balance,
+                    (select coalesce(sum(amount), 0)::bigint from payrail.credit_shards s
+                     where s.tenant = a.tenant and s.account = a.id)
+             from payrail.accounts a where a.tenant = $1 and a.id = 'fees'",
+            &[&DEFAULT_TENANT],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
 }
 
 /// A database error in a batch (here: a key whose row was reaped while its

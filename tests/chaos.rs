@@ -544,7 +544,7 @@ timeout_ms = 1000
     // money conserved; nothing negative that may not be
     let sum: i64 = c
         .query_one(
-            "select sum(balance)::bigint from payrail.accounts where not is_equity",
+            "select sum(balance)::bigint from payrail.account_balances where not is_equity",
             &[],
         )
         .await

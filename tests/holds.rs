@@ -28,7 +28,7 @@ async fn funds(db: &TestDb, id: &str) -> (i64, i64) {
     let c = db.pool.get().await.unwrap();
     let r = c
         .query_one(
-            "select balance, held from payrail.accounts where tenant = $1 and id = $2",
+            "select balance, held from payrail.account_balances where tenant = $1 and id = $2",
             &[&DEFAULT_TENANT, &id],
         )
         .await
@@ -79,7 +79,7 @@ async fn snapshot(db: &TestDb) -> (Vec<i64>, Vec<(String, i64, i64)>) {
     );
     let accounts = c
         .query(
-            "select id, balance, held from payrail.accounts order by id",
+            "select id, balance, held from payrail.account_balances order by id",
             &[],
         )
         .await

@@ -318,3 +318,46 @@ async fn audit_detects_entries_naming_missing_accounts_or_payments() {
     assert!(checks.contains("entry_account_exists"), "{checks:?}");
     assert!(checks.contains("entry_payment_exists"), "{checks:?}");
 }
+
+/// Credit shards (migration 0008) count in the balance the audit checks,
+/// and a shard naming no account is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_counts_credit_shards_and_detects_orphans() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("alice", 100_000).await;
+    db.account("bob", 0).await;
+    let c = db.pool.get().await.unwrap();
+    // Money in a shard that no entry explains.
+    c.execute(
+        "insert into payrail.credit_shards (tenant, account, shard, amount)
+         values ('default', 'bob', 3, 7)",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(db.balance("bob").await, 7, "the balance includes shards");
+    let checks: Vec<&str> = db.audit().await.iter().map(|v| v.check).collect();
+    assert_eq!(checks, ["balance_equals_entries"]);
+    c.execute(
+        "update payrail.credit_shards set account = 'ghost' where account = 'bob'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let checks: Vec<&str> = db.audit().await.iter().map(|v| v.check).collect();
+    assert_eq!(checks, ["credit_shard_account_exists"]);
+    // A shard cannot go negative: credits only.
+    let err = c
+        .execute(
+            "insert into payrail.credit_shards (tenant, account, shard, amount)
+             values ('default', 'alice', 1, -1)",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION)
+    );
+}

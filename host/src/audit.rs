@@ -24,15 +24,22 @@ const CHECKS: &[(&str, &str)] = &[
     (
         "balance_equals_entries",
         "select format('account %s/%s has balance %s but its entries sum to %s', a.tenant, a.id, a.balance, coalesce(e.total, 0))
-         from payrail.accounts a
+         from payrail.account_balances a
          left join (select tenant, account_id, sum(amount) as total from payrail.entries group by tenant, account_id) e
            on e.tenant = a.tenant and e.account_id = a.id
          where a.balance <> coalesce(e.total, 0)",
     ),
+    // The row alone: credit shards only add to it (migration 0008).
     (
         "no_forbidden_negative",
         "select format('account %s/%s is at %s but does not allow negative balances', tenant, id, balance)
          from payrail.accounts where balance < 0 and not allow_negative",
+    ),
+    (
+        "credit_shard_account_exists",
+        "select format('credit shard %s of account %s/%s (%s) names no account', s.shard, s.tenant, s.account, s.amount)
+         from payrail.credit_shards s
+         where not exists (select 1 from payrail.accounts a where a.tenant = s.tenant and a.id = s.account)",
     ),
     (
         "entry_account_exists",

@@ -107,8 +107,15 @@ pub(crate) async fn create_hold(
                   (payment_id, tenant, account, destination, currency, amount, expires_at)
                 values ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
                 returning expires_at
+             ), folded as (
+                -- the source is row-locked: its credit shards fold into the
+                -- row, so the row's own check (balance >= held) sees them
+                delete from payrail.credit_shards where tenant = $2 and account = $3
+                returning amount
              ), a as (
-                update payrail.accounts set held = held + $6
+                update payrail.accounts
+                set held = held + $6,
+                    balance = balance + coalesce((select sum(amount) from folded), 0)::bigint
                 where tenant = $2 and id = $3
                 returning 1
              )

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fewer_indexes_byte_order",
         sql: include_str!("../../../migrations/0007_fewer_indexes_byte_order.sql"),
     },
+    Migration {
+        version: 8,
+        name: "credit_shards",
+        sql: include_str!("../../../migrations/0008_credit_shards.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.

@@ -136,8 +136,12 @@ pub(crate) fn start(processor: Processor, settings: BatchSettings) -> Option<Que
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     let (tx, rx) = mpsc::channel(settings.queue_depth);
     let rx = Arc::new(Mutex::new(rx));
-    for _ in 0..settings.workers {
-        runtime.spawn(work(processor.clone(), rx.clone(), settings));
+    // Each worker credits hot accounts on its own shard (ledger::CREDIT_SHARDS);
+    // the process id spreads the workers of several hosts over the shards.
+    let first_shard = std::process::id() as usize;
+    for w in 0..settings.workers {
+        let shard = ((first_shard + w) % ledger::CREDIT_SHARDS as usize) as i16;
+        runtime.spawn(work(processor.clone(), rx.clone(), settings, shard));
     }
     Some(tx)
 }
@@ -162,7 +166,12 @@ pub(crate) async fn submit(
 }
 
 /// One worker: take a batch, run it, repeat until the queue closes.
-async fn work(processor: Processor, rx: Arc<Mutex<mpsc::Receiver<Job>>>, settings: BatchSettings) {
+async fn work(
+    processor: Processor,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    settings: BatchSettings,
+    shard: i16,
+) {
     loop {
         let jobs = {
             let mut rx = rx.lock().await;
@@ -190,7 +199,7 @@ async fn work(processor: Processor, rx: Arc<Mutex<mpsc::Receiver<Job>>>, setting
         };
         // A panic (a broken invariant) must not take the worker with it:
         // the batch's callers get an error when their reply is dropped.
-        let run = std::panic::AssertUnwindSafe(processor.pay_batch(jobs)).catch_unwind();
+        let run = std::panic::AssertUnwindSafe(processor.pay_batch(jobs, shard)).catch_unwind();
         if run.await.is_err() {
             tracing::error!("a payment batch panicked; its payments were answered with an error");
         }
@@ -235,8 +244,8 @@ struct Book {
 struct Missing {
     /// To read under a row lock (debited).
     lock: Vec<String>,
-    /// To read without a lock (only credited: a credit cannot overdraw; the
-    /// row is locked by the balance update just before commit).
+    /// To read without a lock (only credited: a credit cannot overdraw; it
+    /// goes to the worker's credit shard, never to the row).
     read: Vec<String>,
 }
 
@@ -299,7 +308,7 @@ struct Item {
 
 impl Processor {
     /// Runs a batch taken from the queue and answers every payment in it.
-    async fn pay_batch(&self, jobs: Vec<Job>) {
+    async fn pay_batch(&self, jobs: Vec<Job>, shard: i16) {
         assert!(!jobs.is_empty() && jobs.len() <= MAX_BATCH_PAYMENTS);
         // One transaction per tenant; a key seen twice in the batch runs on
         // its own afterwards (then it is a replay or a conflict).
@@ -314,7 +323,7 @@ impl Processor {
             }
         }
         for (tenant, jobs) in groups {
-            self.run_group(&tenant, jobs).await;
+            self.run_group(&tenant, jobs, shard).await;
         }
         for job in repeats {
             self.answer_alone(job).await;
@@ -336,7 +345,7 @@ impl Processor {
         }
     }
 
-    async fn run_group(&self, tenant: &str, jobs: Vec<Job>) {
+    async fn run_group(&self, tenant: &str, jobs: Vec<Job>, shard: i16) {
         if jobs.len() == 1 {
             let job = jobs.into_iter().next().expect("one job");
             self.answer_alone(job).await;
@@ -344,7 +353,7 @@ impl Processor {
         }
         let mut attempt = 1;
         loop {
-            match self.batch_once(tenant, &jobs).await {
+            match self.batch_once(tenant, &jobs, shard).await {
                 Ok(answers) => {
                     assert_eq!(answers.len(), jobs.len(), "one answer per payment");
                     for (job, answer) in jobs.into_iter().zip(answers) {
@@ -367,9 +376,14 @@ impl Processor {
         }
     }
 
-    async fn batch_once(&self, tenant: &str, jobs: &[Job]) -> Result<Vec<Result<PayOutcome>>> {
+    async fn batch_once(
+        &self,
+        tenant: &str,
+        jobs: &[Job],
+        shard: i16,
+    ) -> Result<Vec<Result<PayOutcome>>> {
         let mut client = self.pool.get().await?;
-        let result = self.batch_in(&mut client, tenant, jobs).await;
+        let result = self.batch_in(&mut client, tenant, jobs, shard).await;
         if result.is_err() {
             // Wait for the queued ROLLBACK (see `pay_single`).
             let _ = client.simple_query("").await;
@@ -382,6 +396,7 @@ impl Processor {
         client: &mut deadpool_postgres::Client,
         tenant: &str,
         jobs: &[Job],
+        shard: i16,
     ) -> Result<Vec<Result<PayOutcome>>> {
         let tx = client.transaction().await?;
         let ids: Vec<Uuid> = jobs.iter().map(|j| payment_id(tenant, &j.key)).collect();
@@ -630,20 +645,7 @@ impl Processor {
             .iter()
             .map(|(i, d, _)| (ids[*i], &d.run.calls[..]))
             .collect();
-        let deltas: BTreeMap<String, i64> = book
-            .deltas
-            .iter()
-            .filter(|(_, d)| **d != 0)
-            .map(|(a, d)| (a.clone(), *d))
-            .collect();
-        // Accounts only credited were read without a lock: lock them in
-        // sorted order before the update when there are several, so two
-        // batches never take them in opposite orders.
-        let unlocked: Vec<String> = deltas
-            .keys()
-            .filter(|a| !book.locked.contains(*a))
-            .cloned()
-            .collect();
+
         futures::try_join!(
             write_payments(&tx, tenant, &payment_rows),
             async {
@@ -663,15 +665,16 @@ impl Processor {
                 self.settings.key_ttl_secs as f64,
                 &stored_responses
             ),
-            async {
-                if deltas.is_empty() {
-                    return Ok(());
-                }
-                if unlocked.len() > 1 {
-                    ledger::lock_rows(&tx, tenant, &unlocked).await?;
-                }
-                ledger::add_to_balances(&tx, tenant, &deltas).await
-            },
+            // Accounts only credited were read without a lock: their credits
+            // go to this worker's credit shard, so a hot fee account does not
+            // make the batches of different workers wait on each other.
+            ledger::apply_deltas(
+                &tx,
+                tenant,
+                &book.deltas,
+                |a| book.locked.contains(a),
+                shard
+            ),
         )?;
         tx.commit().await?;
         tracing::debug!(payments = jobs.len(), "payment batch committed");

@@ -547,12 +547,15 @@ impl Processor {
                 crate::holds::create_hold(&tx, tenant, id, req).await
             },
             finish_key(&tx, tenant, key, &response_json),
-            async {
-                if deltas.is_empty() {
-                    return Ok(());
-                }
-                ledger::add_to_balances(&tx, tenant, &deltas).await
-            },
+            // parties and debited accounts are row-locked; credits to
+            // others go to a credit shard
+            ledger::apply_deltas(
+                &tx,
+                tenant,
+                &deltas,
+                |a| parties.iter().any(|p| p == a),
+                ledger::shard_of(id)
+            ),
         )?;
         tx.commit().await?;
         tracing::debug!(payment = %id, status = status.as_str(), "payment committed");
