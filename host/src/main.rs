@@ -2,6 +2,12 @@
 
 use clap::Parser;
 
+/// mimalloc instead of glibc malloc: the host allocates many small, short-lived
+/// values per payment (JSON, strings), and glibc's malloc/free were about a
+/// third of its CPU under `payrail bench` (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = payrail::cli::Cli::parse();
     let (format, filter) = payrail::cli::log_settings(&cli);
