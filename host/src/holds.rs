@@ -625,7 +625,8 @@ impl Processor {
             let txn_ids = vec![capture_txn_id(id); response.postings.len()];
             let payment_ids = vec![Some(id); txn_ids.len()];
             ledger::append_entries(tx, tenant, &txn_ids, &payment_ids, &response.postings).await?;
-            ledger::add_to_balances(tx, tenant, &deltas).await?;
+            ledger::add_to_balances(tx, tenant, &deltas, &ledger::to_fold(&deltas, &accounts))
+                .await?;
         }
         processor::write_journal(tx, id, &run.calls).await?;
         let plugin_events = if status == PaymentStatus::Captured {

@@ -82,6 +82,10 @@ pub struct Account {
     pub held: i64,
     pub allow_negative: bool,
     pub metadata: Metadata,
+    /// The part of `balance` in credit shards rather than the row (read
+    /// with it, under the same lock): a debit must fold it into the row.
+    #[serde(skip)]
+    pub in_shards: i64,
 }
 
 impl Account {
@@ -103,6 +107,7 @@ fn account_from_row(r: &tokio_postgres::Row) -> Account {
         held: r.get("held"),
         allow_negative: r.get("allow_negative"),
         metadata: metadata_from_json(r.get("metadata")),
+        in_shards: r.get("in_shards"),
     }
 }
 
@@ -253,12 +258,13 @@ pub async fn get_account(client: &impl GenericClient, tenant: &str, id: &str) ->
 pub const CREDIT_SHARDS: i16 = 16;
 
 /// Accounts by id, with the balance including their credit shards.
-const ACCOUNTS_SQL: &str = "select a.id, a.currency,
-            a.balance + coalesce((select sum(s.amount) from payrail.credit_shards s
-                                  where s.tenant = a.tenant and s.account = a.id), 0)::bigint
-              as balance,
-            a.held, a.allow_negative, a.metadata
-     from payrail.accounts a where a.tenant = $1 and a.id = any($2)";
+const ACCOUNTS_SQL: &str = "select a.id, a.currency, a.balance + s.in_shards as balance,
+            s.in_shards, a.held, a.allow_negative, a.metadata
+     from payrail.accounts a,
+          lateral (select coalesce(sum(c.amount), 0)::bigint as in_shards
+                   from payrail.credit_shards c
+                   where c.tenant = a.tenant and c.account = a.id) s
+     where a.tenant = $1 and a.id = any($2)";
 
 /// Row-locks (`FOR NO KEY UPDATE`, in id order: the lock a balance update
 /// needs, which does not block foreign-key checks of concurrent entry
@@ -403,7 +409,13 @@ async fn apply_entries(
         postings,
     )
     .await?;
-    add_to_balances(tx, tenant, deltas).await
+    // nothing read these accounts: fold every debited one
+    let fold: Vec<&str> = deltas
+        .iter()
+        .filter(|(_, d)| **d < 0)
+        .map(|(a, _)| a.as_str())
+        .collect();
+    add_to_balances(tx, tenant, deltas, &fold).await
 }
 
 /// Appends one entry per posting (entry `i` in ledger transaction
@@ -450,43 +462,72 @@ pub async fn append_entries(
 
 /// Adds `deltas` to balances, one statement. Rows not locked before are
 /// locked here; the table's check constraint is the last line of defence
-/// against a forbidden negative balance. A debited account's credit shards
-/// are folded into its row in the same statement: the debit was checked
-/// against the row plus the shards (which only grow meanwhile), so the row
-/// alone could otherwise go below zero. Debited rows are always locked
-/// before (the caller checked the debit under that lock), so only that
-/// lock's holder ever deletes shards.
+/// against a forbidden negative balance.
+///
+/// The credit shards of the accounts in `fold` are moved into their rows in
+/// the same statement. A debited account that had shards when it was read
+/// must be in `fold`: its debit was checked against the row plus the shards,
+/// so the row alone could go below zero. One read with no shards needs no
+/// fold (shards only grow while its row lock is held), which keeps the
+/// common statement a plain update. Debited rows are always locked before
+/// (the caller checked the debit under that lock), so only that lock's
+/// holder ever deletes shards.
 pub async fn add_to_balances(
     tx: &impl GenericClient,
     tenant: &str,
     deltas: &BTreeMap<String, i64>,
+    fold: &[&str],
 ) -> Result<()> {
     let ids: Vec<&str> = deltas.keys().map(String::as_str).collect();
     let amounts: Vec<i64> = deltas.values().copied().collect();
-    let stmt = tx
-        .prepare_cached(
-            "with folded as (
-                 delete from payrail.credit_shards s
-                 using unnest($2::text[], $3::bigint[]) as d(id, delta)
-                 where d.delta < 0 and s.tenant = $1 and s.account = d.id
-                 returning s.account, s.amount
-             ), f as (
-                 select account, sum(amount)::bigint as total from folded group by account
-             )
-             update payrail.accounts a set balance = a.balance + d.delta + coalesce(f.total, 0)
-             from unnest($2::text[], $3::bigint[]) as d(id, delta)
-             left join f on f.account = d.id
-             where a.tenant = $1 and a.id = d.id",
-        )
-        .await?;
-    let updated = tx.execute(&stmt, &[&tenant, &ids, &amounts]).await?;
+    let updated = if fold.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "update payrail.accounts a set balance = a.balance + d.delta
+                 from unnest($2::text[], $3::bigint[]) as d(id, delta)
+                 where a.tenant = $1 and a.id = d.id",
+            )
+            .await?;
+        tx.execute(&stmt, &[&tenant, &ids, &amounts]).await?
+    } else {
+        let stmt = tx
+            .prepare_cached(
+                "with folded as (
+                     delete from payrail.credit_shards s
+                     where s.tenant = $1 and s.account = any($4::text[])
+                     returning s.account, s.amount
+                 ), f as (
+                     select account, sum(amount)::bigint as total from folded group by account
+                 )
+                 update payrail.accounts a set balance = a.balance + d.delta + coalesce(f.total, 0)
+                 from unnest($2::text[], $3::bigint[]) as d(id, delta)
+                 left join f on f.account = d.id
+                 where a.tenant = $1 and a.id = d.id",
+            )
+            .await?;
+        tx.execute(&stmt, &[&tenant, &ids, &amounts, &fold]).await?
+    };
     assert_eq!(updated as usize, ids.len(), "every posted account exists");
     Ok(())
 }
 
+/// The debited accounts of `deltas` that [`add_to_balances`] must fold:
+/// those read with credit shards, or not read at all.
+pub fn to_fold<'a>(
+    deltas: &'a BTreeMap<String, i64>,
+    accounts: &HashMap<String, Account>,
+) -> Vec<&'a str> {
+    deltas
+        .iter()
+        .filter(|(a, d)| **d < 0 && accounts.get(*a).is_none_or(|x| x.in_shards > 0))
+        .map(|(a, _)| a.as_str())
+        .collect()
+}
+
 /// Applies a transaction's net `deltas`, at most two statements (pipelined):
 /// debits, and credits to accounts `is_locked` says the transaction holds
-/// the row lock of, go to the rows ([`add_to_balances`]); credits to the
+/// the row lock of, go to the rows ([`add_to_balances`], folding the shards
+/// [`to_fold`] names from `accounts`, the rows as read); credits to the
 /// others (a fee account a plugin names) go to credit shard `shard`
 /// ([`add_to_credit_shards`]), so they wait for no one. Zero deltas are
 /// skipped. Callers checked every debit under its row lock.
@@ -494,6 +535,7 @@ pub async fn apply_deltas(
     tx: &impl GenericClient,
     tenant: &str,
     deltas: &BTreeMap<String, i64>,
+    accounts: &HashMap<String, Account>,
     is_locked: impl Fn(&str) -> bool,
     shard: i16,
 ) -> Result<()> {
@@ -507,7 +549,7 @@ pub async fn apply_deltas(
             if rows.is_empty() {
                 return Ok(());
             }
-            add_to_balances(tx, tenant, &rows).await
+            add_to_balances(tx, tenant, &rows, &to_fold(&rows, accounts)).await
         },
         async {
             if credits.is_empty() {
@@ -603,6 +645,7 @@ mod tests {
                 held: 0,
                 allow_negative: false,
                 metadata: Metadata::new(),
+                in_shards: 0,
             },
         );
         let ok = [p("a", -10)];

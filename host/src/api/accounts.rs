@@ -60,6 +60,7 @@ impl From<ledger::Account> for AccountView {
             held: _,
             allow_negative,
             metadata,
+            in_shards: _,
         } = a;
         AccountView {
             id,

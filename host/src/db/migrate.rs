@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "credit_shards",
         sql: include_str!("../../../migrations/0008_credit_shards.sql"),
     },
+    Migration {
+        version: 9,
+        name: "outbox_timers_index",
+        sql: include_str!("../../../migrations/0009_outbox_timers_index.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.

@@ -111,27 +111,43 @@ struct Claimed {
 
 /// Claims due events: pending, `available_at` reached, not leased (or the
 /// lease expired), and no earlier undelivered event of the same key.
-const CLAIM_SQL: &str = "
-    with c as (
-        select o.id from payrail.outbox o
-        where o.state = 'pending' and o.available_at <= now()
-          and (o.lease_until is null or o.lease_until < now())
-          and not exists (
-              select 1 from payrail.outbox p
-              where p.key = o.key and p.id < o.id and p.state <> 'delivered')
-          and (not $4 or o.topic = 'hold.expire')
-        order by o.available_at, o.id
-        limit $1
-        for update of o skip locked
-    )
-    update payrail.outbox o
-    set lease_owner = $2,
-        lease_until = now() + make_interval(secs => $3),
-        attempts = o.attempts + 1,
-        last_attempt_at = now()
-    from c where o.id = c.id
-    returning o.id, o.event_id::text, o.tenant, o.topic, o.key, o.payload, o.attempts,
-              (extract(epoch from o.created_at) * 1000)::bigint";
+/// `$filter` narrows the topics; a literal, so the timers-only claim can use
+/// its partial index (migration 0009) instead of walking every pending event.
+macro_rules! claim_sql {
+    ($filter:literal) => {
+        concat!(
+            "with c as (
+                select o.id from payrail.outbox o
+                where o.state = 'pending' and o.available_at <= now()
+                  and (o.lease_until is null or o.lease_until < now())
+                  and not exists (
+                      select 1 from payrail.outbox p
+                      where p.key = o.key and p.id < o.id and p.state <> 'delivered')
+                  ",
+            $filter,
+            "
+                order by o.available_at, o.id
+                limit $1
+                for update of o skip locked
+            )
+            update payrail.outbox o
+            set lease_owner = $2,
+                lease_until = now() + make_interval(secs => $3),
+                attempts = o.attempts + 1,
+                last_attempt_at = now()
+            from c where o.id = c.id
+            returning o.id, o.event_id::text, o.tenant, o.topic, o.key, o.payload, o.attempts,
+                      (extract(epoch from o.created_at) * 1000)::bigint"
+        )
+    };
+}
+
+/// Claims any due event (a relay with sinks).
+const CLAIM_SQL: &str = claim_sql!("");
+
+/// Claims due hold timers only (a relay without sinks: the other events
+/// wait for a relay that has some).
+const CLAIM_TIMERS_SQL: &str = claim_sql!("and o.topic = 'hold.expire'");
 
 /// The relay: owns the sinks, claims and delivers.
 pub struct Relay {
@@ -307,7 +323,12 @@ impl Relay {
 
     async fn claim(&self) -> Result<Vec<Claimed>> {
         let client = self.pool.get().await?;
-        let stmt = client.prepare_cached(CLAIM_SQL).await?;
+        let sql = if self.timers_only {
+            CLAIM_TIMERS_SQL
+        } else {
+            CLAIM_SQL
+        };
+        let stmt = client.prepare_cached(sql).await?;
         let rows = client
             .query(
                 &stmt,
@@ -315,7 +336,6 @@ impl Relay {
                     &self.settings.batch_size,
                     &self.owner,
                     &self.settings.lease.as_secs_f64(),
-                    &self.timers_only,
                 ],
             )
             .await?;

@@ -672,6 +672,7 @@ impl Processor {
                 &tx,
                 tenant,
                 &book.deltas,
+                &book.accounts,
                 |a| book.locked.contains(a),
                 shard
             ),

@@ -553,6 +553,7 @@ impl Processor {
                 &tx,
                 tenant,
                 &deltas,
+                &accounts,
                 |a| parties.iter().any(|p| p == a),
                 ledger::shard_of(id)
             ),
