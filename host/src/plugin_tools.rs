@@ -211,7 +211,8 @@ pub struct BenchReport {
     pub teardown_us: Spread,
     /// Output checks + canonical output JSON.
     pub validate_us: Spread,
-    /// What the engine reports as the call's duration (setup through call).
+    /// What the engine reports as the call's duration (setup through
+    /// output checks: what the journal, metrics and P4 count).
     pub engine_duration_us: Spread,
     /// Everything one payment step pays: prepare through validate.
     pub total_us: Spread,

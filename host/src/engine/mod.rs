@@ -268,6 +268,8 @@ pub struct CallOutcome {
     /// Canonical JSON of `decision` (what the journal stores).
     pub output_json: String,
     pub fuel_used: u64,
+    /// The whole call as P4 counts it: store setup, instantiation, the
+    /// guest's run, the slot's reset and the output checks.
     pub duration: Duration,
     /// Captured log text (host log import + stdout/stderr), capped.
     pub log: String,
@@ -277,8 +279,8 @@ pub struct CallOutcome {
     pub timings: CallTimings,
 }
 
-/// The phases of one successful call, for `payrail plugin bench`.
-/// `setup + instantiate + run` is [`CallOutcome::duration`].
+/// The phases of one successful call, for `payrail plugin bench`. Their sum
+/// is [`CallOutcome::duration`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallTimings {
     /// Fresh `Store` with its WASI context, limiter, fuel and deadline.
@@ -288,7 +290,7 @@ pub struct CallTimings {
     /// Lowering the input, the guest's `evaluate`, lifting the output.
     pub run: Duration,
     /// Dropping the store: the pool slot's memory is reset for the next
-    /// call (after `duration` was taken).
+    /// call.
     pub teardown: Duration,
     /// Output checks and canonical JSON.
     pub validate: Duration,
@@ -696,7 +698,6 @@ impl PluginEngine {
             rule.call_evaluate(&mut store, &guest_input)
         });
         let ended = Instant::now();
-        let duration = ended - started;
         let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
         let memory_refused = store.data().limiter.memory_refused;
         let peak_memory_bytes = store.data().limiter.peak_memory;
@@ -722,11 +723,12 @@ impl PluginEngine {
                 limit: limits.max_output_bytes,
             });
         }
+        let validated = Instant::now();
         Ok(CallOutcome {
             decision,
             output_json,
             fuel_used,
-            duration,
+            duration: validated - started,
             log,
             peak_memory_bytes,
             timings: CallTimings {
@@ -734,7 +736,7 @@ impl PluginEngine {
                 instantiate: instantiated - setup_done,
                 run: ended - instantiated,
                 teardown: torn_down - ended,
-                validate: torn_down.elapsed(),
+                validate: validated - torn_down,
             },
         })
     }
