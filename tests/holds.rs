@@ -833,3 +833,53 @@ async fn http_capture_and_void_with_idempotency_keys() {
     let _ = server.await;
     assert!(db.audit().await.is_empty(), "{:?}", db.audit().await);
 }
+
+/// A hold on an account whose money is in credit shards (a fee account
+/// credited by payments that did not lock it) folds the shards into the
+/// row first: the row alone (0) could not carry the hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_on_an_account_with_credit_shards_folds_them() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("alice", 500_000).await;
+    db.account("bob", 0).await;
+    let p = db.processor();
+    for i in 0..3 {
+        let key = format!("t{i}");
+        p.pay(DEFAULT_TENANT, &key, &transfer("alice", "bob", 10_000))
+            .await
+            .unwrap();
+    }
+    let (fees, _) = funds(&db, "fees").await;
+    assert!(fees > 0);
+    let (row, shards) = row_and_shard_count(&db, "fees").await;
+    assert_eq!(row, 0, "the fees are in shards, not the row");
+    assert!(shards > 0);
+    let out = p
+        .pay(DEFAULT_TENANT, "h", &authorize("fees", "bob", fees / 2))
+        .await
+        .unwrap();
+    assert_eq!(out.response.status, PaymentStatus::Authorized);
+    assert_eq!(
+        row_and_shard_count(&db, "fees").await,
+        (fees, 0),
+        "the shards are folded into the row"
+    );
+    assert_eq!(funds(&db, "fees").await, (fees, fees / 2));
+    assert!(db.audit().await.is_empty(), "{:?}", db.audit().await);
+}
+
+/// (row balance, number of credit shards) of an account.
+async fn row_and_shard_count(db: &TestDb, id: &str) -> (i64, i64) {
+    let c = db.pool.get().await.unwrap();
+    let r = c
+        .query_one(
+            "select a.balance, (select count(*) from payrail.credit_shards s
+                                where s.tenant = a.tenant and s.account = a.id)
+             from payrail.accounts a where a.tenant = $1 and a.id = $2",
+            &[&DEFAULT_TENANT, &id],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}

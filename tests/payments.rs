@@ -269,15 +269,7 @@ async fn concurrent_random_transfers_conserve_money() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn audit_detects_a_balance_changed_behind_the_hosts_back() {
-    let db = TestDb::new().await;
-    db.samples().await;
-    db.account("alice", 100_000).await;
-    db.account("bob", 0).await;
-    db.processor()
-        .pay(DEFAULT_TENANT, "k", &transfer("alice", "bob", 1_000))
-        .await
-        .unwrap();
-    assert!(db.audit().await.is_empty());
+    let db = sound_ledger_with_one_payment().await;
     let c = db.pool.get().await.unwrap();
     c.execute(
         "update payrail.accounts set balance = balance + 1 where id = 'bob'",
@@ -294,15 +286,7 @@ async fn audit_detects_a_balance_changed_behind_the_hosts_back() {
 /// catches an entry naming an account or a payment that does not exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn audit_detects_entries_naming_missing_accounts_or_payments() {
-    let db = TestDb::new().await;
-    db.samples().await;
-    db.account("alice", 100_000).await;
-    db.account("bob", 0).await;
-    db.processor()
-        .pay(DEFAULT_TENANT, "k", &transfer("alice", "bob", 1_000))
-        .await
-        .unwrap();
-    assert!(db.audit().await.is_empty());
+    let db = sound_ledger_with_one_payment().await;
     let c = db.pool.get().await.unwrap();
     // A balanced pair, so only the dangling references are wrong.
     c.execute(
@@ -323,10 +307,7 @@ async fn audit_detects_entries_naming_missing_accounts_or_payments() {
 /// and a shard naming no account is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn audit_counts_credit_shards_and_detects_orphans() {
-    let db = TestDb::new().await;
-    db.samples().await;
-    db.account("alice", 100_000).await;
-    db.account("bob", 0).await;
+    let db = sound_ledger_with_one_payment().await;
     let c = db.pool.get().await.unwrap();
     // Money in a shard that no entry explains.
     c.execute(
@@ -336,7 +317,11 @@ async fn audit_counts_credit_shards_and_detects_orphans() {
     )
     .await
     .unwrap();
-    assert_eq!(db.balance("bob").await, 7, "the balance includes shards");
+    assert_eq!(
+        db.balance("bob").await,
+        1_007,
+        "the balance includes shards"
+    );
     let checks: Vec<&str> = db.audit().await.iter().map(|v| v.check).collect();
     assert_eq!(checks, ["balance_equals_entries"]);
     c.execute(
@@ -360,4 +345,18 @@ async fn audit_counts_credit_shards_and_detects_orphans() {
         err.code(),
         Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION)
     );
+}
+
+/// The setup of the audit tests: alice paid bob once, and the audit passes.
+async fn sound_ledger_with_one_payment() -> TestDb {
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("alice", 100_000).await;
+    db.account("bob", 0).await;
+    db.processor()
+        .pay(DEFAULT_TENANT, "k", &transfer("alice", "bob", 1_000))
+        .await
+        .unwrap();
+    assert!(db.audit().await.is_empty(), "{:?}", db.audit().await);
+    db
 }
