@@ -347,6 +347,25 @@ async fn audit_counts_credit_shards_and_detects_orphans() {
     );
 }
 
+/// Event ids are unique by construction since migration 0010 dropped their
+/// unique index; the audit is what catches a second row with one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_detects_a_duplicated_event_id() {
+    let db = sound_ledger_with_one_payment().await;
+    let c = db.pool.get().await.unwrap();
+    let copied = c
+        .execute(
+            "insert into payrail.outbox (event_id, tenant, topic, key, payload)
+             select event_id, tenant, topic, key, payload from payrail.outbox limit 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(copied, 1);
+    let checks: Vec<&str> = db.audit().await.iter().map(|v| v.check).collect();
+    assert_eq!(checks, ["outbox_event_id_unique"]);
+}
+
 /// The setup of the audit tests: alice paid bob once, and the audit passes.
 async fn sound_ledger_with_one_payment() -> TestDb {
     let db = TestDb::new().await;

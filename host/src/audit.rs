@@ -76,6 +76,13 @@ const CHECKS: &[(&str, &str)] = &[
          where not exists (select 1 from payrail.outbox o
                            where o.key = p.id::text and o.topic = 'payment.' || p.status)",
     ),
+    // Unique by construction (hash of payment id and index), no longer by
+    // an index (migration 0010).
+    (
+        "outbox_event_id_unique",
+        "select format('event id %s is on %s outbox rows', event_id, count(*))
+         from payrail.outbox group by event_id having count(*) > 1",
+    ),
     // A payment's key row may be gone: the reaper deletes keys past their
     // expiry (`payrail serve`). While it exists it must be finished and
     // point at the payment with its stored response.

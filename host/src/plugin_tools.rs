@@ -214,6 +214,9 @@ pub struct BenchReport {
     /// What the engine reports as the call's duration (setup through
     /// output checks: what the journal, metrics and P4 count).
     pub engine_duration_us: Spread,
+    /// The calling thread's CPU time over the same span (what P4's share
+    /// counts), of the calls the engine samples it on.
+    pub engine_cpu_us: Spread,
     /// Everything one payment step pays: prepare through validate.
     pub total_us: Spread,
     /// CPU time of the whole process (all threads) per measured call, from
@@ -269,6 +272,7 @@ pub fn bench_plugin(
         total: u64,
         timings: CallTimings,
         duration: std::time::Duration,
+        cpu: Option<std::time::Duration>,
     }
     let mut samples: Vec<Sample> = Vec::with_capacity(calls);
     let mut cpu_start = None;
@@ -290,6 +294,7 @@ pub fn bench_plugin(
                 total: (t2 - t0).as_nanos() as u64,
                 timings: out.timings,
                 duration: out.duration,
+                cpu: out.cpu,
             });
         }
     }
@@ -312,6 +317,13 @@ pub fn bench_plugin(
         teardown_us: col(&|s| ns(s.timings.teardown)),
         validate_us: col(&|s| ns(s.timings.validate)),
         engine_duration_us: col(&|s| ns(s.duration)),
+        engine_cpu_us: spread(
+            samples
+                .iter()
+                .filter_map(|s| s.cpu)
+                .map(|d| d.as_nanos() as u64)
+                .collect(),
+        ),
         total_us: col(&|s| s.total),
         process_cpu_us_per_call: cpu,
     })

@@ -3,6 +3,7 @@
 //! (route templates, status codes, error codes, plugin digests capped at
 //! [`MAX_SERIES`]).
 
+use crate::processor::CallStat;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -14,6 +15,11 @@ pub const MAX_SERIES: usize = 2000;
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Plugin calls take microseconds (the 1 ms floor of `LATENCY_BUCKETS`
+/// would put every call in one bucket) and at most the 5 s timeout.
+const PLUGIN_BUCKETS: &[f64] = &[
+    5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1, 1.0, 5.0,
 ];
 const FUEL_BUCKETS: &[f64] = &[
     1e3, 1e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7, 2.5e7, 1e8,
@@ -106,6 +112,7 @@ pub struct Metrics {
     payment_errors: Mutex<Family<u64>>,
     plugin_fuel: Mutex<Family<Histogram>>,
     plugin_duration: Mutex<Family<Histogram>>,
+    plugin_cpu: Mutex<Family<Histogram>>,
     lock_wait: Mutex<Family<Histogram>>,
     replays: AtomicU64,
     keys_reaped: AtomicU64,
@@ -185,19 +192,26 @@ impl Metrics {
             .get(vec![code.into()], || 0) += 1;
     }
 
-    /// Records one plugin call (digest, fuel used, duration).
-    pub fn plugin_call(&self, digest: &str, fuel: u64, seconds: f64) {
-        let d = digest.get(..12).unwrap_or(digest).to_string();
+    /// Records one plugin call: fuel, wall-clock and CPU time, by digest.
+    pub fn plugin_call(&self, call: &CallStat) {
+        let d = call.digest.get(..12).unwrap_or(&call.digest).to_string();
         self.plugin_fuel
             .lock()
             .expect("metrics lock")
             .get(vec![d.clone()], || Histogram::new(FUEL_BUCKETS))
-            .observe(fuel as f64);
+            .observe(call.fuel_used as f64);
         self.plugin_duration
             .lock()
             .expect("metrics lock")
-            .get(vec![d], || Histogram::new(LATENCY_BUCKETS))
-            .observe(seconds);
+            .get(vec![d.clone()], || Histogram::new(PLUGIN_BUCKETS))
+            .observe(call.duration.as_secs_f64());
+        if let Some(cpu) = call.cpu {
+            self.plugin_cpu
+                .lock()
+                .expect("metrics lock")
+                .get(vec![d], || Histogram::new(PLUGIN_BUCKETS))
+                .observe(cpu.as_secs_f64());
+        }
     }
 
     /// Records the time a payment spent claiming its key and taking its
@@ -271,6 +285,13 @@ impl Metrics {
             "wall-clock time per plugin call, by digest prefix",
             &["digest"],
             &self.plugin_duration.lock().expect("metrics lock"),
+        );
+        histogram_family(
+            &mut out,
+            "payrail_plugin_call_cpu_seconds",
+            "CPU time per plugin call (the calling thread's), by digest prefix; one call in 16 is measured",
+            &["digest"],
+            &self.plugin_cpu.lock().expect("metrics lock"),
         );
         histogram_family(
             &mut out,
@@ -424,7 +445,13 @@ mod tests {
         m.request("GET", "/v1/accounts/{id}", 200, 0.2);
         m.payment("approved", false);
         m.payment("approved", true);
-        m.plugin_call(&"ab".repeat(32), 5000, 0.0001);
+        m.plugin_call(&CallStat {
+            plugin: "limits".into(),
+            digest: "ab".repeat(32),
+            fuel_used: 5000,
+            duration: std::time::Duration::from_micros(30),
+            cpu: Some(std::time::Duration::from_micros(12)),
+        });
         let text = m.render(
             PoolGauges {
                 size: 1,
@@ -441,6 +468,12 @@ mod tests {
         assert!(text.contains("payrail_payments_total{status=\"approved\"} 1"));
         assert!(text.contains("payrail_payment_replays_total 1"));
         assert!(text.contains("payrail_plugin_fuel_used_count{digest=\"abababababab\"} 1"));
+        assert!(text.contains(
+            "payrail_plugin_call_duration_seconds_bucket{digest=\"abababababab\",le=\"0.00005\"} 1"
+        ));
+        assert!(text.contains(
+            "payrail_plugin_call_cpu_seconds_bucket{digest=\"abababababab\",le=\"0.00002\"} 1"
+        ));
         assert!(text.contains("payrail_db_pool_max_size 4"));
     }
 

@@ -282,8 +282,7 @@ pub(super) fn respond(
         st.metrics.lock_wait(outcome.lock_wait.as_secs_f64());
     }
     for c in &outcome.calls {
-        st.metrics
-            .plugin_call(&c.digest, c.fuel_used, c.duration.as_secs_f64());
+        st.metrics.plugin_call(c);
     }
     let location = format!("/v1/payments/{}", outcome.response.id);
     let mut resp = (status, Json(PaymentView::from(outcome.response))).into_response();

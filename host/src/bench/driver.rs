@@ -16,10 +16,20 @@ use tokio::sync::Semaphore;
 pub struct Outcome {
     /// `Ok(true)` approved, `Ok(false)` declined, `Err` what went wrong.
     pub result: std::result::Result<bool, String>,
-    /// Durations of the plugin calls (in-process only).
-    pub calls: Vec<Duration>,
+    /// The plugin calls' times (in-process only).
+    pub calls: Vec<CallTime>,
     /// Time claiming the key and taking the locks (in-process only).
     pub lock_wait: Option<Duration>,
+}
+
+/// One plugin call's time, as `CallStat` reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct CallTime {
+    /// Wall clock, setup through output checks.
+    pub wall: Duration,
+    /// CPU time of the calling thread over the same span (sampled calls
+    /// only: see `engine::CPU_SAMPLE_EVERY`).
+    pub cpu: Option<Duration>,
 }
 
 /// Where the payments go. Cheap to clone.
@@ -38,7 +48,14 @@ impl Target {
             Target::InProcess(p) => match p.pay(DEFAULT_TENANT, key, req).await {
                 Ok(o) => Outcome {
                     result: Ok(o.response.status == PaymentStatus::Approved),
-                    calls: o.calls.iter().map(|c| c.duration).collect(),
+                    calls: o
+                        .calls
+                        .iter()
+                        .map(|c| CallTime {
+                            wall: c.duration,
+                            cpu: c.cpu,
+                        })
+                        .collect(),
                     lock_wait: Some(o.lock_wait),
                 },
                 Err(e) => Outcome {

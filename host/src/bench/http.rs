@@ -132,8 +132,12 @@ impl ServeChild {
 /// Sums of the serve metrics the bench reads (`GET /metrics`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServeMetrics {
-    /// Seconds spent in plugin calls.
+    /// Seconds spent in plugin calls (wall clock).
     pub plugin_seconds: f64,
+    /// CPU seconds the sampled plugin calls used.
+    pub plugin_cpu_seconds: f64,
+    /// Plugin calls whose CPU time was sampled.
+    pub plugin_cpu_calls: f64,
     /// Plugin calls.
     pub plugin_calls: f64,
     /// Seconds spent claiming keys and taking locks.
@@ -147,6 +151,8 @@ impl ServeMetrics {
     pub fn since(&self, earlier: &ServeMetrics) -> ServeMetrics {
         ServeMetrics {
             plugin_seconds: self.plugin_seconds - earlier.plugin_seconds,
+            plugin_cpu_seconds: self.plugin_cpu_seconds - earlier.plugin_cpu_seconds,
+            plugin_cpu_calls: self.plugin_cpu_calls - earlier.plugin_cpu_calls,
             plugin_calls: self.plugin_calls - earlier.plugin_calls,
             lock_wait_seconds: self.lock_wait_seconds - earlier.lock_wait_seconds,
             lock_waits: self.lock_waits - earlier.lock_waits,
@@ -156,6 +162,8 @@ impl ServeMetrics {
     /// Adds another server's metrics.
     pub fn add(&mut self, o: &ServeMetrics) {
         self.plugin_seconds += o.plugin_seconds;
+        self.plugin_cpu_seconds += o.plugin_cpu_seconds;
+        self.plugin_cpu_calls += o.plugin_cpu_calls;
         self.plugin_calls += o.plugin_calls;
         self.lock_wait_seconds += o.lock_wait_seconds;
         self.lock_waits += o.lock_waits;
@@ -175,6 +183,8 @@ impl ServeMetrics {
             match name {
                 "payrail_plugin_call_duration_seconds_sum" => m.plugin_seconds += v,
                 "payrail_plugin_call_duration_seconds_count" => m.plugin_calls += v,
+                "payrail_plugin_call_cpu_seconds_sum" => m.plugin_cpu_seconds += v,
+                "payrail_plugin_call_cpu_seconds_count" => m.plugin_cpu_calls += v,
                 "payrail_lock_wait_seconds_sum" => m.lock_wait_seconds += v,
                 "payrail_lock_wait_seconds_count" => m.lock_waits += v,
                 _ => {}
@@ -287,11 +297,16 @@ mod tests {
             payrail_plugin_call_duration_seconds_count{digest=\"ab\"} 3\n\
             payrail_plugin_call_duration_seconds_sum{digest=\"cd\"} 0.25\n\
             payrail_plugin_call_duration_seconds_count{digest=\"cd\"} 1\n\
+            payrail_plugin_call_cpu_seconds_sum{digest=\"ab\"} 0.125\n\
+            payrail_plugin_call_cpu_seconds_sum{digest=\"cd\"} 0.0625\n\
+            payrail_plugin_call_cpu_seconds_count{digest=\"ab\"} 1\n\
             payrail_lock_wait_seconds_sum 2\n\
             payrail_lock_wait_seconds_count 4\n";
         let m = ServeMetrics::parse(text);
         assert_eq!(m.plugin_seconds, 0.75);
         assert_eq!(m.plugin_calls, 4.0);
+        assert_eq!(m.plugin_cpu_seconds, 0.1875);
+        assert_eq!(m.plugin_cpu_calls, 1.0);
         assert_eq!(m.lock_wait_seconds, 2.0);
         assert_eq!(m.lock_waits, 4.0);
         let d = m.since(&ServeMetrics {

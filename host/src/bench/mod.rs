@@ -36,7 +36,8 @@ use clap::Args;
 use driver::{RunSamples, Target};
 use http::{HttpTarget, ServeChild, ServeMetrics};
 use report::{
-    AuditResult, Durability, HostReadings, LOAD_FRACTION, PathKind, Report, RunResult, ScaleOut,
+    AuditResult, Durability, HostReadings, LOAD_FRACTION, PathKind, PluginTotals, Report,
+    RunResult, ScaleOut,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -235,7 +236,12 @@ impl Hosts<'_> {
         Ok(HostReadings {
             cpu,
             peak_rss,
-            plugin_seconds_calls: delta.map(|d| (d.plugin_seconds, d.plugin_calls)),
+            plugin: delta.map(|d| PluginTotals {
+                wall_seconds: d.plugin_seconds,
+                calls: d.plugin_calls,
+                sampled_cpu_seconds: d.plugin_cpu_seconds,
+                sampled_calls: d.plugin_cpu_calls,
+            }),
             lock_seconds_count: delta.map(|d| (d.lock_wait_seconds, d.lock_waits)),
         })
     }
@@ -367,8 +373,9 @@ fn print_run(r: &RunResult) {
                 .map(|m| format!(" lock_wait_mean={m:.2}ms"))
         })
         .unwrap_or_default();
+    let us = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.1}us"));
     println!(
-        "payrail  path={} workload={} {}={}{}{} tps={:.0} p50={:.2}ms p99={:.2}ms p99.9={:.2}ms errors={} plugin/payment={}{lock}",
+        "payrail  path={} workload={} {}={}{}{} tps={:.0} p50={:.2}ms p99={:.2}ms p99.9={:.2}ms errors={} plugin/payment={} plugin_cpu/payment={}{lock}",
         r.path.name(),
         r.workload.name(),
         if r.target_tps.is_some() {
@@ -390,10 +397,8 @@ fn print_run(r: &RunResult) {
         r.latency.p99_ms,
         r.latency.p999_ms,
         r.errors,
-        r.plugin
-            .per_payment_us
-            .map(|v| format!("{v:.1}us"))
-            .unwrap_or_else(|| "-".into()),
+        us(r.plugin.per_payment_us),
+        us(r.plugin.cpu_per_payment_us),
     );
     if let Some(e) = &r.first_error {
         println!("         first error: {e}");

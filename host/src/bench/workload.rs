@@ -149,10 +149,17 @@ pub struct Samples {
     pub latency_us: Vec<u32>,
     /// `PayOutcome::lock_wait` of each payment, µs (in-process only).
     pub lock_wait_us: Vec<u32>,
-    /// Duration of each plugin call, µs (in-process only).
-    pub call_us: Vec<u32>,
+    /// Wall-clock time of each plugin call, ns (in-process only; µs would
+    /// round a 10 µs call by up to 10%).
+    pub call_ns: Vec<u32>,
+    /// CPU time of each sampled plugin call, ns (in-process only).
+    pub call_cpu_ns: Vec<u32>,
     /// Sum of all plugin call durations.
     pub plugin_time: Duration,
+    /// Sum of the sampled plugin calls' CPU time.
+    pub plugin_cpu: Duration,
+    /// Plugin calls whose CPU time was sampled.
+    pub cpu_sampled: u64,
     /// Payments approved.
     pub approved: u64,
     /// Payments declined (a business decision: counted as done).
@@ -163,16 +170,23 @@ pub struct Samples {
     pub first_error: Option<String>,
 }
 
-fn push(v: &mut Vec<u32>, d: Duration) {
+/// Appends `n` (saturated to u32) unless `v` already holds `MAX_SAMPLES`.
+fn push(v: &mut Vec<u32>, n: u128) {
     if v.len() < MAX_SAMPLES {
-        v.push(d.as_micros().min(u32::MAX as u128) as u32);
+        v.push(n.min(u32::MAX as u128) as u32);
     }
+}
+
+/// The median of `ns`, in µs (`None` when empty). Sorts `ns`.
+pub fn median_us(ns: &mut [u32]) -> Option<f64> {
+    ns.sort_unstable();
+    ns.get(ns.len() / 2).map(|&m| f64::from(m) / 1000.0)
 }
 
 impl Samples {
     /// Records one finished payment.
     pub fn record(&mut self, latency: Duration, outcome: &super::driver::Outcome) {
-        push(&mut self.latency_us, latency);
+        push(&mut self.latency_us, latency.as_micros());
         match &outcome.result {
             Ok(true) => self.approved += 1,
             Ok(false) => self.declined += 1,
@@ -184,11 +198,16 @@ impl Samples {
             }
         }
         if let Some(w) = outcome.lock_wait {
-            push(&mut self.lock_wait_us, w);
+            push(&mut self.lock_wait_us, w.as_micros());
         }
-        for d in &outcome.calls {
-            push(&mut self.call_us, *d);
-            self.plugin_time += *d;
+        for c in &outcome.calls {
+            push(&mut self.call_ns, c.wall.as_nanos());
+            self.plugin_time += c.wall;
+            if let Some(cpu) = c.cpu {
+                push(&mut self.call_cpu_ns, cpu.as_nanos());
+                self.plugin_cpu += cpu;
+                self.cpu_sampled += 1;
+            }
         }
     }
 
@@ -196,8 +215,11 @@ impl Samples {
     pub fn merge(&mut self, other: Samples) {
         self.latency_us.extend(other.latency_us);
         self.lock_wait_us.extend(other.lock_wait_us);
-        self.call_us.extend(other.call_us);
+        self.call_ns.extend(other.call_ns);
+        self.call_cpu_ns.extend(other.call_cpu_ns);
         self.plugin_time += other.plugin_time;
+        self.plugin_cpu += other.plugin_cpu;
+        self.cpu_sampled += other.cpu_sampled;
         self.approved += other.approved;
         self.declined += other.declined;
         self.errors += other.errors;

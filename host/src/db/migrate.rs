@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "outbox_timers_index",
         sql: include_str!("../../../migrations/0009_outbox_timers_index.sql"),
     },
+    Migration {
+        version: 10,
+        name: "hot_updates_fewer_indexes",
+        sql: include_str!("../../../migrations/0010_hot_updates_fewer_indexes.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.

@@ -92,7 +92,11 @@ pub struct CallStat {
     pub plugin: String,
     pub digest: String,
     pub fuel_used: u64,
+    /// Wall-clock time of the call, setup through output checks.
     pub duration: Duration,
+    /// CPU time the call used, on one call in
+    /// [`crate::engine::CPU_SAMPLE_EVERY`] (see `engine::CallOutcome::cpu`).
+    pub cpu: Option<Duration>,
 }
 
 /// One journaled plugin call.
@@ -105,7 +109,10 @@ pub(crate) struct CallRecord {
     input_json: String,
     output_json: String,
     fuel_used: i64,
-    duration_us: i64,
+    /// Wall-clock time of the call (the journal keeps it in µs).
+    duration: Duration,
+    /// CPU time of the call, on sampled calls (metrics and the bench only).
+    cpu: Option<Duration>,
     /// The step's shadow candidate run on the same input, if it has one.
     shadow: Option<ShadowRecord>,
 }
@@ -741,7 +748,8 @@ pub(crate) fn call_stats(pipeline: &Pipeline, calls: &[CallRecord]) -> Vec<CallS
             plugin: pipeline.steps[c.step as usize].plugin.clone(),
             digest: c.digest.clone(),
             fuel_used: c.fuel_used as u64,
-            duration: Duration::from_micros(c.duration_us as u64),
+            duration: c.duration,
+            cpu: c.cpu,
         })
         .collect()
 }
@@ -988,7 +996,8 @@ fn run_steps(
             input_json: input.json,
             output_json: out.output_json,
             fuel_used: out.fuel_used as i64,
-            duration_us: out.duration.as_micros() as i64,
+            duration: out.duration,
+            cpu: out.cpu,
             shadow,
         });
         let declined = match &out.decision {
@@ -1045,7 +1054,10 @@ pub(crate) async fn write_journals(
     let inputs: Vec<&str> = calls.iter().map(|(_, c)| c.input_json.as_str()).collect();
     let outputs: Vec<&str> = calls.iter().map(|(_, c)| c.output_json.as_str()).collect();
     let fuel: Vec<i64> = calls.iter().map(|(_, c)| c.fuel_used).collect();
-    let durations: Vec<i64> = calls.iter().map(|(_, c)| c.duration_us).collect();
+    let durations: Vec<i64> = calls
+        .iter()
+        .map(|(_, c)| c.duration.as_micros() as i64)
+        .collect();
     let stmt = tx
         .prepare_cached(
             "insert into payrail.plugin_calls
