@@ -109,6 +109,37 @@ fn plugin_test_runs_a_component_without_a_database_and_reports_costs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// One call in `CPU_SAMPLE_EVERY` reads the thread CPU clock; a plugin that
+/// does real work (1000 log lines through the host) shows it there.
+#[test]
+fn one_call_in_sixteen_measures_its_cpu_time() {
+    let engine = PluginEngine::new(EngineConfig::default()).unwrap();
+    let digest = engine.load(&plugin_bytes("payrail_hostile")).unwrap();
+    let fixture = FIXTURE.replace("CONFIG", r#"{"mode": "log"}"#);
+    let input = payrail::plugin_tools::parse_fixture(fixture.as_bytes()).unwrap();
+    let prepared = payrail::engine::PreparedInput::new(input);
+    let every = payrail::engine::CPU_SAMPLE_EVERY as usize;
+    let outcomes: Vec<_> = (0..2 * every)
+        .map(|_| {
+            engine
+                .call(&digest, &prepared, &EngineConfig::default().limits)
+                .unwrap()
+        })
+        .collect();
+    let sampled: Vec<_> = outcomes.iter().filter_map(|o| o.cpu).collect();
+    assert_eq!(sampled.len(), 2, "two calls of {} sampled", 2 * every);
+    for (o, cpu) in outcomes.iter().filter(|o| o.cpu.is_some()).zip(&sampled) {
+        // 1000 host calls take well over 20 µs; the CPU time can exceed
+        // the wall time only by clock granularity
+        assert!(cpu.as_micros() >= 20, "cpu {cpu:?}");
+        assert!(
+            *cpu <= o.duration + std::time::Duration::from_millis(1),
+            "cpu {cpu:?} wall {:?}",
+            o.duration
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_with_trusted_keys_deploys_only_plugins_they_signed() {
     let dir = tmp("keys");
