@@ -22,6 +22,7 @@
 //! failure retries the batch, anything else falls back to one transaction
 //! per payment, which gives each payment its own exact answer.
 
+use super::intake::Intake;
 use super::{
     PayOutcome, PaymentRow, PipelineRun, Processor, call_stats, check_parties, event_id,
     event_rows, fingerprint, insert_events, is_retryable, now_ms, payment_id, payment_of,
@@ -37,7 +38,7 @@ use futures::FutureExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 /// Largest batch accepted by the settings: bounds the size of every
@@ -115,10 +116,10 @@ impl BatchSettings {
 
 /// One queued payment and where its answer goes.
 pub(crate) struct Job {
-    tenant: String,
-    key: String,
-    req: PaymentRequest,
-    reply: oneshot::Sender<Result<PayOutcome>>,
+    pub(super) tenant: String,
+    pub(super) key: String,
+    pub(super) req: PaymentRequest,
+    pub(super) reply: oneshot::Sender<Result<PayOutcome>>,
 }
 
 /// The sending side of the queue; the workers stop when every copy is gone.
@@ -135,13 +136,13 @@ pub(crate) fn start(processor: Processor, settings: BatchSettings) -> Option<Que
     }
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     let (tx, rx) = mpsc::channel(settings.queue_depth);
-    let rx = Arc::new(Mutex::new(rx));
+    let intake = Arc::new(Intake::new(rx));
     // Each worker credits hot accounts on its own shard (ledger::CREDIT_SHARDS);
     // the process id spreads the workers of several hosts over the shards.
     let first_shard = std::process::id() as usize;
     for w in 0..settings.workers {
         let shard = ((first_shard + w) % ledger::CREDIT_SHARDS as usize) as i16;
-        runtime.spawn(work(processor.clone(), rx.clone(), settings, shard));
+        runtime.spawn(work(processor.clone(), intake.clone(), settings, shard));
     }
     Some(tx)
 }
@@ -166,43 +167,16 @@ pub(crate) async fn submit(
 }
 
 /// One worker: take a batch, run it, repeat until the queue closes.
-async fn work(
-    processor: Processor,
-    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
-    settings: BatchSettings,
-    shard: i16,
-) {
-    loop {
-        let jobs = {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else {
-                return;
-            };
-            let mut jobs = vec![first];
-            let deadline = tokio::time::Instant::now() + Duration::from_micros(settings.window_us);
-            while jobs.len() < settings.max_payments {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(mpsc::error::TryRecvError::Disconnected) => break,
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        if settings.window_us == 0 {
-                            break;
-                        }
-                        match tokio::time::timeout_at(deadline, rx.recv()).await {
-                            Ok(Some(job)) => jobs.push(job),
-                            _ => break,
-                        }
-                    }
-                }
-            }
-            jobs
-        };
+async fn work(processor: Processor, intake: Arc<Intake>, settings: BatchSettings, shard: i16) {
+    while let Some(taken) = intake.take(settings.max_payments, settings.window_us).await {
         // A panic (a broken invariant) must not take the worker with it:
         // the batch's callers get an error when their reply is dropped.
-        let run = std::panic::AssertUnwindSafe(processor.pay_batch(jobs, shard)).catch_unwind();
+        let run =
+            std::panic::AssertUnwindSafe(processor.pay_batch(taken.jobs, shard)).catch_unwind();
         if run.await.is_err() {
             tracing::error!("a payment batch panicked; its payments were answered with an error");
         }
+        intake.release(&taken.accounts);
     }
 }
 

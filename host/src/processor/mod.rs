@@ -16,6 +16,7 @@
 //! pass the keys of a whole batch and keep one global lock order.
 
 mod batch;
+mod intake;
 
 pub use batch::{BatchSettings, MAX_BATCH_PAYMENTS};
 

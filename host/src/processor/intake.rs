@@ -1,0 +1,266 @@
+//! Forming batches that do not wait on each other (docs/batching.md,
+//! "Intake").
+//!
+//! Two batches of one host that share an account serialize on its advisory
+//! lock: the later one waits, with all of its payments, for the earlier
+//! one's commit. Once a backlog builds up, batches grow, the chance that
+//! two of them share an account grows with the square of their size, and
+//! the waits feed the backlog. So a worker forming a batch leaves out the
+//! queued payments whose source or destination a running batch of this
+//! host holds: they wait in `deferred`, ahead of newer payments, for that
+//! batch to end. The advisory locks are still taken (other hosts, accounts
+//! only a plugin names); this only keeps this host's batches from queueing
+//! behind each other.
+
+use super::batch::Job;
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+use tokio::sync::{Mutex, Notify, mpsc};
+
+/// An account as the intake tracks it: (tenant, account id).
+type AccountKey = (String, String);
+
+/// The batch workers' shared queue.
+pub(crate) struct Intake {
+    /// New payments. One worker at a time forms a batch (it holds this).
+    rx: Mutex<mpsc::Receiver<Job>>,
+    state: std::sync::Mutex<State>,
+    /// Signalled when a batch ends: deferred payments may fit now.
+    released: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Source and destination of every payment of the running batches.
+    held: HashSet<AccountKey>,
+    /// Payments left out because a running batch holds one of their
+    /// accounts, oldest first; at most one batch's worth.
+    deferred: VecDeque<Job>,
+}
+
+/// A batch taken from the intake; give its accounts back with
+/// [`Intake::release`] when it has ended.
+pub(crate) struct Taken {
+    pub(crate) jobs: Vec<Job>,
+    pub(crate) accounts: Vec<AccountKey>,
+}
+
+fn accounts_of(job: &Job) -> [AccountKey; 2] {
+    [
+        (job.tenant.clone(), job.req.source.clone()),
+        (job.tenant.clone(), job.req.destination.clone()),
+    ]
+}
+
+impl Intake {
+    pub(crate) fn new(rx: mpsc::Receiver<Job>) -> Intake {
+        Intake {
+            rx: Mutex::new(rx),
+            state: Default::default(),
+            released: Notify::new(),
+        }
+    }
+
+    /// The next batch: at most `max_payments`, none of them touching an
+    /// account a running batch holds. Waits for a first payment, then
+    /// takes what is queued (lingering up to `window_us` for more). `None`
+    /// once the queue is closed and drained.
+    pub(crate) async fn take(&self, max_payments: usize, window_us: u64) -> Option<Taken> {
+        assert!(max_payments >= 1);
+        let mut rx = self.rx.lock().await;
+        loop {
+            // Created before looking, so a release in between is not lost.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            let mut batch = Batch::default();
+            let room_to_defer = {
+                let mut st = self.state.lock().expect("intake lock");
+                let st = &mut *st;
+                let mut kept = VecDeque::with_capacity(st.deferred.len());
+                while let Some(job) = st.deferred.pop_front() {
+                    if batch.jobs.len() < max_payments && batch.fits(&st.held, &job) {
+                        batch.add(job);
+                    } else {
+                        kept.push_back(job);
+                    }
+                }
+                st.deferred = kept;
+                st.deferred.len() < max_payments
+            };
+            let mut closed = false;
+            if room_to_defer {
+                closed = self.drain(&mut rx, &mut batch, max_payments);
+            }
+            if window_us > 0 && !batch.jobs.is_empty() && !closed {
+                let deadline = tokio::time::Instant::now() + Duration::from_micros(window_us);
+                while batch.jobs.len() < max_payments && self.has_room_to_defer(max_payments) {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(job)) => self.place(job, &mut batch),
+                        _ => break,
+                    }
+                }
+            }
+            if !batch.jobs.is_empty() {
+                let mut st = self.state.lock().expect("intake lock");
+                st.held.extend(batch.accounts.iter().cloned());
+                return Some(Taken {
+                    jobs: batch.jobs,
+                    accounts: batch.accounts.into_iter().collect(),
+                });
+            }
+            let nothing_deferred = self.state.lock().expect("intake lock").deferred.is_empty();
+            if closed && nothing_deferred {
+                return None;
+            }
+            // Nothing that fits: wait for a payment (looked at on the next
+            // round, from `deferred`) or for a batch to end.
+            tokio::select! {
+                job = rx.recv(), if !closed && self.has_room_to_defer(max_payments) => {
+                    if let Some(job) = job {
+                        self.state.lock().expect("intake lock").deferred.push_back(job);
+                    }
+                }
+                _ = &mut released => {}
+            }
+        }
+    }
+
+    /// Gives back the accounts of a batch that has ended (committed,
+    /// failed or panicked).
+    pub(crate) fn release(&self, accounts: &[AccountKey]) {
+        {
+            let mut st = self.state.lock().expect("intake lock");
+            for a in accounts {
+                st.held.remove(a);
+            }
+        }
+        self.released.notify_one();
+    }
+
+    /// Takes what the queue holds now into `batch` (or `deferred`); true
+    /// when the queue is closed.
+    fn drain(&self, rx: &mut mpsc::Receiver<Job>, batch: &mut Batch, max_payments: usize) -> bool {
+        while batch.jobs.len() < max_payments && self.has_room_to_defer(max_payments) {
+            match rx.try_recv() {
+                Ok(job) => self.place(job, batch),
+                Err(mpsc::error::TryRecvError::Empty) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => return true,
+            }
+        }
+        false
+    }
+
+    /// Adds `job` to `batch` if no running batch holds its accounts,
+    /// otherwise defers it.
+    fn place(&self, job: Job, batch: &mut Batch) {
+        let mut st = self.state.lock().expect("intake lock");
+        if batch.fits(&st.held, &job) {
+            batch.add(job);
+        } else {
+            st.deferred.push_back(job);
+        }
+    }
+
+    fn has_room_to_defer(&self, max_payments: usize) -> bool {
+        self.state.lock().expect("intake lock").deferred.len() < max_payments
+    }
+}
+
+/// A batch being formed.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    accounts: HashSet<AccountKey>,
+}
+
+impl Batch {
+    /// Whether `job` may join: no running batch holds its accounts (this
+    /// batch may: payments of one batch share its locks).
+    fn fits(&self, held: &HashSet<AccountKey>, job: &Job) -> bool {
+        accounts_of(job).iter().all(|a| !held.contains(a))
+    }
+
+    fn add(&mut self, job: Job) {
+        self.accounts.extend(accounts_of(&job));
+        self.jobs.push(job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PaymentRequest;
+
+    fn job(key: &str, source: &str, destination: &str) -> Job {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        Job {
+            tenant: "t".into(),
+            key: key.into(),
+            req: PaymentRequest {
+                kind: "transfer".into(),
+                source: source.into(),
+                destination: destination.into(),
+                amount: 1,
+                currency: "EUR".into(),
+                metadata: Default::default(),
+                capture: Default::default(),
+                hold_ttl_secs: None,
+            },
+            reply,
+        }
+    }
+
+    fn keys(t: &Taken) -> Vec<&str> {
+        t.jobs.iter().map(|j| j.key.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_payment_on_a_held_account_waits_for_the_batch_that_holds_it() {
+        let (tx, rx) = mpsc::channel(16);
+        let intake = std::sync::Arc::new(Intake::new(rx));
+        tx.send(job("a", "x", "y")).await.unwrap();
+        let first = intake.take(8, 0).await.unwrap();
+        assert_eq!(keys(&first), ["a"]);
+
+        // b shares x with the running batch; c and d do not (d shares z
+        // with c, which is fine within one batch)
+        for j in [job("b", "w", "x"), job("c", "z", "v"), job("d", "z", "u")] {
+            tx.send(j).await.unwrap();
+        }
+        let second = intake.take(8, 0).await.unwrap();
+        assert_eq!(keys(&second), ["c", "d"]);
+
+        // only b is left and it does not fit: take waits for a release
+        let waiting = {
+            let intake = intake.clone();
+            tokio::spawn(async move { intake.take(8, 0).await.map(|t| keys(&t).join(",")) })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "b must wait while x is held");
+        intake.release(&first.accounts);
+        assert_eq!(waiting.await.unwrap().as_deref(), Some("b"));
+
+        // deferred payments go first, new ones after them
+        intake.release(&second.accounts);
+        drop(tx);
+        assert!(intake.take(8, 0).await.is_none(), "closed and drained");
+    }
+
+    #[tokio::test]
+    async fn a_new_payment_that_fits_does_not_wait_behind_a_deferred_one() {
+        let (tx, rx) = mpsc::channel(16);
+        let intake = Intake::new(rx);
+        tx.send(job("a", "x", "y")).await.unwrap();
+        let first = intake.take(8, 0).await.unwrap();
+        tx.send(job("b", "x", "q")).await.unwrap();
+        tx.send(job("c", "p", "q")).await.unwrap();
+        // c shares q with the deferred b, not with a running batch: it goes
+        let second = intake.take(8, 0).await.unwrap();
+        assert_eq!(keys(&second), ["c"]);
+        intake.release(&first.accounts);
+        intake.release(&second.accounts);
+        let third = intake.take(8, 0).await.unwrap();
+        assert_eq!(keys(&third), ["b"]);
+        assert_eq!(intake.state.lock().unwrap().held.len(), 2);
+    }
+}
