@@ -14,16 +14,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// payrail (debug build, 2 s points, 4 clients) against the peer measured
-/// in the same run. Measured on a shared 2-core machine in the debug
-/// build: 0.09 to 1.1 depending on the load (the peer's 2 s points are the
-/// noisier side); a release build is several times higher. 0.02 leaves a
-/// 4-5x margin under the worst seen: only a gross regression (an
-/// accidental sleep, serialized payments, a lost connection pool) falls
-/// below it.
-const MIN_RATIO_TO_PEER: f64 = 0.02;
+/// payrail (debug build, 2 s points, 4 and 32 clients: batching needs
+/// concurrency) against the peer measured in the same run. Measured on a
+/// shared 2-core machine in the debug build (where the plugin bindings run
+/// unoptimized, ~150 µs a call): 0.28-0.61 (at 4 clients only, 0.09-0.27);
+/// a release build is several times higher. 0.1 leaves a ~3x margin under
+/// the worst seen: only a gross regression (an accidental sleep, serialized
+/// payments, a lost connection pool) falls below it.
+const MIN_RATIO_TO_PEER: f64 = 0.1;
 
-/// The whole bench must finish within this (it takes ~30 s).
+/// The whole bench must finish within this (it takes ~40 s).
 const TIMEOUT: Duration = Duration::from_secs(240);
 
 /// The peer's script: `$PAYRAIL_BASELINE`, else `shared/baseline/run.sh`
@@ -74,7 +74,7 @@ async fn bench_is_not_grossly_slower_than_the_peer() {
     let out = std::env::temp_dir().join(&database);
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_payrail"))
-        .args(["bench", "--secs", "2", "--concurrency", "4"])
+        .args(["bench", "--secs", "2", "--concurrency", "4,32"])
         .args(["--accounts", "1000", "--warmup-secs", "1"])
         .args(["--database", &database])
         .arg("--out")
