@@ -297,8 +297,7 @@ async fn audit_detects_entries_naming_missing_accounts_or_payments() {
     )
     .await
     .unwrap();
-    let checks: std::collections::BTreeSet<&str> =
-        db.audit().await.iter().map(|v| v.check).collect();
+    let checks: std::collections::BTreeSet<&str> = audit_checks(&db).await.into_iter().collect();
     assert!(checks.contains("entry_account_exists"), "{checks:?}");
     assert!(checks.contains("entry_payment_exists"), "{checks:?}");
 }
@@ -322,7 +321,7 @@ async fn audit_counts_credit_shards_and_detects_orphans() {
         1_007,
         "the balance includes shards"
     );
-    let checks: Vec<&str> = db.audit().await.iter().map(|v| v.check).collect();
+    let checks = audit_checks(&db).await;
     assert_eq!(checks, ["balance_equals_entries"]);
     c.execute(
         "update payrail.credit_shards set account = 'ghost' where account = 'bob'",
@@ -330,7 +329,7 @@ async fn audit_counts_credit_shards_and_detects_orphans() {
     )
     .await
     .unwrap();
-    let checks: Vec<&str> = db.audit().await.iter().map(|v| v.check).collect();
+    let checks = audit_checks(&db).await;
     assert_eq!(checks, ["credit_shard_account_exists"]);
     // A shard cannot go negative: credits only.
     let err = c
@@ -362,8 +361,13 @@ async fn audit_detects_a_duplicated_event_id() {
         .await
         .unwrap();
     assert_eq!(copied, 1);
-    let checks: Vec<&str> = db.audit().await.iter().map(|v| v.check).collect();
+    let checks = audit_checks(&db).await;
     assert_eq!(checks, ["outbox_event_id_unique"]);
+}
+
+/// The names of the checks the audit reports as broken.
+async fn audit_checks(db: &TestDb) -> Vec<&'static str> {
+    db.audit().await.iter().map(|v| v.check).collect()
 }
 
 /// The setup of the audit tests: alice paid bob once, and the audit passes.

@@ -72,33 +72,30 @@ impl Intake {
             // Created before looking, so a release in between is not lost.
             let released = self.released.notified();
             tokio::pin!(released);
-            let mut batch = Batch::default();
-            let room_to_defer = {
-                let mut st = self.state.lock().expect("intake lock");
-                let st = &mut *st;
-                let mut kept = VecDeque::with_capacity(st.deferred.len());
-                while let Some(job) = st.deferred.pop_front() {
-                    if batch.jobs.len() < max_payments && batch.fits(&st.held, &job) {
-                        batch.add(job);
-                    } else {
-                        kept.push_back(job);
-                    }
-                }
-                st.deferred = kept;
-                st.deferred.len() < max_payments
-            };
+            let mut batch = self.take_deferred(max_payments);
+            let linger_until = tokio::time::Instant::now() + Duration::from_micros(window_us);
             let mut closed = false;
-            if room_to_defer {
-                closed = self.drain(&mut rx, &mut batch, max_payments);
-            }
-            if window_us > 0 && !batch.jobs.is_empty() && !closed {
-                let deadline = tokio::time::Instant::now() + Duration::from_micros(window_us);
-                while batch.jobs.len() < max_payments && self.has_room_to_defer(max_payments) {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(job)) => self.place(job, &mut batch),
-                        _ => break,
+            while batch.jobs.len() < max_payments && self.has_room_to_defer(max_payments) {
+                let job = match rx.try_recv() {
+                    Ok(job) => job,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
                     }
-                }
+                    Err(mpsc::error::TryRecvError::Empty) if window_us == 0 => break,
+                    Err(mpsc::error::TryRecvError::Empty) if batch.jobs.is_empty() => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        match tokio::time::timeout_at(linger_until, rx.recv()).await {
+                            Ok(Some(job)) => job,
+                            Ok(None) => {
+                                closed = true;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                };
+                self.place(job, &mut batch);
             }
             if !batch.jobs.is_empty() {
                 let mut st = self.state.lock().expect("intake lock");
@@ -108,8 +105,7 @@ impl Intake {
                     accounts: batch.accounts.into_iter().collect(),
                 });
             }
-            let nothing_deferred = self.state.lock().expect("intake lock").deferred.is_empty();
-            if closed && nothing_deferred {
+            if closed && self.state.lock().expect("intake lock").deferred.is_empty() {
                 return None;
             }
             // Nothing that fits: wait for a payment (looked at on the next
@@ -125,6 +121,23 @@ impl Intake {
         }
     }
 
+    /// A batch of the deferred payments that fit now, oldest first.
+    fn take_deferred(&self, max_payments: usize) -> Batch {
+        let mut st = self.state.lock().expect("intake lock");
+        let st = &mut *st;
+        let mut batch = Batch::default();
+        let mut kept = VecDeque::with_capacity(st.deferred.len());
+        while let Some(job) = st.deferred.pop_front() {
+            if batch.jobs.len() < max_payments && is_free(&st.held, &job) {
+                batch.add(job);
+            } else {
+                kept.push_back(job);
+            }
+        }
+        st.deferred = kept;
+        batch
+    }
+
     /// Gives back the accounts of a batch that has ended (committed,
     /// failed or panicked).
     pub(crate) fn release(&self, accounts: &[AccountKey]) {
@@ -137,24 +150,11 @@ impl Intake {
         self.released.notify_one();
     }
 
-    /// Takes what the queue holds now into `batch` (or `deferred`); true
-    /// when the queue is closed.
-    fn drain(&self, rx: &mut mpsc::Receiver<Job>, batch: &mut Batch, max_payments: usize) -> bool {
-        while batch.jobs.len() < max_payments && self.has_room_to_defer(max_payments) {
-            match rx.try_recv() {
-                Ok(job) => self.place(job, batch),
-                Err(mpsc::error::TryRecvError::Empty) => return false,
-                Err(mpsc::error::TryRecvError::Disconnected) => return true,
-            }
-        }
-        false
-    }
-
     /// Adds `job` to `batch` if no running batch holds its accounts,
     /// otherwise defers it.
     fn place(&self, job: Job, batch: &mut Batch) {
         let mut st = self.state.lock().expect("intake lock");
-        if batch.fits(&st.held, &job) {
+        if is_free(&st.held, &job) {
             batch.add(job);
         } else {
             st.deferred.push_back(job);
@@ -173,13 +173,13 @@ struct Batch {
     accounts: HashSet<AccountKey>,
 }
 
-impl Batch {
-    /// Whether `job` may join: no running batch holds its accounts (this
-    /// batch may: payments of one batch share its locks).
-    fn fits(&self, held: &HashSet<AccountKey>, job: &Job) -> bool {
-        accounts_of(job).iter().all(|a| !held.contains(a))
-    }
+/// Whether `job` may join a batch: no running batch holds its accounts
+/// (the batch being formed may: payments of one batch share its locks).
+fn is_free(held: &HashSet<AccountKey>, job: &Job) -> bool {
+    accounts_of(job).iter().all(|a| !held.contains(a))
+}
 
+impl Batch {
     fn add(&mut self, job: Job) {
         self.accounts.extend(accounts_of(&job));
         self.jobs.push(job);
@@ -210,6 +210,13 @@ mod tests {
         }
     }
 
+    /// `take`, failing the test instead of hanging it.
+    async fn within_5s(intake: &Intake, max_payments: usize, window_us: u64) -> Option<Taken> {
+        tokio::time::timeout(Duration::from_secs(5), intake.take(max_payments, window_us))
+            .await
+            .expect("take returned within 5 s")
+    }
+
     fn keys(t: &Taken) -> Vec<&str> {
         t.jobs.iter().map(|j| j.key.as_str()).collect()
     }
@@ -219,7 +226,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let intake = std::sync::Arc::new(Intake::new(rx));
         tx.send(job("a", "x", "y")).await.unwrap();
-        let first = intake.take(8, 0).await.unwrap();
+        let first = within_5s(&intake, 8, 0).await.unwrap();
         assert_eq!(keys(&first), ["a"]);
 
         // b shares x with the running batch; c and d do not (d shares z
@@ -227,23 +234,33 @@ mod tests {
         for j in [job("b", "w", "x"), job("c", "z", "v"), job("d", "z", "u")] {
             tx.send(j).await.unwrap();
         }
-        let second = intake.take(8, 0).await.unwrap();
+        let second = within_5s(&intake, 8, 0).await.unwrap();
         assert_eq!(keys(&second), ["c", "d"]);
 
         // only b is left and it does not fit: take waits for a release
         let waiting = {
             let intake = intake.clone();
-            tokio::spawn(async move { intake.take(8, 0).await.map(|t| keys(&t).join(",")) })
+            tokio::spawn(async move { within_5s(&intake, 8, 0).await.map(|t| keys(&t).join(",")) })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "b must wait while x is held");
         intake.release(&first.accounts);
-        assert_eq!(waiting.await.unwrap().as_deref(), Some("b"));
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), waiting)
+                .await
+                .expect("released in time")
+                .unwrap()
+                .as_deref(),
+            Some("b")
+        );
 
         // deferred payments go first, new ones after them
         intake.release(&second.accounts);
         drop(tx);
-        assert!(intake.take(8, 0).await.is_none(), "closed and drained");
+        assert!(
+            within_5s(&intake, 8, 0).await.is_none(),
+            "closed and drained"
+        );
     }
 
     #[tokio::test]
@@ -251,16 +268,59 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let intake = Intake::new(rx);
         tx.send(job("a", "x", "y")).await.unwrap();
-        let first = intake.take(8, 0).await.unwrap();
+        let first = within_5s(&intake, 8, 0).await.unwrap();
         tx.send(job("b", "x", "q")).await.unwrap();
         tx.send(job("c", "p", "q")).await.unwrap();
         // c shares q with the deferred b, not with a running batch: it goes
-        let second = intake.take(8, 0).await.unwrap();
+        let second = within_5s(&intake, 8, 0).await.unwrap();
         assert_eq!(keys(&second), ["c"]);
         intake.release(&first.accounts);
         intake.release(&second.accounts);
-        let third = intake.take(8, 0).await.unwrap();
+        let third = within_5s(&intake, 8, 0).await.unwrap();
         assert_eq!(keys(&third), ["b"]);
         assert_eq!(intake.state.lock().unwrap().held.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn at_most_one_batch_is_deferred_the_rest_stays_queued() {
+        let (tx, rx) = mpsc::channel(16);
+        let intake = std::sync::Arc::new(Intake::new(rx));
+        tx.send(job("a", "x", "y")).await.unwrap();
+        let first = within_5s(&intake, 2, 0).await.unwrap();
+        for k in ["b", "c", "d"] {
+            tx.send(job(k, "x", k)).await.unwrap();
+        }
+        let waiting = {
+            let intake = intake.clone();
+            tokio::spawn(async move { within_5s(&intake, 2, 0).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        assert_eq!(intake.state.lock().unwrap().deferred.len(), 2);
+        assert_eq!(tx.capacity(), 15, "d is still in the queue");
+        intake.release(&first.accounts);
+        let second = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("released in time")
+            .unwrap();
+        assert_eq!(keys(&second), ["b", "c"]);
+        intake.release(&second.accounts);
+        assert_eq!(keys(&within_5s(&intake, 2, 0).await.unwrap()), ["d"]);
+    }
+
+    #[tokio::test]
+    async fn a_window_lingers_for_more_payments() {
+        let (tx, rx) = mpsc::channel(16);
+        let intake = Intake::new(rx);
+        tx.send(job("a", "x", "y")).await.unwrap();
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.send(job("b", "p", "q")).await.unwrap();
+            tx
+        });
+        let taken = within_5s(&intake, 8, 300_000).await.unwrap();
+        assert_eq!(keys(&taken), ["a", "b"], "b came within the window");
+        drop(late.await.unwrap());
+        assert!(within_5s(&intake, 8, 0).await.is_none());
     }
 }
