@@ -100,7 +100,7 @@ async fn replay_matches_history_and_detects_a_tampered_journal() {
     let n = c
         .execute(
             "update payrail.plugin_calls
-             set output = jsonb_set(output, '{postings,0,amount}', '-1')
+             set output = jsonb_set(output::jsonb, '{postings,0,amount}', '-1')::json
              where payment_id = $1 and step = 1",
             &[&ids[1]],
         )
@@ -124,7 +124,7 @@ async fn replay_matches_history_and_detects_a_tampered_journal() {
     // Tamper with an input: the digest no longer adds up.
     c.execute(
         "update payrail.plugin_calls
-         set input = jsonb_set(input, '{payment,amount}', '1')
+         set input = jsonb_set(input::jsonb, '{payment,amount}', '1')::json
          where payment_id = $1 and step = 0",
         &[&ids[0]],
     )

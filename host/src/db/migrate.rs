@@ -72,6 +72,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "hot_updates_fewer_indexes",
         sql: include_str!("../../../migrations/0010_hot_updates_fewer_indexes.sql"),
     },
+    Migration {
+        version: 11,
+        name: "journal_events_responses_as_json",
+        sql: include_str!("../../../migrations/0011_journal_events_responses_as_json.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.

@@ -778,7 +778,7 @@ async fn insert_keys(
             "insert into payrail.idempotency_keys
                (tenant, key, fingerprint, state, payment_id, expires_at, status_code, response)
              select $1, k, f, 'done', p, now() + make_interval(secs => $5), 201, r
-             from unnest($2::text[], $3::text[], $4::uuid[], $6::jsonb[]) as t(k, f, p, r)",
+             from unnest($2::text[], $3::text[], $4::uuid[], $6::json[]) as t(k, f, p, r)",
         )
         .await?;
     tx.execute(

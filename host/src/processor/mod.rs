@@ -1063,7 +1063,7 @@ pub(crate) async fn write_journals(
         .prepare_cached(
             "insert into payrail.plugin_calls
                (call_key, payment_id, step, digest, input_digest, input, output, fuel_used, duration_us)
-             select k, p, s, d, i, inp::jsonb, o::jsonb, f, u
+             select k, p, s, d, i, inp::json, o::json, f, u
              from unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
                          $7::text[], $8::bigint[], $9::bigint[]) as t(p, k, s, d, i, inp, o, f, u)
              on conflict (payment_id, call_key) do nothing",
@@ -1225,7 +1225,7 @@ pub(crate) async fn insert_events(
         .prepare_cached(
             "insert into payrail.outbox (event_id, tenant, topic, key, payload)
              select e, $1, t, k, p
-             from unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[])
+             from unnest($2::uuid[], $3::text[], $4::text[], $5::json[])
                   with ordinality as u(e, t, k, p, n)
              order by n",
         )
