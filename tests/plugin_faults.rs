@@ -129,7 +129,7 @@ async fn same_input_gives_the_same_output() {
     let c = db.pool.get().await.unwrap();
     let rows = c
         .query(
-            "select digest, input::text, output from payrail.plugin_calls order by step",
+            "select encode(digest, 'hex'), input::text, output from payrail.plugin_calls order by step",
             &[],
         )
         .await

@@ -195,7 +195,8 @@ pub async fn replay_payment(
     }
     let rows = client
         .query(
-            "select c.step, c.call_key, c.digest, c.input_digest, c.input, c.output, c.fuel_used,
+            "select c.step, encode(c.call_key, 'hex'), encode(c.digest, 'hex'),
+                    encode(c.input_digest, 'hex'), c.input, c.output, c.fuel_used,
                     s.candidate_digest, s.input_digest, s.candidate_output, s.candidate_error,
                     s.fuel_used
              from payrail.plugin_calls c

@@ -74,8 +74,8 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 11,
-        name: "journal_events_responses_as_json",
-        sql: include_str!("../../../migrations/0011_journal_events_responses_as_json.sql"),
+        name: "compact_journal_events_responses",
+        sql: include_str!("../../../migrations/0011_compact_journal_events_responses.sql"),
     },
 ];
 

@@ -1063,7 +1063,7 @@ pub(crate) async fn write_journals(
         .prepare_cached(
             "insert into payrail.plugin_calls
                (call_key, payment_id, step, digest, input_digest, input, output, fuel_used, duration_us)
-             select k, p, s, d, i, inp::json, o::json, f, u
+             select decode(k, 'hex'), p, s, decode(d, 'hex'), decode(i, 'hex'), inp::json, o::json, f, u
              from unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
                          $7::text[], $8::bigint[], $9::bigint[]) as t(p, k, s, d, i, inp, o, f, u)
              on conflict (payment_id, call_key) do nothing",
