@@ -380,3 +380,84 @@ fn batch_settings_are_bounded() {
         assert!(bad.validate().is_err(), "{bad:?}");
     }
 }
+
+/// A real deadlock: another session holds `b`'s row and, once the payment
+/// holds `a`'s and waits for `b`'s, asks for `a`'s. The payment's backend
+/// waited first, so Postgres's detector (after `deadlock_timeout`, 1 s)
+/// aborts the payment's transaction (40P01); the processor retries it and
+/// the payment commits once. The other session getting `a` proves the
+/// payment's first transaction let go of it, and a lock timeout (5 s) would
+/// have surfaced as an error, not as an approved payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_that_loses_a_deadlock_is_retried_and_commits_once() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("a", 1_000).await;
+    db.account("b", 1_000).await;
+    let p = db.processor();
+
+    let mut other = db.pool.get().await.unwrap();
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "select 1 from payrail.accounts where id = 'b' for update",
+        &[],
+    )
+    .await
+    .unwrap();
+    let pay = tokio::spawn(async move {
+        p.pay(DEFAULT_TENANT, "dl-1", &transfer("a", "b", 100))
+            .await
+    });
+    // Wait (at most 10 s) until the payment's backend waits for a lock:
+    // it holds `a` (rows are locked in id order) and wants `b`.
+    let watcher = db.pool.get().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "select count(*) from pg_stat_activity
+                 where datname = current_database() and wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the payment never waited for b's row lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let asked = std::time::Instant::now();
+    tx.execute(
+        "select 1 from payrail.accounts where id = 'a' for update",
+        &[],
+    )
+    .await
+    .expect("the payment's transaction is the deadlock's victim, not this one");
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(4),
+        "a's lock came from the deadlock detector, not the 5 s lock timeout ({:?})",
+        asked.elapsed()
+    );
+    tx.rollback().await.unwrap();
+
+    let out = pay.await.unwrap().expect("the retried payment commits");
+    assert_eq!(out.response.status, PaymentStatus::Approved);
+    // the sample `transfer` pipeline also charges a fee to `a`
+    let debited: i64 = out
+        .response
+        .postings
+        .iter()
+        .filter(|p| p.account == "a")
+        .map(|p| p.amount)
+        .sum();
+    assert!(debited <= -100, "a pays the 100 and any fee: {debited}");
+    assert_eq!(db.balance("a").await, 1_000 + debited);
+    assert_eq!(db.balance("b").await, 1_100);
+    assert_eq!(xmins(&db).await.len(), 1, "written once");
+    assert!(db.audit().await.is_empty());
+}
