@@ -1555,3 +1555,75 @@ async fn shadow_report_over_http() {
     );
     s.stop().await;
 }
+
+/// Every response carries `x-request-id`: the caller's when it is short and
+/// plain, a fresh UUID otherwise (absent, too long, or with spaces), also
+/// on errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_carries_a_request_id() {
+    let s = Server::start().await;
+    let id_of = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_string())
+            .expect("x-request-id on every response")
+    };
+    let is_uuid = |v: &str| uuid::Uuid::parse_str(v).is_ok();
+
+    let r = s
+        .http
+        .get(format!("{}/healthz", s.base))
+        .header("x-request-id", "caller-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(id_of(&r), "caller-42");
+
+    let r = s
+        .http
+        .get(format!("{}/healthz", s.base))
+        .send()
+        .await
+        .unwrap();
+    let fresh = id_of(&r);
+    assert!(is_uuid(&fresh), "{fresh}");
+    let r = s
+        .http
+        .get(format!("{}/healthz", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(id_of(&r), fresh, "a fresh id per request");
+
+    for bad in ["a".repeat(129), "two words".to_string()] {
+        let r = s
+            .http
+            .get(format!("{}/healthz", s.base))
+            .header("x-request-id", bad.as_str())
+            .send()
+            .await
+            .unwrap();
+        let id = id_of(&r);
+        assert!(is_uuid(&id), "{bad:?} replaced by a UUID, got {id}");
+    }
+
+    // errors too: an unknown route and a request without a key
+    let r = s
+        .http
+        .get(format!("{}/no-such-route", s.base))
+        .header("x-request-id", "caller-43")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(id_of(&r), "caller-43");
+    let r = s
+        .http
+        .get(format!("{}/v1/payments", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(is_uuid(&id_of(&r)));
+}

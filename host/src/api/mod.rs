@@ -19,6 +19,7 @@ pub mod pagination;
 pub mod payments;
 pub mod plugins;
 pub mod problem;
+pub mod request_id;
 
 use crate::config::Config;
 use crate::db::Pool;
@@ -163,11 +164,16 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
                         .get::<MatchedPath>()
                         .map(|m| m.as_str().to_string())
                         .unwrap_or_else(|| req.uri().path().chars().take(200).collect());
+                    let request_id = req
+                        .extensions()
+                        .get::<request_id::RequestId>()
+                        .and_then(|id| id.0.to_str().ok())
+                        .unwrap_or("-");
                     tracing::info_span!(
                         "request",
                         method = %req.method(),
                         route = %route,
-                        request_id = %uuid::Uuid::new_v4(),
+                        request_id = %request_id,
                         tenant = tracing::field::Empty,
                         payment_id = tracing::field::Empty,
                     )
@@ -177,6 +183,8 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
                     tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
                 ),
         )
+        // outermost: the trace span above and every response see the id
+        .layer(middleware::from_fn(request_id::request_id))
         .with_state(state);
     (router, doc)
 }
