@@ -1562,68 +1562,43 @@ async fn shadow_report_over_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_carries_a_request_id() {
     let s = Server::start().await;
-    let id_of = |r: &reqwest::Response| {
-        r.headers()
-            .get("x-request-id")
-            .map(|v| v.to_str().unwrap().to_string())
-            .expect("x-request-id on every response")
+    // GET `path` with an optional caller id: (status, the response's id)
+    let get = |path: &'static str, id: Option<String>| {
+        let mut r = s.http.get(format!("{}{path}", s.base));
+        if let Some(id) = id {
+            r = r.header("x-request-id", id);
+        }
+        async move {
+            let resp = r.send().await.unwrap();
+            let id = resp
+                .headers()
+                .get("x-request-id")
+                .map(|v| v.to_str().unwrap().to_string())
+                .expect("x-request-id on every response");
+            (resp.status(), id)
+        }
     };
     let is_uuid = |v: &str| uuid::Uuid::parse_str(v).is_ok();
 
-    let r = s
-        .http
-        .get(format!("{}/healthz", s.base))
-        .header("x-request-id", "caller-42")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(id_of(&r), "caller-42");
+    let (st, id) = get("/healthz", Some("caller-42".into())).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(id, "caller-42");
 
-    let r = s
-        .http
-        .get(format!("{}/healthz", s.base))
-        .send()
-        .await
-        .unwrap();
-    let fresh = id_of(&r);
+    let (_, fresh) = get("/healthz", None).await;
     assert!(is_uuid(&fresh), "{fresh}");
-    let r = s
-        .http
-        .get(format!("{}/healthz", s.base))
-        .send()
-        .await
-        .unwrap();
-    assert_ne!(id_of(&r), fresh, "a fresh id per request");
+    let (_, again) = get("/healthz", None).await;
+    assert_ne!(again, fresh, "a fresh id per request");
 
     for bad in ["a".repeat(129), "two words".to_string()] {
-        let r = s
-            .http
-            .get(format!("{}/healthz", s.base))
-            .header("x-request-id", bad.as_str())
-            .send()
-            .await
-            .unwrap();
-        let id = id_of(&r);
+        let (_, id) = get("/healthz", Some(bad.clone())).await;
         assert!(is_uuid(&id), "{bad:?} replaced by a UUID, got {id}");
     }
 
     // errors too: an unknown route and a request without a key
-    let r = s
-        .http
-        .get(format!("{}/no-such-route", s.base))
-        .header("x-request-id", "caller-43")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    assert_eq!(id_of(&r), "caller-43");
-    let r = s
-        .http
-        .get(format!("{}/v1/payments", s.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert!(is_uuid(&id_of(&r)));
+    let (st, id) = get("/no-such-route", Some("caller-43".into())).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(id, "caller-43");
+    let (st, id) = get("/v1/payments", None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(is_uuid(&id), "{id}");
 }
