@@ -395,6 +395,8 @@ async fn a_payment_that_loses_a_deadlock_is_retried_and_commits_once() {
     db.account("a", 1_000).await;
     db.account("b", 1_000).await;
     let p = db.processor();
+    let counter = p.clone();
+    assert_eq!(counter.transaction_retries(), 0);
 
     let mut other = db.pool.get().await.unwrap();
     let tx = other.transaction().await.unwrap();
@@ -447,6 +449,7 @@ async fn a_payment_that_loses_a_deadlock_is_retried_and_commits_once() {
 
     let out = pay.await.unwrap().expect("the retried payment commits");
     assert_eq!(out.response.status, PaymentStatus::Approved);
+    assert_eq!(counter.transaction_retries(), 1, "one retry, counted");
     // the sample `transfer` pipeline also charges a fee to `a`
     let debited: i64 = out
         .response

@@ -235,7 +235,8 @@ impl Metrics {
     }
 
     /// The text exposition of every metric.
-    pub fn render(&self, pool: PoolGauges, in_flight: usize) -> String {
+    /// `transaction_retries` is [`crate::processor::Processor::transaction_retries`].
+    pub fn render(&self, pool: PoolGauges, in_flight: usize, transaction_retries: u64) -> String {
         let mut out = String::new();
         counter_family(
             &mut out,
@@ -367,6 +368,13 @@ impl Metrics {
         }
         simple(
             &mut out,
+            "payrail_transaction_retries_total",
+            "counter",
+            "payment transactions rolled back by a deadlock or serialization failure and run again",
+            transaction_retries,
+        );
+        simple(
+            &mut out,
             "payrail_http_in_flight",
             "gauge",
             "requests being handled",
@@ -460,6 +468,7 @@ mod tests {
                 waiting: 0,
             },
             0,
+            3,
         );
         assert!(text.contains(
             "payrail_http_requests_total{method=\"GET\",route=\"/v1/accounts/{id}\",status=\"200\"} 2"
@@ -467,6 +476,7 @@ mod tests {
         assert!(text.contains("payrail_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/accounts/{id}\",le=\"0.005\"} 1"));
         assert!(text.contains("payrail_payments_total{status=\"approved\"} 1"));
         assert!(text.contains("payrail_payment_replays_total 1"));
+        assert!(text.contains("payrail_transaction_retries_total 3"));
         assert!(text.contains("payrail_plugin_fuel_used_count{digest=\"abababababab\"} 1"));
         assert!(text.contains(
             "payrail_plugin_call_duration_seconds_bucket{digest=\"abababababab\",le=\"0.00005\"} 1"

@@ -337,6 +337,7 @@ impl Processor {
                 }
                 Err(e) if is_retryable(&e) && attempt < self.settings.max_attempts => {
                     tracing::debug!(attempt, error = %e, "retrying payment batch");
+                    self.count_retry();
                     tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
                     attempt += 1;
                 }

@@ -156,6 +156,9 @@ pub struct Processor {
     /// The batcher's queue (None: one transaction per payment, and in the
     /// batcher's own copy).
     batcher: Option<batch::Queue>,
+    /// Transactions rolled back by a deadlock or serialization failure and
+    /// run again (shared by every clone, the batcher's included).
+    retries: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Payment id: derived from (tenant, idempotency key), so every retry of a
@@ -295,9 +298,23 @@ impl Processor {
             settings,
             pipeline_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             batcher: None,
+            retries: Arc::default(),
         };
         processor.batcher = batch::start(processor.clone(), settings.batch);
         processor
+    }
+
+    /// Transactions (one payment's or a batch's) that a deadlock or a
+    /// serialization failure rolled back and that ran again, since start.
+    /// A steady rise means payments contend in a way the lock order does
+    /// not prevent (docs/locking.md).
+    pub fn transaction_retries(&self) -> u64 {
+        self.retries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_retry(&self) {
+        self.retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The connection pool.
@@ -371,6 +388,7 @@ impl Processor {
             match self.pay_once(tenant, key, req).await {
                 Err(e) if is_retryable(&e) && attempt < self.settings.max_attempts => {
                     tracing::debug!(attempt, error = %e, "retrying payment transaction");
+                    self.count_retry();
                     tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
                     attempt += 1;
                 }
