@@ -429,6 +429,7 @@ impl Processor {
         loop {
             match self.transition_once(tenant, key, id, t).await {
                 Err(e) if processor::is_retryable(&e) && attempt < self.settings().max_attempts => {
+                    self.count_retry();
                     tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
                     attempt += 1;
                 }

@@ -370,7 +370,7 @@ impl Metrics {
             &mut out,
             "payrail_transaction_retries_total",
             "counter",
-            "payment transactions rolled back by a deadlock or serialization failure and run again",
+            "payment, capture and void transactions rolled back by a deadlock or serialization failure and run again",
             transaction_retries,
         );
         simple(

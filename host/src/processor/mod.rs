@@ -304,15 +304,16 @@ impl Processor {
         processor
     }
 
-    /// Transactions (one payment's or a batch's) that a deadlock or a
-    /// serialization failure rolled back and that ran again, since start.
-    /// A steady rise means payments contend in a way the lock order does
-    /// not prevent (docs/locking.md).
+    /// Transactions (a payment's, a batch's, a capture's or a void's) that
+    /// a deadlock or a serialization failure rolled back and that ran
+    /// again, since start. A steady rise means payments contend in a way
+    /// the lock order does not prevent (docs/locking.md).
     pub fn transaction_retries(&self) -> u64 {
         self.retries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn count_retry(&self) {
+    /// Counts one retried transaction (see [`Self::transaction_retries`]).
+    pub(crate) fn count_retry(&self) {
         self.retries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
