@@ -391,12 +391,60 @@ fn batch_settings_are_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_payment_that_loses_a_deadlock_is_retried_and_commits_once() {
     let db = TestDb::new().await;
+    let (p, answer) = lose_a_deadlock(&db, ProcessorSettings::default()).await;
+    let out = answer.expect("the retried payment commits");
+    assert_eq!(out.response.status, PaymentStatus::Approved);
+    assert_eq!(p.transaction_retries(), 1, "one retry, counted");
+    // the sample `transfer` pipeline also charges a fee to `a`
+    let debited: i64 = out
+        .response
+        .postings
+        .iter()
+        .filter(|p| p.account == "a")
+        .map(|p| p.amount)
+        .sum();
+    assert!(debited <= -100, "a pays the 100 and any fee: {debited}");
+    assert_eq!(db.balance("a").await, 1_000 + debited);
+    assert_eq!(db.balance("b").await, 1_100);
+    assert_eq!(xmins(&db).await.len(), 1, "written once");
+    assert!(db.audit().await.is_empty());
+}
+
+/// The retry limit: with `max_attempts` 1 the same deadlock is the
+/// payment's answer (40P01), nothing is written and the key stays free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadlock_past_the_attempt_limit_is_the_answer_and_writes_nothing() {
+    let db = TestDb::new().await;
+    let settings = ProcessorSettings {
+        max_attempts: 1,
+        ..ProcessorSettings::default()
+    };
+    let (p, answer) = lose_a_deadlock(&db, settings).await;
+    let err = answer.expect_err("no attempt left");
+    assert_eq!(
+        err.sqlstate(),
+        Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED),
+        "{err}"
+    );
+    assert_eq!(p.transaction_retries(), 0);
+    assert!(xmins(&db).await.is_empty(), "no payment row");
+    assert_eq!(key_rows(&db, "dl-1").await, 0, "the key stays free");
+    assert_eq!(db.balance("a").await, 1_000);
+    assert_eq!(db.balance("b").await, 1_000);
+}
+
+/// Accounts `a` and `b` (1,000 each); pays 100 from `a` to `b` (key
+/// `dl-1`) while another session makes it lose a deadlock once (see the
+/// test above). Returns the processor and the payment's answer.
+async fn lose_a_deadlock(
+    db: &TestDb,
+    settings: ProcessorSettings,
+) -> (Processor, payrail::Result<payrail::processor::PayOutcome>) {
     db.samples().await;
     db.account("a", 1_000).await;
     db.account("b", 1_000).await;
-    let p = db.processor();
-    let counter = p.clone();
-    assert_eq!(counter.transaction_retries(), 0);
+    let p = db.processor_with(settings);
+    assert_eq!(p.transaction_retries(), 0);
 
     let mut other = db.pool.get().await.unwrap();
     let tx = other.transaction().await.unwrap();
@@ -406,10 +454,13 @@ async fn a_payment_that_loses_a_deadlock_is_retried_and_commits_once() {
     )
     .await
     .unwrap();
-    let pay = tokio::spawn(async move {
-        p.pay(DEFAULT_TENANT, "dl-1", &transfer("a", "b", 100))
-            .await
-    });
+    let pay = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            p.pay(DEFAULT_TENANT, "dl-1", &transfer("a", "b", 100))
+                .await
+        })
+    };
     // Wait (at most 10 s) until the payment's backend waits for a lock:
     // it holds `a` (rows are locked in id order) and wants `b`.
     let watcher = db.pool.get().await.unwrap();
@@ -446,21 +497,6 @@ async fn a_payment_that_loses_a_deadlock_is_retried_and_commits_once() {
         asked.elapsed()
     );
     tx.rollback().await.unwrap();
-
-    let out = pay.await.unwrap().expect("the retried payment commits");
-    assert_eq!(out.response.status, PaymentStatus::Approved);
-    assert_eq!(counter.transaction_retries(), 1, "one retry, counted");
-    // the sample `transfer` pipeline also charges a fee to `a`
-    let debited: i64 = out
-        .response
-        .postings
-        .iter()
-        .filter(|p| p.account == "a")
-        .map(|p| p.amount)
-        .sum();
-    assert!(debited <= -100, "a pays the 100 and any fee: {debited}");
-    assert_eq!(db.balance("a").await, 1_000 + debited);
-    assert_eq!(db.balance("b").await, 1_100);
-    assert_eq!(xmins(&db).await.len(), 1, "written once");
-    assert!(db.audit().await.is_empty());
+    let answer = pay.await.unwrap();
+    (p, answer)
 }

@@ -365,6 +365,37 @@ async fn audit_detects_a_duplicated_event_id() {
     assert_eq!(checks, ["outbox_event_id_unique"]);
 }
 
+/// The journal keeps its sha256 values as 32 bytes (migration 0011): a
+/// row with a digest of any other length is refused, not stored. The same
+/// copy with every digest whole (`none`) is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_row_with_a_digest_that_is_not_32_bytes_is_refused() {
+    let db = sound_ledger_with_one_payment().await;
+    let c = db.pool.get().await.unwrap();
+    // A copy of a journal row under a new call key, with the named
+    // column cut to 31 bytes.
+    let copy = "insert into payrail.plugin_calls
+          (call_key, payment_id, step, digest, input_digest, input, output,
+           fuel_used, duration_us)
+        select case when $1 = 'call_key' then substring(sha256(call_key) from 2)
+                    else sha256(call_key) end,
+               payment_id, step,
+               case when $1 = 'digest' then substring(digest from 2) else digest end,
+               case when $1 = 'input_digest' then substring(input_digest from 2)
+                    else input_digest end,
+               input, output, fuel_used, duration_us
+        from payrail.plugin_calls order by step limit 1";
+    for column in ["call_key", "digest", "input_digest"] {
+        let err = c.execute(copy, &[&column]).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
+            "{column}: {err}"
+        );
+    }
+    assert_eq!(c.execute(copy, &[&"none"]).await.unwrap(), 1);
+}
+
 /// The names of the checks the audit reports as broken.
 async fn audit_checks(db: &TestDb) -> Vec<&'static str> {
     db.audit().await.iter().map(|v| v.check).collect()

@@ -30,15 +30,14 @@ pub fn is_acceptable(id: &[u8]) -> bool {
 }
 
 /// Middleware: settles the id (the caller's, or a fresh UUID), puts it in
-/// the request (header and extension) and in the response. Cost: one UUID
-/// and a header copy per request.
+/// the request's extensions (for the log span) and in the response. Cost:
+/// one UUID per request without an acceptable id.
 pub async fn request_id(mut req: Request, next: Next) -> Response {
     let id = match req.headers().get(&HEADER) {
         Some(v) if is_acceptable(v.as_bytes()) => v.clone(),
         _ => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
             .expect("a UUID is a valid header value"),
     };
-    req.headers_mut().insert(HEADER, id.clone());
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = next.run(req).await;
     resp.headers_mut().insert(HEADER, id);

@@ -221,13 +221,22 @@ mod tests {
         t.jobs.iter().map(|j| j.key.as_str()).collect()
     }
 
-    #[tokio::test]
-    async fn a_payment_on_a_held_account_waits_for_the_batch_that_holds_it() {
+    /// An intake over a fresh queue that has handed out a first batch,
+    /// payment `a` on accounts x and y, taken `max_payments` at a time.
+    async fn holding_x_and_y(
+        max_payments: usize,
+    ) -> (mpsc::Sender<Job>, std::sync::Arc<Intake>, Taken) {
         let (tx, rx) = mpsc::channel(16);
         let intake = std::sync::Arc::new(Intake::new(rx));
         tx.send(job("a", "x", "y")).await.unwrap();
-        let first = within_5s(&intake, 8, 0).await.unwrap();
+        let first = within_5s(&intake, max_payments, 0).await.unwrap();
         assert_eq!(keys(&first), ["a"]);
+        (tx, intake, first)
+    }
+
+    #[tokio::test]
+    async fn a_payment_on_a_held_account_waits_for_the_batch_that_holds_it() {
+        let (tx, intake, first) = holding_x_and_y(8).await;
 
         // b shares x with the running batch; c and d do not (d shares z
         // with c, which is fine within one batch)
@@ -254,7 +263,7 @@ mod tests {
             Some("b")
         );
 
-        // deferred payments go first, new ones after them
+        // a closed queue with nothing deferred ends the intake
         intake.release(&second.accounts);
         drop(tx);
         assert!(
@@ -265,10 +274,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_payment_that_fits_does_not_wait_behind_a_deferred_one() {
-        let (tx, rx) = mpsc::channel(16);
-        let intake = Intake::new(rx);
-        tx.send(job("a", "x", "y")).await.unwrap();
-        let first = within_5s(&intake, 8, 0).await.unwrap();
+        let (tx, intake, first) = holding_x_and_y(8).await;
         tx.send(job("b", "x", "q")).await.unwrap();
         tx.send(job("c", "p", "q")).await.unwrap();
         // c shares q with the deferred b, not with a running batch: it goes
@@ -283,10 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn at_most_one_batch_is_deferred_the_rest_stays_queued() {
-        let (tx, rx) = mpsc::channel(16);
-        let intake = std::sync::Arc::new(Intake::new(rx));
-        tx.send(job("a", "x", "y")).await.unwrap();
-        let first = within_5s(&intake, 2, 0).await.unwrap();
+        let (tx, intake, first) = holding_x_and_y(2).await;
         for k in ["b", "c", "d"] {
             tx.send(job(k, "x", k)).await.unwrap();
         }
