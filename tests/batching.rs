@@ -500,3 +500,62 @@ async fn lose_a_deadlock(
     let answer = pay.await.unwrap();
     (p, answer)
 }
+
+/// Another host's transaction holds the fee account's lock (as a batch
+/// paying from it would). A batch with `x -> fees` and `u -> v` puts the
+/// first back instead of waiting, so `u -> v` commits while the lock is
+/// held, its fee credited to the held account through a credit shard
+/// (credits never wait for it). Put back once, `x -> fees` runs alone,
+/// waits for the lock like any single payment, and commits once it is let
+/// go. With blocking locks, `u -> v` would wait for the other host too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_defers_payments_on_accounts_another_host_holds() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    for a in ["x", "u", "v"] {
+        db.account(a, 10_000).await;
+    }
+    let p = db.processor_with(one_batch());
+    let mut other = db.pool.get().await.unwrap();
+    let held = other.transaction().await.unwrap();
+    held.execute(
+        "select pg_advisory_xact_lock($1)",
+        &[&payrail::locks::account_key(DEFAULT_TENANT, "fees")],
+    )
+    .await
+    .unwrap();
+
+    let pay = |key: &'static str, from: &'static str, to: &'static str| {
+        let p = p.clone();
+        tokio::spawn(async move { p.pay(DEFAULT_TENANT, key, &transfer(from, to, 100)).await })
+    };
+    let to_fees = pay("to-fees", "x", "fees");
+    let free = pay("free", "u", "v");
+    let out = tokio::time::timeout(std::time::Duration::from_secs(3), free)
+        .await
+        .expect("u -> v does not wait for the other host's lock")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.response.status, PaymentStatus::Approved);
+    assert!(
+        out.response.postings.iter().any(|p| p.account == "fees"),
+        "u -> v pays its fee to the held account: {:?}",
+        out.response.postings
+    );
+    assert_eq!(p.batch_deferrals(), 1, "x -> fees was put back once");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!to_fees.is_finished(), "x -> fees waits for the lock");
+    held.commit().await.unwrap();
+    let out = to_fees
+        .await
+        .unwrap()
+        .expect("committed once the lock is free");
+    assert_eq!(out.response.status, PaymentStatus::Approved);
+
+    let x = xmins(&db).await;
+    assert_eq!(x.len(), 2);
+    assert_ne!(x["free"], x["to-fees"], "two transactions");
+    assert_eq!(p.batch_deferrals(), 1);
+    assert_eq!(p.transaction_retries(), 0);
+    assert!(db.audit().await.is_empty(), "{:?}", db.audit().await);
+}

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::{Metadata, Posting};
 use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 /// Longest account id, payment kind or plugin name accepted.
@@ -280,6 +280,67 @@ pub async fn lock_rows(
         ))
         .await?;
     Ok(accounts_by_id(&tx.query(&stmt, &[&tenant, &ids]).await?))
+}
+
+/// Accounts read by [`lock_rows_if_free`].
+pub struct FreeRows {
+    /// The accounts this transaction now holds, row-locked and read.
+    pub rows: HashMap<String, Account>,
+    /// The accounts another transaction holds: not read, not waited for.
+    pub busy: HashSet<String>,
+}
+
+/// Like [`crate::locks::lock_all`] then [`lock_rows`], but waits for no
+/// other transaction's advisory lock: try-locks `account_keys[i]` (sorted
+/// ascending, the key of `ids[i]`) in order, then row-locks and reads the
+/// accounts it got. An account another transaction holds is `busy`; one
+/// that was got but has no row does not exist. Locks got are held to
+/// commit. One statement: the keys are all tried before any row is locked.
+pub async fn lock_rows_if_free(
+    tx: &impl GenericClient,
+    tenant: &str,
+    ids: &[String],
+    account_keys: &[i64],
+) -> Result<FreeRows> {
+    assert_eq!(ids.len(), account_keys.len(), "one key per account");
+    debug_assert!(account_keys.windows(2).all(|w| w[0] <= w[1]), "keys sorted");
+    let stmt = tx
+        .prepare_cached(
+            // `p` is materialized, so the subquery reads every party's
+            // try-lock (in key order) before the rows are locked (in id
+            // order). The columns after `free` are ACCOUNTS_SQL's.
+            "with p as materialized (
+                 select t.id, pg_try_advisory_xact_lock(t.k) as free
+                 from unnest($2::text[], $3::bigint[]) with ordinality as t(id, k, n)
+                 order by t.n
+             )
+             select p.id as party, p.free, a.*
+             from p left join (
+                 select a.id, a.currency, a.balance + s.in_shards as balance,
+                        s.in_shards, a.held, a.allow_negative, a.metadata
+                 from payrail.accounts a,
+                      lateral (select coalesce(sum(c.amount), 0)::bigint as in_shards
+                               from payrail.credit_shards c
+                               where c.tenant = a.tenant and c.account = a.id) s
+                 where a.tenant = $1 and a.id in (select id from p where free)
+                 order by a.id for no key update of a
+             ) a on a.id = p.id",
+        )
+        .await?;
+    let mut free = FreeRows {
+        rows: HashMap::new(),
+        busy: HashSet::new(),
+    };
+    for r in tx.query(&stmt, &[&tenant, &ids, &account_keys]).await? {
+        let party: String = r.get("party");
+        if !r.get::<_, bool>("free") {
+            free.busy.insert(party);
+        } else if r.get::<_, Option<String>>("id").is_some() {
+            let a = account_from_row(&r);
+            free.rows.insert(a.id.clone(), a);
+        }
+    }
+    Ok(free)
 }
 
 /// Reads accounts without locking them (for facts that never change:

@@ -3,7 +3,7 @@
 //! (route templates, status codes, error codes, plugin digests capped at
 //! [`MAX_SERIES`]).
 
-use crate::processor::CallStat;
+use crate::processor::{CallStat, ProcessorCounts};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -235,8 +235,8 @@ impl Metrics {
     }
 
     /// The text exposition of every metric.
-    /// `transaction_retries` is [`crate::processor::Processor::transaction_retries`].
-    pub fn render(&self, pool: PoolGauges, in_flight: usize, transaction_retries: u64) -> String {
+    /// `processor` is [`crate::processor::Processor::counts`].
+    pub fn render(&self, pool: PoolGauges, in_flight: usize, processor: ProcessorCounts) -> String {
         let mut out = String::new();
         counter_family(
             &mut out,
@@ -371,7 +371,14 @@ impl Metrics {
             "payrail_transaction_retries_total",
             "counter",
             "payment, capture and void transactions rolled back by a deadlock or serialization failure and run again",
-            transaction_retries,
+            processor.transaction_retries,
+        );
+        simple(
+            &mut out,
+            "payrail_batch_deferrals_total",
+            "counter",
+            "payments a batch put back in the queue because another transaction held one of their accounts",
+            processor.batch_deferrals,
         );
         simple(
             &mut out,
@@ -468,7 +475,10 @@ mod tests {
                 waiting: 0,
             },
             0,
-            3,
+            ProcessorCounts {
+                transaction_retries: 3,
+                batch_deferrals: 5,
+            },
         );
         assert!(text.contains(
             "payrail_http_requests_total{method=\"GET\",route=\"/v1/accounts/{id}\",status=\"200\"} 2"
@@ -477,6 +487,7 @@ mod tests {
         assert!(text.contains("payrail_payments_total{status=\"approved\"} 1"));
         assert!(text.contains("payrail_payment_replays_total 1"));
         assert!(text.contains("payrail_transaction_retries_total 3"));
+        assert!(text.contains("payrail_batch_deferrals_total 5"));
         assert!(text.contains("payrail_plugin_fuel_used_count{digest=\"abababababab\"} 1"));
         assert!(text.contains(
             "payrail_plugin_call_duration_seconds_bucket{digest=\"abababababab\",le=\"0.00005\"} 1"

@@ -88,7 +88,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         st.limits
             .max_in_flight
             .saturating_sub(st.in_flight.available_permits()),
-        st.processor.transaction_retries(),
+        st.processor.counts(),
     );
     let mut resp = text.into_response();
     resp.headers_mut().insert(

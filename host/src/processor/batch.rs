@@ -48,6 +48,11 @@ pub const MAX_BATCH_PAYMENTS: usize = 512;
 pub const MAX_BATCH_WORKERS: usize = 64;
 /// Longest linger for more payments.
 pub const MAX_BATCH_WINDOW_US: u64 = 100_000;
+/// Times a batch puts a payment back because another transaction (another
+/// host's batch, a capture...) holds one of its accounts; the batch that
+/// takes it after that waits for the locks. Bounds how long traffic on its
+/// accounts can keep a payment out (docs/batching.md, "Other hosts").
+pub const MAX_DEFERRALS: u8 = 3;
 
 /// How payments are grouped into transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +125,8 @@ pub(crate) struct Job {
     pub(super) key: String,
     pub(super) req: PaymentRequest,
     pub(super) reply: oneshot::Sender<Result<PayOutcome>>,
+    /// Times a batch has put it back (at most [`MAX_DEFERRALS`]).
+    pub(super) deferrals: u8,
 }
 
 /// The sending side of the queue; the workers stop when every copy is gone.
@@ -160,6 +167,7 @@ pub(crate) async fn submit(
         key: key.to_string(),
         req: req.clone(),
         reply,
+        deferrals: 0,
     };
     let stopped = || Error::Setup("the payment batcher has stopped".into());
     queue.send(job).await.map_err(|_| stopped())?;
@@ -173,8 +181,11 @@ async fn work(processor: Processor, intake: Arc<Intake>, settings: BatchSettings
         // the batch's callers get an error when their reply is dropped.
         let run =
             std::panic::AssertUnwindSafe(processor.pay_batch(taken.jobs, shard)).catch_unwind();
-        if run.await.is_err() {
-            tracing::error!("a payment batch panicked; its payments were answered with an error");
+        match run.await {
+            Ok(deferred) => intake.put_back(deferred),
+            Err(_) => tracing::error!(
+                "a payment batch panicked; its payments were answered with an error"
+            ),
         }
         intake.release(&taken.accounts);
     }
@@ -191,6 +202,16 @@ enum Slot {
     Failed(Error),
     /// Approved or declined: written with the batch.
     Decided(Box<Decided>),
+    /// Another transaction holds one of its accounts: put back in the
+    /// queue, untouched (its key's try-lock ends with this transaction).
+    Deferred,
+}
+
+/// What a batch transaction made of one payment.
+enum Outcome {
+    Answered(Result<PayOutcome>),
+    /// Put back: see [`Slot::Deferred`].
+    Deferred,
 }
 
 struct Decided {
@@ -281,8 +302,9 @@ struct Item {
 }
 
 impl Processor {
-    /// Runs a batch taken from the queue and answers every payment in it.
-    async fn pay_batch(&self, jobs: Vec<Job>, shard: i16) {
+    /// Runs a batch taken from the queue and answers every payment in it
+    /// but those it defers, which it returns.
+    async fn pay_batch(&self, jobs: Vec<Job>, shard: i16) -> Vec<Job> {
         assert!(!jobs.is_empty() && jobs.len() <= MAX_BATCH_PAYMENTS);
         // One transaction per tenant; a key seen twice in the batch runs on
         // its own afterwards (then it is a replay or a conflict).
@@ -296,12 +318,14 @@ impl Processor {
                 repeats.push(job);
             }
         }
+        let mut deferred = Vec::new();
         for (tenant, jobs) in groups {
-            self.run_group(&tenant, jobs, shard).await;
+            deferred.extend(self.run_group(&tenant, jobs, shard).await);
         }
         for job in repeats {
             self.answer_alone(job).await;
         }
+        deferred
     }
 
     /// Runs one payment in a transaction of its own. If its caller goes
@@ -319,21 +343,29 @@ impl Processor {
         }
     }
 
-    async fn run_group(&self, tenant: &str, jobs: Vec<Job>, shard: i16) {
+    /// Runs one tenant's payments of a batch; returns those it deferred.
+    async fn run_group(&self, tenant: &str, jobs: Vec<Job>, shard: i16) -> Vec<Job> {
         if jobs.len() == 1 {
             let job = jobs.into_iter().next().expect("one job");
             self.answer_alone(job).await;
-            return;
+            return Vec::new();
         }
         let mut attempt = 1;
         loop {
             match self.batch_once(tenant, &jobs, shard).await {
-                Ok(answers) => {
-                    assert_eq!(answers.len(), jobs.len(), "one answer per payment");
-                    for (job, answer) in jobs.into_iter().zip(answers) {
-                        let _ = job.reply.send(answer);
+                Ok(outcomes) => {
+                    assert_eq!(outcomes.len(), jobs.len(), "one outcome per payment");
+                    let mut deferred = Vec::new();
+                    for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                        match outcome {
+                            Outcome::Answered(answer) => {
+                                let _ = job.reply.send(answer);
+                            }
+                            Outcome::Deferred => deferred.push(job),
+                        }
                     }
-                    return;
+                    self.count_deferrals(deferred.len());
+                    return deferred;
                 }
                 Err(e) if is_retryable(&e) && attempt < self.settings.max_attempts => {
                     tracing::debug!(attempt, error = %e, "retrying payment batch");
@@ -345,18 +377,13 @@ impl Processor {
                     tracing::debug!(error = %e, payments = jobs.len(), "batch failed; one transaction per payment");
                     futures::future::join_all(jobs.into_iter().map(|job| self.answer_alone(job)))
                         .await;
-                    return;
+                    return Vec::new();
                 }
             }
         }
     }
 
-    async fn batch_once(
-        &self,
-        tenant: &str,
-        jobs: &[Job],
-        shard: i16,
-    ) -> Result<Vec<Result<PayOutcome>>> {
+    async fn batch_once(&self, tenant: &str, jobs: &[Job], shard: i16) -> Result<Vec<Outcome>> {
         let mut client = self.pool.get().await?;
         let result = self.batch_in(&mut client, tenant, jobs, shard).await;
         if result.is_err() {
@@ -372,7 +399,7 @@ impl Processor {
         tenant: &str,
         jobs: &[Job],
         shard: i16,
-    ) -> Result<Vec<Result<PayOutcome>>> {
+    ) -> Result<Vec<Outcome>> {
         let tx = client.transaction().await?;
         let ids: Vec<Uuid> = jobs.iter().map(|j| payment_id(tenant, &j.key)).collect();
         let prints: Vec<String> = jobs.iter().map(|j| fingerprint(&j.req)).collect();
@@ -387,7 +414,18 @@ impl Processor {
             .collect();
         parties.sort();
         parties.dedup();
-        let party_keys = locks::sorted_keys(tenant, parties.iter().map(String::as_str));
+        // The parties in lock order (by advisory key).
+        let mut keyed: Vec<(i64, String)> = parties
+            .iter()
+            .map(|p| (locks::account_key(tenant, p), p.clone()))
+            .collect();
+        keyed.sort_unstable();
+        let mut party_keys: Vec<i64> = keyed.iter().map(|(k, _)| *k).collect();
+        party_keys.dedup();
+        // Until a payment has been put back MAX_DEFERRALS times, the batch
+        // waits for no other transaction's account lock: it defers the
+        // payments whose accounts are held (docs/batching.md, "Other hosts").
+        let wait_for_locks = jobs.iter().any(|j| j.deferrals >= MAX_DEFERRALS);
         let mut kinds: Vec<&str> = jobs.iter().map(|j| j.req.kind.as_str()).collect();
         kinds.sort();
         kinds.dedup();
@@ -397,7 +435,7 @@ impl Processor {
         let lock_ms = format!("{}ms", self.settings.lock_timeout_ms);
         let statement_ms = format!("{}ms", self.settings.statement_timeout_ms);
         let flight_started = Instant::now();
-        let (claims, (), rows, loaded) = futures::try_join!(
+        let (claims, (rows, busy), loaded) = futures::try_join!(
             async {
                 Ok::<_, Error>(
                     tx.query(
@@ -407,8 +445,19 @@ impl Processor {
                     .await?,
                 )
             },
-            async { Ok(locks::lock_all(&tx, &party_keys).await?) },
-            ledger::lock_rows(&tx, tenant, &parties),
+            async {
+                if wait_for_locks {
+                    let ((), rows) = futures::try_join!(
+                        async { Ok(locks::lock_all(&tx, &party_keys).await?) },
+                        ledger::lock_rows(&tx, tenant, &parties),
+                    )?;
+                    Ok((rows, HashSet::new()))
+                } else {
+                    let (ks, ids): (Vec<i64>, Vec<String>) = keyed.iter().cloned().unzip();
+                    let free = ledger::lock_rows_if_free(&tx, tenant, &ids, &ks).await?;
+                    Ok((free.rows, free.busy))
+                }
+            },
             async {
                 Ok(futures::future::join_all(
                     kinds
@@ -436,7 +485,13 @@ impl Processor {
 
         let mut book = Book {
             locked: rows.keys().cloned().collect(),
-            asked: parties.iter().cloned().collect(),
+            // a busy account is not asked for yet: a plugin of another
+            // payment may still name it (read, or locked when debited)
+            asked: parties
+                .iter()
+                .filter(|p| !busy.contains(*p))
+                .cloned()
+                .collect(),
             accounts: rows,
             deltas: BTreeMap::new(),
         };
@@ -464,6 +519,8 @@ impl Processor {
                         })
                         .map_err(|e| Error::Setup(format!("stored response unreadable: {e}")))
                 })
+            } else if busy.contains(&job.req.source) || busy.contains(&job.req.destination) {
+                Slot::Deferred
             } else if let Err(error) = check_parties(&book.accounts, &job.req) {
                 Slot::Failed(error)
             } else if let Some(pipeline) = &pipelines[job.req.kind.as_str()] {
@@ -535,18 +592,22 @@ impl Processor {
         }
 
         // 3. One flight of writes, balances last; commit.
-        let mut answers: Vec<Option<Result<PayOutcome>>> = Vec::with_capacity(jobs.len());
+        let mut answers: Vec<Option<Outcome>> = Vec::with_capacity(jobs.len());
         let mut responses: Vec<Option<PaymentResponse>> = Vec::with_capacity(jobs.len());
         for (i, slot) in slots.iter_mut().enumerate() {
             let job = &jobs[i];
             match std::mem::replace(slot, Slot::Ready) {
                 Slot::Ready => unreachable!("every payment is decided"),
                 Slot::Failed(error) => {
-                    answers.push(Some(Err(error)));
+                    answers.push(Some(Outcome::Answered(Err(error))));
                     responses.push(None);
                 }
                 Slot::Answered(answer) => {
-                    answers.push(Some(answer));
+                    answers.push(Some(Outcome::Answered(answer)));
+                    responses.push(None);
+                }
+                Slot::Deferred => {
+                    answers.push(Some(Outcome::Deferred));
                     responses.push(None);
                 }
                 Slot::Decided(d) => {
@@ -659,12 +720,12 @@ impl Processor {
         for ((answer, response), slot) in answers.into_iter().zip(responses).zip(&slots) {
             out.push(match (answer, response, slot) {
                 (Some(answer), _, _) => answer,
-                (None, Some(response), Slot::Decided(d)) => Ok(PayOutcome {
+                (None, Some(response), Slot::Decided(d)) => Outcome::Answered(Ok(PayOutcome {
                     response,
                     replayed: false,
                     calls: call_stats(&d.pipeline, &d.run.calls),
                     lock_wait,
-                }),
+                })),
                 _ => unreachable!("a decided payment has a response"),
             });
         }

@@ -138,6 +138,29 @@ impl Intake {
         batch
     }
 
+    /// Puts back payments a running batch deferred because another
+    /// transaction held one of their accounts (call before that batch's
+    /// [`Intake::release`]): they go first among the deferred, each counted
+    /// once more against [`super::batch::MAX_DEFERRALS`]. This can hold up to
+    /// one batch's worth more than `deferred`'s usual bound.
+    pub(crate) fn put_back(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut st = self.state.lock().expect("intake lock");
+        for mut job in jobs.into_iter().rev() {
+            // Their batch still holds their accounts: no other batch of
+            // this host takes them before it ends.
+            assert!(
+                accounts_of(&job).iter().all(|a| st.held.contains(a)),
+                "a deferred payment's batch is still running"
+            );
+            assert!(job.deferrals < super::batch::MAX_DEFERRALS);
+            job.deferrals += 1;
+            st.deferred.push_front(job);
+        }
+    }
+
     /// Gives back the accounts of a batch that has ended (committed,
     /// failed or panicked).
     pub(crate) fn release(&self, accounts: &[AccountKey]) {
@@ -207,6 +230,7 @@ mod tests {
                 hold_ttl_secs: None,
             },
             reply,
+            deferrals: 0,
         }
     }
 
@@ -309,6 +333,30 @@ mod tests {
         assert_eq!(keys(&second), ["b", "c"]);
         intake.release(&second.accounts);
         assert_eq!(keys(&within_5s(&intake, 2, 0).await.unwrap()), ["d"]);
+    }
+
+    #[tokio::test]
+    async fn a_payment_put_back_goes_first_once_its_batch_ends() {
+        let (tx, rx) = mpsc::channel(16);
+        let intake = Intake::new(rx);
+        tx.send(job("a", "x", "y")).await.unwrap();
+        tx.send(job("b", "p", "q")).await.unwrap();
+        let first = within_5s(&intake, 8, 0).await.unwrap();
+        assert_eq!(keys(&first), ["a", "b"]);
+        tx.send(job("c", "r", "s")).await.unwrap();
+        let mut jobs = first.jobs.into_iter();
+        let (a, b) = (jobs.next().unwrap(), jobs.next().unwrap());
+        drop(b);
+        intake.put_back(vec![a]);
+        // c is free; a waits while its batch holds x and y
+        let second = within_5s(&intake, 8, 0).await.unwrap();
+        assert_eq!(keys(&second), ["c"]);
+        intake.release(&first.accounts);
+        tx.send(job("d", "t", "w")).await.unwrap();
+        let third = within_5s(&intake, 8, 0).await.unwrap();
+        assert_eq!(keys(&third), ["a", "d"], "put back ahead of newer payments");
+        assert_eq!(third.jobs[0].deferrals, 1);
+        assert_eq!(third.jobs[1].deferrals, 0);
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@
 mod batch;
 mod intake;
 
-pub use batch::{BatchSettings, MAX_BATCH_PAYMENTS};
+pub use batch::{BatchSettings, MAX_BATCH_PAYMENTS, MAX_DEFERRALS};
 
 use crate::db::Pool;
 use crate::engine::{PluginEngine, PluginFault, PluginLimits, PreparedInput};
@@ -159,6 +159,18 @@ pub struct Processor {
     /// Transactions rolled back by a deadlock or serialization failure and
     /// run again (shared by every clone, the batcher's included).
     retries: Arc<std::sync::atomic::AtomicU64>,
+    /// Payments a batch put back because another transaction held one of
+    /// their accounts (shared like `retries`).
+    deferrals: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What a processor has counted since start (for `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessorCounts {
+    /// See [`Processor::transaction_retries`].
+    pub transaction_retries: u64,
+    /// See [`Processor::batch_deferrals`].
+    pub batch_deferrals: u64,
 }
 
 /// Payment id: derived from (tenant, idempotency key), so every retry of a
@@ -299,6 +311,7 @@ impl Processor {
             pipeline_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             batcher: None,
             retries: Arc::default(),
+            deferrals: Arc::default(),
         };
         processor.batcher = batch::start(processor.clone(), settings.batch);
         processor
@@ -316,6 +329,28 @@ impl Processor {
     pub(crate) fn count_retry(&self) {
         self.retries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Times, since start, a batch put a payment back in the queue because
+    /// another transaction (usually another host's batch) held one of its
+    /// accounts (docs/batching.md, "Other hosts"). Rising with the number
+    /// of hosts is expected; a payment is put back at most
+    /// [`MAX_DEFERRALS`] times.
+    pub fn batch_deferrals(&self) -> u64 {
+        self.deferrals.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_deferrals(&self, payments: usize) {
+        self.deferrals
+            .fetch_add(payments as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Everything counted, at once.
+    pub fn counts(&self) -> ProcessorCounts {
+        ProcessorCounts {
+            transaction_retries: self.transaction_retries(),
+            batch_deferrals: self.batch_deferrals(),
+        }
     }
 
     /// The connection pool.
