@@ -295,7 +295,8 @@ pub struct FreeRows {
 /// ascending, the key of `ids[i]`) in order, then row-locks and reads the
 /// accounts it got. An account another transaction holds is `busy`; one
 /// that was got but has no row does not exist. Locks got are held to
-/// commit. One statement: the keys are all tried before any row is locked.
+/// commit. One statement, so the answer does not depend on the order in
+/// which pipelined statements reach the server.
 pub async fn lock_rows_if_free(
     tx: &impl GenericClient,
     tenant: &str,
@@ -306,25 +307,27 @@ pub async fn lock_rows_if_free(
     debug_assert!(account_keys.windows(2).all(|w| w[0] <= w[1]), "keys sorted");
     let stmt = tx
         .prepare_cached(
-            // `p` is materialized, so the subquery reads every party's
-            // try-lock (in key order) before the rows are locked (in id
-            // order). The columns after `free` are ACCOUNTS_SQL's.
+            // `p` is materialized: each try-lock runs once, in key order,
+            // and its party's row is locked (if it was got) before the next
+            // party's try. Row locks in key order are safe: another
+            // transaction locks an account's row only under its advisory
+            // lock. The columns after `free` are ACCOUNTS_SQL's.
             "with p as materialized (
-                 select t.id, pg_try_advisory_xact_lock(t.k) as free
+                 select t.id, t.n, pg_try_advisory_xact_lock(t.k) as free
                  from unnest($2::text[], $3::bigint[]) with ordinality as t(id, k, n)
-                 order by t.n
              )
              select p.id as party, p.free, a.*
-             from p left join (
+             from p left join lateral (
                  select a.id, a.currency, a.balance + s.in_shards as balance,
                         s.in_shards, a.held, a.allow_negative, a.metadata
                  from payrail.accounts a,
                       lateral (select coalesce(sum(c.amount), 0)::bigint as in_shards
                                from payrail.credit_shards c
                                where c.tenant = a.tenant and c.account = a.id) s
-                 where a.tenant = $1 and a.id in (select id from p where free)
-                 order by a.id for no key update of a
-             ) a on a.id = p.id",
+                 where p.free and a.tenant = $1 and a.id = p.id
+                 for no key update of a
+             ) a on true
+             order by p.n",
         )
         .await?;
     let mut free = FreeRows {

@@ -144,6 +144,9 @@ pub struct ServeMetrics {
     pub lock_wait_seconds: f64,
     /// Payments the lock wait is over.
     pub lock_waits: f64,
+    /// Payments batches put back because another transaction held one of
+    /// their accounts.
+    pub batch_deferrals: f64,
 }
 
 impl ServeMetrics {
@@ -156,6 +159,7 @@ impl ServeMetrics {
             plugin_calls: self.plugin_calls - earlier.plugin_calls,
             lock_wait_seconds: self.lock_wait_seconds - earlier.lock_wait_seconds,
             lock_waits: self.lock_waits - earlier.lock_waits,
+            batch_deferrals: self.batch_deferrals - earlier.batch_deferrals,
         }
     }
 
@@ -167,6 +171,7 @@ impl ServeMetrics {
         self.plugin_calls += o.plugin_calls;
         self.lock_wait_seconds += o.lock_wait_seconds;
         self.lock_waits += o.lock_waits;
+        self.batch_deferrals += o.batch_deferrals;
     }
 
     /// Reads the sums out of the Prometheus text (all label sets added).
@@ -187,6 +192,7 @@ impl ServeMetrics {
                 "payrail_plugin_call_cpu_seconds_count" => m.plugin_cpu_calls += v,
                 "payrail_lock_wait_seconds_sum" => m.lock_wait_seconds += v,
                 "payrail_lock_wait_seconds_count" => m.lock_waits += v,
+                "payrail_batch_deferrals_total" => m.batch_deferrals += v,
                 _ => {}
             }
         }
@@ -301,7 +307,8 @@ mod tests {
             payrail_plugin_call_cpu_seconds_sum{digest=\"cd\"} 0.0625\n\
             payrail_plugin_call_cpu_seconds_count{digest=\"ab\"} 1\n\
             payrail_lock_wait_seconds_sum 2\n\
-            payrail_lock_wait_seconds_count 4\n";
+            payrail_lock_wait_seconds_count 4\n\
+            payrail_batch_deferrals_total 7\n";
         let m = ServeMetrics::parse(text);
         assert_eq!(m.plugin_seconds, 0.75);
         assert_eq!(m.plugin_calls, 4.0);
@@ -309,6 +316,7 @@ mod tests {
         assert_eq!(m.plugin_cpu_calls, 1.0);
         assert_eq!(m.lock_wait_seconds, 2.0);
         assert_eq!(m.lock_waits, 4.0);
+        assert_eq!(m.batch_deferrals, 7.0);
         let d = m.since(&ServeMetrics {
             plugin_calls: 1.0,
             ..Default::default()

@@ -243,6 +243,7 @@ impl Hosts<'_> {
                 sampled_calls: d.plugin_cpu_calls,
             }),
             lock_seconds_count: delta.map(|d| (d.lock_wait_seconds, d.lock_waits)),
+            batch_deferrals: delta.map(|d| d.batch_deferrals),
         })
     }
 }
@@ -600,6 +601,7 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
                         tps: r.tps,
                         one_process_tps: one.tps,
                         speedup: r.tps / one.tps,
+                        one_process_lock_wait_mean_ms: one.lock_wait_mean_ms,
                         run: r,
                     });
                 }

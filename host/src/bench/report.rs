@@ -104,6 +104,10 @@ pub struct RunResult {
     /// HTTP: mean lock wait from the servers' metrics, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock_wait_mean_ms: Option<f64>,
+    /// HTTP: payments batches put back because another transaction held
+    /// one of their accounts (`payrail_batch_deferrals_total`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_deferrals: Option<u64>,
     /// The plugins' cost.
     pub plugin: PluginCost,
     /// CPU time of the host process(es) during the run, s.
@@ -144,6 +148,8 @@ pub struct HostReadings {
     pub plugin: Option<PluginTotals>,
     /// HTTP: lock wait seconds and count from the servers' metrics.
     pub lock_seconds_count: Option<(f64, f64)>,
+    /// HTTP: payments put back by batches, from the servers' metrics.
+    pub batch_deferrals: Option<f64>,
 }
 
 impl RunResult {
@@ -207,6 +213,7 @@ impl RunResult {
             lock_wait_mean_ms: host
                 .lock_seconds_count
                 .and_then(|(s, n)| per(s * 1000.0, n)),
+            batch_deferrals: host.batch_deferrals.map(|d| d.max(0.0) as u64),
             plugin,
             host_cpu_seconds: cpu,
             peak_rss_mb: host.peak_rss.map(|b| b as f64 / (1024.0 * 1024.0)),
@@ -237,6 +244,9 @@ pub struct ScaleOut {
     pub one_process_tps: f64,
     /// tps / one_process_tps.
     pub speedup: f64,
+    /// The one-process run's mean lock wait, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub one_process_lock_wait_mean_ms: Option<f64>,
     /// The run itself.
     pub run: RunResult,
 }
@@ -609,18 +619,23 @@ pub fn markdown(r: &Report) -> String {
     if !r.scale_out.is_empty() {
         let _ = writeln!(
             md,
-            "\n## Scale-out: several `payrail serve` processes, one Postgres\n\n| workload | clients | processes | tps | one process tps | speedup |\n|---|---|---|---|---|---|"
+            "\n## Scale-out: several `payrail serve` processes, one Postgres\n\n| workload | clients | processes | tps | one process tps | speedup | lock wait mean ms (N / one) | payments put back |\n|---|---|---|---|---|---|---|---|"
         );
         for s in &r.scale_out {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.0} | {:.0} | {:.2}x |",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.2}x | {} / {} | {} |",
                 s.workload.name(),
                 s.clients,
                 s.processes,
                 s.tps,
                 s.one_process_tps,
-                s.speedup
+                s.speedup,
+                opt(s.run.lock_wait_mean_ms, |m| format!("{m:.2}")),
+                opt(s.one_process_lock_wait_mean_ms, |m| format!("{m:.2}")),
+                opt(s.run.batch_deferrals.map(|d| d as f64), |d| format!(
+                    "{d:.0}"
+                )),
             );
         }
     }
