@@ -517,13 +517,7 @@ async fn a_batch_defers_payments_on_accounts_another_host_holds() {
     }
     let p = db.processor_with(one_batch());
     let mut other = db.pool.get().await.unwrap();
-    let held = other.transaction().await.unwrap();
-    held.execute(
-        "select pg_advisory_xact_lock($1)",
-        &[&payrail::locks::account_key(DEFAULT_TENANT, "fees")],
-    )
-    .await
-    .unwrap();
+    let held = hold_account_lock(&mut other, "fees").await;
 
     let pay = |key: &'static str, from: &'static str, to: &'static str| {
         let p = p.clone();
@@ -558,4 +552,76 @@ async fn a_batch_defers_payments_on_accounts_another_host_holds() {
     assert_eq!(p.batch_deferrals(), 1);
     assert_eq!(p.transaction_retries(), 0);
     assert!(db.audit().await.is_empty(), "{:?}", db.audit().await);
+}
+
+/// The bound on putting back: while another host holds `x`, `x -> y` is
+/// put back each time it shares a batch with other payments, at most
+/// `MAX_DEFERRALS` times; the batch that takes it after that waits for
+/// the lock, with the payments batched with it. Free payments arrive every
+/// 10 ms, well inside a 100 ms window, so `x -> y` is never alone (alone,
+/// it would run as a single payment and wait at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_put_back_max_deferrals_times_makes_its_batch_wait() {
+    let db = TestDb::new().await;
+    db.samples().await;
+    for a in ["x", "y", "u", "v"] {
+        db.account(a, 100_000).await;
+    }
+    let mut settings = one_batch();
+    settings.batch.window_us = payrail::processor::MAX_BATCH_WINDOW_US;
+    let p = db.processor_with(settings);
+    let mut other = db.pool.get().await.unwrap();
+    let held = hold_account_lock(&mut other, "x").await;
+
+    let pay = |key: String, from: &'static str, to: &'static str| {
+        let p = p.clone();
+        tokio::spawn(async move { p.pay(DEFAULT_TENANT, &key, &transfer(from, to, 10)).await })
+    };
+    let blocked = pay("blocked".into(), "x", "y");
+    let mut free = Vec::new();
+    for i in 0..60 {
+        free.push(pay(format!("free-{i}"), "u", "v"));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        p.batch_deferrals(),
+        u64::from(payrail::processor::MAX_DEFERRALS),
+        "put back exactly MAX_DEFERRALS times, then waited"
+    );
+    assert!(!blocked.is_finished());
+    assert!(
+        !free.last().unwrap().is_finished(),
+        "the waiting batch holds up the payments behind it"
+    );
+    held.commit().await.unwrap();
+    let out = blocked.await.unwrap().expect("committed once x is free");
+    assert_eq!(out.response.status, PaymentStatus::Approved);
+    for f in free {
+        assert_eq!(
+            f.await.unwrap().unwrap().response.status,
+            PaymentStatus::Approved
+        );
+    }
+    assert_eq!(
+        p.batch_deferrals(),
+        u64::from(payrail::processor::MAX_DEFERRALS)
+    );
+    assert_eq!(xmins(&db).await.len(), 61);
+    assert!(db.audit().await.is_empty(), "{:?}", db.audit().await);
+}
+
+/// Another host's transaction, holding `account`'s advisory lock until it
+/// ends (as that host's batch would).
+async fn hold_account_lock<'a>(
+    client: &'a mut deadpool_postgres::Object,
+    account: &str,
+) -> deadpool_postgres::Transaction<'a> {
+    let tx = client.transaction().await.unwrap();
+    tx.execute(
+        "select pg_advisory_xact_lock($1)",
+        &[&payrail::locks::account_key(DEFAULT_TENANT, account)],
+    )
+    .await
+    .unwrap();
+    tx
 }

@@ -257,14 +257,21 @@ pub async fn get_account(client: &impl GenericClient, tenant: &str, id: &str) ->
 /// check); 16 covers the batch workers of several hosts.
 pub const CREDIT_SHARDS: i16 = 16;
 
+/// The select list and sources of an account read: the balance includes
+/// the account's credit shards. A macro so statements can `concat!` it.
+macro_rules! account_rows {
+    () => {
+        "select a.id, a.currency, a.balance + s.in_shards as balance,
+                s.in_shards, a.held, a.allow_negative, a.metadata
+         from payrail.accounts a,
+              lateral (select coalesce(sum(c.amount), 0)::bigint as in_shards
+                       from payrail.credit_shards c
+                       where c.tenant = a.tenant and c.account = a.id) s"
+    };
+}
+
 /// Accounts by id, with the balance including their credit shards.
-const ACCOUNTS_SQL: &str = "select a.id, a.currency, a.balance + s.in_shards as balance,
-            s.in_shards, a.held, a.allow_negative, a.metadata
-     from payrail.accounts a,
-          lateral (select coalesce(sum(c.amount), 0)::bigint as in_shards
-                   from payrail.credit_shards c
-                   where c.tenant = a.tenant and c.account = a.id) s
-     where a.tenant = $1 and a.id = any($2)";
+const ACCOUNTS_SQL: &str = concat!(account_rows!(), " where a.tenant = $1 and a.id = any($2)");
 
 /// Row-locks (`FOR NO KEY UPDATE`, in id order: the lock a balance update
 /// needs, which does not block foreign-key checks of concurrent entry
@@ -291,50 +298,47 @@ pub struct FreeRows {
 }
 
 /// Like [`crate::locks::lock_all`] then [`lock_rows`], but waits for no
-/// other transaction's advisory lock: try-locks `account_keys[i]` (sorted
-/// ascending, the key of `ids[i]`) in order, then row-locks and reads the
-/// accounts it got. An account another transaction holds is `busy`; one
-/// that was got but has no row does not exist. Locks got are held to
-/// commit. One statement, so the answer does not depend on the order in
-/// which pipelined statements reach the server.
+/// other transaction's advisory lock: try-locks each of `ids` in lock-key
+/// order, then row-locks and reads the accounts it got. An account another
+/// transaction holds is `busy`; one that was got but has no row does not
+/// exist. Locks got are held to commit. One statement, so the answer does
+/// not depend on the order in which pipelined statements reach the server.
 pub async fn lock_rows_if_free(
     tx: &impl GenericClient,
     tenant: &str,
     ids: &[String],
-    account_keys: &[i64],
 ) -> Result<FreeRows> {
-    assert_eq!(ids.len(), account_keys.len(), "one key per account");
-    debug_assert!(account_keys.windows(2).all(|w| w[0] <= w[1]), "keys sorted");
+    let mut keyed: Vec<(i64, &str)> = ids
+        .iter()
+        .map(|id| (crate::locks::account_key(tenant, id), id.as_str()))
+        .collect();
+    keyed.sort_unstable();
+    let (keys, ids): (Vec<i64>, Vec<&str>) = keyed.into_iter().unzip();
     let stmt = tx
-        .prepare_cached(
+        .prepare_cached(concat!(
             // `p` is materialized: each try-lock runs once, in key order,
             // and its party's row is locked (if it was got) before the next
             // party's try. Row locks in key order are safe: another
             // transaction locks an account's row only under its advisory
-            // lock. The columns after `free` are ACCOUNTS_SQL's.
+            // lock.
             "with p as materialized (
                  select t.id, t.n, pg_try_advisory_xact_lock(t.k) as free
                  from unnest($2::text[], $3::bigint[]) with ordinality as t(id, k, n)
              )
              select p.id as party, p.free, a.*
-             from p left join lateral (
-                 select a.id, a.currency, a.balance + s.in_shards as balance,
-                        s.in_shards, a.held, a.allow_negative, a.metadata
-                 from payrail.accounts a,
-                      lateral (select coalesce(sum(c.amount), 0)::bigint as in_shards
-                               from payrail.credit_shards c
-                               where c.tenant = a.tenant and c.account = a.id) s
-                 where p.free and a.tenant = $1 and a.id = p.id
+             from p left join lateral (",
+            account_rows!(),
+            "    where p.free and a.tenant = $1 and a.id = p.id
                  for no key update of a
              ) a on true
-             order by p.n",
-        )
+             order by p.n"
+        ))
         .await?;
     let mut free = FreeRows {
         rows: HashMap::new(),
         busy: HashSet::new(),
     };
-    for r in tx.query(&stmt, &[&tenant, &ids, &account_keys]).await? {
+    for r in tx.query(&stmt, &[&tenant, &ids, &keys]).await? {
         let party: String = r.get("party");
         if !r.get::<_, bool>("free") {
             free.busy.insert(party);

@@ -417,14 +417,6 @@ impl Processor {
             .collect();
         parties.sort();
         parties.dedup();
-        // The parties in lock order (by advisory key).
-        let mut keyed: Vec<(i64, String)> = parties
-            .iter()
-            .map(|p| (locks::account_key(tenant, p), p.clone()))
-            .collect();
-        keyed.sort_unstable();
-        let mut party_keys: Vec<i64> = keyed.iter().map(|(k, _)| *k).collect();
-        party_keys.dedup();
         // Until a payment has been put back MAX_DEFERRALS times, the batch
         // waits for no other transaction's account lock: it defers the
         // payments whose accounts are held (docs/batching.md, "Other hosts").
@@ -451,13 +443,16 @@ impl Processor {
             async {
                 if wait_for_locks {
                     let ((), rows) = futures::try_join!(
-                        async { Ok(locks::lock_all(&tx, &party_keys).await?) },
+                        async {
+                            let keys =
+                                locks::sorted_keys(tenant, parties.iter().map(String::as_str));
+                            Ok(locks::lock_all(&tx, &keys).await?)
+                        },
                         ledger::lock_rows(&tx, tenant, &parties),
                     )?;
                     Ok((rows, HashSet::new()))
                 } else {
-                    let (ks, ids): (Vec<i64>, Vec<String>) = keyed.iter().cloned().unzip();
-                    let free = ledger::lock_rows_if_free(&tx, tenant, &ids, &ks).await?;
+                    let free = ledger::lock_rows_if_free(&tx, tenant, &parties).await?;
                     Ok((free.rows, free.busy))
                 }
             },

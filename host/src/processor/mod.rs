@@ -18,7 +18,7 @@
 mod batch;
 mod intake;
 
-pub use batch::{BatchSettings, MAX_BATCH_PAYMENTS, MAX_DEFERRALS};
+pub use batch::{BatchSettings, MAX_BATCH_PAYMENTS, MAX_BATCH_WINDOW_US, MAX_DEFERRALS};
 
 use crate::db::Pool;
 use crate::engine::{PluginEngine, PluginFault, PluginLimits, PreparedInput};
