@@ -11,7 +11,7 @@ use payrail::api::{self, ApiLimits, AppState};
 use payrail::apikeys::{self, Scope};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A server on 127.0.0.1:0 over one test database.
 struct Server {
@@ -24,22 +24,28 @@ struct Server {
 
 const JSON_LIMIT: usize = 64 * 1024;
 
+/// The test server's limits: the production defaults where they matter
+/// (the API key cache's 1 s), a smaller JSON limit.
+fn limits() -> ApiLimits {
+    ApiLimits {
+        max_json_body_bytes: JSON_LIMIT,
+        max_plugin_bytes: 2 * 1024 * 1024,
+        request_timeout: Duration::from_secs(30),
+        max_in_flight: 256,
+        api_key_cache: Duration::from_millis(1000),
+    }
+}
+
 impl Server {
     async fn start() -> Server {
         Server::start_on(TestDb::new().await).await
     }
 
     async fn start_on(db: TestDb) -> Server {
-        Server::start_with(db, Duration::from_secs(30), 256).await
+        Server::start_with(db, limits()).await
     }
 
-    async fn start_with(db: TestDb, request_timeout: Duration, max_in_flight: usize) -> Server {
-        let limits = ApiLimits {
-            max_json_body_bytes: JSON_LIMIT,
-            max_plugin_bytes: 2 * 1024 * 1024,
-            request_timeout,
-            max_in_flight,
-        };
+    async fn start_with(db: TestDb, limits: ApiLimits) -> Server {
         let state = AppState::new(db.processor(), limits);
         let (router, _) = api::router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1374,7 +1380,15 @@ async fn slow_requests_time_out_and_excess_requests_are_shed() {
     db.samples().await;
     db.account("alice", 100_000).await;
     db.account("bob", 0).await;
-    let s = Server::start_with(db, Duration::from_millis(700), 1).await;
+    let s = Server::start_with(
+        db,
+        ApiLimits {
+            request_timeout: Duration::from_millis(700),
+            max_in_flight: 1,
+            ..limits()
+        },
+    )
+    .await;
     let pay = s.key("default", &[Scope::Payments]).await;
     let before = s.written().await;
     // alice's lock is held: the payment waits inside the server
@@ -1483,17 +1497,88 @@ async fn apikey_commands_create_list_and_revoke_keys() {
     let id = list[0]["id"].as_str().unwrap();
     let (code, _, err) = run(&["apikey", "revoke", id]);
     assert_eq!(code, Some(0), "{err}");
-    let (st, body) = s.get("/v1/accounts/a", &key).await;
-    assert_eq!(
-        (st, body["code"].as_str()),
-        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
-    );
+    // The server may trust its cached lookup for up to its TTL (1 s).
+    let refused_by = Instant::now() + limits().api_key_cache + Duration::from_secs(5);
+    loop {
+        let (st, body) = s.get("/v1/accounts/a", &key).await;
+        if st == StatusCode::UNAUTHORIZED {
+            assert_eq!(body["code"], "unauthorized");
+            break;
+        }
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert!(Instant::now() < refused_by, "the revoked key still works");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (code, _, err) = run(&["apikey", "create", "--tenant", "acme", "--scopes", "root"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("invalid_scope"), "{err}");
     let (code, _, err) = run(&["apikey", "revoke", "key_0000000000000000"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("api_key_not_found"), "{err}");
+    s.stop().await;
+}
+
+/// A host trusts a key it looked up for `api_key_cache` and no longer: a
+/// key revoked meanwhile (by another host, straight in the database) keeps
+/// working until the lookup is that old, then is refused; with no cache it
+/// is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_key_works_at_most_the_key_cache_ttl_longer() {
+    // An authorized request for an account that does not exist is 404.
+    let ttl = Duration::from_millis(1500);
+    let s = Server::start_with(
+        TestDb::new().await,
+        ApiLimits {
+            api_key_cache: ttl,
+            ..limits()
+        },
+    )
+    .await;
+    let c = s.db.pool.get().await.unwrap();
+    let key = apikeys::create(&c, "t", &[Scope::Payments]).await.unwrap();
+    let before_lookup = Instant::now();
+    let (st, _) = s.get("/v1/accounts/none", &key.secret).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let after_lookup = Instant::now();
+    apikeys::revoke(&c, &key.key.id).await.unwrap();
+    let (st, _) = s.get("/v1/accounts/none", &key.secret).await;
+    if after_lookup.elapsed() < ttl {
+        assert_eq!(st, StatusCode::NOT_FOUND, "answered from the cache");
+    }
+    let refused_at = loop {
+        let (st, body) = s.get("/v1/accounts/none", &key.secret).await;
+        let now = Instant::now();
+        if st == StatusCode::UNAUTHORIZED {
+            break now;
+        }
+        assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
+        assert!(
+            now < after_lookup + ttl + Duration::from_secs(5),
+            "the revoked key still works"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        refused_at >= before_lookup + ttl,
+        "refused before the cached lookup expired"
+    );
+    s.stop().await;
+
+    let s = Server::start_with(
+        TestDb::new().await,
+        ApiLimits {
+            api_key_cache: Duration::ZERO,
+            ..limits()
+        },
+    )
+    .await;
+    let c = s.db.pool.get().await.unwrap();
+    let key = apikeys::create(&c, "t", &[Scope::Payments]).await.unwrap();
+    let (st, _) = s.get("/v1/accounts/none", &key.secret).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    apikeys::revoke(&c, &key.key.id).await.unwrap();
+    let (st, _) = s.get("/v1/accounts/none", &key.secret).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "no cache: refused at once");
     s.stop().await;
 }
 

@@ -679,6 +679,7 @@ async fn http_capture_and_void_with_idempotency_keys() {
             max_plugin_bytes: 2 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             max_in_flight: 64,
+            api_key_cache: Duration::from_millis(1000),
         },
     );
     let (router, doc) = api::router(state);

@@ -11,6 +11,9 @@ use crate::ledger::validate_id;
 use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Prefix of every key secret (helps secret scanners and humans).
 pub const KEY_PREFIX: &str = "pr_";
@@ -199,19 +202,27 @@ pub async fn list(client: &impl GenericClient, tenant: &str) -> Result<Vec<ApiKe
 }
 
 /// The principal of a presented secret, or `None` if it is malformed,
-/// unknown or revoked (callers must not say which).
+/// unknown or revoked (callers must not say which). One indexed lookup,
+/// prepared once per connection; [`KeyCache`] saves it for keys seen
+/// within its TTL.
 pub async fn authenticate(client: &impl GenericClient, secret: &str) -> Result<Option<Principal>> {
     if !looks_like_key(secret) {
         return Ok(None);
     }
-    // Prepared once per connection: this runs before every request.
+    lookup(client, &Sha256::digest(secret.as_bytes()).into()).await
+}
+
+/// The unrevoked key whose secret hashes to `digest`.
+async fn lookup(client: &impl GenericClient, digest: &[u8; 32]) -> Result<Option<Principal>> {
+    // Prepared once per connection: this runs before every request a
+    // cache does not answer.
     let stmt = client
         .prepare_cached(&format!(
             "select {KEY_COLUMNS} from payrail.api_keys
              where hash = $1 and revoked_at is null"
         ))
         .await?;
-    let row = client.query_opt(&stmt, &[&hash_secret(secret)]).await?;
+    let row = client.query_opt(&stmt, &[&hex::encode(digest)]).await?;
     Ok(row.map(|r| {
         let key = key_from_row(&r);
         Principal {
@@ -220,6 +231,113 @@ pub async fn authenticate(client: &impl GenericClient, secret: &str) -> Result<O
             scopes: key.scopes,
         }
     }))
+}
+
+/// Most keys a [`KeyCache`] holds. Past it, expired entries are dropped
+/// and, if that frees nothing, all of them: a bound, not an LRU, because a
+/// host serves far fewer live keys than this.
+pub const MAX_CACHED_KEYS: usize = 10_000;
+
+/// Longest a [`KeyCache`] may trust a lookup: the bound on how long a
+/// revoked key may still authenticate (`server.api_key_cache_ms`).
+pub const MAX_KEY_CACHE_MS: u64 = 60_000;
+
+/// A key's principal and when it was read from the database.
+type Cached = (Principal, Instant);
+
+/// Keys that authenticated within the last `ttl`, so that a request with a
+/// recently seen key costs no database round trip (on the HTTP bench, the
+/// lookup was one of a payment's few statements outside its batch).
+///
+/// What it costs: a revocation reaches a host only once the entry read
+/// before it expires, so a revoked key may authenticate for up to `ttl`
+/// after `payrail apikey revoke` (on every host; entries are never
+/// refreshed in place, each is read from the database at most `ttl` ago).
+/// Unknown, malformed and revoked keys are not cached: each costs a lookup,
+/// as without the cache. A TTL of zero turns the cache off.
+///
+/// Hand-written rather than a caching crate: a mutex around a map, with a
+/// fixed expiry and a hard bound, is all this needs.
+pub struct KeyCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<[u8; 32], Cached>>,
+}
+
+impl KeyCache {
+    /// A cache trusting each lookup for `ttl` (at most
+    /// [`MAX_KEY_CACHE_MS`]; zero: no caching).
+    pub fn new(ttl: Duration) -> KeyCache {
+        assert!(
+            ttl.as_millis() <= u128::from(MAX_KEY_CACHE_MS),
+            "key cache TTL {ttl:?} over {MAX_KEY_CACHE_MS} ms"
+        );
+        KeyCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Like [`authenticate`], answered from the cache when the key
+    /// authenticated less than the TTL ago; otherwise one lookup on a
+    /// connection from `pool`, whose answer is kept if it is a key.
+    pub async fn authenticate(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        secret: &str,
+    ) -> Result<Option<Principal>> {
+        if !looks_like_key(secret) {
+            return Ok(None);
+        }
+        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        if let Some(principal) = self.get(&digest) {
+            return Ok(Some(principal));
+        }
+        let principal = lookup(&pool.get().await?, &digest).await?;
+        if let Some(p) = &principal {
+            self.put(digest, p.clone());
+        }
+        Ok(principal)
+    }
+
+    /// Keys held now (expired ones included until they are dropped).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether the cache holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get(&self, digest: &[u8; 32]) -> Option<Principal> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.lock();
+        let (principal, read_at) = entries.get(digest)?;
+        (read_at.elapsed() < self.ttl).then(|| principal.clone())
+    }
+
+    fn put(&self, digest: [u8; 32], principal: Principal) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.lock();
+        if entries.len() >= MAX_CACHED_KEYS && !entries.contains_key(&digest) {
+            entries.retain(|_, (_, read_at)| read_at.elapsed() < self.ttl);
+            if entries.len() >= MAX_CACHED_KEYS {
+                entries.clear();
+            }
+        }
+        entries.insert(digest, (principal, Instant::now()));
+        assert!(entries.len() <= MAX_CACHED_KEYS);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<[u8; 32], Cached>> {
+        // A panic while holding the lock cannot leave the map half-updated
+        // (each operation is one map call), so a poisoned lock is still good.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[cfg(test)]
@@ -243,5 +361,59 @@ mod tests {
         assert!(!looks_like_key("pr_short"));
         assert!(!looks_like_key(&good.to_uppercase()));
         assert_eq!(hash_secret("x").len(), 64);
+    }
+
+    fn principal(tenant: &str) -> Principal {
+        Principal {
+            key_id: "key_0".into(),
+            tenant: tenant.into(),
+            scopes: vec![Scope::Payments],
+        }
+    }
+
+    #[test]
+    fn the_key_cache_trusts_a_lookup_for_its_ttl_only() {
+        let cache = KeyCache::new(Duration::from_millis(20));
+        cache.put([1; 32], principal("t"));
+        assert_eq!(cache.get(&[1; 32]), Some(principal("t")));
+        assert_eq!(cache.get(&[2; 32]), None);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(cache.get(&[1; 32]), None, "expired");
+        let off = KeyCache::new(Duration::ZERO);
+        off.put([1; 32], principal("t"));
+        assert!(off.is_empty());
+        assert_eq!(off.get(&[1; 32]), None);
+    }
+
+    #[test]
+    fn the_key_cache_holds_at_most_max_cached_keys() {
+        let digest = |i: usize| {
+            let mut d = [0u8; 32];
+            d[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            d
+        };
+        let cache = KeyCache::new(Duration::from_secs(60));
+        for i in 0..MAX_CACHED_KEYS {
+            cache.put(digest(i), principal("t"));
+        }
+        assert_eq!(cache.len(), MAX_CACHED_KEYS);
+        cache.put(digest(0), principal("u"));
+        assert_eq!(cache.len(), MAX_CACHED_KEYS, "a known key is replaced");
+        cache.put(digest(MAX_CACHED_KEYS), principal("t"));
+        assert_eq!(cache.len(), 1, "nothing had expired, so all went");
+        assert!(cache.get(&digest(MAX_CACHED_KEYS)).is_some());
+        let short = KeyCache::new(Duration::from_millis(20));
+        for i in 0..MAX_CACHED_KEYS - 1 {
+            short.put(digest(i), principal("t"));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        short.put(digest(MAX_CACHED_KEYS), principal("t"));
+        short.put(digest(MAX_CACHED_KEYS + 1), principal("t"));
+        assert_eq!(
+            short.len(),
+            2,
+            "the expired ones went, the fresh one stayed"
+        );
+        assert!(short.get(&digest(MAX_CACHED_KEYS)).is_some());
     }
 }

@@ -169,6 +169,10 @@ pub struct ServerConfig {
     pub max_json_body_bytes: usize,
     /// Requests handled at once; more are answered 503 `overloaded`.
     pub max_in_flight: usize,
+    /// How long a host trusts an API key it looked up
+    /// (`PAYRAIL_API_KEY_CACHE_MS`): the longest a revoked key may still
+    /// authenticate. 0: every request looks its key up.
+    pub api_key_cache_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -179,6 +183,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             max_json_body_bytes: 64 * 1024,
             max_in_flight: 1024,
+            api_key_cache_ms: 1000,
         }
     }
 }
@@ -381,6 +386,9 @@ impl Config {
         if let Some(v) = get("PAYRAIL_REQUEST_TIMEOUT_MS") {
             self.server.request_timeout_ms = parse_env("PAYRAIL_REQUEST_TIMEOUT_MS", &v)?;
         }
+        if let Some(v) = get("PAYRAIL_API_KEY_CACHE_MS") {
+            self.server.api_key_cache_ms = parse_env("PAYRAIL_API_KEY_CACHE_MS", &v)?;
+        }
         if let Some(v) = get("PAYRAIL_SHUTDOWN_GRACE_MS") {
             self.server.shutdown_grace_ms = parse_env("PAYRAIL_SHUTDOWN_GRACE_MS", &v)?;
         }
@@ -453,6 +461,12 @@ impl Config {
             16 << 20,
         )?;
         range("server.max_in_flight", s.max_in_flight, 1, 100_000)?;
+        range(
+            "server.api_key_cache_ms",
+            s.api_key_cache_ms,
+            0,
+            crate::apikeys::MAX_KEY_CACHE_MS,
+        )?;
         range("database.pool_size", self.database.pool_size, 1, 1000)?;
         if let Some(url) = &self.database.url {
             url.parse::<tokio_postgres::Config>().map_err(|e| {

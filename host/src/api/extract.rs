@@ -3,7 +3,7 @@
 
 use super::AppState;
 use super::problem::ApiError;
-use crate::apikeys::{self, Principal, Scope};
+use crate::apikeys::{Principal, Scope};
 use crate::processor::MAX_KEY_BYTES;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
@@ -136,8 +136,9 @@ async fn authorize(parts: &Parts, state: &AppState, scope: Scope) -> Result<Prin
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
         .ok_or_else(ApiError::unauthorized)?;
-    let client = state.pool.get().await.map_err(crate::Error::from)?;
-    let principal = apikeys::authenticate(&client, secret)
+    let principal = state
+        .keys
+        .authenticate(&state.pool, secret)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
     if !principal.has(scope) {

@@ -21,6 +21,7 @@ pub mod plugins;
 pub mod problem;
 pub mod request_id;
 
+use crate::apikeys::KeyCache;
 use crate::config::Config;
 use crate::db::Pool;
 use crate::engine::PluginEngine;
@@ -51,6 +52,8 @@ pub struct ApiLimits {
     pub request_timeout: Duration,
     /// Requests handled at once.
     pub max_in_flight: usize,
+    /// How long a looked-up API key is trusted (see [`KeyCache`]).
+    pub api_key_cache: Duration,
 }
 
 impl ApiLimits {
@@ -61,6 +64,7 @@ impl ApiLimits {
             max_plugin_bytes: c.plugins.max_plugin_bytes,
             request_timeout: c.request_timeout(),
             max_in_flight: c.server.max_in_flight,
+            api_key_cache: Duration::from_millis(c.server.api_key_cache_ms),
         }
     }
 }
@@ -80,6 +84,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Permits for requests in flight.
     pub in_flight: Arc<Semaphore>,
+    /// API keys looked up recently.
+    pub keys: Arc<KeyCache>,
 }
 
 impl AppState {
@@ -92,6 +98,7 @@ impl AppState {
             limits,
             metrics: Arc::new(Metrics::default()),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            keys: Arc::new(KeyCache::new(limits.api_key_cache)),
         }
     }
 }

@@ -729,7 +729,7 @@ fn notes(args: &BenchArgs, pool_size: usize) -> Vec<String> {
             LOAD_FRACTION * 100.0
         ),
         "in-process: `Processor::pay` from tasks of the bench process; host CPU and RSS are this process's (it also runs the load generator, so the plugin CPU share is a lower bound; the peak RSS is reset before each run where Linux allows, so the setup does not count). Lock wait is `PayOutcome::lock_wait` (key claim + advisory locks).".into(),
-        "http: keep-alive reqwest clients in the bench process POST to `payrail serve` children on 127.0.0.1 (same machine, same CPUs); host CPU (utime+stime) and peak RSS (VmHWM) are the children's from /proc; plugin time and lock wait are from their /metrics (mean only).".into(),
+        "http: keep-alive HTTP/1.1 clients (hyper connections) in the bench process POST to `payrail serve` children on 127.0.0.1 (same machine, same CPUs); host CPU (utime+stime) and peak RSS (VmHWM) are the children's from /proc; plugin time and lock wait are from their /metrics (mean only).".into(),
         format!(
             "Each host process has a pool of {pool_size} connections (--pool-size / PAYRAIL_POOL_SIZE); clients beyond it queue for a connection. The peer (shared/baseline/run.sh, pgbench -j 2) opens one connection per client on the same server, same seconds per point."
         ),
