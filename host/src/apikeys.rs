@@ -171,7 +171,8 @@ pub async fn create(
     })
 }
 
-/// Revokes key `id`; from then on it authenticates nothing. Revoking a
+/// Revokes key `id`; from then on a lookup finds nothing (a server that
+/// looked it up within its [`KeyCache`] TTL still trusts it until then). Revoking a
 /// revoked key is a no-op; an unknown id is `api_key_not_found`.
 pub async fn revoke(client: &impl GenericClient, id: &str) -> Result<ApiKey> {
     let row = client

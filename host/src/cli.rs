@@ -147,7 +147,8 @@ pub enum ApikeyCmd {
         #[arg(long, default_value = "payments")]
         scopes: String,
     },
-    /// Revoke a key by its id (`key_...`); it stops working at once.
+    /// Revoke a key by its id (`key_...`); running servers refuse it within
+    /// their `server.api_key_cache_ms` (1 s by default).
     Revoke {
         /// The key's id as `apikey create` or `apikey list` shows it.
         id: String,
