@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 /// payments, a lost connection pool) falls below it.
 const MIN_RATIO_TO_PEER: f64 = 0.1;
 
-/// The whole bench must finish within this (it takes ~40 s).
+/// The whole bench must finish within this (it takes ~40-70 s).
 const TIMEOUT: Duration = Duration::from_secs(240);
 
 /// The peer's script: `$PAYRAIL_BASELINE`, else `shared/baseline/run.sh`
@@ -134,6 +134,30 @@ async fn bench_is_not_grossly_slower_than_the_peer() {
         assert!(out.join(f).is_file(), "{f} written");
     }
     assert_eq!(report["audit"]["passed"], true, "the audit passed");
+    // The head-to-head phase: two rounds (the default) per workload, the
+    // peer first in the first, payrail first in the second, both measured.
+    let paired = report["paired"].as_array().expect("paired rounds");
+    for workload in ["uniform", "hot_fee"] {
+        let rounds: Vec<_> = paired
+            .iter()
+            .filter(|p| p["workload"] == workload)
+            .collect();
+        assert_eq!(rounds.len(), 2, "{workload}: {paired:?}");
+        assert_eq!(rounds[0]["peer_first"], true);
+        assert_eq!(rounds[1]["peer_first"], false);
+        for r in rounds {
+            assert!(r["payrail_tps"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["peer_tps"].as_f64().is_some_and(|t| t > 0.0), "{r}");
+        }
+    }
+    assert!(
+        report["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == "P1" && t["what"].as_str().unwrap().contains("alternated")),
+        "the paired P1 reading is a target row"
+    );
     let mut failures = Vec::new();
     for workload in ["uniform", "hot_fee"] {
         let peer =

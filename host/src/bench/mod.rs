@@ -9,8 +9,9 @@
 //! point), then paces a run at 80% of the peak to read the latency there.
 //! With `--serve-processes N` it repeats the best HTTP point over N serve
 //! processes. Then the PL/pgSQL peer (`shared/baseline/run.sh`) runs with
-//! the same client counts on the same Postgres, and `payrail audit` checks
-//! the bench database. Durability is the server's own (nothing is set; the
+//! the same client counts on the same Postgres, then `--paired-rounds`
+//! head-to-head rounds alternate the peer and payrail in-process at their
+//! best client counts, and `payrail audit` checks the bench database. Durability is the server's own (nothing is set; the
 //! report shows `synchronous_commit` and `fsync`).
 //!
 //! The report goes to `--out`: `report.md`, `report.json`,
@@ -36,8 +37,8 @@ use clap::Args;
 use driver::{RunSamples, Target};
 use http::{HttpTarget, ServeChild, ServeMetrics};
 use report::{
-    AuditResult, Durability, HostReadings, LOAD_FRACTION, PathKind, PluginTotals, Report,
-    RunResult, ScaleOut,
+    AuditResult, Durability, HostReadings, LOAD_FRACTION, PairedRound, PathKind, PluginTotals,
+    Report, RunResult, ScaleOut,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub const MAX_ACCOUNTS: usize = 5_000_000;
 pub const MAX_SERVE_PROCESSES: usize = 8;
 /// Longest warm-up, s.
 pub const MAX_WARMUP_SECS: u64 = 60;
+/// Most rounds of the head-to-head phase.
+pub const MAX_PAIRED_ROUNDS: usize = 10;
 /// The bench drops and recreates its database: only names with this
 /// prefix, so a typo cannot drop a real database.
 pub const DATABASE_PREFIX: &str = "payrail_bench";
@@ -96,6 +99,13 @@ pub struct BenchArgs {
     /// Run payrail only (no ratios, P1 not measured).
     #[arg(long)]
     pub skip_baseline: bool,
+    /// Head-to-head rounds after the sweeps: payrail in-process and the
+    /// peer, each at its best client count, one right after the other (the
+    /// order alternating), `--secs` each. Their median ratio is a second P1
+    /// reading that the machine's drift over the bench does not bias. 0:
+    /// none.
+    #[arg(long, default_value_t = 2)]
+    pub paired_rounds: usize,
     /// Database the bench drops and recreates (must start with
     /// `payrail_bench`).
     #[arg(long, default_value = DATABASE_PREFIX)]
@@ -149,6 +159,11 @@ impl BenchArgs {
                 "--serve-processes needs the http path (--paths http)".into(),
             ));
         }
+        if self.paired_rounds > MAX_PAIRED_ROUNDS {
+            return Err(invalid(format!(
+                "--paired-rounds must be at most {MAX_PAIRED_ROUNDS}"
+            )));
+        }
         if self.warmup_secs > MAX_WARMUP_SECS {
             return Err(invalid(format!(
                 "--warmup-secs must be at most {MAX_WARMUP_SECS}"
@@ -184,7 +199,13 @@ impl BenchArgs {
         } else {
             2 * points * self.secs
         };
-        self.paths.len() as u64 * per_path + scale + peer
+        let paired = if self.skip_baseline || !self.paths.contains(&PathKind::InProcess) {
+            0
+        } else {
+            // payrail and the peer per workload, plus the peer's setup
+            self.paired_rounds as u64 * (2 * w * self.secs + 10)
+        };
+        self.paths.len() as u64 * per_path + scale + peer + paired
     }
 }
 
@@ -359,6 +380,100 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// The head-to-head phase: `--paired-rounds` rounds, each running the
+    /// peer and payrail in-process at their best client counts of the
+    /// sweeps, back to back, the order alternating between rounds. The
+    /// sweeps run minutes apart, and on a shared machine the disk (which
+    /// bounds the peer, one commit per payment) and the CPU (which bounds
+    /// payrail) drift independently over that time.
+    async fn head_to_head(
+        &mut self,
+        target: &Target,
+        script: &std::path::Path,
+        admin_url: &str,
+        admin: &tokio_postgres::Client,
+        runs: &[RunResult],
+        peer_points: &[peer::PeerPoint],
+    ) -> Result<Vec<PairedRound>> {
+        let pairs: Vec<(Workload, usize, usize)> = self
+            .args
+            .workloads
+            .iter()
+            .filter_map(|&w| {
+                let ours = report::best(runs, PathKind::InProcess, w)?.clients;
+                let theirs = report::peer_best(peer_points, w)?.1;
+                Some((w, ours, theirs))
+            })
+            .collect();
+        let mut peer_clients: Vec<usize> = pairs.iter().map(|p| p.2).collect();
+        peer_clients.sort_unstable();
+        peer_clients.dedup();
+        let secs = self.args.secs;
+        let accounts = self.args.accounts;
+        let peer_round = async || -> Result<Vec<peer::PeerPoint>> {
+            let free = peer::free_connections(admin).await?;
+            peer::run(script, admin_url, secs, &peer_clients, accounts, free).await
+        };
+        let mut out = Vec::new();
+        for round in 1..=self.args.paired_rounds {
+            // odd rounds: the peer first; even rounds: payrail first
+            let peer_first = round % 2 == 1;
+            let (ours, theirs) = if peer_first {
+                let theirs = peer_round().await?;
+                (self.paired_points(target, &pairs).await?, theirs)
+            } else {
+                let ours = self.paired_points(target, &pairs).await?;
+                (ours, peer_round().await?)
+            };
+            for (&(workload, clients, peer_clients), (tps, errors)) in pairs.iter().zip(ours) {
+                let peer_tps = theirs
+                    .iter()
+                    .find(|p| p.workload == workload && p.clients == peer_clients)
+                    .and_then(|p| p.tps);
+                let r = PairedRound {
+                    round,
+                    workload,
+                    peer_first,
+                    payrail_clients: clients,
+                    payrail_tps: tps,
+                    payrail_errors: errors,
+                    peer_clients,
+                    peer_tps,
+                };
+                println!(
+                    "paired   round={round} workload={} payrail={tps:.0} ({clients} clients) peer={} ({peer_clients} clients) ratio={}",
+                    workload.name(),
+                    peer_tps
+                        .map(|t| format!("{t:.0}"))
+                        .unwrap_or_else(|| "-".into()),
+                    r.ratio()
+                        .map(|x| format!("{x:.2}x"))
+                        .unwrap_or_else(|| "-".into()),
+                );
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// payrail in-process at each `(workload, clients, _)` of `pairs` for
+    /// `--secs`: throughput and failed payments.
+    async fn paired_points(
+        &mut self,
+        target: &Target,
+        pairs: &[(Workload, usize, usize)],
+    ) -> Result<Vec<(f64, u64)>> {
+        let mut out = Vec::new();
+        for &(workload, clients, _) in pairs {
+            let s = self
+                .closed(target, workload, clients, self.args.secs)
+                .await?;
+            let tps = s.samples.completed() as f64 / s.elapsed.as_secs_f64();
+            out.push((tps, s.samples.errors));
+        }
+        Ok(out)
+    }
+
     fn max_clients(&self) -> usize {
         self.args.concurrency.iter().copied().max().unwrap_or(1)
     }
@@ -525,8 +640,10 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
     let mut runs = Vec::new();
     let mut at_load = Vec::new();
     let mut scale_out = Vec::new();
+    let mut in_process = None;
     if args.paths.contains(&PathKind::InProcess) {
         let target = Target::InProcess(Processor::new(pool.clone(), ctx.engine.clone(), settings));
+        in_process = Some(target.clone());
         bench
             .measure_path(
                 &target,
@@ -629,6 +746,15 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         }
     };
 
+    let paired = match (&peer_script, &in_process) {
+        (Some(script), Some(target)) if args.paired_rounds > 0 => {
+            bench
+                .head_to_head(target, script, &admin_url, &admin, &runs, &peer_points)
+                .await?
+        }
+        _ => Vec::new(),
+    };
+
     let violations = audit::run(&mut pool.get().await?).await?;
     let audit = AuditResult {
         passed: violations.is_empty(),
@@ -661,6 +787,7 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         concurrency: args.concurrency.clone(),
         pool_size,
         ratios: report::ratios(&runs, &peer_points),
+        paired,
         runs,
         at_load,
         peer: peer_points,
@@ -707,6 +834,7 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         .chain(&report.at_load)
         .chain(report.scale_out.iter().map(|s| &s.run))
         .map(|r| r.errors)
+        .chain(report.paired.iter().map(|p| p.payrail_errors))
         .sum();
     if errors > 0 {
         println!("errors   {errors} payment(s) failed: see the report's first errors");

@@ -221,6 +221,55 @@ impl RunResult {
     }
 }
 
+/// One round of the head-to-head phase: payrail (in-process) and the peer,
+/// each at its best client count of the sweeps, run one right after the
+/// other, so that both see the machine in the same state.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairedRound {
+    /// 1-based.
+    pub round: usize,
+    pub workload: Workload,
+    /// Whether the peer ran before payrail in this round (rounds alternate
+    /// the order, so a steady drift of the machine favours neither).
+    pub peer_first: bool,
+    pub payrail_clients: usize,
+    pub payrail_tps: f64,
+    /// payrail's payments that failed (not approved, not declined).
+    pub payrail_errors: u64,
+    pub peer_clients: usize,
+    /// `None` when pgbench failed.
+    pub peer_tps: Option<f64>,
+}
+
+impl PairedRound {
+    /// payrail's throughput over the peer's in this round.
+    pub fn ratio(&self) -> Option<f64> {
+        self.peer_tps
+            .filter(|p| *p > 0.0)
+            .map(|p| self.payrail_tps / p)
+    }
+}
+
+/// The median of the rounds' ratios for `workload` (the mean of the middle
+/// two for an even count), or `None` without a measured round.
+pub fn paired_ratio(rounds: &[PairedRound], workload: Workload) -> Option<f64> {
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .filter(|r| r.workload == workload)
+        .filter_map(PairedRound::ratio)
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let mid = ratios.len() / 2;
+    Some(if ratios.len().is_multiple_of(2) {
+        (ratios[mid - 1] + ratios[mid]) / 2.0
+    } else {
+        ratios[mid]
+    })
+}
+
 /// payrail's best against the peer's best, one workload and path.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratio {
@@ -310,6 +359,8 @@ pub struct Report {
     /// The baseline.
     pub peer: Vec<PeerPoint>,
     pub ratios: Vec<Ratio>,
+    /// The head-to-head phase (in-process only).
+    pub paired: Vec<PairedRound>,
     pub scale_out: Vec<ScaleOut>,
     pub targets: Vec<TargetCheck>,
     pub audit: AuditResult,
@@ -394,6 +445,23 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
             format!(">= {P1_MIN_RATIO}x"),
             |v| v >= P1_MIN_RATIO,
         ));
+        if path == PathKind::InProcess && !report.paired.is_empty() {
+            let rounds = report
+                .paired
+                .iter()
+                .filter(|r| r.workload == Workload::Uniform)
+                .count();
+            out.push(check(
+                "P1",
+                format!(
+                    "{n}: uniform tps / peer uniform tps, alternated ({rounds} rounds, median)"
+                ),
+                paired_ratio(&report.paired, Workload::Uniform),
+                x,
+                format!(">= {P1_MIN_RATIO}x"),
+                |v| v >= P1_MIN_RATIO,
+            ));
+        }
         let p2 = uniform.zip(hot).map(|(u, h)| h.tps / u.tps);
         out.push(check(
             "P2",
@@ -583,6 +651,31 @@ pub fn markdown(r: &Report) -> String {
             opt(x.ratio, |v| format!("{v:.2}x"))
         );
     }
+    if !r.paired.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Head-to-head: payrail in-process and the peer alternated\n\nEach round runs both at their best client counts of the sweeps, one right after the other (the order alternates), so both see the machine in the same state; the sweeps above run minutes apart.\n\n| round | workload | first | payrail tps (clients) | peer tps (clients) | ratio |\n|---|---|---|---|---|---|"
+        );
+        for p in &r.paired {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.0} ({}) | {} ({}) | {} |",
+                p.round,
+                p.workload.name(),
+                if p.peer_first { "peer" } else { "payrail" },
+                p.payrail_tps,
+                p.payrail_clients,
+                opt(p.peer_tps, |v| format!("{v:.0}")),
+                p.peer_clients,
+                opt(p.ratio(), |v| format!("{v:.2}x"))
+            );
+        }
+        for w in [Workload::Uniform, Workload::HotFee] {
+            if let Some(m) = paired_ratio(&r.paired, w) {
+                let _ = writeln!(md, "\nmedian ratio, {}: **{m:.2}x**", w.name());
+            }
+        }
+    }
     let _ = writeln!(md, "\n![throughput vs concurrency](throughput.svg)\n");
     let _ = writeln!(
         md,
@@ -644,4 +737,45 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(md, "- {n}");
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(round: usize, workload: Workload, ours: f64, theirs: Option<f64>) -> PairedRound {
+        PairedRound {
+            round,
+            workload,
+            peer_first: round % 2 == 1,
+            payrail_clients: 256,
+            payrail_tps: ours,
+            payrail_errors: 0,
+            peer_clients: 16,
+            peer_tps: theirs,
+        }
+    }
+
+    #[test]
+    fn the_paired_ratio_is_the_median_of_the_rounds_of_its_workload() {
+        let u = Workload::Uniform;
+        let h = Workload::HotFee;
+        let rounds = [
+            round(1, u, 3000.0, Some(1000.0)),
+            round(1, h, 100.0, Some(1000.0)),
+            round(2, u, 1000.0, Some(1000.0)),
+            round(3, u, 2000.0, Some(1000.0)),
+        ];
+        assert_eq!(paired_ratio(&rounds, u), Some(2.0), "odd count: the middle");
+        assert_eq!(paired_ratio(&rounds, h), Some(0.1));
+        assert_eq!(
+            paired_ratio(&rounds[..3], u),
+            Some(2.0),
+            "even count: the mean of the middle two (1x and 3x)"
+        );
+        let failed = [round(1, u, 3000.0, None), round(2, u, 3000.0, Some(0.0))];
+        assert_eq!(failed[0].ratio(), None, "pgbench failed");
+        assert_eq!(paired_ratio(&failed, u), None, "no round measured");
+        assert_eq!(paired_ratio(&[], u), None);
+    }
 }
