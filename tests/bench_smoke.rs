@@ -117,9 +117,19 @@ async fn bench_is_not_grossly_slower_than_the_peer() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    c.batch_execute(&format!("drop database if exists {database} with (force)"))
+    let h2h_left: i64 = c
+        .query_one(
+            "select count(*) from pg_database where datname = $1",
+            &[&format!("{database}_h2h")],
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .get(0);
+    for db in [database.clone(), format!("{database}_h2h")] {
+        c.batch_execute(&format!("drop database if exists {db} with (force)"))
+            .await
+            .unwrap();
+    }
 
     let status = status.unwrap_or_else(|| panic!("payrail bench took longer than {TIMEOUT:?}"));
     assert!(
@@ -134,6 +144,10 @@ async fn bench_is_not_grossly_slower_than_the_peer() {
         assert!(out.join(f).is_file(), "{f} written");
     }
     assert_eq!(report["audit"]["passed"], true, "the audit passed");
+    assert_eq!(
+        h2h_left, 0,
+        "the head-to-head database is dropped after its phase"
+    );
     // The head-to-head phase: two rounds (the default) per workload, the
     // peer first in the first, payrail first in the second, both measured.
     let paired = report["paired"].as_array().expect("paired rounds");

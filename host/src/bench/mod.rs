@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::db;
 use crate::error::{Error, Result};
 use crate::model::DEFAULT_TENANT;
-use crate::processor::Processor;
+use crate::processor::{Processor, ProcessorSettings};
 use clap::Args;
 use driver::{RunSamples, Target};
 use http::{HttpTarget, ServeChild, ServeMetrics};
@@ -61,6 +61,8 @@ pub const MAX_SERVE_PROCESSES: usize = 8;
 pub const MAX_WARMUP_SECS: u64 = 60;
 /// Most rounds of the head-to-head phase.
 pub const MAX_PAIRED_ROUNDS: usize = 10;
+/// The head-to-head phase's database is `--database` with this suffix.
+pub const HEAD_TO_HEAD_SUFFIX: &str = "_h2h";
 /// The bench drops and recreates its database: only names with this
 /// prefix, so a typo cannot drop a real database.
 pub const DATABASE_PREFIX: &str = "payrail_bench";
@@ -169,7 +171,7 @@ impl BenchArgs {
                 "--warmup-secs must be at most {MAX_WARMUP_SECS}"
             )));
         }
-        let name_ok = self.database.len() <= 63
+        let name_ok = self.database.len() <= 63 - HEAD_TO_HEAD_SUFFIX.len()
             && self.database.starts_with(DATABASE_PREFIX)
             && self
                 .database
@@ -177,7 +179,7 @@ impl BenchArgs {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !name_ok {
             return Err(invalid(format!(
-                "--database {:?}: the bench drops and recreates it, so it must start with {DATABASE_PREFIX:?} and hold only a-z, 0-9 and _ (at most 63)",
+                "--database {:?}: the bench drops and recreates it, so it must start with {DATABASE_PREFIX:?} and hold only a-z, 0-9 and _ (at most 59 bytes: the head-to-head phase adds {HEAD_TO_HEAD_SUFFIX:?})",
                 self.database
             )));
         }
@@ -202,8 +204,8 @@ impl BenchArgs {
         let paired = if self.skip_baseline || !self.paths.contains(&PathKind::InProcess) {
             0
         } else {
-            // payrail and the peer per workload, plus the peer's setup
-            self.paired_rounds as u64 * (2 * w * self.secs + 10)
+            // payrail and the peer per workload, plus both setups
+            self.paired_rounds as u64 * (2 * w * self.secs + 15)
         };
         self.paths.len() as u64 * per_path + scale + peer + paired
     }
@@ -267,6 +269,23 @@ impl Hosts<'_> {
             batch_deferrals: delta.map(|d| d.batch_deferrals),
         })
     }
+}
+
+/// What the head-to-head phase needs of the server besides the bench.
+struct HeadToHead<'a> {
+    ctx: &'a Context,
+    admin: &'a tokio_postgres::Client,
+    admin_url: &'a str,
+    /// The peer's script.
+    script: &'a std::path::Path,
+    /// payrail's processor settings, as for the sweeps.
+    settings: ProcessorSettings,
+    pool_size: usize,
+}
+
+/// One audit violation as the report lists it.
+fn violation_text(v: &audit::Violation) -> String {
+    format!("{}: {}", v.check, v.detail)
 }
 
 /// The state of one bench invocation.
@@ -385,16 +404,16 @@ impl Bench<'_> {
     /// sweeps, back to back, the order alternating between rounds. The
     /// sweeps run minutes apart, and on a shared machine the disk (which
     /// bounds the peer, one commit per payment) and the CPU (which bounds
-    /// payrail) drift independently over that time.
+    /// payrail) drift independently over that time. Both start each round
+    /// on a fresh database, as the peer's script always does: payrail's
+    /// own would otherwise carry every payment of the sweeps. Returns the
+    /// rounds and the audit violations of payrail's databases.
     async fn head_to_head(
         &mut self,
-        target: &Target,
-        script: &std::path::Path,
-        admin_url: &str,
-        admin: &tokio_postgres::Client,
+        h: &HeadToHead<'_>,
         runs: &[RunResult],
         peer_points: &[peer::PeerPoint],
-    ) -> Result<Vec<PairedRound>> {
+    ) -> Result<(Vec<PairedRound>, Vec<String>)> {
         let pairs: Vec<(Workload, usize, usize)> = self
             .args
             .workloads
@@ -408,24 +427,29 @@ impl Bench<'_> {
         let mut peer_clients: Vec<usize> = pairs.iter().map(|p| p.2).collect();
         peer_clients.sort_unstable();
         peer_clients.dedup();
-        let secs = self.args.secs;
-        let accounts = self.args.accounts;
+        let (secs, accounts) = (self.args.secs, self.args.accounts);
         let peer_round = async || -> Result<Vec<peer::PeerPoint>> {
-            let free = peer::free_connections(admin).await?;
-            peer::run(script, admin_url, secs, &peer_clients, accounts, free).await
+            let free = peer::free_connections(h.admin).await?;
+            peer::run(h.script, h.admin_url, secs, &peer_clients, accounts, free).await
         };
         let mut out = Vec::new();
+        let mut violations = Vec::new();
         for round in 1..=self.args.paired_rounds {
             // odd rounds: the peer first; even rounds: payrail first
             let peer_first = round % 2 == 1;
             let (ours, theirs) = if peer_first {
                 let theirs = peer_round().await?;
-                (self.paired_points(target, &pairs).await?, theirs)
+                (self.paired_points(h, &pairs).await?, theirs)
             } else {
-                let ours = self.paired_points(target, &pairs).await?;
+                let ours = self.paired_points(h, &pairs).await?;
                 (ours, peer_round().await?)
             };
-            for (&(workload, clients, peer_clients), (tps, errors)) in pairs.iter().zip(ours) {
+            violations.extend(
+                ours.1
+                    .into_iter()
+                    .map(|v| format!("head-to-head round {round}: {v}")),
+            );
+            for (&(workload, clients, peer_clients), (tps, errors)) in pairs.iter().zip(ours.0) {
                 let peer_tps = theirs
                     .iter()
                     .find(|p| p.workload == workload && p.clients == peer_clients)
@@ -453,25 +477,42 @@ impl Bench<'_> {
                 out.push(r);
             }
         }
-        Ok(out)
+        // Audited round by round; unlike the sweeps' database, nothing is
+        // left in it worth a look.
+        let name = format!("{}{HEAD_TO_HEAD_SUFFIX}", self.args.database);
+        h.admin
+            .batch_execute(&format!("drop database if exists {name} with (force)"))
+            .await?;
+        Ok((out, violations))
     }
 
-    /// payrail in-process at each `(workload, clients, _)` of `pairs` for
-    /// `--secs`: throughput and failed payments.
+    /// payrail in-process, on a fresh database, at each `(workload,
+    /// clients, _)` of `pairs` for `--secs`: throughput and failed payments
+    /// of each, then the database's audit violations.
     async fn paired_points(
         &mut self,
-        target: &Target,
+        h: &HeadToHead<'_>,
         pairs: &[(Workload, usize, usize)],
-    ) -> Result<Vec<(f64, u64)>> {
-        let mut out = Vec::new();
+    ) -> Result<(Vec<(f64, u64)>, Vec<String>)> {
+        let name = format!("{}{HEAD_TO_HEAD_SUFFIX}", self.args.database);
+        let (_, pool) =
+            fresh_database(h.ctx, h.admin, &name, h.pool_size, self.args.accounts).await?;
+        let target = Target::InProcess(Processor::new(
+            pool.clone(),
+            h.ctx.engine.clone(),
+            h.settings,
+        ));
+        let mut points = Vec::new();
         for &(workload, clients, _) in pairs {
             let s = self
-                .closed(target, workload, clients, self.args.secs)
+                .closed(&target, workload, clients, self.args.secs)
                 .await?;
             let tps = s.samples.completed() as f64 / s.elapsed.as_secs_f64();
-            out.push((tps, s.samples.errors));
+            points.push((tps, s.samples.errors));
         }
-        Ok(out)
+        drop(target);
+        let violations = audit::run(&mut pool.get().await?).await?;
+        Ok((points, violations.iter().map(violation_text).collect()))
     }
 
     fn max_clients(&self) -> usize {
@@ -519,6 +560,39 @@ fn print_run(r: &RunResult) {
     if let Some(e) = &r.first_error {
         println!("         first error: {e}");
     }
+}
+
+/// Drops and recreates database `name` on the server of `ctx`, then
+/// migrates it, deploys the sample plugins and opens `accounts` customer
+/// accounts: the state every measured phase starts from. Returns its URL
+/// and a pool of `pool_size` on it.
+async fn fresh_database(
+    ctx: &Context,
+    admin: &tokio_postgres::Client,
+    name: &str,
+    pool_size: usize,
+    accounts: usize,
+) -> Result<(String, db::Pool)> {
+    assert!(
+        name.starts_with(DATABASE_PREFIX),
+        "only bench databases are dropped"
+    );
+    // Two statements: DROP/CREATE DATABASE refuse to run in one batch.
+    admin
+        .batch_execute(&format!("drop database if exists {name} with (force)"))
+        .await?;
+    admin
+        .batch_execute(&format!("create database {name}"))
+        .await?;
+    let url = db::url_with_database(&ctx.url, name);
+    let pool = db::pool(&url, pool_size)?;
+    let t = Instant::now();
+    workload::setup(&pool, &ctx.engine, accounts).await?;
+    println!(
+        "setup    database {name} migrated, plugins deployed, {accounts} accounts in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok((url, pool))
 }
 
 async fn admin_client(url: &str) -> Result<tokio_postgres::Client> {
@@ -609,26 +683,7 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
             durability.synchronous_commit, durability.fsync
         );
     }
-    // Two statements: DROP/CREATE DATABASE refuse to run in one batch.
-    admin
-        .batch_execute(&format!(
-            "drop database if exists {} with (force)",
-            args.database
-        ))
-        .await?;
-    admin
-        .batch_execute(&format!("create database {}", args.database))
-        .await?;
-    let url = db::url_with_database(&ctx.url, &args.database);
-    let pool = db::pool(&url, pool_size)?;
-    let t = Instant::now();
-    workload::setup(&pool, &ctx.engine, args.accounts).await?;
-    println!(
-        "setup    database {} migrated, plugins deployed, {} accounts in {:.1} s",
-        args.database,
-        args.accounts,
-        t.elapsed().as_secs_f64()
-    );
+    let (url, pool) = fresh_database(ctx, &admin, &args.database, pool_size, args.accounts).await?;
     // the processor settings `payrail serve` would use from this environment
     let settings = Config::load(None, |k| std::env::var(k).ok())?.processor();
 
@@ -640,10 +695,8 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
     let mut runs = Vec::new();
     let mut at_load = Vec::new();
     let mut scale_out = Vec::new();
-    let mut in_process = None;
     if args.paths.contains(&PathKind::InProcess) {
         let target = Target::InProcess(Processor::new(pool.clone(), ctx.engine.clone(), settings));
-        in_process = Some(target.clone());
         bench
             .measure_path(
                 &target,
@@ -746,22 +799,30 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         }
     };
 
-    let paired = match (&peer_script, &in_process) {
-        (Some(script), Some(target)) if args.paired_rounds > 0 => {
-            bench
-                .head_to_head(target, script, &admin_url, &admin, &runs, &peer_points)
-                .await?
+    let (paired, paired_violations) = match &peer_script {
+        Some(script) if args.paired_rounds > 0 && args.paths.contains(&PathKind::InProcess) => {
+            let h = HeadToHead {
+                ctx,
+                admin: &admin,
+                admin_url: &admin_url,
+                script,
+                settings,
+                pool_size,
+            };
+            bench.head_to_head(&h, &runs, &peer_points).await?
         }
-        _ => Vec::new(),
+        _ => (Vec::new(), Vec::new()),
     };
 
-    let violations = audit::run(&mut pool.get().await?).await?;
+    let mut violations: Vec<String> = audit::run(&mut pool.get().await?)
+        .await?
+        .iter()
+        .map(violation_text)
+        .collect();
+    violations.extend(paired_violations);
     let audit = AuditResult {
         passed: violations.is_empty(),
-        violations: violations
-            .iter()
-            .map(|v| format!("{}: {}", v.check, v.detail))
-            .collect(),
+        violations,
     };
     println!(
         "audit    {}",

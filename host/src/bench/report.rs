@@ -654,7 +654,7 @@ pub fn markdown(r: &Report) -> String {
     if !r.paired.is_empty() {
         let _ = writeln!(
             md,
-            "\n## Head-to-head: payrail in-process and the peer alternated\n\nEach round runs both at their best client counts of the sweeps, one right after the other (the order alternates), so both see the machine in the same state; the sweeps above run minutes apart.\n\n| round | workload | first | payrail tps (clients) | peer tps (clients) | ratio |\n|---|---|---|---|---|---|"
+            "\n## Head-to-head: payrail in-process and the peer alternated\n\nEach round runs both at their best client counts of the sweeps, one right after the other (the order alternates), each on a fresh database, so both see the machine in the same state; the sweeps above run minutes apart.\n\n| round | workload | first | payrail tps (clients) | peer tps (clients) | ratio |\n|---|---|---|---|---|---|"
         );
         for p in &r.paired {
             let _ = writeln!(
