@@ -202,20 +202,9 @@ pub async fn list(client: &impl GenericClient, tenant: &str) -> Result<Vec<ApiKe
     Ok(rows.iter().map(key_from_row).collect())
 }
 
-/// The principal of a presented secret, or `None` if it is malformed,
-/// unknown or revoked (callers must not say which). One indexed lookup,
-/// prepared once per connection; [`KeyCache`] saves it for keys seen
-/// within its TTL.
-pub async fn authenticate(client: &impl GenericClient, secret: &str) -> Result<Option<Principal>> {
-    if !looks_like_key(secret) {
-        return Ok(None);
-    }
-    lookup(client, &Sha256::digest(secret.as_bytes()).into()).await
-}
-
 /// The unrevoked key whose secret hashes to `digest`.
 async fn lookup(client: &impl GenericClient, digest: &[u8; 32]) -> Result<Option<Principal>> {
-    // Prepared once per connection: this runs before every request a
+    // Prepared once per connection: this runs for every request the
     // cache does not answer.
     let stmt = client
         .prepare_cached(&format!(
@@ -278,9 +267,11 @@ impl KeyCache {
         }
     }
 
-    /// Like [`authenticate`], answered from the cache when the key
-    /// authenticated less than the TTL ago; otherwise one lookup on a
-    /// connection from `pool`, whose answer is kept if it is a key.
+    /// The principal of a presented secret, or `None` if it is malformed,
+    /// unknown or revoked (callers must not say which). Answered from the
+    /// cache when the key authenticated less than the TTL ago; otherwise
+    /// one indexed lookup on a connection from `pool`, kept if it found a
+    /// key.
     pub async fn authenticate(
         &self,
         pool: &deadpool_postgres::Pool,

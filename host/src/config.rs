@@ -851,6 +851,14 @@ path = "/tmp/x.jsonl"
         assert_eq!(e.code(), "invalid_config");
         assert!(e.to_string().contains("database.pool_size = 0"), "{e}");
         let mut c = Config::default();
+        c.apply_env(env(&[("PAYRAIL_API_KEY_CACHE_MS", "0")]))
+            .unwrap();
+        assert_eq!(c.server.api_key_cache_ms, 0, "0 turns the key cache off");
+        c.validate().unwrap();
+        c.server.api_key_cache_ms = crate::apikeys::MAX_KEY_CACHE_MS + 1;
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("server.api_key_cache_ms"), "{e}");
+        let mut c = Config::default();
         c.server.listen = "nowhere".into();
         assert!(
             c.validate()

@@ -186,6 +186,11 @@ impl BenchArgs {
         Ok(())
     }
 
+    /// The database of the head-to-head rounds.
+    fn head_to_head_database(&self) -> String {
+        format!("{}{HEAD_TO_HEAD_SUFFIX}", self.database)
+    }
+
     /// Rough wall time of the whole bench, s (for the banner).
     fn estimate_secs(&self) -> u64 {
         let points = self.concurrency.len() as u64;
@@ -479,9 +484,11 @@ impl Bench<'_> {
         }
         // Audited round by round; unlike the sweeps' database, nothing is
         // left in it worth a look.
-        let name = format!("{}{HEAD_TO_HEAD_SUFFIX}", self.args.database);
         h.admin
-            .batch_execute(&format!("drop database if exists {name} with (force)"))
+            .batch_execute(&format!(
+                "drop database if exists {} with (force)",
+                self.args.head_to_head_database()
+            ))
             .await?;
         Ok((out, violations))
     }
@@ -494,9 +501,14 @@ impl Bench<'_> {
         h: &HeadToHead<'_>,
         pairs: &[(Workload, usize, usize)],
     ) -> Result<(Vec<(f64, u64)>, Vec<String>)> {
-        let name = format!("{}{HEAD_TO_HEAD_SUFFIX}", self.args.database);
-        let (_, pool) =
-            fresh_database(h.ctx, h.admin, &name, h.pool_size, self.args.accounts).await?;
+        let (_, pool) = fresh_database(
+            h.ctx,
+            h.admin,
+            &self.args.head_to_head_database(),
+            h.pool_size,
+            self.args.accounts,
+        )
+        .await?;
         let target = Target::InProcess(Processor::new(
             pool.clone(),
             h.ctx.engine.clone(),
@@ -940,4 +952,41 @@ fn write_report(report: &Report, out: &std::path::Path) -> Result<()> {
     write("throughput.svg", chart::throughput(report))?;
     write("latency.svg", chart::latency(report))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        Cli::parse_from(std::iter::once("bench").chain(extra.iter().copied())).bench
+    }
+
+    #[test]
+    fn paired_rounds_and_the_database_name_have_limits() {
+        let max = MAX_PAIRED_ROUNDS.to_string();
+        args(&["--paired-rounds", &max]).validate().unwrap();
+        let over = (MAX_PAIRED_ROUNDS + 1).to_string();
+        let e = args(&["--paired-rounds", &over]).validate().unwrap_err();
+        assert!(e.to_string().contains("--paired-rounds"), "{e}");
+
+        let longest = format!(
+            "{DATABASE_PREFIX}{}",
+            "x".repeat(59 - DATABASE_PREFIX.len())
+        );
+        let a = args(&["--database", &longest]);
+        a.validate().unwrap();
+        assert_eq!(a.head_to_head_database().len(), 63, "Postgres's limit");
+        let e = args(&["--database", &format!("{longest}x")])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("at most 59 bytes"), "{e}");
+    }
 }
