@@ -172,6 +172,36 @@ async fn bench_is_not_grossly_slower_than_the_peer() {
             .any(|t| t["id"] == "P1" && t["what"].as_str().unwrap().contains("alternated")),
         "the paired P1 reading is a target row"
     );
+    // The peer paced at 80% of its best, per workload, with its latency
+    // read from pgbench's transaction log (which is not left behind).
+    let paced = report["peer_at_load"].as_array().expect("peer paced runs");
+    for workload in ["uniform", "hot_fee"] {
+        let p = paced
+            .iter()
+            .find(|p| p["workload"] == workload)
+            .unwrap_or_else(|| panic!("the peer was paced on {workload}: {paced:?}"));
+        let best = peer_best(&report, workload).unwrap();
+        let rate = p["target_tps"].as_f64().unwrap();
+        assert!(
+            (rate - 0.8 * best).abs() < 1.0,
+            "paced at 80% of {best}: {p}"
+        );
+        assert!(p["tps"].as_f64().unwrap() > 0.0, "{p}");
+        let l = &p["latency"];
+        assert!(l["count"].as_u64().unwrap() > 0, "{p}");
+        let (p50, p99) = (l["p50_ms"].as_f64().unwrap(), l["p99_ms"].as_f64().unwrap());
+        assert!(p50 > 0.0 && p50 <= p99, "{p}");
+        assert!(p["writes"]["wal_bytes"].as_f64().unwrap() > 0.0, "{p}");
+    }
+    // Every sweep point says what it wrote on the server per payment.
+    for r in report["runs"].as_array().unwrap() {
+        assert!(r["writes"]["wal_bytes"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["writes"]["database_bytes"].is_number(), "{r}");
+    }
+    assert!(
+        !out.join(".peer-paced").exists(),
+        "pgbench's log is removed"
+    );
     let mut failures = Vec::new();
     for workload in ["uniform", "hot_fee"] {
         let peer =

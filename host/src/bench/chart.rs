@@ -270,7 +270,8 @@ pub fn throughput(r: &Report) -> String {
 }
 
 /// Latency percentiles (log scale): each path's and workload's peak
-/// closed-loop run (solid) and its paced run at 80% of peak (dashed).
+/// closed-loop run (solid) and its paced run at 80% of peak (dashed), and
+/// the peer's paced run at 80% of its peak (dashed, grey and olive).
 pub fn latency(r: &Report) -> String {
     let labels: Vec<String> = LEVELS.iter().map(|(n, _)| n.to_string()).collect();
     let mut series = Vec::new();
@@ -301,6 +302,17 @@ pub fn latency(r: &Report) -> String {
                 });
             }
         }
+    }
+    for p in &r.peer_at_load {
+        series.push(Series {
+            label: format!("peer {} 80%", p.workload.name()),
+            color: match p.workload {
+                Workload::Uniform => "#7f7f7f",
+                Workload::HotFee => "#bcbd22",
+            },
+            dashed: true,
+            points: p.latency.values().into_iter().enumerate().collect(),
+        });
     }
     line_chart(
         "Latency distribution (solid: peak run, dashed: paced at 80%)",

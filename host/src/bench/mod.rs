@@ -24,6 +24,7 @@ pub mod peer;
 pub mod report;
 pub mod sys;
 pub mod workload;
+pub mod writes;
 
 use crate::apikeys::{self, Scope};
 use crate::audit;
@@ -204,7 +205,8 @@ impl BenchArgs {
         let peer = if self.skip_baseline {
             0
         } else {
-            2 * points * self.secs
+            // the sweep of both workloads, then one paced run per workload
+            2 * points * self.secs + w * self.secs
         };
         let paired = if self.skip_baseline || !self.paths.contains(&PathKind::InProcess) {
             0
@@ -298,9 +300,16 @@ struct Bench<'a> {
     args: &'a BenchArgs,
     seed: u64,
     runs: u64,
+    /// A connection to the server's `postgres` database, for its counters.
+    admin: &'a tokio_postgres::Client,
 }
 
 impl Bench<'_> {
+    /// The server's write counters for the bench database.
+    async fn writes(&self) -> Option<writes::Counters> {
+        writes::read(self.admin, &self.args.database).await
+    }
+
     /// A key prefix and seed unique to the next run.
     fn next_run(&mut self) -> (String, u64) {
         self.runs += 1;
@@ -356,13 +365,15 @@ impl Bench<'_> {
             }
             for &clients in &self.args.concurrency {
                 let before = hosts.before().await?;
+                let written = self.writes().await;
                 let s = self
                     .closed(target, workload, clients, self.args.secs)
                     .await?;
                 let host = hosts.after(&before).await?;
-                let r = RunResult::new(
+                let mut r = RunResult::new(
                     path, workload, clients, processes, s.samples, s.elapsed, host,
                 );
+                r.writes = writes::per_payment(written, self.writes().await, r.payments);
                 print_run(&r);
                 runs.push(r);
             }
@@ -376,6 +387,7 @@ impl Bench<'_> {
             let max_in_flight = self.max_clients().saturating_mul(2).clamp(64, MAX_CLIENTS);
             let (prefix, seed) = self.next_run();
             let before = hosts.before().await?;
+            let written = self.writes().await;
             let s = driver::rate_limited(
                 target,
                 workload,
@@ -398,6 +410,7 @@ impl Bench<'_> {
                 host,
             );
             r.target_tps = Some(rate);
+            r.writes = writes::per_payment(written, self.writes().await, r.payments);
             print_run(&r);
             at_load.push(r);
         }
@@ -574,6 +587,55 @@ fn print_run(r: &RunResult) {
     }
 }
 
+/// The peer paced at [`LOAD_FRACTION`] of its best tps per workload, with
+/// its best client count, on the database its sweep left behind: its
+/// latency at load, measured as payrail's paced run is (from each
+/// transaction's scheduled start).
+async fn peer_paced(
+    args: &BenchArgs,
+    url: &str,
+    admin: &tokio_postgres::Client,
+    peer_points: &[peer::PeerPoint],
+) -> Result<Vec<peer::PeerPaced>> {
+    let db_url = db::url_with_database(url, peer::DATABASE);
+    let mut out = Vec::new();
+    for &workload in &args.workloads {
+        let Some((best_tps, clients)) = report::peer_best(peer_points, workload) else {
+            continue;
+        };
+        let rate = best_tps * LOAD_FRACTION;
+        if rate < 1.0 {
+            continue;
+        }
+        let written = writes::read(admin, peer::DATABASE).await;
+        let mut p = peer::paced(
+            &db_url,
+            workload,
+            args.accounts,
+            clients,
+            rate,
+            args.secs,
+            &args.out.join(".peer-paced"),
+        )
+        .await?;
+        p.writes = writes::per_payment(
+            written,
+            writes::read(admin, peer::DATABASE).await,
+            p.latency.count as u64,
+        );
+        println!(
+            "peer     paced workload={} rate={rate:.0} clients={clients}: {:.0} tps p50={:.2} ms p99={:.2} ms p99.9={:.2} ms",
+            workload.name(),
+            p.tps,
+            p.latency.p50_ms,
+            p.latency.p99_ms,
+            p.latency.p999_ms
+        );
+        out.push(p);
+    }
+    Ok(out)
+}
+
 /// Drops and recreates database `name` on the server of `ctx`, then
 /// migrates it, deploys the sample plugins and opens `accounts` customer
 /// accounts: the state every measured phase starts from. Returns its URL
@@ -703,6 +765,7 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         args,
         seed,
         runs: 0,
+        admin: &admin,
     };
     let mut runs = Vec::new();
     let mut at_load = Vec::new();
@@ -811,6 +874,12 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         }
     };
 
+    let peer_at_load = if peer_points.is_empty() {
+        Vec::new()
+    } else {
+        peer_paced(args, &ctx.url, &admin, &peer_points).await?
+    };
+
     let (paired, paired_violations) = match &peer_script {
         Some(script) if args.paired_rounds > 0 && args.paths.contains(&PathKind::InProcess) => {
             let h = HeadToHead {
@@ -864,6 +933,7 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         runs,
         at_load,
         peer: peer_points,
+        peer_at_load,
         scale_out,
         targets: Vec::new(),
         audit,
@@ -935,6 +1005,7 @@ fn notes(args: &BenchArgs, pool_size: usize) -> Vec<String> {
             "Each host process has a pool of {pool_size} connections (--pool-size / PAYRAIL_POOL_SIZE); clients beyond it queue for a connection. The peer (shared/baseline/run.sh, pgbench -j 2) opens one connection per client on the same server, same seconds per point."
         ),
         "Durability: the server's own settings, read and reported, never changed by the bench.".into(),
+        "WAL / DB growth: the server's WAL position (all of its databases) and the run's database size (`pg_database_size`) after the run minus before, per completed payment; a run that triggers a checkpoint writes full-page images on top, and vacuumed space is reused, so compare runs of the same length.".into(),
     ]
 }
 

@@ -1,7 +1,8 @@
 //! The peer: `shared/baseline/run.sh` (the same payments as a PL/pgSQL
 //! function, driven by pgbench) on the same Postgres, same client counts.
 
-use super::workload::Workload;
+use super::workload::{Percentiles, Workload};
+use super::writes::PerPayment;
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,9 @@ use std::time::Duration;
 /// clients to the server's `max_connections` (pgbench opens one per client
 /// and fails the whole point if it cannot).
 const RESERVED_CONNECTIONS: i64 = 10;
+
+/// The database `run.sh` (re)creates on the server and leaves behind.
+pub const DATABASE: &str = "payrail_baseline";
 
 /// One baseline measurement.
 #[derive(Debug, Clone, Serialize)]
@@ -72,7 +76,7 @@ pub async fn free_connections(client: &tokio_postgres::Client) -> Result<i64> {
 
 /// Runs the script once for all `clients` counts that fit in `free`
 /// connections, `secs` per point, on the server of `admin_url` (it creates
-/// its own database `payrail_baseline` there). Counts that do not fit are
+/// its own database [`DATABASE`] there). Counts that do not fit are
 /// reported with a note instead of a number.
 pub async fn run(
     script: &Path,
@@ -139,6 +143,186 @@ pub async fn run(
     Ok(points)
 }
 
+/// The statement `run.sh` has pgbench run per payment, as the script
+/// writes it (`$n_accounts` and `$fee` are its shell variables). The paced
+/// point drives the peer with this same statement; a test checks the
+/// repository's copy of the script still contains it.
+const TRANSFER_SQL: &str = r"\set src random(2, $n_accounts)
+\set dst random(2, $n_accounts)
+\set amt random(100, 100000)
+select baseline.transfer(:client_id || '-' || :src || '-' || random()::text, :src, (case when :dst = :src then 2 + (:src % ($n_accounts - 2)) + 1 else :dst end)::bigint, :amt, $fee);
+";
+
+/// The fee `run.sh` passes for `workload` (0: no fee step).
+fn fee(workload: Workload) -> u32 {
+    match workload {
+        Workload::Uniform => 0,
+        Workload::HotFee => 29,
+    }
+}
+
+/// Most transactions a paced peer run may log: the rate is bounded by the
+/// peer's measured peak, so this only guards against a runaway log.
+const MAX_PACED_TRANSACTIONS: usize = 20_000_000;
+
+/// The peer started on a schedule (pgbench `--rate`), as payrail's paced
+/// run is: its latency at a load below its peak, for comparison with P3.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerPaced {
+    /// The workload.
+    pub workload: Workload,
+    /// pgbench clients (the peer's best count of the sweep).
+    pub clients: usize,
+    /// The rate pgbench was asked for, per second.
+    pub target_tps: f64,
+    /// The rate it reached.
+    pub tps: f64,
+    /// Latency of every transaction from its scheduled start (pgbench's
+    /// per-transaction log under `--rate`), so a backlog shows.
+    pub latency: Percentiles,
+    /// What the run wrote per transaction (set by the caller, which holds
+    /// the server connection).
+    pub writes: Option<PerPayment>,
+}
+
+/// Runs the peer's statement for `workload` on `db_url` (the database
+/// `run.sh` left behind) at `rate` transactions/s for `secs` with
+/// `clients` connections, logging every transaction into `work_dir`, and
+/// reads the latency percentiles from the log. pgbench schedules by a
+/// Poisson process at that mean rate (payrail's paced run: evenly spaced).
+pub async fn paced(
+    db_url: &str,
+    workload: Workload,
+    accounts: usize,
+    clients: usize,
+    rate: f64,
+    secs: u64,
+    work_dir: &Path,
+) -> Result<PeerPaced> {
+    assert!(
+        rate >= 1.0 && clients > 0,
+        "a paced run needs a rate and clients"
+    );
+    let _ = std::fs::remove_dir_all(work_dir);
+    std::fs::create_dir_all(work_dir)
+        .map_err(|e| Error::Setup(format!("cannot create {}: {e}", work_dir.display())))?;
+    let script = work_dir.join(format!("{}.sql", workload.name()));
+    let sql = TRANSFER_SQL
+        .replace("$n_accounts", &accounts.to_string())
+        .replace("$fee", &fee(workload).to_string());
+    std::fs::write(&script, sql)
+        .map_err(|e| Error::Setup(format!("cannot write {}: {e}", script.display())))?;
+    let prefix = work_dir.join("txn");
+    let mut cmd = tokio::process::Command::new(pgbench()?);
+    cmd.arg(db_url)
+        .args(["-n", "-j", "2", "--log"])
+        .arg(format!("--client={clients}"))
+        .arg(format!("--time={secs}"))
+        .arg(format!("--rate={rate:.0}"))
+        .arg(format!("--file={}", script.display()))
+        .arg(format!("--log-prefix={}", prefix.display()))
+        .kill_on_drop(true);
+    let limit = Duration::from_secs(60 + 2 * secs);
+    let out = tokio::time::timeout(limit, cmd.output())
+        .await
+        .map_err(|_| {
+            Error::Setup(format!(
+                "paced pgbench did not finish within {} s",
+                limit.as_secs()
+            ))
+        })?
+        .map_err(|e| Error::Setup(format!("cannot run pgbench: {e}")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(work_dir);
+        return Err(Error::Setup(format!(
+            "paced pgbench failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let tps = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse::<f64>().ok())
+        .ok_or_else(|| Error::Setup(format!("paced pgbench printed no tps: {stdout}")))?;
+    let latencies_us = read_log(work_dir);
+    let _ = std::fs::remove_dir_all(work_dir);
+    let mut latencies_us = latencies_us?;
+    if latencies_us.is_empty() {
+        return Err(Error::Setup("paced pgbench logged no transaction".into()));
+    }
+    Ok(PeerPaced {
+        workload,
+        clients,
+        target_tps: rate,
+        tps,
+        latency: Percentiles::of(&mut latencies_us),
+        writes: None,
+    })
+}
+
+/// The latencies (µs) of pgbench's transaction logs in `work_dir`.
+fn read_log(work_dir: &Path) -> Result<Vec<u32>> {
+    let mut latencies_us = Vec::new();
+    for entry in std::fs::read_dir(work_dir)
+        .map_err(|e| Error::Setup(format!("cannot read {}: {e}", work_dir.display())))?
+    {
+        let path = entry.map_err(|e| Error::Setup(e.to_string()))?.path();
+        if !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("txn."))
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::Setup(format!("cannot read {}: {e}", path.display())))?;
+        latencies_us.extend(text.lines().filter_map(log_latency_us));
+        if latencies_us.len() > MAX_PACED_TRANSACTIONS {
+            return Err(Error::Setup(format!(
+                "paced pgbench logged more than {MAX_PACED_TRANSACTIONS} transactions"
+            )));
+        }
+    }
+    Ok(latencies_us)
+}
+
+/// The latency field of one line of pgbench's transaction log:
+/// `client_id transaction_no time script_no time_epoch time_us [lag]`,
+/// `time` in µs (from the scheduled start under `--rate`). A skipped or
+/// failed transaction (`skipped`, `failed` in place of the time) has none.
+fn log_latency_us(line: &str) -> Option<u32> {
+    let us: u64 = line.split_whitespace().nth(2)?.parse().ok()?;
+    Some(us.min(u32::MAX as u64) as u32)
+}
+
+/// pgbench: on PATH, else in the system's Postgres binaries (as `run.sh`
+/// finds it).
+fn pgbench() -> Result<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("pgbench"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let system = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin/pgbench"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain(system)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Setup("pgbench not found on PATH or in /usr/lib/postgresql/*/bin".into())
+        })
+}
+
 /// Parses `baseline workload=<w> clients=<c> tps=<n>`.
 fn parse_line(line: &str) -> Option<PeerPoint> {
     let field = |name: &str| {
@@ -181,5 +365,28 @@ mod tests {
         let e = parse_line("baseline workload=uniform clients=64 tps=error").unwrap();
         assert!(e.tps.is_none() && e.note.is_some());
         assert!(parse_line("something else").is_none());
+    }
+
+    #[test]
+    fn the_paced_statement_is_the_scripts() {
+        let script = std::fs::read_to_string(VENDORED_SCRIPT).unwrap();
+        for line in TRANSFER_SQL.lines() {
+            assert!(script.contains(line), "run.sh no longer has: {line}");
+        }
+        assert!(
+            script.contains(r#"for fee in 0 29; do"#),
+            "run.sh's fees moved"
+        );
+        assert_eq!((fee(Workload::Uniform), fee(Workload::HotFee)), (0, 29));
+    }
+
+    #[test]
+    fn reads_the_latency_of_a_transaction_log_line() {
+        assert_eq!(
+            log_latency_us("3 17 22513 0 1795747377 820448 55"),
+            Some(22513)
+        );
+        assert_eq!(log_latency_us("3 17 skipped 0 1795747377 820448 55"), None);
+        assert_eq!(log_latency_us(""), None);
     }
 }

@@ -2,8 +2,9 @@
 //! the targets of issue 6, and their rendering as `report.md` and
 //! `report.json`.
 
-use super::peer::PeerPoint;
+use super::peer::{PeerPaced, PeerPoint};
 use super::workload::{Percentiles, Samples, Workload, median_us};
+use super::writes::PerPayment;
 use serde::Serialize;
 use std::fmt::Write;
 use std::time::Duration;
@@ -114,6 +115,9 @@ pub struct RunResult {
     pub host_cpu_seconds: Option<f64>,
     /// Peak RSS of the host process (the largest of several), MB.
     pub peak_rss_mb: Option<f64>,
+    /// What the run wrote on the server per payment (set by the caller).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes: Option<PerPayment>,
 }
 
 /// Plugin calls of a run, summed.
@@ -217,6 +221,7 @@ impl RunResult {
             plugin,
             host_cpu_seconds: cpu,
             peak_rss_mb: host.peak_rss.map(|b| b as f64 / (1024.0 * 1024.0)),
+            writes: None,
         }
     }
 }
@@ -358,6 +363,8 @@ pub struct Report {
     pub at_load: Vec<RunResult>,
     /// The baseline.
     pub peer: Vec<PeerPoint>,
+    /// The baseline paced at [`LOAD_FRACTION`] of its best tps.
+    pub peer_at_load: Vec<PeerPaced>,
     pub ratios: Vec<Ratio>,
     /// The head-to-head phase (in-process only).
     pub paired: Vec<PairedRound>,
@@ -554,7 +561,7 @@ fn run_row(md: &mut String, r: &RunResult) {
     };
     let _ = writeln!(
         md,
-        "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
         r.path.name(),
         r.workload.name(),
         if r.target_tps.is_some() {
@@ -581,10 +588,33 @@ fn run_row(md: &mut String, r: &RunResult) {
         opt(r.plugin.cpu_share, |v| format!("{:.1}%", v * 100.0)),
         lock,
         opt(r.peak_rss_mb, |v| format!("{v:.0}")),
+        writes_cell(r.writes),
     );
 }
 
-const RUN_HEADER: &str = "| path | workload | clients | paced at tps | tps | p50 ms | p99 ms | p99.9 ms | errors | plugin CPU µs/payment | plugin µs/call (wall) | plugin µs/call (CPU) | plugin % of host CPU | lock wait ms (p50 / p99 / max) | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+/// WAL and database growth per payment, as one table cell.
+fn writes_cell(w: Option<PerPayment>) -> String {
+    w.map(|w| format!("{:.0} / {:.0}", w.wal_bytes, w.database_bytes))
+        .unwrap_or_else(|| "-".into())
+}
+
+const RUN_HEADER: &str = "| path | workload | clients | paced at tps | tps | p50 ms | p99 ms | p99.9 ms | errors | plugin CPU µs/payment | plugin µs/call (wall) | plugin µs/call (CPU) | plugin % of host CPU | lock wait ms (p50 / p99 / max) | peak RSS MB | WAL / DB growth, B per payment |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+
+fn peer_paced_row(md: &mut String, p: &PeerPaced) {
+    let _ = writeln!(
+        md,
+        "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+        p.workload.name(),
+        p.clients,
+        p.target_tps,
+        p.tps,
+        p.latency.p50_ms,
+        p.latency.p99_ms,
+        p.latency.p999_ms,
+        p.latency.max_ms,
+        writes_cell(p.writes),
+    );
+}
 
 /// `report.md`.
 pub fn markdown(r: &Report) -> String {
@@ -630,6 +660,24 @@ pub fn markdown(r: &Report) -> String {
             t.value,
             t.goal,
             met(t.met)
+        );
+    }
+    if !r.peer_at_load.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nFor reference, the peer paced at {:.0}% of its own peak (section \"Latency at {:.0}% of peak\"): {}.",
+            LOAD_FRACTION * 100.0,
+            LOAD_FRACTION * 100.0,
+            r.peer_at_load
+                .iter()
+                .map(|p| format!(
+                    "{} p99 {:.2} ms at {:.0}/s",
+                    p.workload.name(),
+                    p.latency.p99_ms,
+                    p.tps
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let _ = writeln!(
@@ -693,6 +741,15 @@ pub fn markdown(r: &Report) -> String {
     md.push_str(RUN_HEADER);
     for run in &r.at_load {
         run_row(&mut md, run);
+    }
+    if !r.peer_at_load.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nThe peer, paced the same way (pgbench `--rate`, Poisson arrivals, its best client count; latency from each transaction's scheduled start):\n\n| workload | clients | paced at tps | tps | p50 ms | p99 ms | p99.9 ms | max ms | WAL / DB growth, B per payment |\n|---|---|---|---|---|---|---|---|---|"
+        );
+        for p in &r.peer_at_load {
+            peer_paced_row(&mut md, p);
+        }
     }
     let _ = writeln!(md, "\n![latency distribution](latency.svg)\n");
     let _ = writeln!(
