@@ -145,6 +145,13 @@ async fn bench_is_not_grossly_slower_than_the_peer() {
     }
     assert_eq!(report["audit"]["passed"], true, "the audit passed");
     assert_eq!(
+        stdout
+            .matches(&format!("database {database} migrated"))
+            .count(),
+        2,
+        "each path starts from a fresh bench database"
+    );
+    assert_eq!(
         h2h_left, 0,
         "the head-to-head database is dropped after its phase"
     );
