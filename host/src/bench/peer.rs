@@ -104,23 +104,8 @@ pub async fn run(
             .kill_on_drop(true);
         // the script's own setup (100k accounts) plus its pgbench runs
         let limit = Duration::from_secs(600 + 2 * secs * 2 * fit.len() as u64);
-        let out = tokio::time::timeout(limit, cmd.output())
-            .await
-            .map_err(|_| {
-                Error::Setup(format!(
-                    "baseline did not finish within {} s",
-                    limit.as_secs()
-                ))
-            })?
-            .map_err(|e| Error::Setup(format!("cannot run {}: {e}", script.display())))?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            return Err(Error::Setup(format!(
-                "baseline failed ({}): {stdout}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
+        let what = format!("baseline {}", script.display());
+        let stdout = output_within(&mut cmd, limit, &what).await?;
         for line in stdout.lines() {
             println!("{line}");
             if let Some(p) = parse_line(line) {
@@ -223,24 +208,13 @@ pub async fn paced(
         .arg(format!("--log-prefix={}", prefix.display()))
         .kill_on_drop(true);
     let limit = Duration::from_secs(60 + 2 * secs);
-    let out = tokio::time::timeout(limit, cmd.output())
-        .await
-        .map_err(|_| {
-            Error::Setup(format!(
-                "paced pgbench did not finish within {} s",
-                limit.as_secs()
-            ))
-        })?
-        .map_err(|e| Error::Setup(format!("cannot run pgbench: {e}")))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        let _ = std::fs::remove_dir_all(work_dir);
-        return Err(Error::Setup(format!(
-            "paced pgbench failed ({}): {stdout}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
+    let stdout = match output_within(&mut cmd, limit, "paced pgbench").await {
+        Ok(stdout) => stdout,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(work_dir);
+            return Err(e);
+        }
+    };
     let tps = stdout
         .lines()
         .find_map(|l| l.strip_prefix("tps = "))
@@ -261,6 +235,34 @@ pub async fn paced(
         latency: Percentiles::of(&mut latencies_us),
         writes: None,
     })
+}
+
+/// Runs `cmd` to its end within `limit` and returns what it printed on
+/// stdout; an error naming `what` if it could not start, ran over (it is
+/// killed: `kill_on_drop`) or failed (with its stdout and stderr).
+async fn output_within(
+    cmd: &mut tokio::process::Command,
+    limit: Duration,
+    what: &str,
+) -> Result<String> {
+    let out = tokio::time::timeout(limit, cmd.output())
+        .await
+        .map_err(|_| {
+            Error::Setup(format!(
+                "{what} did not finish within {} s",
+                limit.as_secs()
+            ))
+        })?
+        .map_err(|e| Error::Setup(format!("cannot run {what}: {e}")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(Error::Setup(format!(
+            "{what} failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(stdout)
 }
 
 /// The latencies (µs) of pgbench's transaction logs in `work_dir`.
