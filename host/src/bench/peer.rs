@@ -382,6 +382,37 @@ mod tests {
         assert_eq!((fee(Workload::Uniform), fee(Workload::HotFee)), (0, 29));
     }
 
+    #[tokio::test]
+    async fn a_command_is_stopped_at_its_limit_and_its_failure_is_an_error() {
+        let limit = Duration::from_millis(200);
+        let mut slow = tokio::process::Command::new("sleep");
+        slow.arg("5").kill_on_drop(true);
+        let started = std::time::Instant::now();
+        let e = output_within(&mut slow, limit, "sleeper")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("sleeper did not finish"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(4), "not waited out");
+        let mut failing = tokio::process::Command::new("sh");
+        failing.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let e = output_within(&mut failing, Duration::from_secs(10), "failer")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("failer failed") && e.contains("out") && e.contains("err"),
+            "{e}"
+        );
+        let mut ok = tokio::process::Command::new("echo");
+        ok.arg("tps = 1");
+        assert_eq!(
+            output_within(&mut ok, Duration::from_secs(10), "echo")
+                .await
+                .unwrap(),
+            "tps = 1\n"
+        );
+    }
+
     #[test]
     fn reads_the_latency_of_a_transaction_log_line() {
         assert_eq!(
