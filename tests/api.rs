@@ -672,9 +672,12 @@ async fn idempotency_key_rules() {
     let before = s.written().await;
     let r = s.pay(&pay, "k-1", transfer(100)).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["code"],
-        "idempotency_key_expired"
+    let problem = r.json::<Value>().await.unwrap();
+    assert_eq!(problem["code"], "idempotency_key_expired");
+    let first_id = first["id"].as_str().unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains(first_id),
+        "the problem names the payment the key made ({first_id}): {problem}"
     );
     assert_eq!(s.written().await, before);
     assert!(s.db.audit().await.is_empty());

@@ -321,7 +321,8 @@ async fn a_database_error_falls_back_to_one_transaction_per_payment() {
     db.account("a", 1_000_000).await;
     db.account("b", 0).await;
     let p = db.processor_with(one_batch());
-    p.pay(DEFAULT_TENANT, "old", &transfer("a", "b", 100))
+    let first = p
+        .pay(DEFAULT_TENANT, "old", &transfer("a", "b", 100))
         .await
         .unwrap();
     {
@@ -341,11 +342,15 @@ async fn a_database_error_falls_back_to_one_transaction_per_payment() {
     .await;
     for (k, a) in keys.iter().zip(&answers) {
         match *k {
-            "old" => assert_eq!(
-                a.as_ref().unwrap_err().code(),
-                "idempotency_key_expired",
-                "{a:?}"
-            ),
+            "old" => {
+                let e = a.as_ref().unwrap_err();
+                assert_eq!(e.code(), "idempotency_key_expired", "{a:?}");
+                assert!(
+                    e.to_string().contains(&first.response.id),
+                    "names the payment the key made ({}): {e}",
+                    first.response.id
+                );
+            }
             _ => assert_eq!(a.as_ref().unwrap().response.status, PaymentStatus::Approved),
         }
     }

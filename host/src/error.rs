@@ -105,6 +105,14 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Name of the constraint a database error violated, if any.
+    pub fn constraint(&self) -> Option<&str> {
+        match self {
+            Error::Db(e) => e.as_db_error().and_then(|d| d.constraint()),
+            _ => None,
+        }
+    }
 }
 
 /// Result alias for the library.

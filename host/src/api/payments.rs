@@ -140,7 +140,7 @@ pub struct PostingView {
 /// A payment.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PaymentView {
-    /// Derived from (tenant, idempotency key).
+    /// A UUIDv7 given when the payment was made; retries return the same.
     pub id: String,
     /// `approved` or `declined`; two-phase: `authorized`, then `captured`,
     /// `voided` or `expired`.

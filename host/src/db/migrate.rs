@@ -77,6 +77,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "compact_journal_events_responses",
         sql: include_str!("../../../migrations/0011_compact_journal_events_responses.sql"),
     },
+    Migration {
+        version: 12,
+        name: "time_ordered_payment_ids",
+        sql: include_str!("../../../migrations/0012_time_ordered_payment_ids.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.

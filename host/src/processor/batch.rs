@@ -404,7 +404,11 @@ impl Processor {
         shard: i16,
     ) -> Result<Vec<Outcome>> {
         let tx = client.transaction().await?;
-        let ids: Vec<Uuid> = jobs.iter().map(|j| payment_id(tenant, &j.key)).collect();
+        let began_ms = now_ms();
+        let ids: Vec<Uuid> = jobs
+            .iter()
+            .map(|j| payment_id(tenant, &j.key, began_ms))
+            .collect();
         let prints: Vec<String> = jobs.iter().map(|j| fingerprint(&j.req)).collect();
         let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
         let key_locks: Vec<i64> = keys

@@ -173,16 +173,32 @@ pub struct ProcessorCounts {
     pub batch_deferrals: u64,
 }
 
-/// Payment id: derived from (tenant, idempotency key), so every retry of a
-/// request, on any host, names the same payment and the same journal keys.
-pub fn payment_id(tenant: &str, key: &str) -> Uuid {
+/// The payments' unique (tenant, idempotency key) constraint (migration
+/// 0012): violated only by a key reused after its claim row was reaped.
+const PAYMENT_KEY_CONSTRAINT: &str = "payments_tenant_idempotency_key_key";
+
+/// Payment id of a payment whose transaction began at `at_ms` (ms since
+/// the Unix epoch): a UUIDv7, the time in its first 48 bits and a hash of
+/// (tenant, idempotency key) in the rest.
+///
+/// Time first, so that the indexes keyed by payment id (the payments'
+/// primary key, entries by payment, the journal's key, the outbox's key)
+/// take their inserts at the right edge instead of at random leaves: fewer
+/// pages dirtied, and written in full after a checkpoint, per payment
+/// (docs/idempotency.md, "Payment ids"). The id is not what makes a payment
+/// exactly-once: the key claim is, and the payments' unique (tenant, key)
+/// index refuses a key reused after its claim expired. A retry of a
+/// committed payment gets the stored response and so the first id; an
+/// attempt that rolled back left nothing that names its id.
+pub fn payment_id(tenant: &str, key: &str, at_ms: u64) -> Uuid {
     let d = Sha256::new()
-        .chain_update(b"payrail/payment/v1\0")
+        .chain_update(b"payrail/payment/v2\0")
         .chain_update(tenant.as_bytes())
         .chain_update(b"\0")
         .chain_update(key.as_bytes())
         .finalize();
-    Uuid::new_v8(d[..16].try_into().expect("16 bytes"))
+    let tail: &[u8; 10] = d[..10].try_into().expect("10 bytes");
+    uuid::Builder::from_unix_timestamp_millis(at_ms, tail).into_uuid()
 }
 
 /// Stable id of the `index`th event of a payment.
@@ -433,14 +449,38 @@ impl Processor {
                 }
                 // The key row was reaped (expired) but the payment it made
                 // still holds (tenant, key): see docs/idempotency.md.
-                Err(e) if e.sqlstate() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                    return Err(Error::KeyExpired {
-                        key: key.to_string(),
-                        payment: payment_id(tenant, key).to_string(),
-                    });
+                Err(e) if e.constraint() == Some(PAYMENT_KEY_CONSTRAINT) => {
+                    return Err(self.key_expired(tenant, key).await);
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// The error for a key whose claim expired: it names the payment the
+    /// key made (a read after the failed transaction rolled back).
+    async fn key_expired(&self, tenant: &str, key: &str) -> Error {
+        let found = async {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_opt(
+                    "select id from payrail.payments where tenant = $1 and idempotency_key = $2",
+                    &[&tenant, &key],
+                )
+                .await?;
+            Ok::<_, Error>(row.map(|r| r.get::<_, Uuid>(0)))
+        };
+        match found.await {
+            Ok(Some(payment)) => Error::KeyExpired {
+                key: key.to_string(),
+                payment: payment.to_string(),
+            },
+            // Postgres raises the violation only against a committed row,
+            // and payments are never deleted: this would be a bug.
+            Ok(None) => Error::Setup(format!(
+                "idempotency key {key:?} collided with a payment that cannot be read back"
+            )),
+            Err(e) => e,
         }
     }
 
@@ -464,7 +504,7 @@ impl Processor {
         req: &PaymentRequest,
     ) -> Result<PayOutcome> {
         let tx = client.transaction().await?;
-        let id = payment_id(tenant, key);
+        let id = payment_id(tenant, key, now_ms());
         let print = fingerprint(req);
         let parties = [req.source.clone(), req.destination.clone()];
         let party_keys = locks::sorted_keys(tenant, parties.iter().map(String::as_str));
@@ -1287,4 +1327,45 @@ pub(crate) async fn insert_events(
     tx.execute(&stmt, &[&tenant, &ids, &topics, &keys, &payloads])
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payment_ids_sort_by_time_and_differ_by_key() {
+        let t0 = 1_790_000_000_000; // ms, 2026
+        let a = payment_id("t", "k1", t0);
+        assert_eq!(a.get_version_num(), 7);
+        assert_eq!(a, payment_id("t", "k1", t0), "same inputs, same id");
+        assert_ne!(a, payment_id("t", "k2", t0));
+        assert_ne!(a, payment_id("u", "k1", t0));
+        assert_ne!(
+            payment_id("t", "k1", t0),
+            payment_id("t\0k", "1", t0),
+            "the separator keeps tenant and key apart"
+        );
+        // Later ids sort after earlier ones, whatever the key: as bytes
+        // (Postgres's uuid order) and as text (the outbox's key).
+        for key in ["a", "k1", "zzzz", "0"] {
+            let later = payment_id("t", key, t0 + 1);
+            assert!(later.as_bytes() > a.as_bytes(), "{key}");
+            assert!(later.to_string() > a.to_string(), "{key}");
+        }
+        let (secs, nanos) = a.get_timestamp().expect("v7 has a time").to_unix();
+        assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, t0);
+    }
+
+    #[test]
+    fn credit_shards_spread_over_ids_of_one_instant() {
+        let t0 = 1_790_000_000_000;
+        let mut used = std::collections::BTreeSet::new();
+        for i in 0..1000 {
+            let shard = ledger::shard_of(payment_id("t", &format!("k{i}"), t0));
+            assert!((0..ledger::CREDIT_SHARDS).contains(&shard));
+            used.insert(shard);
+        }
+        assert_eq!(used.len(), ledger::CREDIT_SHARDS as usize);
+    }
 }

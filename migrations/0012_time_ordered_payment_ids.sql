@@ -1,0 +1,23 @@
+-- payrail schema v12: payment ids in time order; the payments' key unique.
+--
+-- Until now a payment id was a hash of (tenant, idempotency key). Four
+-- indexes are keyed by it: the payments' primary key, entries by payment,
+-- the journal's primary key and the outbox's key. Hash ids put their
+-- inserts at random leaves, and after every checkpoint each leaf's first
+-- change writes the whole 8 kB page to the WAL: under `payrail bench`
+-- these images were about half of the WAL of a two-step payment
+-- (docs/performance.md). From this version the host makes UUIDv7 ids
+-- (time first, processor::payment_id), so those indexes grow at their
+-- right edge. Ids already written keep their value.
+--
+-- The hash id also refused a key reused after its claim row expired and
+-- was reaped: the second payment would have had the first one's id. A
+-- time-ordered id cannot, so this unique constraint (which migration 0007
+-- dropped as redundant) does it again: one random-position index instead
+-- of four. Every existing pair is already unique (the ids were).
+--
+-- Building the index reads the whole payments table under a lock that
+-- blocks writes to it: on a large ledger, run `payrail migrate` in a
+-- maintenance window (README, "Upgrading to schema 12").
+alter table payrail.payments
+    add constraint payments_tenant_idempotency_key_key unique (tenant, idempotency_key);
