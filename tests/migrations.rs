@@ -55,3 +55,69 @@ async fn migrate_twice_and_concurrently() {
         "{err}"
     );
 }
+
+/// Schema 12 on a ledger written before it: the payments' unique (tenant,
+/// key) constraint is added over hash-id payments, and its name is the one
+/// the host maps to `idempotency_key_expired` (a renamed constraint would
+/// turn a reused key into a database error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_12_refuses_a_second_payment_for_a_key_of_an_older_ledger() {
+    use sha2::Digest;
+    let admin = common::admin_url().await;
+    let name = format!("payrail_test_v12_{:08x}", rand::random::<u32>());
+    db::create_database_if_missing(&admin, &name).await.unwrap();
+    let pool = db::pool(&db::url_with_database(&admin, &name), 2).unwrap();
+    let mut c = pool.get().await.unwrap();
+    // schema 11, recorded as `payrail migrate` records it
+    c.batch_execute(
+        "create schema payrail;
+         create table payrail.schema_migrations (
+             version integer primary key, name text not null,
+             checksum text not null, applied_at timestamptz not null default now())",
+    )
+    .await
+    .unwrap();
+    let (old, new) = db::migrate::MIGRATIONS.split_at(11);
+    assert_eq!(new[0].version, 12, "the upgrade under test");
+    for m in old {
+        c.batch_execute(m.sql).await.unwrap();
+        let sum = hex::encode(sha2::Sha256::digest(m.sql.as_bytes()));
+        c.execute(
+            "insert into payrail.schema_migrations (version, name, checksum) values ($1, $2, $3)",
+            &[&m.version, &m.name, &sum],
+        )
+        .await
+        .unwrap();
+    }
+    let insert = "insert into payrail.payments
+                      (id, tenant, idempotency_key, kind, source, destination, amount, currency, status)
+                  values (gen_random_uuid(), 't', $1, 'transfer', 'a', 'b', 100, 'EUR', 'approved')";
+    for key in ["k1", "k2"] {
+        c.execute(insert, &[&key]).await.unwrap();
+    }
+    // before 12 nothing but the (hash) id refused a second payment for a key
+    let second: uuid::Uuid = c
+        .query_one(&format!("{insert} returning id"), &[&"k1"])
+        .await
+        .unwrap()
+        .get(0);
+    c.execute("delete from payrail.payments where id = $1", &[&second])
+        .await
+        .unwrap();
+
+    assert_eq!(db::migrate::migrate(&mut c).await.unwrap(), vec![12]);
+    let err = c.execute(insert, &[&"k1"]).await.unwrap_err();
+    let db_err = err.as_db_error().expect("a database error");
+    assert_eq!(
+        db_err.constraint(),
+        Some("payments_tenant_idempotency_key_key"),
+        "{db_err}"
+    );
+    c.execute(insert, &[&"k3"]).await.unwrap();
+    let n: i64 = c
+        .query_one("select count(*) from payrail.payments", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+}
