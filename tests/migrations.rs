@@ -6,18 +6,7 @@ use payrail::db;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migrate_twice_and_concurrently() {
-    let admin = common::admin_url().await;
-    let name = format!(
-        "payrail_test_{}_{:08x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-        rand::random::<u32>()
-    );
-    db::create_database_if_missing(&admin, &name).await.unwrap();
-    let url = db::url_with_database(&admin, &name);
-    let pool = db::pool(&url, 8).unwrap();
+    let pool = common::TestDb::unmigrated().await.pool;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..4 {
         let pool = pool.clone();
@@ -63,11 +52,7 @@ async fn migrate_twice_and_concurrently() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_12_refuses_a_second_payment_for_a_key_of_an_older_ledger() {
     use sha2::Digest;
-    let admin = common::admin_url().await;
-    let name = format!("payrail_test_v12_{:08x}", rand::random::<u32>());
-    db::create_database_if_missing(&admin, &name).await.unwrap();
-    let pool = db::pool(&db::url_with_database(&admin, &name), 2).unwrap();
-    let mut c = pool.get().await.unwrap();
+    let mut c = common::TestDb::unmigrated().await.pool.get().await.unwrap();
     // schema 11, recorded as `payrail migrate` records it
     c.batch_execute(
         "create schema payrail;
@@ -110,7 +95,7 @@ async fn schema_12_refuses_a_second_payment_for_a_key_of_an_older_ledger() {
     let db_err = err.as_db_error().expect("a database error");
     assert_eq!(
         db_err.constraint(),
-        Some("payments_tenant_idempotency_key_key"),
+        Some(payrail::processor::PAYMENT_KEY_CONSTRAINT),
         "{db_err}"
     );
     c.execute(insert, &[&"k3"]).await.unwrap();

@@ -57,6 +57,15 @@ pub async fn admin_url() -> String {
 impl TestDb {
     /// Creates and migrates a fresh database.
     pub async fn new() -> TestDb {
+        let db = TestDb::unmigrated().await;
+        let mut c = db.pool.get().await.expect("connect");
+        db::migrate::migrate(&mut c).await.expect("migrate");
+        drop(c);
+        db
+    }
+
+    /// Creates a fresh, empty database (no schema): for migration tests.
+    pub async fn unmigrated() -> TestDb {
         let admin_url = admin_url().await;
         let now = unix_now();
         let name = format!("payrail_test_{now}_{:08x}", rand::random::<u32>());
@@ -66,8 +75,6 @@ impl TestDb {
             .expect("create test database");
         let url = db::url_with_database(&admin_url, &name);
         let pool = db::pool(&url, 24).expect("pool");
-        let mut c = pool.get().await.expect("connect");
-        db::migrate::migrate(&mut c).await.expect("migrate");
         TestDb {
             url,
             admin_url,

@@ -174,8 +174,9 @@ pub struct ProcessorCounts {
 }
 
 /// The payments' unique (tenant, idempotency key) constraint (migration
-/// 0012): violated only by a key reused after its claim row was reaped.
-const PAYMENT_KEY_CONSTRAINT: &str = "payments_tenant_idempotency_key_key";
+/// 0012): violated only by a key reused after its claim row was reaped,
+/// which the host answers with `idempotency_key_expired`.
+pub const PAYMENT_KEY_CONSTRAINT: &str = "payments_tenant_idempotency_key_key";
 
 /// Payment id of a payment whose transaction began at `at_ms` (ms since
 /// the Unix epoch): a UUIDv7, the time in its first 48 bits and a hash of
@@ -450,7 +451,7 @@ impl Processor {
                 // The key row was reaped (expired) but the payment it made
                 // still holds (tenant, key): see docs/idempotency.md.
                 Err(e) if e.constraint() == Some(PAYMENT_KEY_CONSTRAINT) => {
-                    return Err(self.key_expired(tenant, key).await);
+                    return Err(self.key_expired(tenant, key).await.unwrap_or_else(|e| e));
                 }
                 other => return other,
             }
@@ -459,29 +460,27 @@ impl Processor {
 
     /// The error for a key whose claim expired: it names the payment the
     /// key made (a read after the failed transaction rolled back).
-    async fn key_expired(&self, tenant: &str, key: &str) -> Error {
-        let found = async {
-            let client = self.pool.get().await?;
-            let row = client
-                .query_opt(
-                    "select id from payrail.payments where tenant = $1 and idempotency_key = $2",
-                    &[&tenant, &key],
-                )
-                .await?;
-            Ok::<_, Error>(row.map(|r| r.get::<_, Uuid>(0)))
-        };
-        match found.await {
-            Ok(Some(payment)) => Error::KeyExpired {
-                key: key.to_string(),
-                payment: payment.to_string(),
-            },
-            // Postgres raises the violation only against a committed row,
-            // and payments are never deleted: this would be a bug.
-            Ok(None) => Error::Setup(format!(
+    async fn key_expired(&self, tenant: &str, key: &str) -> Result<Error> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                "select id from payrail.payments where tenant = $1 and idempotency_key = $2",
+                &[&tenant, &key],
+            )
+            .await?;
+        // Postgres raises the violation only against a committed row, and
+        // payments are never deleted: no row would be a bug.
+        let payment: Uuid = row.map(|r| r.get(0)).ok_or_else(|| {
+            Error::Setup(format!(
                 "idempotency key {key:?} collided with a payment that cannot be read back"
-            )),
-            Err(e) => e,
-        }
+            ))
+        })?;
+        Ok(Error::KeyExpired {
+            key: key.to_string(),
+            payment: payment.to_string(),
+        })
     }
 
     async fn pay_once(&self, tenant: &str, key: &str, req: &PaymentRequest) -> Result<PayOutcome> {
