@@ -144,6 +144,19 @@ async fn bench_is_not_grossly_slower_than_the_peer() {
         assert!(out.join(f).is_file(), "{f} written");
     }
     assert_eq!(report["audit"]["passed"], true, "the audit passed");
+    // The machine's speed, read before the load: every idle call measured.
+    let idle = &report["idle_call"];
+    assert_eq!(idle["calls"], 5000, "{idle}");
+    for field in ["median_us", "median_cpu_us"] {
+        assert!(
+            idle[field]
+                .as_f64()
+                .is_some_and(|us| us > 0.0 && us < 10_000.0),
+            "{field}: {idle}"
+        );
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(md.contains("a `limits` call on an idle core"), "{md}");
     assert_eq!(
         stdout
             .matches(&format!("database {database} migrated"))

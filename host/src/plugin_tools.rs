@@ -252,6 +252,21 @@ pub fn bench_plugin(
     let engine = PluginEngine::new(config)
         .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?;
     let digest = engine.load(&bytes)?;
+    bench_loaded(&engine, &digest, &input, limits, calls, warmup)
+}
+
+/// [`bench_plugin`] on a plugin `engine` has loaded as `digest`: what
+/// `payrail bench` runs on an idle core before its load, as a reading of
+/// the machine's speed. Cost: `warmup + calls` plugin calls on this thread.
+pub fn bench_loaded(
+    engine: &PluginEngine,
+    digest: &str,
+    input: &PluginInput,
+    limits: &PluginLimits,
+    calls: usize,
+    warmup: usize,
+) -> Result<BenchReport> {
+    let digest = digest.to_string();
     let calls = calls.max(1);
     let first = engine.call(&digest, &PreparedInput::new(input.clone()), limits);
     let (outcome, fuel) = match &first {

@@ -5,6 +5,9 @@
 pub const FEE_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payrail_fee.wasm"));
 /// The `limits` sample: amount limits and allowed currencies.
 pub const LIMITS_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payrail_limits.wasm"));
+/// An input the `limits` sample approves (`plugins/limits/fixture.json`):
+/// what `payrail bench` times it on before the load.
+pub const LIMITS_FIXTURE: &str = include_str!("../../plugins/limits/fixture.json");
 
 /// Directory holding every plugin `build.rs` built (including the hostile
 /// test plugin), for tests.

@@ -33,6 +33,7 @@ use crate::audit;
 use crate::cli::Context;
 use crate::config::Config;
 use crate::db;
+use crate::engine::{PluginEngine, PluginLimits};
 use crate::error::{Error, Result};
 use crate::model::DEFAULT_TENANT;
 use crate::processor::{Processor, ProcessorSettings};
@@ -40,8 +41,8 @@ use clap::Args;
 use driver::{RunSamples, Target};
 use http::{HttpTarget, ServeChild, ServeMetrics};
 use report::{
-    AuditResult, Durability, HostReadings, LOAD_FRACTION, PairedRound, PathKind, PluginTotals,
-    Report, RunResult, ScaleOut,
+    AuditResult, Durability, HostReadings, IdleCall, LOAD_FRACTION, PairedRound, PathKind,
+    PluginTotals, Report, RunResult, ScaleOut,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -763,6 +764,17 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         fresh_database(ctx, &admin, &args.database, pool_size, args.accounts).await?;
     // the processor settings `payrail serve` would use from this environment
     let settings = Config::load(None, |k| std::env::var(k).ok())?.processor();
+    let idle_call = {
+        let engine = ctx.engine.clone();
+        let limits = settings.limits;
+        tokio::task::spawn_blocking(move || idle_call(&engine, &limits))
+            .await
+            .expect("idle call task")?
+    };
+    println!(
+        "machine  limits call on an idle core: median {:.1} µs (CPU {:.1} µs) over {} calls",
+        idle_call.median_us, idle_call.median_cpu_us, idle_call.calls
+    );
 
     let mut bench = Bench {
         args,
@@ -947,6 +959,7 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
             .map(|n| n.get())
             .unwrap_or(1),
         durability,
+        idle_call,
         accounts: args.accounts,
         secs: args.secs,
         concurrency: args.concurrency.clone(),
@@ -1009,6 +1022,32 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         0
     } else {
         1
+    })
+}
+
+/// Calls of [`idle_call`] measured, and unmeasured before them: about
+/// 0.1-0.2 s in all at 10-33 µs a call.
+const IDLE_CALLS: usize = 5_000;
+const IDLE_WARMUP: usize = 1_000;
+
+/// Times the `limits` sample on its fixture on this (idle) thread, as
+/// `payrail plugin bench` does: the machine's speed on the day of the run.
+fn idle_call(engine: &PluginEngine, limits: &PluginLimits) -> Result<IdleCall> {
+    let input = crate::plugin_tools::parse_fixture(crate::samples::LIMITS_FIXTURE.as_bytes())?;
+    let digest = engine.load(crate::samples::LIMITS_WASM)?;
+    let r = crate::plugin_tools::bench_loaded(
+        engine,
+        &digest,
+        &input,
+        limits,
+        IDLE_CALLS,
+        IDLE_WARMUP,
+    )?;
+    assert_eq!(r.calls, IDLE_CALLS, "every idle call is measured");
+    Ok(IdleCall {
+        calls: r.calls,
+        median_us: r.total_us.median,
+        median_cpu_us: r.engine_cpu_us.median,
     })
 }
 

@@ -352,6 +352,8 @@ pub struct Report {
     /// CPUs of this machine.
     pub cpus: usize,
     pub durability: Durability,
+    /// The machine's speed on the day: see [`IdleCall`].
+    pub idle_call: IdleCall,
     pub accounts: usize,
     pub secs: u64,
     pub concurrency: Vec<usize>,
@@ -373,6 +375,21 @@ pub struct Report {
     pub audit: AuditResult,
     /// Caveats of this run.
     pub notes: Vec<String>,
+}
+
+/// The `limits` sample timed on an idle core before any load, as
+/// `payrail plugin bench` times it. The same code has run at 10.7 µs a
+/// call on one day of this kind of machine and 32.5 µs on another
+/// (docs/performance.md), so absolute numbers of two reports compare
+/// only when these do.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleCall {
+    /// Calls measured (after unmeasured ones that warm the pool slots).
+    pub calls: usize,
+    /// Median µs per call, input preparation through output checks.
+    pub median_us: f64,
+    /// Median CPU µs per call as the engine samples it (what P4 counts).
+    pub median_cpu_us: f64,
 }
 
 /// The closed-loop run with the highest throughput of `path`, `workload`.
@@ -638,6 +655,11 @@ pub fn markdown(r: &Report) -> String {
         } else {
             " — **NOT full durability: numbers are not comparable**"
         }
+    );
+    let _ = writeln!(
+        md,
+        "machine: a `limits` call on an idle core before the load took {:.1} µs (median of {}; CPU {:.1} µs): compare this between reports before their absolute numbers\n",
+        r.idle_call.median_us, r.idle_call.calls, r.idle_call.median_cpu_us
     );
     let _ = writeln!(
         md,
