@@ -140,6 +140,30 @@ fn one_call_in_sixteen_measures_its_cpu_time() {
     }
 }
 
+/// What `payrail bench` times on an idle core: every call measured on a
+/// fixture the plugin approves; a fixture it faults on is refused, not
+/// timed.
+#[test]
+fn bench_loaded_measures_every_call_and_refuses_a_faulting_fixture() {
+    let engine = PluginEngine::new(EngineConfig::default()).unwrap();
+    let digest = engine.load(payrail::samples::LIMITS_WASM).unwrap();
+    let limits = EngineConfig::default().limits;
+    let good =
+        payrail::plugin_tools::parse_fixture(payrail::samples::LIMITS_FIXTURE.as_bytes()).unwrap();
+    let r = payrail::plugin_tools::bench_loaded(&engine, &digest, &good, &limits, 40, 8).unwrap();
+    assert_eq!((r.calls, r.warmup, r.outcome.as_str()), (40, 8, "ok"));
+    assert!(
+        r.total_us.median > 0.0 && r.engine_cpu_us.median > 0.0,
+        "{r:?}"
+    );
+
+    let bad = FIXTURE.replace("CONFIG", r#"{"max_amount": "lots"}"#);
+    let bad = payrail::plugin_tools::parse_fixture(bad.as_bytes()).unwrap();
+    let e =
+        payrail::plugin_tools::bench_loaded(&engine, &digest, &bad, &limits, 40, 8).unwrap_err();
+    assert_eq!(e.code(), "plugin_fault", "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_with_trusted_keys_deploys_only_plugins_they_signed() {
     let dir = tmp("keys");

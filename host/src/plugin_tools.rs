@@ -266,9 +266,8 @@ pub fn bench_loaded(
     calls: usize,
     warmup: usize,
 ) -> Result<BenchReport> {
-    let digest = digest.to_string();
     let calls = calls.max(1);
-    let first = engine.call(&digest, &PreparedInput::new(input.clone()), limits);
+    let first = engine.call(digest, &PreparedInput::new(input.clone()), limits);
     let (outcome, fuel) = match &first {
         Ok(out) => ("ok".to_string(), out.fuel_used),
         Err(f) => (f.code().to_string(), 0),
@@ -299,7 +298,7 @@ pub fn bench_loaded(
         let prepared = PreparedInput::new(input.clone());
         let t1 = std::time::Instant::now();
         let out = engine
-            .call(&digest, &prepared, limits)
+            .call(digest, &prepared, limits)
             .map_err(|f| Error::invalid("plugin_fault", format!("{}: {f}", f.code())))?;
         let t2 = std::time::Instant::now();
         drop(prepared);
@@ -320,7 +319,7 @@ pub fn bench_loaded(
     let col = |f: &dyn Fn(&Sample) -> u64| spread(samples.iter().map(f).collect());
     let ns = |d: std::time::Duration| d.as_nanos() as u64;
     Ok(BenchReport {
-        digest,
+        digest: digest.to_string(),
         calls,
         warmup,
         outcome,

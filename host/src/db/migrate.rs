@@ -95,10 +95,21 @@ fn checksum(sql: &str) -> String {
 
 /// Applies every pending migration; returns the versions it applied.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>> {
+    migrate_to(client, latest_version()).await
+}
+
+/// Applies the pending migrations up to and including `version`, as
+/// [`migrate`] does: for testing an upgrade from an older schema (build
+/// version N - 1, write to it, then migrate). Returns the versions applied.
+pub async fn migrate_to(client: &mut Client, version: i32) -> Result<Vec<i32>> {
+    assert!(
+        MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version),
+        "migrations are listed in ascending version order"
+    );
     client
         .execute("select pg_advisory_lock($1)", &[&locks::migrate_key()])
         .await?;
-    let result = apply_pending(client).await;
+    let result = apply_pending(client, version).await;
     // Always release, even on failure; closing the session would too.
     client
         .execute("select pg_advisory_unlock($1)", &[&locks::migrate_key()])
@@ -106,7 +117,7 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>> {
     result
 }
 
-async fn apply_pending(client: &mut Client) -> Result<Vec<i32>> {
+async fn apply_pending(client: &mut Client, up_to: i32) -> Result<Vec<i32>> {
     client
         .batch_execute(
             "create schema if not exists payrail;
@@ -127,7 +138,7 @@ async fn apply_pending(client: &mut Client) -> Result<Vec<i32>> {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let mut done = Vec::new();
-    for m in MIGRATIONS {
+    for m in MIGRATIONS.iter().take_while(|m| m.version <= up_to) {
         let sum = checksum(m.sql);
         if let Some((_, old)) = applied.iter().find(|(v, _)| *v == m.version) {
             if *old != sum {
