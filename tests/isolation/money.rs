@@ -1,0 +1,4 @@
+//! Attacks: money (see main.rs).
+
+#[allow(unused_imports)]
+use super::*;

@@ -1,0 +1,4 @@
+//! Attacks: ops (see main.rs).
+
+#[allow(unused_imports)]
+use super::*;

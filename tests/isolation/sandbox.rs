@@ -1,0 +1,4 @@
+//! Attacks: sandbox (see main.rs).
+
+#[allow(unused_imports)]
+use super::*;

@@ -1,0 +1,4 @@
+//! Attacks: tenants (see main.rs).
+
+#[allow(unused_imports)]
+use super::*;
