@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,19 +26,13 @@ const MIN_RATIO_TO_PEER: f64 = 0.1;
 /// The whole bench must finish within this (it takes ~40-70 s).
 const TIMEOUT: Duration = Duration::from_secs(240);
 
-/// The peer's script: `$PAYRAIL_BASELINE`, else `shared/baseline/run.sh`
-/// beside or above the repository.
+/// The peer's script: `$PAYRAIL_BASELINE`, else the repository's
+/// `bench/baseline/run.sh`.
 fn baseline_script() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("PAYRAIL_BASELINE") {
         return Some(PathBuf::from(p));
     }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|d| d.join("shared/baseline/run.sh"))
-        .find(|p| p.is_file())
-        .or_else(|| {
-            Some(PathBuf::from(payrail::bench::peer::VENDORED_SCRIPT)).filter(|p| p.is_file())
-        })
+    Some(PathBuf::from(payrail::bench::peer::VENDORED_SCRIPT)).filter(|p| p.is_file())
 }
 
 fn best(report: &serde_json::Value, path: &str, workload: &str) -> Option<f64> {
@@ -64,9 +58,9 @@ async fn bench_is_not_grossly_slower_than_the_peer() {
     let Some(script) = baseline_script() else {
         assert!(
             std::env::var_os("CI").is_none(),
-            "the peer baseline shared/baseline/run.sh was not found: set PAYRAIL_BASELINE"
+            "the peer baseline bench/baseline/run.sh was not found: set PAYRAIL_BASELINE"
         );
-        eprintln!("SKIPPED: no peer baseline (shared/baseline/run.sh or $PAYRAIL_BASELINE)");
+        eprintln!("SKIPPED: no peer baseline (bench/baseline/run.sh or $PAYRAIL_BASELINE)");
         return;
     };
     let admin_url = common::admin_url().await;

@@ -150,9 +150,13 @@ impl Serve {
     /// Deploys the built plugin `file` (`payrail_hostile`, ...) as `name`.
     pub async fn deploy(&self, admin: &str, file: &str, name: &str) -> (StatusCode, Value) {
         send(
-            self.req(Method::POST, &format!("/v1/plugins?name={name}"), Some(admin))
-                .header("content-type", "application/wasm")
-                .body(plugin_bytes(file)),
+            self.req(
+                Method::POST,
+                &format!("/v1/plugins?name={name}"),
+                Some(admin),
+            )
+            .header("content-type", "application/wasm")
+            .body(plugin_bytes(file)),
         )
         .await
     }
@@ -276,7 +280,12 @@ impl Latencies {
 
 /// `count` approved transfers of `tenant`, `concurrency` at a time, each
 /// timed; panics on any answer but 201 approved.
-pub async fn bystander(serve: &Serve, tenant: &Tenant, count: usize, concurrency: usize) -> Latencies {
+pub async fn bystander(
+    serve: &Serve,
+    tenant: &Tenant,
+    count: usize,
+    concurrency: usize,
+) -> Latencies {
     let run = rand::random::<u32>();
     let mut out = Vec::with_capacity(count);
     let mut next = 0;

@@ -8,7 +8,7 @@
 //! socket). For each it sweeps `--concurrency` (closed loop, `--secs` per
 //! point), then paces a run at 80% of the peak to read the latency there.
 //! With `--serve-processes N` it repeats the best HTTP point over N serve
-//! processes. Then the PL/pgSQL peer (`shared/baseline/run.sh`) runs with
+//! processes. Then the PL/pgSQL peer (`bench/baseline/run.sh`) runs with
 //! the same client counts on the same Postgres and once paced at 80% of
 //! its best, then `--paired-rounds`
 //! head-to-head rounds alternate the peer and payrail in-process at their
@@ -98,8 +98,7 @@ pub struct BenchArgs {
     /// Unmeasured warm-up per path and workload, s.
     #[arg(long, default_value_t = 1)]
     pub warmup_secs: u64,
-    /// The peer's script; default: `shared/baseline/run.sh` in the current
-    /// directory or any parent.
+    /// The peer's script; default: the repository's `bench/baseline/run.sh`.
     #[arg(long)]
     pub baseline: Option<PathBuf>,
     /// Run payrail only (no ratios, P1 not measured).
@@ -1064,7 +1063,7 @@ fn notes(args: &BenchArgs, pool_size: usize) -> Vec<String> {
         "in-process: `Processor::pay` from tasks of the bench process; host CPU and RSS are this process's (it also runs the load generator, so the plugin CPU share is a lower bound; the peak RSS is reset before each run where Linux allows, so the setup does not count). Lock wait is `PayOutcome::lock_wait` (key claim + advisory locks).".into(),
         "http: keep-alive HTTP/1.1 clients (hyper connections) in the bench process POST to `payrail serve` children on 127.0.0.1 (same machine, same CPUs); host CPU (utime+stime) and peak RSS (VmHWM) are the children's from /proc; plugin time and lock wait are from their /metrics (mean only).".into(),
         format!(
-            "Each host process has a pool of {pool_size} connections (--pool-size / PAYRAIL_POOL_SIZE); clients beyond it queue for a connection. The peer (shared/baseline/run.sh, pgbench -j 2) opens one connection per client on the same server, same seconds per point."
+            "Each host process has a pool of {pool_size} connections (--pool-size / PAYRAIL_POOL_SIZE); clients beyond it queue for a connection. The peer (bench/baseline/run.sh, pgbench -j 2) opens one connection per client on the same server, same seconds per point."
         ),
         "Durability: the server's own settings, read and reported, never changed by the bench.".into(),
         "WAL / DB growth: the server's WAL position (all of its databases) and the run's database size (`pg_database_size`) after the run minus before, per completed payment; a run that triggers a checkpoint writes full-page images on top, and vacuumed space is reused, so compare runs of the same length.".into(),

@@ -1,4 +1,4 @@
-//! The peer: `shared/baseline/run.sh` (the same payments as a PL/pgSQL
+//! The peer: `bench/baseline/run.sh` (the same payments as a PL/pgSQL
 //! function, driven by pgbench) on the same Postgres, same client counts.
 
 use super::workload::{Percentiles, Workload};
@@ -30,36 +30,19 @@ pub struct PeerPoint {
     pub note: Option<String>,
 }
 
-/// The repository's copy of the peer (bench/baseline, kept identical to
-/// the shared one), for a clone that has no `shared/` beside it.
+/// The peer's script in this repository (`bench/baseline/run.sh`).
 pub const VENDORED_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/baseline/run.sh");
 
-/// Finds the script: `explicit`, else `shared/baseline/run.sh` in the
-/// current directory or any parent, else the repository's copy.
+/// Finds the script: `explicit`, else the repository's `bench/baseline`.
 pub fn find_script(explicit: Option<&Path>) -> Result<PathBuf> {
-    if let Some(p) = explicit {
-        return if p.is_file() {
-            Ok(p.to_path_buf())
-        } else {
-            Err(Error::Setup(format!(
-                "baseline script {} does not exist",
-                p.display()
-            )))
-        };
+    let path = explicit.map_or_else(|| PathBuf::from(VENDORED_SCRIPT), Path::to_path_buf);
+    if path.is_file() {
+        return Ok(path);
     }
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| {
-            cwd.ancestors()
-                .map(|d| d.join("shared/baseline/run.sh"))
-                .find(|p| p.is_file())
-        })
-        .or_else(|| Some(PathBuf::from(VENDORED_SCRIPT)).filter(|p| p.is_file()))
-        .ok_or_else(|| {
-            Error::Setup(
-                "baseline script shared/baseline/run.sh not found here or in a parent directory: pass --baseline PATH/run.sh or --skip-baseline".into(),
-            )
-        })
+    Err(Error::Setup(format!(
+        "baseline script {} does not exist: pass --baseline PATH/run.sh or --skip-baseline",
+        path.display()
+    )))
 }
 
 /// How many more connections the server accepts (minus a reserve).
