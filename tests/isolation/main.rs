@@ -42,6 +42,15 @@ pub struct Serve {
     child: Child,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// Held while this server lives: the suite's tests measure latencies,
+    /// so they run one at a time whatever `--test-threads` says.
+    _alone: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// The lock [`Serve`] holds (see `_alone`).
+fn one_at_a_time() -> Arc<tokio::sync::Mutex<()>> {
+    static LOCK: std::sync::OnceLock<Arc<tokio::sync::Mutex<()>>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(Default::default).clone()
 }
 
 /// One tenant's keys, with the sample pipeline `transfer` (limits, fee to
@@ -62,6 +71,7 @@ impl Serve {
     /// `payrail serve` on `db`, `config` as its TOML file, `env` added to
     /// its environment (`DATABASE_URL` is the test database's).
     pub async fn start_on(db: TestDb, config: &str, env: &[(&str, &str)]) -> Serve {
+        let alone = one_at_a_time().lock_owned().await;
         let dir = std::env::temp_dir().join(format!("payrail-iso-{:08x}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("payrail.toml");
@@ -117,6 +127,7 @@ impl Serve {
             child,
             stdout,
             stderr,
+            _alone: alone,
         }
     }
 
