@@ -275,9 +275,9 @@ async fn serve_runs_on_the_embedded_db_when_asked() {
 async fn can_connect(url: &str) -> Result<(), String> {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("{e:?}"))?;
     tokio::spawn(conn);
-    c.simple_query("select 1").await.map_err(|e| e.to_string())?;
+    c.simple_query("select 1").await.map_err(|e| format!("{e:?}"))?;
     Ok(())
 }
 
