@@ -638,7 +638,9 @@ impl Config {
     pub fn idle_in_transaction_ms(&self) -> u64 {
         self.database
             .idle_in_transaction_timeout_ms
-            .unwrap_or_else(|| DEFAULT_IDLE_IN_TRANSACTION_MS.max(self.min_idle_in_transaction_ms()))
+            .unwrap_or_else(|| {
+                DEFAULT_IDLE_IN_TRANSACTION_MS.max(self.min_idle_in_transaction_ms())
+            })
     }
 
     /// The settings every database session of the host starts with.
@@ -662,7 +664,11 @@ impl Config {
         let o = &self.outbox;
         let batch = u64::try_from(o.batch_size.max(1)).unwrap_or(u64::MAX);
         let waves = batch.div_ceil(o.concurrency.max(1) as u64);
-        Some(slowest.saturating_mul(waves).saturating_add(LEASE_MARGIN_MS))
+        Some(
+            slowest
+                .saturating_mul(waves)
+                .saturating_add(LEASE_MARGIN_MS),
+        )
     }
 
     fn validate_lease(&self) -> Result<()> {
@@ -862,7 +868,10 @@ pub fn url_secrets(url: &str) -> Vec<String> {
 /// `text` with every occurrence of each secret (at least
 /// [`MIN_SCRUB_LEN`] bytes) replaced by `***`, longest first.
 pub fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut sorted: Vec<&String> = secrets.iter().filter(|s| s.len() >= MIN_SCRUB_LEN).collect();
+    let mut sorted: Vec<&String> = secrets
+        .iter()
+        .filter(|s| s.len() >= MIN_SCRUB_LEN)
+        .collect();
     sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let mut out = text.to_string();
     for s in sorted {
@@ -1128,7 +1137,10 @@ path = "/tmp/x.jsonl"
             "http://hook:***@h:9/p?token=***&sslmode=require#***"
         );
         assert_eq!(redact_url("nats://tok-secret@h:4222"), "nats://***@h:4222");
-        assert_eq!(redact_url("nats://u:np-secret@h:4222"), "nats://u:***@h:4222");
+        assert_eq!(
+            redact_url("nats://u:np-secret@h:4222"),
+            "nats://u:***@h:4222"
+        );
         assert_eq!(redact_url("postgres://user@h/db"), "postgres://user@h/db");
         let secrets = url_secrets(hook);
         for s in ["pw%21x", "pw!x", "qs-secret", "frag-secret"] {
@@ -1187,7 +1199,10 @@ path = "/tmp/x.jsonl"
         assert_eq!(c.session().idle_in_transaction_timeout_ms, 165_000);
         c.database.idle_in_transaction_timeout_ms = Some(60_000);
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("database.idle_in_transaction_timeout_ms = 60000"), "{e}");
+        assert!(
+            e.contains("database.idle_in_transaction_timeout_ms = 60000"),
+            "{e}"
+        );
         c.apply_env(env(&[
             ("PAYRAIL_IDLE_IN_TRANSACTION_TIMEOUT_MS", "200000"),
             ("PAYRAIL_STATEMENT_TIMEOUT_MS", "1234"),
@@ -1196,6 +1211,11 @@ path = "/tmp/x.jsonl"
         c.validate().unwrap();
         assert_eq!(c.session().statement_timeout_ms, 1234);
         c.database.statement_timeout_ms = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("statement_timeout_ms"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("statement_timeout_ms")
+        );
     }
 }

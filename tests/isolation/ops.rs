@@ -142,7 +142,10 @@ timeout_ms = 1000
     ];
     let assert_clean = |what: &str, text: &str| {
         for s in secrets {
-            assert!(!text.contains(s.as_str()), "{what} holds a planted secret {s}:\n{text}");
+            assert!(
+                !text.contains(s.as_str()),
+                "{what} holds a planted secret {s}:\n{text}"
+            );
         }
     };
 
@@ -157,7 +160,10 @@ timeout_ms = 1000
         .unwrap();
     let checked = text(&out);
     assert!(out.status.success(), "{checked}");
-    assert!(checked.contains("hookuser:***@") && checked.contains("token=***"), "{checked}");
+    assert!(
+        checked.contains("hookuser:***@") && checked.contains("token=***"),
+        "{checked}"
+    );
     assert_clean("serve --check-config", &checked);
 
     let serve = Serve::start_on(db, &config, &[("DATABASE_URL", &db_url)]).await;
@@ -179,7 +185,11 @@ timeout_ms = 1000
         if n > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "no failed delivery recorded:\n{}", serve.output());
+        assert!(
+            Instant::now() < deadline,
+            "no failed delivery recorded:\n{}",
+            serve.output()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let stored = outbox_text(&serve.db).await;
@@ -235,7 +245,10 @@ fn serve_and_relay_refuse_to_start_without_a_database() {
         .unwrap();
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
-    assert!(said.contains("both given") && !said.contains("conflictpw"), "{said}");
+    assert!(
+        said.contains("both given") && !said.contains("conflictpw"),
+        "{said}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -243,7 +256,13 @@ fn serve_and_relay_refuse_to_start_without_a_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_runs_on_the_embedded_db_when_asked() {
     let mut child = Command::new(bin())
-        .args(["serve", "--embedded-db", "--migrate", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--embedded-db",
+            "--migrate",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .env_remove("DATABASE_URL")
         .env_remove("PAYRAIL_CONFIG")
         .env("PAYRAIL_CACHE_DIR", "off")
@@ -265,7 +284,9 @@ async fn serve_runs_on_the_embedded_db_when_asked() {
             }
         }
     };
-    let status = reqwest::get(format!("{base}/healthz")).await.map(|r| r.status());
+    let status = reqwest::get(format!("{base}/healthz"))
+        .await
+        .map(|r| r.status());
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(status.unwrap(), StatusCode::OK);
@@ -277,7 +298,9 @@ async fn can_connect(url: &str) -> Result<(), String> {
         .await
         .map_err(|e| format!("{e:?}"))?;
     tokio::spawn(conn);
-    c.simple_query("select 1").await.map_err(|e| format!("{e:?}"))?;
+    c.simple_query("select 1")
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     Ok(())
 }
 
@@ -306,21 +329,39 @@ async fn the_embedded_cluster_accepts_only_its_owner() {
     let port = pg.port;
     let anonymous = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     can_connect(&pg.url()).await.expect("the owner connects");
-    assert!(!format!("{pg:?}").contains(&pg.url()[20..40]), "Debug hides the password");
+    assert!(
+        !format!("{pg:?}").contains(&pg.url()[20..40]),
+        "Debug hides the password"
+    );
     let refused = can_connect(&anonymous).await.unwrap_err();
     assert!(refused.contains("password"), "{refused}");
     let wrong = format!("postgres://postgres:wrong@127.0.0.1:{port}/postgres");
-    assert!(can_connect(&wrong).await.is_err(), "a wrong password is refused");
+    assert!(
+        can_connect(&wrong).await.is_err(),
+        "a wrong password is refused"
+    );
     // another role, even with its own right password
-    let admin = db::connect(&pg.url(), &SessionSettings::default()).await.unwrap();
+    let admin = db::connect(&pg.url(), &SessionSettings::default())
+        .await
+        .unwrap();
     admin
         .batch_execute("create role intruder login password 'intruder-pw'")
         .await
         .unwrap();
     let intruder = format!("postgres://intruder:intruder-pw@127.0.0.1:{port}/postgres");
-    assert!(can_connect(&intruder).await.is_err(), "only the owner's role connects over TCP");
-    let mode = std::fs::metadata(data.join("payrail.password")).unwrap().permissions().mode();
-    assert_eq!(mode & 0o077, 0, "the password file is the owner's alone: {mode:o}");
+    assert!(
+        can_connect(&intruder).await.is_err(),
+        "only the owner's role connects over TCP"
+    );
+    let mode = std::fs::metadata(data.join("payrail.password"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the password file is the owner's alone: {mode:o}"
+    );
 
     // a cluster of an earlier payrail: trust for everyone, no password file
     std::fs::write(
@@ -329,10 +370,15 @@ async fn the_embedded_cluster_accepts_only_its_owner() {
     )
     .unwrap();
     std::fs::remove_file(data.join("payrail.password")).unwrap();
-    admin.batch_execute("select pg_reload_conf()").await.unwrap();
+    admin
+        .batch_execute("select pg_reload_conf()")
+        .await
+        .unwrap();
     drop(admin);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    can_connect(&anonymous).await.expect("the old trust cluster lets anyone in");
+    can_connect(&anonymous)
+        .await
+        .expect("the old trust cluster lets anyone in");
     let d = data.clone();
     let migrated = tokio::task::spawn_blocking(move || embedded::ensure_running(&d))
         .await
@@ -341,8 +387,13 @@ async fn the_embedded_cluster_accepts_only_its_owner() {
     guard.0 = migrated.clone();
     assert_eq!(migrated.port, port, "migrated in place, not restarted");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    can_connect(&migrated.url()).await.expect("the owner connects with the new password");
-    assert!(can_connect(&anonymous).await.is_err(), "no password: refused after the migration");
+    can_connect(&migrated.url())
+        .await
+        .expect("the owner connects with the new password");
+    assert!(
+        can_connect(&anonymous).await.is_err(),
+        "no password: refused after the migration"
+    );
     assert!(can_connect(&intruder).await.is_err());
     assert_ne!(migrated.url(), pg.url(), "a fresh password");
 }
@@ -361,7 +412,11 @@ async fn every_host_session_has_statement_and_idle_timeouts() {
     .unwrap();
     config.validate().unwrap();
     let show = |c: tokio_postgres::Client| async move {
-        let a: String = c.query_one("show statement_timeout", &[]).await.unwrap().get(0);
+        let a: String = c
+            .query_one("show statement_timeout", &[])
+            .await
+            .unwrap()
+            .get(0);
         let b: String = c
             .query_one("show idle_in_transaction_session_timeout", &[])
             .await
@@ -372,14 +427,30 @@ async fn every_host_session_has_statement_and_idle_timeouts() {
     let pool = db::pool_for(&db.url, &config).unwrap();
     let pooled = pool.get().await.unwrap();
     let c: &tokio_postgres::Client = &pooled;
-    let a: String = c.query_one("show statement_timeout", &[]).await.unwrap().get(0);
-    let b: String = c.query_one("show idle_in_transaction_session_timeout", &[]).await.unwrap().get(0);
+    let a: String = c
+        .query_one("show statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let b: String = c
+        .query_one("show idle_in_transaction_session_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!((a.as_str(), b.as_str()), ("1234ms", "23456ms"), "pooled");
     let direct = db::connect(&db.url, &config.session()).await.unwrap();
-    assert_eq!(show(direct).await, ("1234ms".into(), "23456ms".into()), "direct");
+    assert_eq!(
+        show(direct).await,
+        ("1234ms".into(), "23456ms".into()),
+        "direct"
+    );
     // the default pool (tests, bench, one-shot commands) has them too
     let default = db.pool.get().await.unwrap();
-    let d: String = default.query_one("show statement_timeout", &[]).await.unwrap().get(0);
+    let d: String = default
+        .query_one("show statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(d, "30s");
 
     let short = SessionSettings {
@@ -389,7 +460,11 @@ async fn every_host_session_has_statement_and_idle_timeouts() {
     let stuck = db::pool_with(&db.url, 2, &short).unwrap();
     let mut c = stuck.get().await.unwrap();
     let e = c.simple_query("select pg_sleep(2)").await.unwrap_err();
-    assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{e}");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{e}"
+    );
     let tx = c.transaction().await.unwrap();
     tx.execute("select 1", &[]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -413,7 +488,10 @@ async fn every_host_session_has_statement_and_idle_timeouts() {
         .validate()
         .unwrap_err()
         .to_string();
-    assert!(e.contains("database.idle_in_transaction_timeout_ms = 1000"), "{e}");
+    assert!(
+        e.contains("database.idle_in_transaction_timeout_ms = 1000"),
+        "{e}"
+    );
 }
 
 /// Item 11: `serve` and `relay` refuse a lease shorter than a worst-case
@@ -463,7 +541,11 @@ fn a_lease_shorter_than_a_delivery_round_is_refused() {
 async fn a_file_sink_never_appends_to_a_half_written_line() {
     let dir = temp_dir("filesink");
     let file = dir.join("events.jsonl");
-    std::fs::write(&file, "{\"event_id\":\"earlier\"}\n{\"event_id\":\"killed-mid-wr").unwrap();
+    std::fs::write(
+        &file,
+        "{\"event_id\":\"earlier\"}\n{\"event_id\":\"killed-mid-wr",
+    )
+    .unwrap();
     let serve = Serve::start(&format!(
         "[outbox]\npoll_interval_ms = 20\n[[sinks]]\nname = \"f\"\ntype = \"file\"\ntopics = [\"*\"]\npath = {:?}\n",
         file.display().to_string()
@@ -479,10 +561,17 @@ async fn a_file_sink_never_appends_to_a_half_written_line() {
         if text.contains(&id) {
             break text;
         }
-        assert!(Instant::now() < deadline, "not delivered: {text}\n{}", serve.output());
+        assert!(
+            Instant::now() < deadline,
+            "not delivered: {text}\n{}",
+            serve.output()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(text.starts_with("{\"event_id\":\"earlier\"}\n") && !text.contains("killed-mid"), "{text}");
+    assert!(
+        text.starts_with("{\"event_id\":\"earlier\"}\n") && !text.contains("killed-mid"),
+        "{text}"
+    );
     for line in text.lines() {
         serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
     }

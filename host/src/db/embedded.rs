@@ -457,7 +457,13 @@ fn secure(runner: &Runner, data_dir: &Path, port: u16) -> Result<String, Embedde
     psql(runner, data_dir, port, &password, &sql)?;
     write_password(data_dir, &password)?;
     write_hba(runner, data_dir)?;
-    psql(runner, data_dir, port, &password, "select pg_reload_conf();\n")?;
+    psql(
+        runner,
+        data_dir,
+        port,
+        &password,
+        "select pg_reload_conf();\n",
+    )?;
     Ok(password)
 }
 
@@ -472,11 +478,20 @@ fn psql(
 ) -> Result<(), EmbeddedError> {
     let bin = runner.bin_dir.join("psql");
     let mut cmd = Command::new(if bin.is_file() { bin } else { "psql".into() });
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", SUPERUSER])
-        .args(["-p", &port.to_string(), "-d", "postgres"])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .current_dir("/");
+    cmd.args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        SUPERUSER,
+    ])
+    .args(["-p", &port.to_string(), "-d", "postgres"])
+    .env("PGPASSWORD", password)
+    .env("PGCONNECT_TIMEOUT", "10")
+    .current_dir("/");
     let out = run_with_input(cmd, "psql", Duration::from_secs(60), Some(sql.as_bytes()))?;
     if !out.status.success() {
         return Err(EmbeddedError::Auth {
@@ -1284,7 +1299,10 @@ mod tests {
             pg.url_for("payrail test"),
             "postgres://postgres:pw@127.0.0.1:5555/payrail%20test"
         );
-        assert!(!format!("{pg:?}").contains("pw"), "Debug hides the password");
+        assert!(
+            !format!("{pg:?}").contains("pw"),
+            "Debug hides the password"
+        );
     }
 
     #[test]

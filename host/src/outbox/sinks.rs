@@ -449,7 +449,10 @@ pub fn append_line(path: &std::path::Path, line: &[u8]) -> Result<(), String> {
         Ok(n) if n == line.len() => {}
         Ok(n) => {
             let _ = f.set_len(len);
-            return Err(format!("write {shown}: short write ({n} of {} bytes)", line.len()));
+            return Err(format!(
+                "write {shown}: short write ({n} of {} bytes)",
+                line.len()
+            ));
         }
         Err(e) => {
             let _ = f.set_len(len);
@@ -573,7 +576,10 @@ mod tests {
         // a host killed mid-write left half an event
         std::fs::write(&path, "{\"a\":1}\n{\"b\":").unwrap();
         append_line(&path, b"{\"c\":3}\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"c\":3}\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"c\":3}\n"
+        );
         // a file that is nothing but a partial line
         std::fs::write(&path, "{\"b\":").unwrap();
         append_line(&path, b"{\"c\":3}\n").unwrap();
