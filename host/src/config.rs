@@ -886,8 +886,8 @@ pub fn scrub(text: &str, secrets: &[String]) -> String {
 fn url_parts(url: &str) -> (String, Vec<String>) {
     let mut secrets = Vec::new();
     let Some(scheme_end) = url.find("://") else {
-        let shown = url
-            .split_whitespace()
+        let shown = keyword_tokens(url)
+            .into_iter()
             .map(|kv| match kv.split_once('=') {
                 Some((k, v)) if k.eq_ignore_ascii_case("password") => {
                     secrets.push(v.trim_matches('\'').to_string());
@@ -933,6 +933,32 @@ fn url_parts(url: &str) -> (String, Vec<String>) {
     }
     secrets.retain(|s| !s.is_empty());
     (out, secrets)
+}
+
+/// The `key=value` tokens of a keyword connection string; a single-quoted
+/// value may hold spaces (`password='a b'`).
+fn keyword_tokens(text: &str) -> Vec<&str> {
+    let mut tokens = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (None, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '\'' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if let Some(s) = start.take() {
+                    tokens.push(&text[s..i]);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        start.get_or_insert(i);
+    }
+    if let Some(s) = start {
+        tokens.push(&text[s..]);
+    }
+    tokens
 }
 
 fn redact_params(tail: &str, secrets: &mut Vec<String>) -> String {
@@ -1120,6 +1146,10 @@ path = "/tmp/x.jsonl"
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
         assert_eq!(
             redact_url("host=h password=hunter2 user=u"),
+            "host=h password=*** user=u"
+        );
+        assert_eq!(
+            redact_url("host=h password='hunter2 with\\' spaces' user=u"),
             "host=h password=*** user=u"
         );
         let mut c = Config::default();
