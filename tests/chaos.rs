@@ -332,7 +332,9 @@ lock_timeout_ms = 3000
 
 [outbox]
 batch_size = 50
-lease_ms = 1500
+concurrency = 50
+# the shortest lease the sinks allow: 1000 ms x ceil(50 / 50) + 2000 ms
+lease_ms = 3000
 poll_interval_ms = 50
 backoff_base_ms = 50
 backoff_max_ms = 1000

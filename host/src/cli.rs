@@ -29,8 +29,10 @@ pub struct Cli {
 /// Where the database is.
 #[derive(Debug, Args)]
 pub struct DbArgs {
-    /// Postgres URL. Unset: payrail starts a local Postgres itself from the
-    /// system's server binaries (data in $PAYRAIL_DATA_DIR).
+    /// Postgres URL. Unset: one-shot commands (migrate, pay, demo, ...)
+    /// start a local Postgres themselves from the system's server binaries
+    /// (data in $PAYRAIL_DATA_DIR); `serve` and `relay` refuse to start
+    /// unless given --embedded-db.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
     /// Connection pool size [default: 16].
@@ -94,6 +96,10 @@ pub struct RelayArgs {
     /// TOML configuration file (the same one `payrail serve` reads).
     #[arg(long, env = "PAYRAIL_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Run on the local Postgres payrail starts itself (for trying things
+    /// out); without it a database URL is required.
+    #[arg(long)]
+    pub embedded_db: bool,
 }
 
 /// `payrail outbox` subcommands.
@@ -132,6 +138,12 @@ pub struct ServeArgs {
     /// Apply pending migrations before serving.
     #[arg(long)]
     pub migrate: bool,
+    /// Run on the local Postgres payrail starts itself (data in
+    /// $PAYRAIL_DATA_DIR; for trying things out, never production); without
+    /// it a database URL (DATABASE_URL, --database-url or `[database] url`)
+    /// is required.
+    #[arg(long)]
+    pub embedded_db: bool,
 }
 
 /// `payrail apikey` subcommands.
@@ -280,12 +292,18 @@ pub struct Context {
 }
 
 impl Context {
-    /// Resolves the database, builds the pool and the engine.
+    /// Resolves the database, builds the pool and the engine (settings
+    /// from the environment, as for `serve`).
     pub async fn open(db_args: &DbArgs) -> Result<Context> {
+        let env_config = Config::load(None, |k| std::env::var(k).ok())?;
         let url = db::resolve_url(db_args.database_url.clone()).await?;
-        let pool = db::pool(&url, db_args.pool_size.unwrap_or(DEFAULT_POOL_SIZE))?;
+        let pool = db::pool_with(
+            &url,
+            db_args.pool_size.unwrap_or(DEFAULT_POOL_SIZE),
+            &env_config.session(),
+        )?;
         let engine = Arc::new(
-            PluginEngine::new(crate::config::Config::engine_from_env()?)
+            PluginEngine::new(env_config.engine())
                 .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?
                 .with_default_artifact_cache()
                 .with_trusted_keys(crate::signing::TrustedKeys::from_env()?),
@@ -362,7 +380,34 @@ pub fn serve_config(db: &DbArgs, args: &ServeArgs) -> Result<Config> {
         config.server.listen = listen.clone();
     }
     config.validate()?;
+    require_database(&config, args.embedded_db, "serve")?;
     Ok(config)
+}
+
+/// `serve` and `relay` run on an explicit database: a missing
+/// `DATABASE_URL` in production must not send payments to a throwaway
+/// local cluster. `--embedded-db` asks for that cluster explicitly.
+pub fn require_database(config: &Config, embedded_db: bool, command: &str) -> Result<()> {
+    match (&config.database.url, embedded_db) {
+        (Some(_), false) | (None, true) => Ok(()),
+        (None, false) => Err(Error::invalid(
+            "database_required",
+            format!(
+                "no database configured: set DATABASE_URL (or --database-url, or `url` in \
+                 [database] of the config file), or pass --embedded-db to run `payrail {command}` \
+                 on the local Postgres payrail starts itself (data in {}; for trying things out, \
+                 never production)",
+                db::embedded::default_data_dir().display()
+            ),
+        )),
+        (Some(url), true) => Err(Error::invalid(
+            "database_required",
+            format!(
+                "--embedded-db and a database URL ({}) are both given: drop one",
+                crate::config::redact_url(url)
+            ),
+        )),
+    }
 }
 
 /// Log format and filter for this invocation: `serve` reads them from its
@@ -388,6 +433,7 @@ async fn run_relay(db_args: &DbArgs, args: &RelayArgs) -> Result<i32> {
         config.database.pool_size = n;
     }
     config.validate()?;
+    require_database(&config, args.embedded_db, "relay")?;
     if config.sinks.is_empty() {
         return Err(Error::invalid(
             "invalid_config",
@@ -395,7 +441,7 @@ async fn run_relay(db_args: &DbArgs, args: &RelayArgs) -> Result<i32> {
         ));
     }
     let url = db::resolve_url(config.database.url.clone()).await?;
-    let pool = db::pool(&url, config.database.pool_size)?;
+    let pool = db::pool_for(&url, &config)?;
     {
         let client = pool.get().await?;
         if !db::migrate::is_current(&client).await? {

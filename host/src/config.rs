@@ -49,7 +49,8 @@ pub struct OutboxConfig {
     /// Events claimed per round.
     pub batch_size: i64,
     /// How long a claim is exclusive; a host that dies holding it loses it
-    /// after this long and another host delivers the events again.
+    /// after this long and another host delivers the events again. Must
+    /// outlast a worst-case delivery round ([`Config::min_lease_ms`]).
     pub lease_ms: u64,
     /// Pause between rounds when there was nothing to do.
     pub poll_interval_ms: u64,
@@ -68,7 +69,7 @@ impl Default for OutboxConfig {
         OutboxConfig {
             relay: true,
             batch_size: 100,
-            lease_ms: 30_000,
+            lease_ms: 60_000,
             poll_interval_ms: 250,
             max_attempts: 20,
             backoff_base_ms: 500,
@@ -192,11 +193,22 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// Postgres URL (`DATABASE_URL`). Unset: the local cluster payrail runs
-    /// itself. Printed with its password redacted.
+    /// Postgres URL (`DATABASE_URL`). Unset: `serve` and `relay` refuse to
+    /// start unless given `--embedded-db` (the local cluster payrail runs
+    /// itself). Printed with its password redacted.
     pub url: Option<String>,
     /// Connection pool size (`PAYRAIL_POOL_SIZE`).
     pub pool_size: usize,
+    /// `statement_timeout` of every connection the host opens
+    /// (`PAYRAIL_STATEMENT_TIMEOUT_MS`); payment transactions set their own
+    /// (`processor.statement_timeout_ms`) on top.
+    pub statement_timeout_ms: u64,
+    /// `idle_in_transaction_session_timeout` of every connection
+    /// (`PAYRAIL_IDLE_IN_TRANSACTION_TIMEOUT_MS`): Postgres ends a session
+    /// that sits this long inside a transaction, releasing its locks.
+    /// Unset: the larger of 60 s and [`Config::min_idle_in_transaction_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_in_transaction_timeout_ms: Option<u64>,
 }
 
 impl Default for DatabaseConfig {
@@ -204,9 +216,19 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: None,
             pool_size: 16,
+            statement_timeout_ms: 30_000,
+            idle_in_transaction_timeout_ms: None,
         }
     }
 }
+
+/// Added to a worst-case delivery round for the lease: claiming the batch
+/// and recording its outcome, two short statements.
+pub const LEASE_MARGIN_MS: u64 = 2_000;
+/// Added to a worst-case pipeline run for the idle-in-transaction timeout.
+pub const IDLE_MARGIN_MS: u64 = 5_000;
+/// The idle-in-transaction timeout when none is configured (at least).
+pub const DEFAULT_IDLE_IN_TRANSACTION_MS: u64 = 60_000;
 
 /// `[processor]`: bounds of the payment transaction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -327,6 +349,14 @@ fn invalid(message: impl Into<String>) -> Error {
     Error::invalid("invalid_config", message)
 }
 
+/// `v` within `lo..=hi`, or an error naming the setting and the range.
+fn range<T: PartialOrd + std::fmt::Display>(name: &str, v: T, lo: T, hi: T) -> Result<()> {
+    if v < lo || v > hi {
+        return Err(invalid(format!("{name} = {v} is outside {lo}..={hi}")));
+    }
+    Ok(())
+}
+
 fn parse_env<T: std::str::FromStr>(name: &str, value: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
@@ -379,6 +409,13 @@ impl Config {
         }
         if let Some(v) = get("PAYRAIL_POOL_SIZE") {
             self.database.pool_size = parse_env("PAYRAIL_POOL_SIZE", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_STATEMENT_TIMEOUT_MS") {
+            self.database.statement_timeout_ms = parse_env("PAYRAIL_STATEMENT_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_IDLE_IN_TRANSACTION_TIMEOUT_MS") {
+            self.database.idle_in_transaction_timeout_ms =
+                Some(parse_env("PAYRAIL_IDLE_IN_TRANSACTION_TIMEOUT_MS", &v)?);
         }
         if let Some(v) = get("PAYRAIL_LISTEN") {
             self.server.listen = v;
@@ -439,12 +476,6 @@ impl Config {
     /// Checks every value against its allowed range; the error names the
     /// setting and the range.
     pub fn validate(&self) -> Result<()> {
-        fn range<T: PartialOrd + std::fmt::Display>(name: &str, v: T, lo: T, hi: T) -> Result<()> {
-            if v < lo || v > hi {
-                return Err(invalid(format!("{name} = {v} is outside {lo}..={hi}")));
-            }
-            Ok(())
-        }
         self.listen_addr()?;
         let s = &self.server;
         range(
@@ -468,6 +499,7 @@ impl Config {
             crate::apikeys::MAX_KEY_CACHE_MS,
         )?;
         range("database.pool_size", self.database.pool_size, 1, 1000)?;
+        self.validate_session()?;
         if let Some(url) = &self.database.url {
             url.parse::<tokio_postgres::Config>().map_err(|e| {
                 invalid(format!(
@@ -560,6 +592,105 @@ impl Config {
         )?;
         range("outbox.concurrency", o.concurrency, 1, 1000)?;
         range("sinks (count)", self.sinks.len(), 0, 64)?;
+        self.validate_sinks()?;
+        self.validate_lease()
+    }
+
+    /// The session timeouts: in range, and the idle-in-transaction timeout
+    /// no shorter than a payment transaction may legitimately sit idle.
+    fn validate_session(&self) -> Result<()> {
+        let d = &self.database;
+        if !(100..=3_600_000).contains(&d.statement_timeout_ms) {
+            return Err(invalid(format!(
+                "database.statement_timeout_ms = {} is outside 100..=3600000",
+                d.statement_timeout_ms
+            )));
+        }
+        let min = self.min_idle_in_transaction_ms();
+        if let Some(idle) = d.idle_in_transaction_timeout_ms
+            && !(min..=86_400_000).contains(&idle)
+        {
+            return Err(invalid(format!(
+                "database.idle_in_transaction_timeout_ms = {idle} is outside {min}..=86400000: \
+                 a payment transaction sits idle while its pipeline runs, up to 2 calls (live and \
+                 shadow) x {} steps x plugins.limits.timeout_ms ({} ms) + {IDLE_MARGIN_MS} ms",
+                crate::registry::MAX_STEPS,
+                self.plugins.limits.timeout_ms
+            )));
+        }
+        Ok(())
+    }
+
+    /// The shortest idle-in-transaction timeout accepted: the longest a
+    /// payment transaction sends nothing, i.e. its pipeline's plugin calls
+    /// (live and shadow, every step at its timeout) plus [`IDLE_MARGIN_MS`].
+    pub fn min_idle_in_transaction_ms(&self) -> u64 {
+        let steps = crate::registry::MAX_STEPS as u64;
+        self.plugins
+            .limits
+            .timeout_ms
+            .saturating_mul(2 * steps)
+            .saturating_add(IDLE_MARGIN_MS)
+    }
+
+    /// The idle-in-transaction timeout in force: the configured one, else
+    /// the larger of [`DEFAULT_IDLE_IN_TRANSACTION_MS`] and the minimum.
+    pub fn idle_in_transaction_ms(&self) -> u64 {
+        self.database
+            .idle_in_transaction_timeout_ms
+            .unwrap_or_else(|| {
+                DEFAULT_IDLE_IN_TRANSACTION_MS.max(self.min_idle_in_transaction_ms())
+            })
+    }
+
+    /// The settings every database session of the host starts with.
+    pub fn session(&self) -> crate::db::SessionSettings {
+        crate::db::SessionSettings {
+            statement_timeout_ms: self.database.statement_timeout_ms,
+            idle_in_transaction_timeout_ms: self.idle_in_transaction_ms(),
+        }
+    }
+
+    /// The shortest `outbox.lease_ms` accepted with these sinks: a
+    /// worst-case delivery round, i.e. `batch_size` events delivered
+    /// `concurrency` at a time (so `ceil(batch_size / concurrency)` waves),
+    /// each wave as slow as the slowest sink's `timeout_ms` (an event's
+    /// sinks run in parallel), plus [`LEASE_MARGIN_MS`]. A shorter lease
+    /// expires mid-round: another relay claims the same events and
+    /// delivers them twice, and this relay's outcome is not recorded.
+    /// `None` without sinks (only hold timers run).
+    pub fn min_lease_ms(&self) -> Option<u64> {
+        let slowest = self.sinks.iter().map(|s| s.timeout_ms).max()?;
+        let o = &self.outbox;
+        let batch = u64::try_from(o.batch_size.max(1)).unwrap_or(u64::MAX);
+        let waves = batch.div_ceil(o.concurrency.max(1) as u64);
+        Some(
+            slowest
+                .saturating_mul(waves)
+                .saturating_add(LEASE_MARGIN_MS),
+        )
+    }
+
+    fn validate_lease(&self) -> Result<()> {
+        let Some(min) = self.min_lease_ms() else {
+            return Ok(());
+        };
+        let o = &self.outbox;
+        if o.lease_ms < min {
+            let slowest = self.sinks.iter().map(|s| s.timeout_ms).max().unwrap_or(0);
+            return Err(invalid(format!(
+                "outbox.lease_ms = {} is shorter than a worst-case delivery round: the slowest \
+                 sink's timeout_ms ({slowest}) x ceil(batch_size {} / concurrency {}) + \
+                 {LEASE_MARGIN_MS} ms = {min} ms; a lease that expires mid-round lets another \
+                 relay deliver the same events again. Raise outbox.lease_ms to at least {min}, \
+                 or lower the sinks' timeout_ms or outbox.batch_size, or raise outbox.concurrency",
+                o.lease_ms, o.batch_size, o.concurrency
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate_sinks(&self) -> Result<()> {
         let mut names = std::collections::HashSet::new();
         for s in &self.sinks {
             let name = &s.name;
@@ -669,8 +800,9 @@ impl Config {
         Duration::from_millis(self.server.request_timeout_ms)
     }
 
-    /// The configuration as TOML with secrets (the database password)
-    /// redacted: safe to print and log.
+    /// The configuration as TOML with secrets redacted (see [`redact_url`]:
+    /// the database password, the sinks' URL credentials and query values,
+    /// webhook secrets): safe to print and log.
     pub fn redacted(&self) -> String {
         let mut c = self.clone();
         c.database.url = c.database.url.as_deref().map(redact_url);
@@ -678,57 +810,194 @@ impl Config {
             if s.secret.is_some() {
                 s.secret = Some("***".into());
             }
+            s.url = s.url.as_deref().map(redact_url);
         }
         toml::to_string(&c).expect("config serializes")
     }
 }
 
-/// A postgres URL or key=value connection string with its password
-/// replaced by `***`.
+/// Query parameters whose values are shown: connection settings that are
+/// never credentials. Every other query value is redacted.
+const SHOWN_PARAMS: &[&str] = &[
+    "sslmode",
+    "connect_timeout",
+    "application_name",
+    "target_session_attrs",
+    "keepalives",
+    "keepalives_idle",
+    "channel_binding",
+    "load_balance_hosts",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+];
+
+/// Secrets shorter than this are not scrubbed from free text by
+/// [`scrub`] (replacing every `1` in a message helps nobody); URLs are
+/// still printed redacted whatever their length.
+pub const MIN_SCRUB_LEN: usize = 4;
+
+/// A URL (postgres, http, nats) or a key=value connection string with its
+/// secrets replaced by `***`: the password of the userinfo (a userinfo
+/// without `:` is a token in a non-postgres URL, and redacted whole), every
+/// query value but known connection settings (`sslmode`, ...), the
+/// fragment, and `password=` of the key=value form. The one redaction used
+/// for printing the configuration, logs and stored delivery errors.
 pub fn redact_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(auth_end);
-        let mut out = url[..scheme_end + 3].to_string();
-        match authority.rfind('@') {
-            Some(at) => {
-                let userinfo = &authority[..at];
-                match userinfo.split_once(':') {
-                    Some((user, _)) => out.push_str(&format!("{user}:***")),
-                    None => out.push_str(userinfo),
-                }
-                out.push_str(&authority[at..]);
-            }
-            None => out.push_str(authority),
+    url_parts(url).0
+}
+
+/// The secrets [`redact_url`] removes from `url`, each also
+/// percent-decoded when that differs: what [`scrub`] looks for in text
+/// (an error message that quotes the URL).
+pub fn url_secrets(url: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in url_parts(url).1 {
+        if let Some(d) = percent_decode(&s)
+            && d != s
+        {
+            out.push(d);
         }
-        out.push_str(&redact_params(tail));
-        out
-    } else {
-        // key=value form: host=... password=secret
-        url.split_whitespace()
+        out.push(s);
+    }
+    out
+}
+
+/// `text` with every occurrence of each secret (at least
+/// [`MIN_SCRUB_LEN`] bytes) replaced by `***`, longest first.
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut sorted: Vec<&String> = secrets
+        .iter()
+        .filter(|s| s.len() >= MIN_SCRUB_LEN)
+        .collect();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_string();
+    for s in sorted {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "***");
+        }
+    }
+    out
+}
+
+/// (the redacted URL, the secrets taken out of it).
+fn url_parts(url: &str) -> (String, Vec<String>) {
+    let mut secrets = Vec::new();
+    let Some(scheme_end) = url.find("://") else {
+        let shown = keyword_tokens(url)
+            .into_iter()
             .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                Some((k, v)) if k.eq_ignore_ascii_case("password") => {
+                    secrets.push(v.trim_matches('\'').to_string());
+                    format!("{k}=***")
+                }
                 _ => kv.to_string(),
             })
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" ");
+        return (shown, secrets);
+    };
+    let (head, rest) = url.split_at(scheme_end + 3);
+    let postgres = head.starts_with("postgres");
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (rest, None),
+    };
+    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(auth_end);
+    let mut out = head.to_string();
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.split_once(':') {
+                Some((user, password)) => {
+                    secrets.push(password.to_string());
+                    out.push_str(&format!("{user}:***"));
+                }
+                None if postgres => out.push_str(userinfo),
+                None => {
+                    secrets.push(userinfo.to_string());
+                    out.push_str("***");
+                }
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
     }
+    out.push_str(&redact_params(tail, &mut secrets));
+    if let Some(f) = fragment {
+        secrets.push(f.to_string());
+        out.push_str("#***");
+    }
+    secrets.retain(|s| !s.is_empty());
+    (out, secrets)
 }
 
-fn redact_params(tail: &str) -> String {
+/// The `key=value` tokens of a keyword connection string; a single-quoted
+/// value may hold spaces (`password='a b'`).
+fn keyword_tokens(text: &str) -> Vec<&str> {
+    let mut tokens = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (None, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '\'' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if let Some(s) = start.take() {
+                    tokens.push(&text[s..i]);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        start.get_or_insert(i);
+    }
+    if let Some(s) = start {
+        tokens.push(&text[s..]);
+    }
+    tokens
+}
+
+fn redact_params(tail: &str, secrets: &mut Vec<String>) -> String {
     let Some((path, query)) = tail.split_once('?') else {
         return tail.to_string();
     };
     let query = query
         .split('&')
         .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            Some((k, v)) if !SHOWN_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p)) => {
+                secrets.push(v.to_string());
+                format!("{k}=***")
+            }
             _ => kv.to_string(),
         })
         .collect::<Vec<_>>()
         .join("&");
     format!("{path}?{query}")
+}
+
+/// `%XX` decoded (and `+` kept); `None` when not valid UTF-8 afterwards.
+pub fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -748,7 +1017,7 @@ mod tests {
     fn sinks_are_parsed_validated_and_redacted() {
         let base = r#"
 [outbox]
-lease_ms = 2000
+lease_ms = 40000
 [[sinks]]
 name = "hook"
 type = "webhook"
@@ -879,10 +1148,104 @@ path = "/tmp/x.jsonl"
             redact_url("host=h password=hunter2 user=u"),
             "host=h password=*** user=u"
         );
+        assert_eq!(
+            redact_url("host=h password='hunter2 with\\' spaces' user=u"),
+            "host=h password=*** user=u"
+        );
         let mut c = Config::default();
         c.database.url = Some("postgres://u:hunter2@h/db".into());
         let printed = c.redacted();
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(printed.contains("u:***@h/db"), "{printed}");
+    }
+
+    #[test]
+    fn sink_urls_lose_credentials_query_values_and_fragments() {
+        let hook = "http://hook:pw%21x@h:9/p?token=qs-secret&sslmode=require#frag-secret";
+        assert_eq!(
+            redact_url(hook),
+            "http://hook:***@h:9/p?token=***&sslmode=require#***"
+        );
+        assert_eq!(redact_url("nats://tok-secret@h:4222"), "nats://***@h:4222");
+        assert_eq!(
+            redact_url("nats://u:np-secret@h:4222"),
+            "nats://u:***@h:4222"
+        );
+        assert_eq!(redact_url("postgres://user@h/db"), "postgres://user@h/db");
+        let secrets = url_secrets(hook);
+        for s in ["pw%21x", "pw!x", "qs-secret", "frag-secret"] {
+            assert!(secrets.contains(&s.to_string()), "{s}: {secrets:?}");
+        }
+        assert_eq!(
+            scrub("POST http://hook:pw!x@h/?token=qs-secret: 1", &secrets),
+            "POST http://hook:***@h/?token=***: 1"
+        );
+        let mut c = Config::from_toml(&format!(
+            "[[sinks]]\nname = \"h\"\ntype = \"webhook\"\ntopics = [\"*\"]\nurl = \"{hook}\"\nsecret = \"0123456789abcdef-whsec\"\n\
+             [[sinks]]\nname = \"n\"\ntype = \"nats\"\ntopics = [\"*\"]\nurl = \"nats://tok-secret@h:1\"\n"
+        ))
+        .unwrap();
+        c.outbox.lease_ms = 60_000;
+        c.validate().unwrap();
+        let printed = c.redacted();
+        for s in ["pw", "qs-secret", "frag-secret", "tok-secret", "whsec"] {
+            assert!(!printed.contains(s), "{s} printed: {printed}");
+        }
+    }
+
+    #[test]
+    fn a_lease_shorter_than_a_delivery_round_is_refused() {
+        let text = "[outbox]\nbatch_size = 100\nconcurrency = 16\nlease_ms = 36999\n\
+                    [[sinks]]\nname = \"f\"\ntype = \"file\"\ntopics = [\"*\"]\npath = \"/tmp/x\"\n\
+                    [[sinks]]\nname = \"g\"\ntype = \"file\"\ntopics = [\"*\"]\npath = \"/tmp/y\"\ntimeout_ms = 1000\n";
+        let mut c = Config::from_toml(text).unwrap();
+        // slowest sink 5000 ms x ceil(100 / 16) = 7 waves + 2000 ms
+        assert_eq!(c.min_lease_ms(), Some(37_000));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("outbox.lease_ms = 36999")
+                && e.contains("37000 ms")
+                && e.contains("ceil(batch_size 100 / concurrency 16)"),
+            "{e}"
+        );
+        c.outbox.lease_ms = 37_000;
+        c.validate().unwrap();
+        c.outbox.concurrency = 100;
+        assert_eq!(c.min_lease_ms(), Some(7_000));
+        c.sinks.clear();
+        assert_eq!(c.min_lease_ms(), None, "no sinks: only timers, no rule");
+        c.outbox.lease_ms = 500;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn session_timeouts_default_validate_and_follow_the_plugin_timeout() {
+        let mut c = Config::default();
+        // 2 x 16 steps x 200 ms + 5 s
+        assert_eq!(c.min_idle_in_transaction_ms(), 11_400);
+        assert_eq!(c.session().idle_in_transaction_timeout_ms, 60_000);
+        assert_eq!(c.session().statement_timeout_ms, 30_000);
+        c.plugins.limits.timeout_ms = 5_000;
+        assert_eq!(c.session().idle_in_transaction_timeout_ms, 165_000);
+        c.database.idle_in_transaction_timeout_ms = Some(60_000);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("database.idle_in_transaction_timeout_ms = 60000"),
+            "{e}"
+        );
+        c.apply_env(env(&[
+            ("PAYRAIL_IDLE_IN_TRANSACTION_TIMEOUT_MS", "200000"),
+            ("PAYRAIL_STATEMENT_TIMEOUT_MS", "1234"),
+        ]))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.session().statement_timeout_ms, 1234);
+        c.database.statement_timeout_ms = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("statement_timeout_ms")
+        );
     }
 }

@@ -9,6 +9,14 @@
 //! Everything here is blocking; async callers wrap the calls in
 //! `tokio::task::spawn_blocking`.
 //!
+//! The cluster accepts only its owner: TCP connections (127.0.0.1 only) need
+//! the password generated at initdb (scram-sha-256), kept in
+//! `<data_dir>/payrail.password` (mode 0600, readable by the user running
+//! the host); the unix socket, which needs no password, lives in the data
+//! directory (mode 0700), so only that user reaches it. A cluster made by an
+//! earlier payrail with `trust` is migrated at the next start (a password is
+//! set, pg_hba.conf rewritten and reloaded): see [`ensure_running`].
+//!
 //! initdb and postgres refuse to run as root, so when the host runs as root
 //! (euid 0) every Postgres tool runs as the `postgres` system user through
 //! `runuser -u postgres --`, and the directories this module creates are
@@ -36,12 +44,28 @@ const MAX_SOCKET_DIR_LEN: usize = 90;
 const SUPERUSER: &str = "postgres";
 /// The system user Postgres runs as when the host runs as root.
 const PG_SYSTEM_USER: &str = "postgres";
+/// The superuser's password, inside the data directory.
+const PASSWORD_FILE: &str = "payrail.password";
+/// First line of the pg_hba.conf payrail writes: a cluster without it was
+/// made by an earlier payrail (trust) and is migrated at start.
+const HBA_MARKER: &str = "# payrail: owner-only access (host/src/db/embedded.rs)";
+/// The pg_hba.conf of every cluster payrail runs.
+const HBA_CONF: &str = "# payrail: owner-only access (host/src/db/embedded.rs)
+# The unix socket lives in the data directory (mode 0700): only the
+# cluster's owner reaches it. TCP (127.0.0.1 only) needs the password in
+# payrail.password; no other role, no empty password.
+local   all             all                                     trust
+local   replication     all                                     trust
+host    all             postgres        127.0.0.1/32            scram-sha-256
+host    all             postgres        ::1/128                 scram-sha-256
+";
 
 /// A local Postgres cluster the host runs itself when `DATABASE_URL` is unset.
 ///
-/// It is a plain description (data directory, TCP port, binary directory);
-/// dropping it does not stop the server. Use [`LocalPostgres::stop`] for that.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// It is a plain description (data directory, TCP port, binary directory,
+/// password); dropping it does not stop the server. Use
+/// [`LocalPostgres::stop`] for that.
+#[derive(Clone, PartialEq, Eq)]
 pub struct LocalPostgres {
     /// The cluster's data directory (absolute).
     pub data_dir: PathBuf,
@@ -49,6 +73,18 @@ pub struct LocalPostgres {
     pub port: u16,
     /// The directory holding the `initdb`/`pg_ctl`/`postgres` binaries used.
     pub bin_dir: PathBuf,
+    /// The superuser's password (from `<data_dir>/payrail.password`).
+    password: String,
+}
+
+impl std::fmt::Debug for LocalPostgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalPostgres")
+            .field("data_dir", &self.data_dir)
+            .field("port", &self.port)
+            .field("bin_dir", &self.bin_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What can go wrong while finding, creating, starting or stopping a local
@@ -189,11 +225,20 @@ pub enum EmbeddedError {
     /// Running as root, but Postgres cannot be run as the `postgres` user.
     #[error("running as root: {0}")]
     Root(String),
+    /// The cluster's password is missing or could not be set.
+    #[error("securing the local Postgres in {data_dir}: {detail}")]
+    Auth {
+        /// The cluster's data directory.
+        data_dir: PathBuf,
+        /// What failed and what to do.
+        detail: String,
+    },
 }
 
 impl LocalPostgres {
     /// Connection URL for superuser `postgres`, database `postgres`, over TCP
-    /// to 127.0.0.1 (trust authentication, so no password). Costs nothing.
+    /// to 127.0.0.1, with the cluster's password: a secret, print it only
+    /// through `config::redact_url`. Costs nothing.
     pub fn url(&self) -> String {
         self.url_for("postgres")
     }
@@ -202,7 +247,8 @@ impl LocalPostgres {
     /// percent-encoded as needed). The database must exist. Costs nothing.
     pub fn url_for(&self, database: &str) -> String {
         format!(
-            "postgres://{SUPERUSER}@127.0.0.1:{}/{}",
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{}",
+            percent_encode(&self.password),
             self.port,
             percent_encode(database)
         )
@@ -316,10 +362,12 @@ pub fn ensure_running(data_dir: &Path) -> Result<LocalPostgres, EmbeddedError> {
             let port = read_pid_file_port(&data_dir)?;
             wait_reachable(&data_dir, port)?;
             tracing::info!(data_dir = %data_dir.display(), port, "local Postgres already running");
+            let password = secure(&runner, &data_dir, port)?;
             return Ok(LocalPostgres {
                 data_dir,
                 port,
                 bin_dir,
+                password,
             });
         }
     } else {
@@ -345,10 +393,12 @@ pub fn ensure_running(data_dir: &Path) -> Result<LocalPostgres, EmbeddedError> {
     }
 
     let port = start_on_free_port(&runner, &data_dir)?;
+    let password = secure(&runner, &data_dir, port)?;
     Ok(LocalPostgres {
         data_dir,
         port,
         bin_dir,
+        password,
     })
 }
 
@@ -372,11 +422,138 @@ pub fn start_throwaway(data_dir: &Path) -> Result<LocalPostgres, EmbeddedError> 
     create_dirs(&parent_of(&data_dir)?, as_postgres)?;
     init_cluster(&runner, &data_dir, &data_dir)?;
     let port = start_on_free_port(&runner, &data_dir)?;
+    let password = read_password(&data_dir)?;
     Ok(LocalPostgres {
         data_dir,
         port,
         bin_dir,
+        password,
     })
+}
+
+// ---------------------------------------------------------------------------
+// Owner-only access
+
+/// The cluster's password; a running cluster an earlier payrail made with
+/// `trust` (no [`HBA_MARKER`] in its pg_hba.conf) gets one first: a fresh
+/// password is set over TCP while trust still holds, pg_hba.conf is
+/// replaced by [`HBA_CONF`] and reloaded. Costs two file reads, or once per
+/// old cluster two psql runs. Called under the data directory's lock.
+fn secure(runner: &Runner, data_dir: &Path, port: u16) -> Result<String, EmbeddedError> {
+    let hba = data_dir.join("pg_hba.conf");
+    let current =
+        fs::read_to_string(&hba).map_err(|e| io_err(format!("reading {}", hba.display()), e))?;
+    if current.starts_with(HBA_MARKER) {
+        return read_password(data_dir);
+    }
+    tracing::warn!(
+        data_dir = %data_dir.display(),
+        "local Postgres made by an earlier payrail accepts any local user (trust): setting a password and owner-only pg_hba.conf"
+    );
+    let password = generate_password();
+    let sql = format!(
+        "set password_encryption = 'scram-sha-256';\nalter role {SUPERUSER} password '{password}';\n"
+    );
+    psql(runner, data_dir, port, &password, &sql)?;
+    write_password(data_dir, &password)?;
+    write_hba(runner, data_dir)?;
+    psql(
+        runner,
+        data_dir,
+        port,
+        &password,
+        "select pg_reload_conf();\n",
+    )?;
+    Ok(password)
+}
+
+/// Runs `sql` (fed on stdin, so the password is in no command line) as the
+/// superuser over TCP.
+fn psql(
+    runner: &Runner,
+    data_dir: &Path,
+    port: u16,
+    password: &str,
+    sql: &str,
+) -> Result<(), EmbeddedError> {
+    let bin = runner.bin_dir.join("psql");
+    let mut cmd = Command::new(if bin.is_file() { bin } else { "psql".into() });
+    cmd.args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        SUPERUSER,
+    ])
+    .args(["-p", &port.to_string(), "-d", "postgres"])
+    .env("PGPASSWORD", password)
+    .env("PGCONNECT_TIMEOUT", "10")
+    .current_dir("/");
+    let out = run_with_input(cmd, "psql", Duration::from_secs(60), Some(sql.as_bytes()))?;
+    if !out.status.success() {
+        return Err(EmbeddedError::Auth {
+            data_dir: data_dir.to_path_buf(),
+            detail: format!("psql on port {port} failed: {}", output_text(&out)),
+        });
+    }
+    Ok(())
+}
+
+/// 32 random hex digits.
+fn generate_password() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Reads `<data_dir>/payrail.password`.
+fn read_password(data_dir: &Path) -> Result<String, EmbeddedError> {
+    let path = data_dir.join(PASSWORD_FILE);
+    match fs::read_to_string(&path) {
+        Ok(p) if !p.trim().is_empty() => Ok(p.trim().to_string()),
+        Ok(_) | Err(_) => Err(EmbeddedError::Auth {
+            data_dir: data_dir.to_path_buf(),
+            detail: format!(
+                "{} is missing or empty, and only its password opens the cluster; restore it, \
+                 or move the data directory away to start afresh",
+                path.display()
+            ),
+        }),
+    }
+}
+
+/// Writes the password file, mode 0600, owned by the user running the host
+/// (so the postgres user, when the host is root, cannot read it either).
+fn write_password(data_dir: &Path, password: &str) -> Result<(), EmbeddedError> {
+    let path = data_dir.join(PASSWORD_FILE);
+    write_private(&path, password.as_bytes())
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, mode 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), EmbeddedError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = sibling(path, ".tmp")?;
+    let _ = fs::remove_file(&tmp);
+    OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|e| io_err(format!("writing {}", path.display()), e))
+}
+
+/// Replaces pg_hba.conf by [`HBA_CONF`] (atomically; owned by the postgres
+/// user when the host is root, as the server must read it).
+fn write_hba(runner: &Runner, data_dir: &Path) -> Result<(), EmbeddedError> {
+    let path = data_dir.join("pg_hba.conf");
+    write_private(&path, HBA_CONF.as_bytes())?;
+    if runner.as_postgres {
+        chown_to_postgres(&path, false)?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -442,13 +619,34 @@ fn check_postgres_user() -> Result<(), EmbeddedError> {
 }
 
 /// Runs `cmd` with stdin closed and output captured, killing it after `timeout`.
-fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<Output, EmbeddedError> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+fn run(cmd: Command, what: &str, timeout: Duration) -> Result<Output, EmbeddedError> {
+    run_with_input(cmd, what, timeout, None)
+}
+
+/// [`run`], with `input` written to the child's stdin (then closed).
+fn run_with_input(
+    mut cmd: Command,
+    what: &str,
+    timeout: Duration,
+    input: Option<&[u8]>,
+) -> Result<Output, EmbeddedError> {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
-        .map_err(|e| io_err(format!("running `{what}` ({cmd:?})"), e))?;
+        .map_err(|e| io_err(format!("running `{what}` ({})", command_line(&cmd)), e))?;
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        let bytes = bytes.to_vec();
+        // a thread, so a child that does not read cannot block us past the timeout
+        thread::spawn(move || {
+            let _ = stdin.write_all(&bytes);
+        });
+    }
     let stdout = child.stdout.take().map(drain);
     let stderr = child.stderr.take().map(drain);
     let deadline = Instant::now() + timeout;
@@ -459,7 +657,7 @@ fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<Output, Embedd
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(EmbeddedError::Timeout {
-                    command: format!("{cmd:?}"),
+                    command: command_line(&cmd),
                     secs: timeout.as_secs(),
                 });
             }
@@ -475,6 +673,16 @@ fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<Output, Embedd
         stdout: join(stdout),
         stderr: join(stderr),
     })
+}
+
+/// The program and its arguments (not the environment: it may hold
+/// `PGPASSWORD`).
+fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
@@ -515,14 +723,26 @@ fn init_cluster(runner: &Runner, dir: &Path, final_dir: &Path) -> Result<(), Emb
         chown_to_postgres(dir, true)?;
         check_postgres_can_enter(dir)?;
     }
+    // initdb reads the password from a file the server's user can read;
+    // it is removed right after.
+    let password = generate_password();
+    let pwfile = sibling(dir, ".pwfile")?;
+    write_private(&pwfile, password.as_bytes())?;
+    if runner.as_postgres {
+        chown_to_postgres(&pwfile, false)?;
+    }
     let mut cmd = runner.command("initdb");
     cmd.arg("-D")
         .arg(dir)
-        .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8"])
+        .args(["-U", SUPERUSER, "-E", "UTF8"])
+        .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+        .arg(format!("--pwfile={}", pwfile.display()))
         // The C locale exists everywhere and suits UTF8; an inherited LANG
         // naming an uninstalled locale would make initdb fail.
         .args(["--locale=C", "--no-instructions"]);
-    let out = run(cmd, "initdb", COMMAND_TIMEOUT)?;
+    let out = run(cmd, "initdb", COMMAND_TIMEOUT);
+    let _ = fs::remove_file(&pwfile);
+    let out = out?;
     if !out.status.success() {
         return Err(EmbeddedError::Initdb {
             data_dir: final_dir.to_path_buf(),
@@ -552,6 +772,8 @@ fn init_cluster(runner: &Runner, dir: &Path, final_dir: &Path) -> Result<(), Emb
         .open(&conf)
         .and_then(|mut f| f.write_all(settings.as_bytes()))
         .map_err(|e| io_err(format!("appending settings to {}", conf.display()), e))?;
+    write_hba(runner, dir)?;
+    write_password(dir, &password)?;
     tracing::info!(
         data_dir = %final_dir.display(),
         bin_dir = %runner.bin_dir.display(),
@@ -1070,11 +1292,16 @@ mod tests {
             data_dir: PathBuf::from("/x"),
             port: 5555,
             bin_dir: PathBuf::from("/bin"),
+            password: "pw".into(),
         };
-        assert_eq!(pg.url(), "postgres://postgres@127.0.0.1:5555/postgres");
+        assert_eq!(pg.url(), "postgres://postgres:pw@127.0.0.1:5555/postgres");
         assert_eq!(
             pg.url_for("payrail test"),
-            "postgres://postgres@127.0.0.1:5555/payrail%20test"
+            "postgres://postgres:pw@127.0.0.1:5555/payrail%20test"
+        );
+        assert!(
+            !format!("{pg:?}").contains("pw"),
+            "Debug hides the password"
         );
     }
 

@@ -14,6 +14,58 @@ pub type Pool = deadpool_postgres::Pool;
 /// Name of the database payrail creates in the local cluster.
 pub const LOCAL_DATABASE: &str = "payrail";
 
+/// The settings every session the host opens starts with, sent in the
+/// startup packet's `options` (no extra round trip; a pooler in front of
+/// Postgres must pass `options` through, e.g. pgbouncer's
+/// `ignore_startup_parameters` must not drop it silently). A statement or an
+/// abandoned transaction of the host can then never hold a connection and
+/// its locks for longer than these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// `statement_timeout`: longest single statement.
+    pub statement_timeout_ms: u64,
+    /// `idle_in_transaction_session_timeout`: longest a session may sit
+    /// inside a transaction sending nothing before Postgres ends it.
+    pub idle_in_transaction_timeout_ms: u64,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        crate::config::Config::default().session()
+    }
+}
+
+impl SessionSettings {
+    /// `url` parsed, with these settings appended to its `options` (so they
+    /// win over the same settings in the URL).
+    pub fn apply(&self, url: &str) -> Result<tokio_postgres::Config> {
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
+            Error::Setup(format!(
+                "{} is not a valid postgres URL: {e}",
+                crate::config::redact_url(url)
+            ))
+        })?;
+        let mut options = pg.get_options().unwrap_or("").to_string();
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str(&format!(
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            self.statement_timeout_ms, self.idle_in_transaction_timeout_ms
+        ));
+        pg.options(&options);
+        Ok(pg)
+    }
+}
+
+/// One connection outside the pool, with `settings` applied; its driver
+/// task runs until the client is dropped.
+pub async fn connect(url: &str, settings: &SessionSettings) -> Result<tokio_postgres::Client> {
+    let (client, conn) = settings.apply(url)?.connect(NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
 /// Returns `explicit` if given, else `$DATABASE_URL`, else starts (or finds)
 /// the local cluster and returns the URL of its `payrail` database, creating
 /// it on first use. Cost: first use runs initdb (~2 s) and a server start.
@@ -47,7 +99,10 @@ pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<(
         name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
         "database names are plain identifiers"
     );
-    let (client, conn) = tokio_postgres::connect(admin_url, NoTls).await?;
+    let (client, conn) = SessionSettings::default()
+        .apply(admin_url)?
+        .connect(NoTls)
+        .await?;
     let conn = tokio::spawn(conn);
     let exists = client
         .query_opt("select 1 from pg_database where datname = $1", &[&name])
@@ -67,13 +122,23 @@ pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<(
     Ok(())
 }
 
-/// Builds a pool of at most `max_size` connections. Connections are opened
-/// lazily; nothing is contacted here.
+/// Builds a pool of at most `max_size` connections with the default
+/// [`SessionSettings`]. Connections are opened lazily; nothing is contacted
+/// here.
 pub fn pool(url: &str, max_size: usize) -> Result<Pool> {
+    pool_with(url, max_size, &SessionSettings::default())
+}
+
+/// The pool of `serve`, `relay` and the one-shot commands: `config`'s size
+/// and session settings ([`crate::config::Config::session`]).
+pub fn pool_for(url: &str, config: &crate::config::Config) -> Result<Pool> {
+    pool_with(url, config.database.pool_size, &config.session())
+}
+
+/// A pool whose every connection starts with `settings`.
+pub fn pool_with(url: &str, max_size: usize, settings: &SessionSettings) -> Result<Pool> {
     assert!(max_size > 0, "pool size must be positive");
-    let pg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| Error::Setup(format!("DATABASE_URL is not a valid postgres URL: {e}")))?;
+    let pg = settings.apply(url)?;
     let mgr = Manager::from_config(
         pg,
         NoTls,

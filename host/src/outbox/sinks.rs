@@ -7,7 +7,6 @@ use crate::config::{SinkConfig, SinkKind};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::AsyncWriteExt;
 
 /// Name of the webhook signature header.
 pub const SIGNATURE_HEADER: &str = "Payrail-Signature";
@@ -144,11 +143,16 @@ pub enum Delivered {
 enum Target {
     Webhook {
         client: reqwest::Client,
-        url: String,
+        /// Without its userinfo: that goes in `basic_auth`, so no error
+        /// or log of reqwest can quote it.
+        url: reqwest::Url,
+        basic_auth: Option<(String, Option<String>)>,
         secret: Vec<u8>,
     },
     Nats {
+        /// Without credentials: those go in `auth`.
         url: String,
+        auth: NatsAuth,
         subject_prefix: String,
         conn: Box<tokio::sync::Mutex<Option<async_nats::jetstream::Context>>>,
     },
@@ -158,11 +162,65 @@ enum Target {
     },
 }
 
+/// NATS credentials taken out of the URL.
+#[derive(Default)]
+struct NatsAuth {
+    user_password: Option<(String, String)>,
+    token: Option<String>,
+}
+
 /// One configured sink, ready to deliver.
 pub struct Sink {
     config: SinkConfig,
     timeout: Duration,
     target: Target,
+    /// What must never appear in an error or log: the URL's credentials
+    /// and query values, the webhook secret ([`crate::config::scrub`]).
+    secrets: Vec<String>,
+    /// The URL as errors show it ([`crate::config::redact_url`]).
+    shown_url: String,
+}
+
+/// `url` without its userinfo, and the userinfo percent-decoded as
+/// (user, password): a lone token is the user with no password.
+fn split_userinfo(url: &str) -> (String, Option<(String, Option<String>)>) {
+    let Some(scheme_end) = url.find("://") else {
+        return (url.to_string(), None);
+    };
+    let rest = &url[scheme_end + 3..];
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..auth_end].rfind('@') else {
+        return (url.to_string(), None);
+    };
+    let decode = |t: &str| crate::config::percent_decode(t).unwrap_or_else(|| t.to_string());
+    let userinfo = &rest[..at];
+    let creds = match userinfo.split_once(':') {
+        Some((u, p)) => (decode(u), Some(decode(p))),
+        None => (decode(userinfo), None),
+    };
+    let bare = format!("{}{}", &url[..scheme_end + 3], &rest[at + 1..]);
+    (bare, Some(creds))
+}
+
+/// A NATS server list (comma-separated URLs) without credentials, and the
+/// credentials of the first URL that has some.
+fn nats_auth(urls: &str) -> (String, NatsAuth) {
+    let mut auth = NatsAuth::default();
+    let bare: Vec<String> = urls
+        .split(',')
+        .map(|u| {
+            let (bare, creds) = split_userinfo(u.trim());
+            if auth.user_password.is_none() && auth.token.is_none() {
+                match creds {
+                    Some((user, Some(pass))) => auth.user_password = Some((user, pass)),
+                    Some((token, None)) => auth.token = Some(token),
+                    None => {}
+                }
+            }
+            bare
+        })
+        .collect();
+    (bare.join(","), auth)
 }
 
 impl std::fmt::Debug for Sink {
@@ -194,32 +252,49 @@ impl Sink {
     /// Builds the sink; nothing is contacted yet (NATS connects on first use).
     pub fn new(config: &SinkConfig) -> Result<Sink, String> {
         let timeout = Duration::from_millis(config.timeout_ms);
+        let raw_url = match config.kind {
+            SinkKind::Nats => config
+                .url
+                .clone()
+                .or_else(|| std::env::var("NATS_URL").ok().filter(|u| !u.is_empty()))
+                .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+            _ => config.url.clone().unwrap_or_default(),
+        };
+        let shown_url = crate::config::redact_url(&raw_url);
+        let mut secrets = crate::config::url_secrets(&raw_url);
         let target = match config.kind {
-            SinkKind::Webhook => Target::Webhook {
-                client: reqwest::Client::builder()
-                    .timeout(timeout)
-                    .connect_timeout(timeout)
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .map_err(|e| format!("sink {}: http client: {e}", config.name))?,
-                url: config.url.clone().unwrap_or_default(),
-                secret: config
+            SinkKind::Webhook => {
+                let secret = config
                     .resolved_secret(|k| std::env::var(k).ok())
-                    .ok_or_else(|| format!("sink {}: no secret", config.name))?
-                    .into_bytes(),
-            },
-            SinkKind::Nats => Target::Nats {
-                url: config
-                    .url
-                    .clone()
-                    .or_else(|| std::env::var("NATS_URL").ok().filter(|u| !u.is_empty()))
-                    .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
-                subject_prefix: config
-                    .subject_prefix
-                    .clone()
-                    .unwrap_or_else(|| "payrail.".into()),
-                conn: Box::new(tokio::sync::Mutex::new(None)),
-            },
+                    .ok_or_else(|| format!("sink {}: no secret", config.name))?;
+                secrets.push(secret.clone());
+                let (bare, basic_auth) = split_userinfo(&raw_url);
+                let url = reqwest::Url::parse(&bare)
+                    .map_err(|e| format!("sink {}: url {shown_url}: {e}", config.name))?;
+                Target::Webhook {
+                    client: reqwest::Client::builder()
+                        .timeout(timeout)
+                        .connect_timeout(timeout)
+                        .redirect(reqwest::redirect::Policy::none())
+                        .build()
+                        .map_err(|e| format!("sink {}: http client: {e}", config.name))?,
+                    url,
+                    basic_auth,
+                    secret: secret.into_bytes(),
+                }
+            }
+            SinkKind::Nats => {
+                let (url, auth) = nats_auth(&raw_url);
+                Target::Nats {
+                    url,
+                    auth,
+                    subject_prefix: config
+                        .subject_prefix
+                        .clone()
+                        .unwrap_or_else(|| "payrail.".into()),
+                    conn: Box::new(tokio::sync::Mutex::new(None)),
+                }
+            }
             SinkKind::File => Target::File {
                 path: config
                     .path
@@ -232,6 +307,8 @@ impl Sink {
             config: config.clone(),
             timeout,
             target,
+            secrets,
+            shown_url,
         })
     }
 
@@ -247,9 +324,14 @@ impl Sink {
 
     /// Delivers one event (`body` is its serialized envelope); bounded by
     /// the sink's timeout. The error says what went wrong, for `last_error`.
+    /// The error never holds the sink's secrets (its URL's credentials
+    /// and query values, the webhook secret): they are kept out of the
+    /// messages, and scrubbed from them in case a library quotes one.
     pub async fn deliver(&self, event: &Envelope, body: &[u8]) -> Result<Delivered, String> {
         match tokio::time::timeout(self.timeout, self.deliver_inner(event, body)).await {
-            Ok(r) => r.map_err(|e| format!("{}: {e}", self.config.name)),
+            Ok(r) => r.map_err(|e| {
+                crate::config::scrub(&format!("{}: {e}", self.config.name), &self.secrets)
+            }),
             Err(_) => Err(format!(
                 "{}: timed out after {} ms",
                 self.config.name,
@@ -263,38 +345,53 @@ impl Sink {
             Target::Webhook {
                 client,
                 url,
+                basic_auth,
                 secret,
             } => {
+                let shown = &self.shown_url;
                 let signature = sign(secret, unix_now(), body);
-                let resp = client
-                    .post(url)
+                let mut req = client
+                    .post(url.clone())
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .header(SIGNATURE_HEADER, signature)
                     .header(EVENT_ID_HEADER, &event.event_id)
-                    .body(body.to_vec())
+                    .body(body.to_vec());
+                if let Some((user, password)) = basic_auth {
+                    req = req.basic_auth(user, password.as_ref());
+                }
+                // reqwest's errors quote the URL, query string included.
+                let resp = req
                     .send()
                     .await
-                    .map_err(|e| format!("POST {url}: {e}"))?;
+                    .map_err(|e| format!("POST {shown}: {}", e.without_url()))?;
                 let status = resp.status();
                 if status.is_success() {
                     Ok(Delivered::Ok)
                 } else {
-                    Err(format!("POST {url}: HTTP {status}"))
+                    Err(format!("POST {shown}: HTTP {status}"))
                 }
             }
             Target::Nats {
                 url,
+                auth,
                 subject_prefix,
                 conn,
             } => {
                 let js = {
                     let mut guard = conn.lock().await;
                     if guard.is_none() {
-                        let client = async_nats::ConnectOptions::new()
-                            .connection_timeout(self.timeout)
+                        let mut options =
+                            async_nats::ConnectOptions::new().connection_timeout(self.timeout);
+                        if let Some((user, pass)) = &auth.user_password {
+                            options = options.user_and_password(user.clone(), pass.clone());
+                        }
+                        if let Some(token) = &auth.token {
+                            options = options.token(token.clone());
+                        }
+                        let client = options
                             .connect(url.as_str())
                             .await
-                            .map_err(|e| format!("connect {url}: {e}"))?;
+                            .map_err(|e| format!("connect {}: {e}", self.shown_url))?;
                         *guard = Some(async_nats::jetstream::new(client));
                     }
                     guard.clone().expect("connected above")
@@ -316,24 +413,86 @@ impl Sink {
             }
             Target::File { path, lock } => {
                 let _guard = lock.lock().await;
-                let mut f = tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .await
-                    .map_err(|e| format!("open {}: {e}", path.display()))?;
                 let mut line = body.to_vec();
                 line.push(b'\n');
-                f.write_all(&line)
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || append_line(&path, &line))
                     .await
-                    .map_err(|e| format!("write {}: {e}", path.display()))?;
-                f.sync_data()
-                    .await
-                    .map_err(|e| format!("sync {}: {e}", path.display()))?;
+                    .map_err(|e| format!("file task: {e}"))??;
                 Ok(Delivered::Ok)
             }
         }
     }
+}
+
+/// Longest tail scanned backwards for the last newline of a file whose
+/// last line is partial; a longer partial line is an error (the file is
+/// not one this sink wrote).
+pub const MAX_PARTIAL_LINE_BYTES: u64 = 64 << 20;
+
+/// Appends `line` (ending in `\n`) to the JSON-lines file at `path` with
+/// one `write` and syncs it. A partial last line (a host killed mid-write,
+/// a full disk) is cut off first, so the new line never glues onto it and
+/// every line of the file parses; that event was not acknowledged and is
+/// delivered again. A short write is cut off the same way.
+pub fn append_line(path: &std::path::Path, line: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let shown = path.display();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
+        .map_err(|e| format!("open {shown}: {e}"))?;
+    let len = cut_partial_line(&f).map_err(|e| format!("repair {shown}: {e}"))?;
+    match f.write(line) {
+        Ok(n) if n == line.len() => {}
+        Ok(n) => {
+            let _ = f.set_len(len);
+            return Err(format!(
+                "write {shown}: short write ({n} of {} bytes)",
+                line.len()
+            ));
+        }
+        Err(e) => {
+            let _ = f.set_len(len);
+            return Err(format!("write {shown}: {e}"));
+        }
+    }
+    f.sync_data().map_err(|e| format!("sync {shown}: {e}"))
+}
+
+/// Truncates `f` after its last `\n` when its last byte is not one;
+/// returns the length after that.
+fn cut_partial_line(f: &std::fs::File) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    let mut last = [0u8; 1];
+    if len == 0 || (f.read_exact_at(&mut last, len - 1).is_ok() && last[0] == b'\n') {
+        return Ok(len);
+    }
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 && len - end < MAX_PARTIAL_LINE_BYTES {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            let keep = start + i as u64 + 1;
+            f.set_len(keep)?;
+            tracing::warn!(cut_bytes = len - keep, "file sink: cut a partial last line");
+            return Ok(keep);
+        }
+        end = start;
+    }
+    if end == 0 {
+        f.set_len(0)?;
+        tracing::warn!(cut_bytes = len, "file sink: cut a partial last line");
+        return Ok(0);
+    }
+    Err(std::io::Error::other(format!(
+        "the last line is longer than {MAX_PARTIAL_LINE_BYTES} bytes and unterminated: not a JSON-lines file"
+    )))
 }
 
 #[cfg(test)]
@@ -407,6 +566,43 @@ mod tests {
                 "{header}"
             );
         }
+    }
+
+    #[test]
+    fn a_partial_last_line_is_cut_before_appending() {
+        let dir = std::env::temp_dir().join(format!("payrail-sink-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        // a host killed mid-write left half an event
+        std::fs::write(&path, "{\"a\":1}\n{\"b\":").unwrap();
+        append_line(&path, b"{\"c\":3}\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"c\":3}\n"
+        );
+        // a file that is nothing but a partial line
+        std::fs::write(&path, "{\"b\":").unwrap();
+        append_line(&path, b"{\"c\":3}\n").unwrap();
+        append_line(&path, b"{\"d\":4}\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"c\":3}\n{\"d\":4}\n");
+        for l in text.lines() {
+            serde_json::from_str::<serde_json::Value>(l).unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn credentials_leave_the_url() {
+        let (bare, creds) = split_userinfo("http://u%40x:p%2Fw@h:1/p?q=1");
+        assert_eq!(bare, "http://h:1/p?q=1");
+        assert_eq!(creds, Some(("u@x".into(), Some("p/w".into()))));
+        let (bare, auth) = nats_auth("nats://tok@a:1, nats://u:p@b:2");
+        assert_eq!(bare, "nats://a:1,nats://b:2");
+        assert_eq!(auth.token.as_deref(), Some("tok"));
+        assert!(auth.user_password.is_none());
+        let (_, auth) = nats_auth("nats://u:p@b:2");
+        assert_eq!(auth.user_password, Some(("u".into(), "p".into())));
     }
 
     #[test]
