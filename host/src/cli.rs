@@ -86,6 +86,23 @@ pub enum Command {
     /// Inspect and requeue outbox dead letters.
     #[command(subcommand)]
     Outbox(OutboxCmd),
+    /// Two-phase payments' holds.
+    #[command(subcommand)]
+    Holds(HoldsCmd),
+}
+
+/// `payrail holds` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum HoldsCmd {
+    /// Expire every hold past its expiry that is still authorized (its
+    /// expiry timer was dead-lettered or never ran), of every tenant, as the
+    /// timer would; prints how many. Safe to run at any time, twice, or
+    /// beside the relay: a hold resolves once.
+    ExpireDue {
+        /// Most holds expired in this run (oldest first), 1-10000.
+        #[arg(long, default_value_t = crate::holds::MAX_DUE_HOLDS)]
+        limit: i64,
+    },
 }
 
 /// `payrail relay` options.
@@ -606,6 +623,23 @@ pub async fn run(cli: Cli) -> Result<i32> {
                             .await?;
                     println!("requeued {n} event(s)");
                 }
+            }
+        }
+        Command::Holds(HoldsCmd::ExpireDue { limit }) => {
+            ctx.require_schema().await?;
+            if !(1..=crate::holds::MAX_DUE_HOLDS).contains(&limit) {
+                return Err(Error::invalid(
+                    "invalid_limit",
+                    format!("--limit must be 1-{}", crate::holds::MAX_DUE_HOLDS),
+                ));
+            }
+            let done = crate::holds::expire_due(&ctx.pool, limit).await?;
+            println!(
+                "expired {} due hold(s); {} already resolved; {} failed",
+                done.expired, done.already_resolved, done.failed
+            );
+            if done.failed > 0 {
+                return Ok(1);
             }
         }
         Command::Apikey(cmd) => {
