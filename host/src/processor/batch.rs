@@ -404,6 +404,12 @@ impl Processor {
                             Outcome::Alone => alone.push(job),
                         }
                     }
+                    if !alone.is_empty() {
+                        tracing::info!(
+                            payments = alone.len(),
+                            "payments overflowing their batch's running totals run alone"
+                        );
+                    }
                     for job in alone {
                         self.answer_alone(job).await;
                     }
