@@ -319,11 +319,24 @@ async fn keys_are_checked_and_scopes_enforced() {
             StatusCode::UNAUTHORIZED,
             "unauthorized",
         ),
+        // an admin key may open accounts but not read them
         (
-            s.req(Method::POST, "/v1/accounts", Some(&admin))
-                .json(&account),
+            s.req(Method::GET, "/v1/accounts/a", Some(&admin)),
             StatusCode::FORBIDDEN,
             "forbidden",
+        ),
+        // an opening balance or an overdraft creates money: admin only
+        (
+            s.req(Method::POST, "/v1/accounts", Some(&pay))
+                .json(&json!({"id": "a", "currency": "EUR", "opening_balance": 1})),
+            StatusCode::FORBIDDEN,
+            "admin_scope_required",
+        ),
+        (
+            s.req(Method::POST, "/v1/accounts", Some(&pay))
+                .json(&json!({"id": "a", "currency": "EUR", "allow_negative": true})),
+            StatusCode::FORBIDDEN,
+            "admin_scope_required",
         ),
         (
             s.req(Method::POST, "/v1/payments", Some(&admin))
