@@ -280,3 +280,48 @@ async fn holds_past_expiry_resolve_without_their_timer() {
     assert_eq!(alice["available"], alice["balance"], "{alice}");
     assert_eq!(audit(&serve).await, Vec::<String>::new());
 }
+
+/// Schema 13 on a ledger opened before it (opening entries, no events):
+/// the migration writes their `account.opened` events, already delivered,
+/// so the audit's new checks hold on an upgraded ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_13_publishes_the_openings_of_an_older_ledger() {
+    let db = TestDb::unmigrated().await;
+    let mut c = db.pool.get().await.unwrap();
+    payrail::db::migrate::migrate_to(&mut c, 12).await.unwrap();
+    for (id, opening) in [("rich", 5_000), ("plain", 0)] {
+        let new = payrail::ledger::NewAccount {
+            id: id.into(),
+            currency: "EUR".into(),
+            allow_negative: false,
+            opening_balance: opening,
+            metadata: Default::default(),
+        };
+        payrail::ledger::create_account(&mut c, "t", &new)
+            .await
+            .unwrap();
+    }
+    // what a host before schema 13 left: the entries without their event
+    c.execute("delete from payrail.outbox", &[]).await.unwrap();
+    let before: Vec<&str> = payrail::audit::run(&mut c)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.check)
+        .collect();
+    assert_eq!(before, ["opening_balance_has_event"]);
+    assert_eq!(
+        payrail::db::migrate::migrate_to(&mut c, 13).await.unwrap(),
+        vec![13]
+    );
+    assert_eq!(payrail::audit::run(&mut c).await.unwrap(), vec![]);
+    let r = c
+        .query_one(
+            "select state, payload from payrail.outbox where topic = 'account.opened'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "delivered");
+    assert_eq!(r.get::<_, Value>(1)["opening_balance"], 5_000);
+}
