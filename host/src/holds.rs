@@ -522,10 +522,12 @@ impl Processor {
         let hold = lock_hold(tx, tenant, id).await?;
         let hold = match hold {
             Some(h) if h.state == "authorized" && !h.past_expiry => h,
-            Some(h) if h.state == "authorized" => return Err(Error::HoldNotActive {
-                payment: id.to_string(),
-                state: EXPIRED_STATE.into(),
-            }),
+            Some(h) if h.state == "authorized" => {
+                return Err(Error::HoldNotActive {
+                    payment: id.to_string(),
+                    state: EXPIRED_STATE.into(),
+                });
+            }
             other => return Err(not_active(tx, tenant, id, other.as_ref()).await?),
         };
         let lock_wait = started.elapsed();
@@ -718,9 +720,13 @@ pub async fn expire_hold(pool: &Pool, tenant: &str, payment: Uuid) -> Result<boo
 /// not returned: the timer or `payrail holds expire-due` resolves it later.
 pub async fn expire_inline(pool: &Pool, tenant: &str, payment: Uuid) {
     match expire_hold(pool, tenant, payment).await {
-        Ok(true) => tracing::info!(payment = %payment, "hold expired inline (its timer had not run)"),
+        Ok(true) => {
+            tracing::info!(payment = %payment, "hold expired inline (its timer had not run)")
+        }
         Ok(false) => {}
-        Err(e) => tracing::warn!(payment = %payment, error = %e, "inline hold expiry failed; the timer or `payrail holds expire-due` will retry"),
+        Err(e) => {
+            tracing::warn!(payment = %payment, error = %e, "inline hold expiry failed; the timer or `payrail holds expire-due` will retry")
+        }
     }
 }
 

@@ -36,7 +36,11 @@ async fn open(serve: &Serve, key: &str, body: Value) -> (StatusCode, String, Val
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
     let text = resp.text().await.unwrap();
-    (status, ct, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        ct,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// Issue 18, item 3: a `payments` key opened accounts with any opening
@@ -126,9 +130,7 @@ async fn overflowing_batch_totals_fail_no_neighbour() {
         let (s, _, b) = open(&serve, &evil.admin, body).await;
         assert_eq!(s, StatusCode::CREATED, "{b}");
     }
-    let raw = |from: &str, to: &str, amount: i64| {
-        json!({"kind": "raw", "source": from, "destination": to, "amount": amount, "currency": "EUR"})
-    };
+    let raw = |from: &str, to: &str, amount: i64| json!({"kind": "raw", "source": from, "destination": to, "amount": amount, "currency": "EUR"});
     // x at -9e18, y at +9e18
     let big = 9_000_000_000_000_000_000i64;
     let (s, b) = serve.pay(&evil.pay, "setup", raw("x", "y", big)).await;
@@ -139,7 +141,11 @@ async fn overflowing_batch_totals_fail_no_neighbour() {
     // x's balance, -9e18 + 9.4e18, fits), then back; a bystander pays meanwhile
     let half = 4_700_000_000_000_000_000i64;
     for round in 0..3 {
-        let (from, to) = if round % 2 == 0 { ("y", "x") } else { ("x", "y") };
+        let (from, to) = if round % 2 == 0 {
+            ("y", "x")
+        } else {
+            ("x", "y")
+        };
         let mut set = tokio::task::JoinSet::new();
         for i in 0..2 {
             let r = serve
@@ -214,9 +220,11 @@ async fn holds_past_expiry_resolve_without_their_timer() {
     let (s, _, b) = open(&serve, &t.admin, body).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     let mut holds = Vec::new();
-    for (i, source) in ["alice", "alice", "alice", "alice", "alice", "alice", "carol"]
-        .iter()
-        .enumerate()
+    for (i, source) in [
+        "alice", "alice", "alice", "alice", "alice", "alice", "carol",
+    ]
+    .iter()
+    .enumerate()
     {
         let mut req = transfer(1000);
         req["source"] = json!(source);
@@ -243,7 +251,9 @@ async fn holds_past_expiry_resolve_without_their_timer() {
         assert_eq!(s, StatusCode::CONFLICT);
     }
     // a read of the payment, and of the account, expire too
-    let (_, p) = serve.get(&format!("/v1/payments/{}", holds[2]), &t.pay).await;
+    let (_, p) = serve
+        .get(&format!("/v1/payments/{}", holds[2]), &t.pay)
+        .await;
     assert_eq!(p["status"], "expired", "{p}");
     let (_, carol) = serve.get("/v1/accounts/carol", &t.pay).await;
     assert_eq!(carol["available"], carol["balance"], "{carol}");
@@ -264,7 +274,11 @@ async fn holds_past_expiry_resolve_without_their_timer() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("expired 3 due hold(s)"), "{stdout}");
     assert_eq!(overdue_gauge(&serve).await, 0);
     let expired: i64 = c

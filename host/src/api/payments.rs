@@ -373,7 +373,8 @@ pub async fn get_payment(
     };
     let uuid: Uuid = id.parse().map_err(|_| not_found())?;
     let client = st.pool.get().await.map_err(crate::Error::from)?;
-    let read = format!("select {PAYMENT_COLUMNS} from payrail.payments where tenant = $1 and id = $2");
+    let read =
+        format!("select {PAYMENT_COLUMNS} from payrail.payments where tenant = $1 and id = $2");
     let mut rows = client
         .query(&read, &[&p.tenant, &uuid])
         .await

@@ -296,14 +296,22 @@ impl Book {
         let mut next = Vec::with_capacity(deltas.len());
         for (id, delta) in deltas {
             // check_against found every account and checked the balance
-            let Some(balance) = self.accounts.get(id).and_then(|a| a.balance.checked_add(*delta))
+            let Some(balance) = self
+                .accounts
+                .get(id)
+                .and_then(|a| a.balance.checked_add(*delta))
             else {
                 return Err(Refusal::Ledger(ApplyProblem::Invalid {
                     account: id.clone(),
                     message: format!("balance of {id:?} would overflow a 64-bit amount"),
                 }));
             };
-            let total = self.deltas.get(id).copied().unwrap_or(0).checked_add(*delta);
+            let total = self
+                .deltas
+                .get(id)
+                .copied()
+                .unwrap_or(0)
+                .checked_add(*delta);
             let Some(total) = total else {
                 return Err(Refusal::BatchTotal);
             };
@@ -1018,8 +1026,11 @@ mod tests {
             })
             .collect();
         let mut b = book(accounts);
-        let opening: HashMap<String, i64> =
-            b.accounts.iter().map(|(id, a)| (id.clone(), a.balance)).collect();
+        let opening: HashMap<String, i64> = b
+            .accounts
+            .iter()
+            .map(|(id, a)| (id.clone(), a.balance))
+            .collect();
         let (mut applied, mut refused, mut alone) = (0, 0, 0);
         for _ in 0..payments {
             let src = ACCOUNTS[rng.random_range(0..3)];
@@ -1040,7 +1051,10 @@ mod tests {
             let deltas = match ledger::net_deltas(&postings) {
                 Ok(d) => d,
                 Err(_) => {
-                    assert!(sums.values().any(|s| !fits(*s)), "net_deltas refused sums that fit");
+                    assert!(
+                        sums.values().any(|s| !fits(*s)),
+                        "net_deltas refused sums that fit"
+                    );
                     refused += 1;
                     continue;
                 }
@@ -1055,7 +1069,11 @@ mod tests {
                 _ => panic!("settle answered {got:?}, expected {want:?} for {postings:?}"),
             }
             if got.is_err() {
-                assert_eq!((&b.deltas, &b.accounts), (&before.0, &before.1), "a refusal changed the book");
+                assert_eq!(
+                    (&b.deltas, &b.accounts),
+                    (&before.0, &before.1),
+                    "a refusal changed the book"
+                );
             }
             // the book's balances are always the opening plus the batch's totals
             for (id, a) in &b.accounts {
@@ -1083,9 +1101,15 @@ mod tests {
             let (a, r, l) = run_batch(&mut rng, 24);
             counts = (counts.0 + a, counts.1 + r, counts.2 + l);
         }
-        eprintln!("applied {}, refused {}, run alone {}", counts.0, counts.1, counts.2);
+        eprintln!(
+            "applied {}, refused {}, run alone {}",
+            counts.0, counts.1, counts.2
+        );
         // the generator reaches every outcome
-        assert!(counts.0 > 0 && counts.1 > 0 && counts.2 > 0, "{counts:?} (seed {seed})");
+        assert!(
+            counts.0 > 0 && counts.1 > 0 && counts.2 > 0,
+            "{counts:?} (seed {seed})"
+        );
     }
 
     /// The panic of issue 18: an allow_negative account near i64::MIN gets
