@@ -225,7 +225,8 @@ pub enum PipelineCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum AccountCmd {
-    /// Open an account. An opening balance is drawn from `equity:<CUR>`.
+    /// Open an account. An opening balance is drawn from `equity:<CUR>`
+    /// and published as an `account.opened` event (docs/outbox.md).
     Create {
         id: String,
         #[arg(long)]

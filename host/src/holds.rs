@@ -23,7 +23,11 @@
 //!   [`expire_hold`] instead of sending it to sinks. It takes the same locks,
 //!   and does nothing if the hold already resolved, so a redelivered timer is
 //!   harmless. Expiry runs no plugins: a plugin fault must not keep funds
-//!   held forever.
+//!   held forever. A timer may be late (no relay, dead-lettered): a
+//!   capture, void or read past the expiry time runs [`expire_hold`]
+//!   inline ([`expire_inline`]), and `payrail holds expire-due` runs it
+//!   for every due hold ([`expire_due`]); whichever runs second writes
+//!   nothing.
 //!
 //! A hold leaves `authorized` exactly once: every transition re-reads it
 //! under `FOR UPDATE` and refuses anything but `authorized`
