@@ -92,6 +92,16 @@ async fn a_payments_key_cannot_create_money() {
     assert_eq!(payload["opening_balance"], amount);
     assert_eq!(payload["allow_negative"], false);
     assert_eq!(payload["txn_id"], txn.as_str());
+    // even an admin cannot push equity beyond i64: a typed 400, not a 500
+    let max = json!({"id": "max1", "currency": "EUR", "opening_balance": i64::MAX / 2 + 1});
+    let (s, _, b) = open(&serve, &t.admin, max).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let max = json!({"id": "max2", "currency": "EUR", "opening_balance": i64::MAX / 2 + 1});
+    let (s, _, b) = open(&serve, &t.admin, max).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["code"], "amount_overflow", "{b}");
+    let (s, _) = serve.get("/v1/accounts/max2", &t.pay).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a refused account was written");
     assert_eq!(audit(&serve).await, Vec::<String>::new());
 
     // money without its event is what the audit now reports
