@@ -62,8 +62,8 @@ pub const EXPIRE_TOPIC: &str = "hold.expire";
 /// The state a refused capture/void reports for a hold past its expiry
 /// (then expired inline, see [`expire_inline`]).
 const EXPIRED_STATE: &str = "expired";
-/// Most due holds `payrail holds expire-due` resolves per run, and the
-/// cap of the `payrail_holds_overdue` gauge (each is an index range scan).
+/// Due holds `payrail holds expire-due` reads per round, and the cap of the
+/// `payrail_holds_overdue` gauge (each is an index range scan).
 pub const MAX_DUE_HOLDS: i64 = 10_000;
 /// Timeouts of the expiry transaction (it has no processor settings).
 const EXPIRE_LOCK_TIMEOUT: &str = "5000ms";
@@ -779,7 +779,7 @@ pub async fn expire_due_of_account(pool: &Pool, tenant: &str, account: &str) -> 
 }
 
 /// Holds of every tenant still authorized past their expiry, oldest first,
-/// at most `limit`: the timers that did not run.
+/// at most `limit` (an index range scan): the timers that did not run.
 async fn due_holds(pool: &Pool, limit: i64) -> Result<Vec<(String, Uuid)>> {
     let rows = pool
         .get()
@@ -788,7 +788,7 @@ async fn due_holds(pool: &Pool, limit: i64) -> Result<Vec<(String, Uuid)>> {
             "select tenant, payment_id from payrail.holds
              where state = 'authorized' and expires_at <= now()
              order by expires_at limit $1",
-            &[&limit.clamp(0, MAX_DUE_HOLDS)],
+            &[&limit.max(0)],
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -821,19 +821,37 @@ pub struct ExpiredDue {
     pub failed: u64,
 }
 
-/// Expires every due hold of every tenant (at most `limit`, oldest first),
-/// one transaction each, exactly as its timer would: for timers that were
-/// dead-lettered or never ran.
-pub async fn expire_due(pool: &Pool, limit: i64) -> Result<ExpiredDue> {
+/// Expires every due hold of every tenant, oldest first, in rounds of at
+/// most [`MAX_DUE_HOLDS`], one transaction per hold, exactly as its timer
+/// would: for timers that were dead-lettered or never ran. `limit` caps the
+/// holds tried in this run (None: until none is due). A hold that fails is
+/// not tried again in this run; a round with no success ends it.
+pub async fn expire_due(pool: &Pool, limit: Option<u64>) -> Result<ExpiredDue> {
     let mut out = ExpiredDue::default();
-    for (tenant, payment) in due_holds(pool, limit).await? {
-        match expire_hold(pool, &tenant, payment).await {
-            Ok(true) => out.expired += 1,
-            Ok(false) => out.already_resolved += 1,
-            Err(e) => {
-                tracing::warn!(payment = %payment, error = %e, "could not expire a due hold");
-                out.failed += 1;
+    let mut failed = std::collections::HashSet::new();
+    loop {
+        let tried = out.expired + out.already_resolved + out.failed;
+        let room = limit.map_or(MAX_DUE_HOLDS as u64, |l| l.saturating_sub(tried));
+        let round = room.min(MAX_DUE_HOLDS as u64) as i64 + failed.len() as i64;
+        if room == 0 {
+            break;
+        }
+        let before = out.expired + out.already_resolved;
+        let due = due_holds(pool, round).await?;
+        let fresh: Vec<_> = due.iter().filter(|(_, p)| !failed.contains(p)).collect();
+        for (tenant, payment) in fresh.into_iter().take(room as usize) {
+            match expire_hold(pool, tenant, *payment).await {
+                Ok(true) => out.expired += 1,
+                Ok(false) => out.already_resolved += 1,
+                Err(e) => {
+                    tracing::warn!(payment = %payment, error = %e, "could not expire a due hold");
+                    failed.insert(*payment);
+                    out.failed += 1;
+                }
             }
+        }
+        if out.expired + out.already_resolved == before {
+            break;
         }
     }
     Ok(out)
