@@ -276,6 +276,27 @@ async fn holds_past_expiry_resolve_without_their_timer() {
     let fired = payrail::holds::expire_hold(&serve.db.pool, "acme", first).await;
     assert!(!fired.unwrap(), "a late timer expired the hold again");
 
+    // timers, inline expiries and a capture racing on one due hold: it
+    // expires once
+    let racer: uuid::Uuid = holds[3].parse().unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let pool = serve.db.pool.clone();
+        set.spawn(async move { payrail::holds::expire_hold(&pool, "acme", racer).await });
+    }
+    let (s, b) = transition(&serve, &t.pay, &holds[3], "capture").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    let mut fired = 0;
+    while let Some(r) = set.join_next().await {
+        fired += usize::from(r.unwrap().unwrap());
+    }
+    assert!(fired <= 1, "{fired} timers expired one hold");
+    let (_, p) = serve
+        .get(&format!("/v1/payments/{}", holds[3]), &t.pay)
+        .await;
+    assert_eq!(p["status"], "expired", "{p}");
+    assert_eq!(overdue_gauge(&serve).await, 2);
+
     // the operator command resolves the rest
     let out = Command::new(env!("CARGO_BIN_EXE_payrail"))
         .args(["holds", "expire-due"])
@@ -289,7 +310,7 @@ async fn holds_past_expiry_resolve_without_their_timer() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("expired 3 due hold(s)"), "{stdout}");
+    assert!(stdout.contains("expired 2 due hold(s)"), "{stdout}");
     assert_eq!(overdue_gauge(&serve).await, 0);
     let expired: i64 = c
         .query_one(
