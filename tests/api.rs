@@ -103,7 +103,7 @@ impl Server {
 
     /// Deploys the sample plugins and a `transfer` pipeline (limits, fee to
     /// `fees`) for the tenant of `admin`, plus accounts fees/alice/bob.
-    async fn samples(&self, admin: &str, pay: &str) {
+    async fn samples(&self, admin: &str) {
         for (file, name) in [("payrail_limits", "limits"), ("payrail_fee", "fee")] {
             let r = self
                 .req(
@@ -128,10 +128,11 @@ impl Server {
         .await;
         assert_eq!(s, StatusCode::OK);
         for (id, opening) in [("fees", 0), ("alice", 1_000_000), ("bob", 0)] {
+            // an opening balance creates money: admin scope
             let (s, b) = self
                 .post(
                     "/v1/accounts",
-                    pay,
+                    admin,
                     json!({"id": id, "currency": "EUR", "opening_balance": opening}),
                 )
                 .await;
@@ -182,7 +183,7 @@ async fn a_client_deploys_plugins_sets_a_pipeline_and_pays() {
     let s = Server::start().await;
     let admin = s.key("acme", &[Scope::Admin]).await;
     let pay = s.key("acme", &[Scope::Payments]).await;
-    s.samples(&admin, &pay).await;
+    s.samples(&admin).await;
 
     let (st, plugins) = s.get("/v1/plugins", &admin).await;
     assert_eq!(st, StatusCode::OK);
@@ -318,11 +319,24 @@ async fn keys_are_checked_and_scopes_enforced() {
             StatusCode::UNAUTHORIZED,
             "unauthorized",
         ),
+        // an admin key may open accounts but not read them
         (
-            s.req(Method::POST, "/v1/accounts", Some(&admin))
-                .json(&account),
+            s.req(Method::GET, "/v1/accounts/a", Some(&admin)),
             StatusCode::FORBIDDEN,
             "forbidden",
+        ),
+        // an opening balance or an overdraft creates money: admin only
+        (
+            s.req(Method::POST, "/v1/accounts", Some(&pay))
+                .json(&json!({"id": "a", "currency": "EUR", "opening_balance": 1})),
+            StatusCode::FORBIDDEN,
+            "admin_scope_required",
+        ),
+        (
+            s.req(Method::POST, "/v1/accounts", Some(&pay))
+                .json(&json!({"id": "a", "currency": "EUR", "allow_negative": true})),
+            StatusCode::FORBIDDEN,
+            "admin_scope_required",
         ),
         (
             s.req(Method::POST, "/v1/payments", Some(&admin))
@@ -380,7 +394,7 @@ async fn a_tenant_cannot_see_or_touch_another_tenants_data() {
     let a_pay = s.key("tenant-a", &[Scope::Payments]).await;
     let b_admin = s.key("tenant-b", &[Scope::Admin]).await;
     let b_pay = s.key("tenant-b", &[Scope::Payments]).await;
-    s.samples(&a_admin, &a_pay).await;
+    s.samples(&a_admin).await;
     let r = s.pay(&a_pay, "a-1", transfer(1000)).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let a_payment: Value = r.json().await.unwrap();
@@ -391,7 +405,7 @@ async fn a_tenant_cannot_see_or_touch_another_tenants_data() {
     let (st, _) = s
         .post(
             "/v1/accounts",
-            &b_pay,
+            &b_admin,
             json!({"id": "carol", "currency": "EUR", "opening_balance": 5000}),
         )
         .await;
@@ -549,7 +563,7 @@ async fn idempotency_key_rules() {
     let s = Server::start().await;
     let admin = s.key("t", &[Scope::Admin]).await;
     let pay = s.key("t", &[Scope::Payments]).await;
-    s.samples(&admin, &pay).await;
+    s.samples(&admin).await;
 
     // missing header
     let before = s.written().await;
@@ -594,7 +608,7 @@ async fn idempotency_key_rules() {
     // keys are per tenant: another tenant's identical key is a new payment
     let other_admin = s.key("u", &[Scope::Admin]).await;
     let other_pay = s.key("u", &[Scope::Payments]).await;
-    s.samples(&other_admin, &other_pay).await;
+    s.samples(&other_admin).await;
     let r = s.pay(&other_pay, "k-1", transfer(100)).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert!(r.headers().get("idempotency-replayed").is_none());
@@ -689,7 +703,7 @@ async fn malformed_requests_get_a_4xx_problem_and_write_nothing() {
     let s = Server::start().await;
     let admin = s.key("t", &[Scope::Admin]).await;
     let pay = s.key("t", &[Scope::Payments]).await;
-    s.samples(&admin, &pay).await;
+    s.samples(&admin).await;
     let before = s.written().await;
     let p = |body: Value| {
         s.req(Method::POST, "/v1/payments", Some(&pay))
@@ -1088,7 +1102,7 @@ async fn pagination_walks_every_item_once() {
     let s = Server::start().await;
     let admin = s.key("t", &[Scope::Admin]).await;
     let pay = s.key("t", &[Scope::Payments]).await;
-    s.samples(&admin, &pay).await;
+    s.samples(&admin).await;
     for i in 0..7 {
         let r = s.pay(&pay, &format!("p{i}"), transfer(100 + i)).await;
         assert_eq!(r.status(), StatusCode::CREATED);
@@ -1592,7 +1606,7 @@ async fn a_revoked_key_works_at_most_the_key_cache_ttl_longer() {
 async fn shadow_report_over_http() {
     let s = Server::start().await;
     let admin = s.key("acme", &[Scope::Admin, Scope::Payments]).await;
-    s.samples(&admin, &admin).await;
+    s.samples(&admin).await;
     let r = s
         .req(
             Method::POST,

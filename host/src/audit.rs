@@ -93,6 +93,30 @@ const CHECKS: &[(&str, &str)] = &[
          join payrail.idempotency_keys k on k.tenant = p.tenant and k.key = p.idempotency_key
          where not (k.state = 'done' and k.response is not null and k.payment_id is not distinct from p.id)",
     ),
+    // Opening balances create money (drawn from equity): each one must be
+    // published like a payment (`ledger::OPENED_TOPIC`), and each event must
+    // name the entry it announced.
+    (
+        "opening_balance_has_event",
+        "select format('opening entry of account %s/%s (%s %s, ledger transaction %s) has no matching account.opened event', e.tenant, e.account_id, e.amount, e.currency, e.txn_id)
+         from payrail.entries e join payrail.accounts a on a.tenant = e.tenant and a.id = e.account_id
+         where e.payment_id is null and not a.is_equity
+           and not exists (select 1 from payrail.outbox o
+                           where o.key = 'account:' || e.account_id and o.tenant = e.tenant
+                             and o.topic = 'account.opened'
+                             and o.payload->>'txn_id' = e.txn_id::text
+                             and o.payload->>'opening_balance' = e.amount::text)",
+    ),
+    (
+        "opened_event_has_entry",
+        "select format('account.opened event %s of %s/%s announces %s but no opening entry matches', o.event_id, o.tenant, o.payload->>'account_id', o.payload->>'opening_balance')
+         from payrail.outbox o
+         where o.topic = 'account.opened' and o.payload->>'txn_id' is not null
+           and not exists (select 1 from payrail.entries e
+                           where e.tenant = o.tenant and e.account_id = o.payload->>'account_id'
+                             and e.payment_id is null and e.txn_id::text = o.payload->>'txn_id'
+                             and e.amount::text = o.payload->>'opening_balance')",
+    ),
     // Two-phase payments (see `holds`).
     (
         "held_equals_active_holds",

@@ -88,6 +88,24 @@ pub enum Command {
     /// Inspect and requeue outbox dead letters.
     #[command(subcommand)]
     Outbox(OutboxCmd),
+    /// Two-phase payments' holds.
+    #[command(subcommand)]
+    Holds(HoldsCmd),
+}
+
+/// `payrail holds` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum HoldsCmd {
+    /// Expire every hold past its expiry that is still authorized (its
+    /// expiry timer was dead-lettered or never ran), of every tenant, as the
+    /// timer would; prints how many. Safe to run at any time, twice, or
+    /// beside the relay: a hold resolves once.
+    ExpireDue {
+        /// Most holds tried in this run (oldest first); default: every due
+        /// hold.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
 }
 
 /// `payrail relay` options.
@@ -220,7 +238,8 @@ pub enum PipelineCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum AccountCmd {
-    /// Open an account. An opening balance is drawn from `equity:<CUR>`.
+    /// Open an account. An opening balance is drawn from `equity:<CUR>`
+    /// and published as an `account.opened` event (docs/outbox.md).
     Create {
         id: String,
         #[arg(long)]
@@ -652,6 +671,17 @@ pub async fn run(cli: Cli) -> Result<i32> {
                             .await?;
                     println!("requeued {n} event(s)");
                 }
+            }
+        }
+        Command::Holds(HoldsCmd::ExpireDue { limit }) => {
+            ctx.require_schema().await?;
+            let done = crate::holds::expire_due(&ctx.pool, limit).await?;
+            println!(
+                "expired {} due hold(s); {} already resolved; {} failed",
+                done.expired, done.already_resolved, done.failed
+            );
+            if done.failed > 0 {
+                return Ok(1);
             }
         }
         Command::Apikey(cmd) => {

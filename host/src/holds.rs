@@ -23,7 +23,11 @@
 //!   [`expire_hold`] instead of sending it to sinks. It takes the same locks,
 //!   and does nothing if the hold already resolved, so a redelivered timer is
 //!   harmless. Expiry runs no plugins: a plugin fault must not keep funds
-//!   held forever.
+//!   held forever. A timer may be late (no relay, dead-lettered): a
+//!   capture, void or read past the expiry time runs [`expire_hold`]
+//!   inline ([`expire_inline`]), and `payrail holds expire-due` runs it
+//!   for every due hold ([`expire_due`]); whichever runs second writes
+//!   nothing.
 //!
 //! A hold leaves `authorized` exactly once: every transition re-reads it
 //! under `FOR UPDATE` and refuses anything but `authorized`
@@ -55,6 +59,12 @@ pub const MAX_HOLD_TTL_SECS: i64 = 30 * 24 * 3600;
 /// Outbox topic of the expiry timer; internal work of the relay, never sent
 /// to sinks.
 pub const EXPIRE_TOPIC: &str = "hold.expire";
+/// The state a refused capture/void reports for a hold past its expiry
+/// (then expired inline, see [`expire_inline`]).
+const EXPIRED_STATE: &str = "expired";
+/// Due holds `payrail holds expire-due` reads per round, and the cap of the
+/// `payrail_holds_overdue` gauge (each is an index range scan).
+pub const MAX_DUE_HOLDS: i64 = 10_000;
 /// Timeouts of the expiry transaction (it has no processor settings).
 const EXPIRE_LOCK_TIMEOUT: &str = "5000ms";
 const EXPIRE_STATEMENT_TIMEOUT: &str = "30000ms";
@@ -115,7 +125,7 @@ pub(crate) async fn create_hold(
              ), a as (
                 update payrail.accounts
                 set held = held + $6,
-                    balance = balance + coalesce((select sum(amount) from folded), 0)::bigint
+                    balance = (balance + coalesce((select sum(amount) from folded), 0))::bigint
                 where tenant = $2 and id = $3
                 returning 1
              )
@@ -246,7 +256,7 @@ async fn not_active(
 ) -> Result<Error> {
     if let Some(h) = hold {
         let state = if h.state == "authorized" {
-            "expired (past its expiry time)".to_string()
+            EXPIRED_STATE.to_string()
         } else {
             h.state.clone()
         };
@@ -436,6 +446,7 @@ impl Processor {
                 Err(e) if e.sqlstate() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
                     return Err(Error::LockTimeout);
                 }
+                Err(e) if ledger::is_overflow(&e) => return Err(ledger::overflow_error()),
                 other => return other,
             }
         }
@@ -489,6 +500,13 @@ impl Processor {
             }
             Err(e) => {
                 let _ = tx.rollback().await;
+                if matches!(&e, Error::HoldNotActive { state, .. } if state == EXPIRED_STATE) {
+                    // Past its expiry but still authorized (the timer is late,
+                    // dead-lettered or never ran): expire it now, as the timer
+                    // would, so the caller's answer and a read agree.
+                    drop(client);
+                    expire_inline(self.pool(), tenant, id).await;
+                }
                 Err(e)
             }
         }
@@ -508,6 +526,12 @@ impl Processor {
         let hold = lock_hold(tx, tenant, id).await?;
         let hold = match hold {
             Some(h) if h.state == "authorized" && !h.past_expiry => h,
+            Some(h) if h.state == "authorized" => {
+                return Err(Error::HoldNotActive {
+                    payment: id.to_string(),
+                    state: EXPIRED_STATE.into(),
+                });
+            }
             other => return Err(not_active(tx, tenant, id, other.as_ref()).await?),
         };
         let lock_wait = started.elapsed();
@@ -567,7 +591,7 @@ impl Processor {
                 // The hold is released by this capture: check the postings
                 // against what is available without it.
                 if let Some(src) = accounts.get_mut(&hold.source) {
-                    src.held -= hold.amount;
+                    src.held = src.held.saturating_sub(hold.amount);
                 }
                 let mut postings = vec![
                     Posting {
@@ -692,6 +716,145 @@ pub async fn expire_hold(pool: &Pool, tenant: &str, payment: Uuid) -> Result<boo
     tx.commit().await?;
     tracing::info!(payment = %payment, "hold expired");
     Ok(true)
+}
+
+/// Expires a due hold on behalf of a request that found it past its expiry
+/// (capture, void, read). Exactly once with the timer: whichever runs
+/// second finds the hold resolved and writes nothing. A failure is logged,
+/// not returned: the timer or `payrail holds expire-due` resolves it later.
+pub async fn expire_inline(pool: &Pool, tenant: &str, payment: Uuid) {
+    match expire_hold(pool, tenant, payment).await {
+        Ok(true) => {
+            tracing::info!(payment = %payment, "hold expired inline (its timer had not run)")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(payment = %payment, error = %e, "inline hold expiry failed; the timer or `payrail holds expire-due` will retry")
+        }
+    }
+}
+
+/// Expires the hold of `payment` if it is authorized and past its expiry
+/// (a read that finds it so). One indexed lookup when it is not.
+pub async fn expire_if_due(pool: &Pool, tenant: &str, payment: Uuid) -> Result<()> {
+    let due = pool
+        .get()
+        .await?
+        .query_opt(
+            "select 1 from payrail.holds
+             where payment_id = $2 and tenant = $1 and state = 'authorized' and expires_at <= now()",
+            &[&tenant, &payment],
+        )
+        .await?
+        .is_some();
+    if due {
+        expire_inline(pool, tenant, payment).await;
+    }
+    Ok(())
+}
+
+/// Most due holds a read of one account expires inline.
+const MAX_INLINE_EXPIRIES: i64 = 100;
+
+/// Expires the due holds of `account` (at most 100), for a read that would
+/// otherwise report their funds as still held. Returns how many it found.
+pub async fn expire_due_of_account(pool: &Pool, tenant: &str, account: &str) -> Result<usize> {
+    let due: Vec<Uuid> = pool
+        .get()
+        .await?
+        .query(
+            "select payment_id from payrail.holds
+             where tenant = $1 and account = $2 and state = 'authorized' and expires_at <= now()
+             limit $3",
+            &[&tenant, &account, &MAX_INLINE_EXPIRIES],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for payment in &due {
+        expire_inline(pool, tenant, *payment).await;
+    }
+    Ok(due.len())
+}
+
+/// Holds of every tenant still authorized past their expiry, oldest first,
+/// at most `limit` (an index range scan): the timers that did not run.
+async fn due_holds(pool: &Pool, limit: i64) -> Result<Vec<(String, Uuid)>> {
+    let rows = pool
+        .get()
+        .await?
+        .query(
+            "select tenant, payment_id from payrail.holds
+             where state = 'authorized' and expires_at <= now()
+             order by expires_at limit $1",
+            &[&limit.max(0)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// How many holds are past their expiry and still authorized (capped at
+/// [`MAX_DUE_HOLDS`]): nonzero for long means expiry timers are stuck.
+pub async fn count_overdue(pool: &Pool) -> Result<u64> {
+    let n: i64 = pool
+        .get()
+        .await?
+        .query_one(
+            "select count(*) from (select 1 from payrail.holds
+             where state = 'authorized' and expires_at <= now() limit $1) d",
+            &[&MAX_DUE_HOLDS],
+        )
+        .await?
+        .get(0);
+    Ok(n as u64)
+}
+
+/// What `payrail holds expire-due` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ExpiredDue {
+    /// Holds this run expired.
+    pub expired: u64,
+    /// Due holds something else resolved meanwhile (a timer, a capture).
+    pub already_resolved: u64,
+    /// Holds whose expiry failed (lock timeout...); run again.
+    pub failed: u64,
+}
+
+/// Expires every due hold of every tenant, oldest first, in rounds of at
+/// most [`MAX_DUE_HOLDS`], one transaction per hold, exactly as its timer
+/// would: for timers that were dead-lettered or never ran. `limit` caps the
+/// holds tried in this run (None: until none is due). A hold that fails is
+/// not tried again in this run; a round with no success ends it.
+pub async fn expire_due(pool: &Pool, limit: Option<u64>) -> Result<ExpiredDue> {
+    let mut out = ExpiredDue::default();
+    let mut failed = std::collections::HashSet::new();
+    loop {
+        let tried = out.expired + out.already_resolved + out.failed;
+        let room = limit.map_or(MAX_DUE_HOLDS as u64, |l| l.saturating_sub(tried));
+        let round = room.min(MAX_DUE_HOLDS as u64) as i64 + failed.len() as i64;
+        if room == 0 {
+            break;
+        }
+        let before = out.expired + out.already_resolved;
+        let due = due_holds(pool, round).await?;
+        let fresh: Vec<_> = due.iter().filter(|(_, p)| !failed.contains(p)).collect();
+        for (tenant, payment) in fresh.into_iter().take(room as usize) {
+            match expire_hold(pool, tenant, *payment).await {
+                Ok(true) => out.expired += 1,
+                Ok(false) => out.already_resolved += 1,
+                Err(e) => {
+                    tracing::warn!(payment = %payment, error = %e, "could not expire a due hold");
+                    failed.insert(*payment);
+                    out.failed += 1;
+                }
+            }
+        }
+        if out.expired + out.already_resolved == before {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Runs a claimed `hold.expire` event (its payload names the payment).

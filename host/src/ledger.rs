@@ -201,8 +201,11 @@ pub async fn create_accounts(
     }
     let mut postings = Vec::new();
     let mut txn_ids = Vec::new();
-    for n in new.iter().filter(|n| n.opening_balance > 0) {
-        let txn = Uuid::now_v7();
+    let mut opened = Vec::with_capacity(new.len());
+    for n in new {
+        let txn = (n.opening_balance > 0).then(Uuid::now_v7);
+        opened.push(opened_event(n, txn));
+        let Some(txn) = txn else { continue };
         for (account, amount) in [
             (equity_account(&n.currency), -n.opening_balance),
             (n.id.clone(), n.opening_balance),
@@ -222,8 +225,11 @@ pub async fn create_accounts(
                 "opening balances overflow a 64-bit amount",
             )
         })?;
-        apply_entries(&tx, tenant, &txn_ids, None, &postings, &deltas).await?;
+        apply_entries(&tx, tenant, &txn_ids, None, &postings, &deltas)
+            .await
+            .map_err(|e| if is_overflow(&e) { overflow_error() } else { e })?;
     }
+    insert_opened_events(&tx, tenant, &opened).await?;
     let rows = tx.query(ACCOUNTS_SQL, &[&tenant, &ids]).await?;
     tx.commit().await?;
     let mut by_id: HashMap<String, Account> = rows
@@ -237,6 +243,61 @@ pub async fn create_accounts(
         .iter()
         .map(|n| by_id.remove(&n.id).expect("created account is readable"))
         .collect())
+}
+
+/// Outbox topic of an account's opening: its opening balance (money drawn
+/// from equity) and whether it may go negative. The audit matches every
+/// opening entry with its event (`opening_balance_has_event`).
+pub const OPENED_TOPIC: &str = "account.opened";
+
+/// The `account.opened` payload of `n`, whose opening entries (if any) are
+/// ledger transaction `txn`.
+fn opened_event(n: &NewAccount, txn: Option<Uuid>) -> serde_json::Value {
+    serde_json::json!({
+        "account_id": n.id,
+        "currency": n.currency,
+        "opening_balance": n.opening_balance,
+        "allow_negative": n.allow_negative,
+        "txn_id": txn.map(|t| t.to_string()),
+    })
+}
+
+/// Writes one `account.opened` event per payload (one statement), keyed
+/// `account:<id>` so the relay keeps an account's events in order.
+async fn insert_opened_events(
+    tx: &impl GenericClient,
+    tenant: &str,
+    payloads: &[serde_json::Value],
+) -> Result<()> {
+    let ids: Vec<Uuid> = payloads.iter().map(|_| Uuid::now_v7()).collect();
+    let keys: Vec<String> = payloads
+        .iter()
+        .map(|p| format!("account:{}", p["account_id"].as_str().unwrap_or_default()))
+        .collect();
+    tx.execute(
+        "insert into payrail.outbox (event_id, tenant, topic, key, payload)
+         select e, $1, $2, k, p
+         from unnest($3::uuid[], $4::text[], $5::jsonb[]) with ordinality as u(e, k, p, n)
+         order by n",
+        &[&tenant, &OPENED_TOPIC, &ids, &keys, &payloads],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether `e` is Postgres refusing a value beyond `bigint` (SQLSTATE
+/// 22003): a balance or credit shard the checks under the row lock could not
+/// foresee (credits from other transactions to an account read unlocked).
+pub fn is_overflow(e: &Error) -> bool {
+    e.sqlstate() == Some(&tokio_postgres::error::SqlState::NUMERIC_VALUE_OUT_OF_RANGE)
+}
+
+/// The typed error for [`is_overflow`]: the transaction rolled back.
+pub fn overflow_error() -> Error {
+    Error::invalid(
+        "amount_overflow",
+        "this would take a balance beyond a 64-bit amount; nothing was written",
+    )
 }
 
 /// Reads one account.
@@ -261,10 +322,13 @@ pub const CREDIT_SHARDS: i16 = 16;
 /// the account's credit shards. A macro so statements can `concat!` it.
 macro_rules! account_rows {
     () => {
-        "select a.id, a.currency, a.balance + s.in_shards as balance,
-                s.in_shards, a.held, a.allow_negative, a.metadata
+        "select a.id, a.currency, (a.balance + s.in_shards)::bigint as balance,
+                least(s.in_shards, 9223372036854775807)::bigint as in_shards,
+                a.held, a.allow_negative, a.metadata
          from payrail.accounts a,
-              lateral (select coalesce(sum(c.amount), 0)::bigint as in_shards
+              -- numeric: shards may sum beyond bigint while the balance,
+              -- the row (negative, allow_negative) plus them, fits
+              lateral (select coalesce(sum(c.amount), 0) as in_shards
                        from payrail.credit_shards c
                        where c.tenant = a.tenant and c.account = a.id) s"
     };
@@ -565,9 +629,12 @@ pub async fn add_to_balances(
                      where s.tenant = $1 and s.account = any($4::text[])
                      returning s.account, s.amount
                  ), f as (
-                     select account, sum(amount)::bigint as total from folded group by account
+                     select account, sum(amount) as total from folded group by account
                  )
-                 update payrail.accounts a set balance = a.balance + d.delta + coalesce(f.total, 0)
+                 -- in numeric: only the result must fit, not the row plus
+                 -- the delta before the shards are added
+                 update payrail.accounts a
+                 set balance = (a.balance::numeric + d.delta + coalesce(f.total, 0))::bigint
                  from unnest($2::text[], $3::bigint[]) as d(id, delta)
                  left join f on f.account = d.id
                  where a.tenant = $1 and a.id = d.id",

@@ -1,9 +1,10 @@
 //! `/v1/accounts`: open accounts, read them and their ledger entries.
 
 use super::AppState;
-use super::extract::{ApiJson, ApiQuery, PaymentsKey};
+use super::extract::{AccountsKey, ApiJson, ApiQuery, PaymentsKey};
 use super::pagination::{MAX_LIMIT, Page, PageParams, page};
 use super::problem::{ApiError, ApiResult, Problem};
+use crate::apikeys::{Principal, Scope};
 use crate::ledger::{self, NewAccount};
 use crate::model::Metadata;
 use crate::processor::{MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};
@@ -21,10 +22,12 @@ pub struct CreateAccount {
     pub id: String,
     /// ISO 4217 code.
     pub currency: String,
-    /// Whether the balance may go below zero.
+    /// Whether the balance may go below zero. `true` needs the `admin`
+    /// scope: such an account can pay out money it does not have.
     #[serde(default)]
     pub allow_negative: bool,
     /// In minor units, drawn from the tenant's `equity:<CUR>` account.
+    /// Above zero needs the `admin` scope: it creates money.
     #[serde(default)]
     pub opening_balance: i64,
     /// Up to 32 string entries of at most 512 bytes.
@@ -106,19 +109,45 @@ pub fn validate_metadata(m: &Metadata) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses what only an admin key may open: an opening balance above zero
+/// (it creates money, drawn from equity) or `allow_negative` (the account
+/// can pay out money it does not have). A plain account (zero opening, no
+/// overdraft) is open to a `payments` key too.
+pub fn check_account_powers(p: &Principal, body: &CreateAccount) -> Result<(), ApiError> {
+    let power = if body.opening_balance > 0 {
+        "an opening balance above zero"
+    } else if body.allow_negative {
+        "allow_negative"
+    } else {
+        return Ok(());
+    };
+    if p.has(Scope::Admin) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "admin_scope_required",
+        format!(
+            "opening an account with {power} needs an API key with the `admin` scope; a `payments` key may open accounts with a zero opening balance and no overdraft"
+        ),
+    ))
+}
+
 /// Open an account.
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts",
     request_body = CreateAccount,
     responses(
         (status = 201, description = "Account opened", body = AccountView),
         (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`admin_scope_required`: an opening balance or `allow_negative` with a key without the `admin` scope; nothing written", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The id is taken", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_account(
     State(st): State<AppState>,
-    PaymentsKey(p): PaymentsKey,
+    AccountsKey(p): AccountsKey,
     ApiJson(body): ApiJson<CreateAccount>,
 ) -> ApiResult<(StatusCode, Json<AccountView>)> {
+    check_account_powers(&p, &body)?;
     validate_metadata(&body.metadata)?;
     let CreateAccount {
         id,
@@ -156,7 +185,12 @@ pub async fn get_account(
     Path(id): Path<String>,
 ) -> ApiResult<Json<AccountView>> {
     let client = st.pool.get().await.map_err(crate::Error::from)?;
-    let account = load_visible(&client, &p.tenant, &id).await?;
+    let mut account = load_visible(&client, &p.tenant, &id).await?;
+    // funds of holds past their expiry (a late timer) read as released
+    if account.held > 0 && crate::holds::expire_due_of_account(&st.pool, &p.tenant, &id).await? > 0
+    {
+        account = load_visible(&client, &p.tenant, &id).await?;
+    }
     Ok(Json(account.into()))
 }
 

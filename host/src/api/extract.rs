@@ -127,6 +127,15 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuer
 }
 
 async fn authorize(parts: &Parts, state: &AppState, scope: Scope) -> Result<Principal, ApiError> {
+    authorize_any(parts, state, &[scope]).await
+}
+
+/// Authenticates the caller and requires one of `scopes`.
+async fn authorize_any(
+    parts: &Parts,
+    state: &AppState,
+    scopes: &[Scope],
+) -> Result<Principal, ApiError> {
     let secret = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -141,13 +150,14 @@ async fn authorize(parts: &Parts, state: &AppState, scope: Scope) -> Result<Prin
         .authenticate(&state.pool, secret)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
-    if !principal.has(scope) {
+    if !scopes.iter().any(|s| principal.has(*s)) {
+        let names: Vec<String> = scopes.iter().map(|s| format!("`{}`", s.as_str())).collect();
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
-                "this API key lacks the `{}` scope this route needs",
-                scope.as_str()
+                "this API key lacks the {} scope this route needs",
+                names.join(" or ")
             ),
         ));
     }
@@ -165,6 +175,20 @@ impl FromRequestParts<AppState> for PaymentsKey {
         authorize(parts, state, Scope::Payments)
             .await
             .map(PaymentsKey)
+    }
+}
+
+/// A caller whose key has the `payments` or the `admin` scope (opening
+/// accounts: what each may open is checked by the route).
+pub struct AccountsKey(pub Principal);
+
+impl FromRequestParts<AppState> for AccountsKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authorize_any(parts, state, &[Scope::Payments, Scope::Admin])
+            .await
+            .map(AccountsKey)
     }
 }
 

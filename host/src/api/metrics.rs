@@ -119,6 +119,9 @@ pub struct Metrics {
     overloaded: AtomicU64,
     /// The outbox relay's counters and gauges.
     pub outbox: OutboxMetrics,
+    /// Gauge: holds past their expiry still authorized (stuck expiry
+    /// timers), measured when metrics are scraped (`holds::count_overdue`).
+    pub holds_overdue: AtomicU64,
 }
 
 /// What the outbox relay reports.
@@ -379,6 +382,13 @@ impl Metrics {
             "counter",
             "payments a batch put back in the queue because another transaction held one of their accounts",
             processor.batch_deferrals,
+        );
+        simple(
+            &mut out,
+            "payrail_holds_overdue",
+            "gauge",
+            "holds past their expiry still authorized: their expiry timer is late, dead-lettered or never ran (capped at 10000; `payrail holds expire-due` resolves them)",
+            self.holds_overdue.load(Ordering::Relaxed),
         );
         simple(
             &mut out,

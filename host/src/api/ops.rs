@@ -77,6 +77,12 @@ pub async fn readyz(State(st): State<AppState>) -> Result<Json<Health>, ApiError
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(st): State<AppState>) -> Response {
+    // one index range scan (capped); on failure the last value stays
+    if let Ok(n) = crate::holds::count_overdue(&st.pool).await {
+        st.metrics
+            .holds_overdue
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
     let s = st.pool.status();
     let text = st.metrics.render(
         PoolGauges {

@@ -205,6 +205,9 @@ enum Slot {
     /// Another transaction holds one of its accounts: put back in the
     /// queue, untouched (its key's try-lock ends with this transaction).
     Deferred,
+    /// Does not fit the batch's running totals ([`Refusal::BatchTotal`]):
+    /// runs in a transaction of its own after the batch commits.
+    Alone,
 }
 
 /// What a batch transaction made of one payment.
@@ -215,6 +218,8 @@ enum Outcome {
     Answered(Result<PayOutcome>),
     /// Put back: see [`Slot::Deferred`].
     Deferred,
+    /// Run alone after the batch: see [`Slot::Alone`].
+    Alone,
 }
 
 struct Decided {
@@ -276,23 +281,61 @@ impl Book {
         }
     }
 
-    /// Applies a checked payment's deltas.
-    fn apply(&mut self, deltas: &BTreeMap<String, i64>) {
+    /// Decides one payment whose accounts are all in the book: checks its
+    /// `postings` (net `deltas`) against the balances as the batch's earlier
+    /// payments left them, and that the batch's running total of each
+    /// account (written as one update) stays within i64; then applies it.
+    /// A refusal leaves the book unchanged. Pure and O(accounts posted):
+    /// the property test drives it with extreme amounts and balances.
+    fn settle(
+        &mut self,
+        postings: &[Posting],
+        deltas: &BTreeMap<String, i64>,
+    ) -> std::result::Result<(), Refusal> {
+        ledger::check_against(&self.accounts, postings, deltas).map_err(Refusal::Ledger)?;
+        let mut next = Vec::with_capacity(deltas.len());
         for (id, delta) in deltas {
-            let a = self
+            // check_against found every account and checked the balance
+            let Some(balance) = self
                 .accounts
-                .get_mut(id)
-                .expect("checked accounts are in the book");
-            a.balance = a
-                .balance
-                .checked_add(*delta)
-                .expect("checked against overflow");
-            let total = self.deltas.entry(id.clone()).or_insert(0);
-            *total = total
-                .checked_add(*delta)
-                .expect("a batch delta fits in i64");
+                .get(id)
+                .and_then(|a| a.balance.checked_add(*delta))
+            else {
+                return Err(Refusal::Ledger(ApplyProblem::Invalid {
+                    account: id.clone(),
+                    message: format!("balance of {id:?} would overflow a 64-bit amount"),
+                }));
+            };
+            let total = self
+                .deltas
+                .get(id)
+                .copied()
+                .unwrap_or(0)
+                .checked_add(*delta);
+            let Some(total) = total else {
+                return Err(Refusal::BatchTotal);
+            };
+            next.push((id, balance, total));
         }
+        for (id, balance, total) in next {
+            if let Some(a) = self.accounts.get_mut(id) {
+                a.balance = balance;
+            }
+            self.deltas.insert(id.clone(), total);
+        }
+        Ok(())
     }
+}
+
+/// Why [`Book::settle`] refused a payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    /// What the one-payment path would answer too (a decline or a fault).
+    Ledger(ApplyProblem),
+    /// The payment is sound but the batch's total for one of its accounts
+    /// would leave i64 (balances swinging by more than 2^63 in one batch,
+    /// on `allow_negative` accounts): it runs alone after the batch.
+    BatchTotal,
 }
 
 /// One payment whose pipeline runs in this batch.
@@ -359,13 +402,24 @@ impl Processor {
                 Ok(outcomes) => {
                     assert_eq!(outcomes.len(), jobs.len(), "one outcome per payment");
                     let mut deferred = Vec::new();
+                    let mut alone = Vec::new();
                     for (job, outcome) in jobs.into_iter().zip(outcomes) {
                         match outcome {
                             Outcome::Answered(answer) => {
                                 let _ = job.reply.send(answer);
                             }
                             Outcome::Deferred => deferred.push(job),
+                            Outcome::Alone => alone.push(job),
                         }
+                    }
+                    if !alone.is_empty() {
+                        tracing::info!(
+                            payments = alone.len(),
+                            "payments overflowing their batch's running totals run alone"
+                        );
+                    }
+                    for job in alone {
+                        self.answer_alone(job).await;
                     }
                     self.count_deferrals(deferred.len());
                     return deferred;
@@ -612,6 +666,10 @@ impl Processor {
                     answers.push(Some(Outcome::Deferred));
                     responses.push(None);
                 }
+                Slot::Alone => {
+                    answers.push(Some(Outcome::Alone));
+                    responses.push(None);
+                }
                 Slot::Decided(d) => {
                     let response = response_of(
                         ids[i],
@@ -801,19 +859,20 @@ fn decide(
             item.run = Some(run);
             return Some((n, missing));
         }
-        match ledger::check_against(&book.accounts, &postings, &deltas) {
+        match book.settle(&postings, &deltas) {
             Ok(()) => {
-                book.apply(&deltas);
                 slots[item.job] = decided(run, PaymentStatus::Approved, None, postings);
             }
-            Err(ApplyProblem::InsufficientFunds { account }) => {
+            // its plugins ran but nothing was written: alone, they run again
+            Err(Refusal::BatchTotal) => slots[item.job] = Slot::Alone,
+            Err(Refusal::Ledger(ApplyProblem::InsufficientFunds { account })) => {
                 let decline = DeclineReason {
                     code: "insufficient_funds".into(),
                     message: format!("account {account:?} has insufficient funds"),
                 };
                 slots[item.job] = decided(run, PaymentStatus::Declined, Some(decline), Vec::new());
             }
-            Err(problem @ ApplyProblem::Invalid { .. }) => {
+            Err(Refusal::Ledger(problem @ ApplyProblem::Invalid { .. })) => {
                 slots[item.job] = Slot::Failed(plugin_fault(&item.pipeline, &run, problem));
             }
         }
@@ -879,3 +938,194 @@ const CLAIM_MANY_SQL: &str = "
         limit 1
     ) i on true
     order by k.n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Metadata;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    const ACCOUNTS: [&str; 4] = ["a", "b", "c", "fees"];
+
+    fn account(id: &str, balance: i64, held: i64, allow_negative: bool) -> Account {
+        Account {
+            id: id.into(),
+            currency: "EUR".into(),
+            balance,
+            held,
+            allow_negative,
+            metadata: Metadata::new(),
+            in_shards: 0,
+        }
+    }
+
+    fn book(accounts: Vec<Account>) -> Book {
+        let ids: HashSet<String> = accounts.iter().map(|a| a.id.clone()).collect();
+        Book {
+            accounts: accounts.into_iter().map(|a| (a.id.clone(), a)).collect(),
+            locked: ids.clone(),
+            asked: ids,
+            deltas: BTreeMap::new(),
+        }
+    }
+
+    fn posting(account: &str, amount: i64) -> Posting {
+        Posting {
+            account: account.into(),
+            amount,
+            currency: "EUR".into(),
+        }
+    }
+
+    /// An amount near an edge of i64 (or zero, or anywhere) most of the time.
+    fn extreme(rng: &mut StdRng) -> i64 {
+        let edges = [i64::MIN, -(i64::MAX / 2), -1, 0, 1, i64::MAX / 2, i64::MAX];
+        let edge = edges[rng.random_range(0..edges.len())];
+        match rng.random_range(0..4) {
+            0 => rng.random::<i64>(),
+            1 => edge,
+            _ => edge.saturating_add(rng.random_range(-1000..=1000)),
+        }
+    }
+
+    fn fits(v: i128) -> bool {
+        i64::try_from(v).is_ok()
+    }
+
+    /// What `settle` must answer, computed in i128 from the book's state:
+    /// Ok, a ledger refusal (as the one-payment path) or the batch total.
+    fn expected(b: &Book, deltas: &BTreeMap<String, i64>) -> std::result::Result<(), bool> {
+        let mut total_overflows = false;
+        for (id, d) in deltas {
+            let a = &b.accounts[id];
+            let after = i128::from(a.balance) + i128::from(*d);
+            if !fits(after) || (*d < 0 && after < i128::from(a.held) && !a.allow_negative) {
+                return Err(true);
+            }
+            let total = i128::from(b.deltas.get(id).copied().unwrap_or(0)) + i128::from(*d);
+            total_overflows |= !fits(total);
+        }
+        if total_overflows { Err(false) } else { Ok(()) }
+    }
+
+    /// One batch of random payments with extreme amounts over accounts with
+    /// extreme balances: never a panic; each payment applied with exact sums
+    /// or refused alone, leaving the book as it was.
+    fn run_batch(rng: &mut StdRng, payments: usize) -> (usize, usize, usize) {
+        let accounts = ACCOUNTS
+            .iter()
+            .map(|id| {
+                let balance = extreme(rng);
+                let held = if balance > 0 && rng.random_bool(0.3) {
+                    rng.random_range(0..=balance)
+                } else {
+                    0
+                };
+                account(id, balance, held, rng.random_bool(0.6))
+            })
+            .collect();
+        let mut b = book(accounts);
+        let opening: HashMap<String, i64> = b
+            .accounts
+            .iter()
+            .map(|(id, a)| (id.clone(), a.balance))
+            .collect();
+        let (mut applied, mut refused, mut alone) = (0, 0, 0);
+        for _ in 0..payments {
+            let src = ACCOUNTS[rng.random_range(0..3)];
+            let dst = ACCOUNTS[rng.random_range(0..3)];
+            let amount = extreme(rng).checked_abs().unwrap_or(i64::MAX).max(1);
+            let mut postings = vec![posting(src, -amount), posting(dst, amount)];
+            if rng.random_bool(0.5) {
+                // a plugin's fee: any amount, balanced or not per account
+                let fee = extreme(rng);
+                if fee != 0 && fee != i64::MIN {
+                    postings.extend([posting(src, -fee), posting("fees", fee)]);
+                }
+            }
+            let mut sums: BTreeMap<&str, i128> = BTreeMap::new();
+            for p in &postings {
+                *sums.entry(p.account.as_str()).or_default() += i128::from(p.amount);
+            }
+            let deltas = match ledger::net_deltas(&postings) {
+                Ok(d) => d,
+                Err(_) => {
+                    assert!(
+                        sums.values().any(|s| !fits(*s)),
+                        "net_deltas refused sums that fit"
+                    );
+                    refused += 1;
+                    continue;
+                }
+            };
+            let want = expected(&b, &deltas);
+            let before = (b.deltas.clone(), b.accounts.clone());
+            let got = b.settle(&postings, &deltas);
+            match (&got, want) {
+                (Ok(()), Ok(())) => applied += 1,
+                (Err(Refusal::Ledger(_)), Err(true)) => refused += 1,
+                (Err(Refusal::BatchTotal), Err(false)) => alone += 1,
+                _ => panic!("settle answered {got:?}, expected {want:?} for {postings:?}"),
+            }
+            if got.is_err() {
+                assert_eq!(
+                    (&b.deltas, &b.accounts),
+                    (&before.0, &before.1),
+                    "a refusal changed the book"
+                );
+            }
+            // the book's balances are always the opening plus the batch's totals
+            for (id, a) in &b.accounts {
+                let total = b.deltas.get(id).copied().unwrap_or(0);
+                assert_eq!(
+                    i128::from(a.balance),
+                    i128::from(opening[id]) + i128::from(total),
+                    "{id}"
+                );
+            }
+        }
+        (applied, refused, alone)
+    }
+
+    #[test]
+    fn settle_extreme_amounts_never_panic_and_refuse_alone() {
+        let seed: u64 = std::env::var("PAYRAIL_PROPTEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        eprintln!("settle property test: seed {seed} (replay: PAYRAIL_PROPTEST_SEED={seed})");
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut counts = (0, 0, 0);
+        for _ in 0..3000 {
+            let (a, r, l) = run_batch(&mut rng, 24);
+            counts = (counts.0 + a, counts.1 + r, counts.2 + l);
+        }
+        eprintln!(
+            "applied {}, refused {}, run alone {}",
+            counts.0, counts.1, counts.2
+        );
+        // the generator reaches every outcome
+        assert!(
+            counts.0 > 0 && counts.1 > 0 && counts.2 > 0,
+            "{counts:?} (seed {seed})"
+        );
+    }
+
+    /// The panic of issue 18: an allow_negative account near i64::MIN gets
+    /// two credits in one batch whose sum leaves i64 while its balance fits.
+    #[test]
+    fn batch_total_overflow_runs_alone() {
+        let mut b = book(vec![
+            account("a", -9_000_000_000_000_000_000, 0, true),
+            account("b", i64::MAX, 0, true),
+        ]);
+        let credit = 4_700_000_000_000_000_000;
+        let p = [posting("b", -credit), posting("a", credit)];
+        let d = ledger::net_deltas(&p).unwrap();
+        assert_eq!(b.settle(&p, &d), Ok(()));
+        assert_eq!(b.settle(&p, &d), Err(Refusal::BatchTotal));
+        assert_eq!(b.accounts["a"].balance, -9_000_000_000_000_000_000 + credit);
+        assert_eq!(b.deltas["b"], -credit);
+    }
+}

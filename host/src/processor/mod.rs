@@ -448,6 +448,7 @@ impl Processor {
                 Err(e) if e.sqlstate() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
                     return Err(Error::LockTimeout);
                 }
+                Err(e) if ledger::is_overflow(&e) => return Err(ledger::overflow_error()),
                 // The key row was reaped (expired) but the payment it made
                 // still holds (tenant, key): see docs/idempotency.md.
                 Err(e) if e.constraint() == Some(PAYMENT_KEY_CONSTRAINT) => {
