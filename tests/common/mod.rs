@@ -134,7 +134,7 @@ impl TestDb {
                 limits: None,
             })
             .collect();
-        registry::set_pipeline(&c, DEFAULT_TENANT, kind, &specs)
+        registry::set_pipeline(&c, &engine(), DEFAULT_TENANT, kind, &specs)
             .await
             .expect("set pipeline");
     }

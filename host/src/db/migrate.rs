@@ -82,6 +82,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "time_ordered_payment_ids",
         sql: include_str!("../../../migrations/0012_time_ordered_payment_ids.sql"),
     },
+    Migration {
+        version: 13,
+        name: "plugin_signatures",
+        sql: include_str!("../../../migrations/0013_plugin_signatures.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.
