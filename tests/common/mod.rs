@@ -29,7 +29,16 @@ pub struct TestDb {
 pub fn engine() -> Arc<PluginEngine> {
     static ENGINE: OnceLock<Arc<PluginEngine>> = OnceLock::new();
     ENGINE
-        .get_or_init(|| Arc::new(PluginEngine::new(EngineConfig::default()).expect("engine")))
+        .get_or_init(|| {
+            // limits up to the hard caps: these tests exercise the sandbox's
+            // own limits; the operator caps are tested over `payrail serve`
+            // (tests/isolation/sandbox.rs)
+            let config = EngineConfig {
+                caps: payrail::engine::PluginLimits::HARD_CAPS,
+                ..EngineConfig::default()
+            };
+            Arc::new(PluginEngine::new(config).expect("engine"))
+        })
         .clone()
 }
 
