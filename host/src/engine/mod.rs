@@ -294,7 +294,7 @@ impl Default for EngineConfig {
             caps: PluginLimits::DEFAULT_CAPS,
             max_loaded_plugins: 256,
             max_concurrent_compiles: 1,
-            compile_timeout_ms: 60_000,
+            compile_timeout_ms: 120_000,
         }
     }
 }
