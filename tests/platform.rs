@@ -648,9 +648,15 @@ async fn restart_with_100_plugins_loads_from_the_artifact_cache() {
     db.account("fees", 0).await;
     db.account("alice", 100_000).await;
     db.account("bob", 0).await;
-    registry::set_pipeline(&c, &engine(), DEFAULT_TENANT, "transfer", &[spec("fee57", fee_cfg())])
-        .await
-        .unwrap();
+    registry::set_pipeline(
+        &c,
+        &engine(),
+        DEFAULT_TENANT,
+        "transfer",
+        &[spec("fee57", fee_cfg())],
+    )
+    .await
+    .unwrap();
     let p =
         payrail::processor::Processor::new(db.pool.clone(), restarted.clone(), Default::default());
     let out = p

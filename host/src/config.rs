@@ -681,14 +681,24 @@ impl Config {
             }
             Ok(())
         };
-        range("plugins.max_loaded_plugins", g.max_loaded_plugins as u64, 1, 100_000)?;
+        range(
+            "plugins.max_loaded_plugins",
+            g.max_loaded_plugins as u64,
+            1,
+            100_000,
+        )?;
         range(
             "plugins.max_concurrent_compiles",
             g.max_concurrent_compiles as u64,
             1,
             64,
         )?;
-        range("plugins.compile_timeout_ms", g.compile_timeout_ms, 1_000, 600_000)
+        range(
+            "plugins.compile_timeout_ms",
+            g.compile_timeout_ms,
+            1_000,
+            600_000,
+        )
     }
 
     /// The listen address, parsed.
@@ -948,12 +958,20 @@ path = "/tmp/x.jsonl"
         let c = Config::from_toml("[plugins.max_limits]\ntimeout_ms = 500\n").unwrap();
         c.validate().unwrap();
         assert_eq!(c.engine().caps.timeout_ms, 500);
-        assert_eq!(c.engine().caps.fuel, PluginLimits::DEFAULT_CAPS.fuel, "others default");
+        assert_eq!(
+            c.engine().caps.fuel,
+            PluginLimits::DEFAULT_CAPS.fuel,
+            "others default"
+        );
         let e = Config::from_toml("[plugins.max_limits]\nfuel = 20000000000\n")
             .unwrap()
             .validate()
             .unwrap_err();
-        assert!(e.to_string().contains("plugins.max_limits.fuel = 20000000000 is above its hard cap"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("plugins.max_limits.fuel = 20000000000 is above its hard cap"),
+            "{e}"
+        );
         let e = Config::from_toml("[plugins.max_limits]\ntimeout_ms = 100\n")
             .unwrap()
             .validate()
@@ -966,7 +984,10 @@ path = "/tmp/x.jsonl"
             .unwrap()
             .validate()
             .unwrap_err();
-        assert!(e.to_string().contains("plugins.max_concurrent_compiles"), "{e}");
+        assert!(
+            e.to_string().contains("plugins.max_concurrent_compiles"),
+            "{e}"
+        );
     }
 
     #[test]

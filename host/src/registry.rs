@@ -158,7 +158,13 @@ pub async fn deploy_plugin_versioned(
              on conflict (digest) do update
                set signature = coalesce(excluded.signature, payrail.plugins.signature)
                where excluded.signature is not null",
-            &[&digest, &name, &bytes.as_slice(), &(bytes.len() as i32), &signature],
+            &[
+                &digest,
+                &name,
+                &bytes.as_slice(),
+                &(bytes.len() as i32),
+                &signature,
+            ],
         )
         .await?;
     client

@@ -20,7 +20,11 @@ async fn hostile_pipeline(serve: &Serve, t: &Tenant, kind: &str, mode: &str, lim
         step["limits"] = limits;
     }
     let (s, b) = serve
-        .put(&format!("/v1/pipelines/{kind}"), &t.admin, json!({"steps": [step]}))
+        .put(
+            &format!("/v1/pipelines/{kind}"),
+            &t.admin,
+            json!({"steps": [step]}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
 }
@@ -49,7 +53,12 @@ async fn payment_rows(serve: &Serve) -> i64 {
 }
 
 /// `n` payments through `kind` at once; each answer with how long it took.
-async fn concurrent(serve: &Serve, key: &str, kind: &str, n: usize) -> Vec<(Duration, StatusCode, Value)> {
+async fn concurrent(
+    serve: &Serve,
+    key: &str,
+    kind: &str,
+    n: usize,
+) -> Vec<(Duration, StatusCode, Value)> {
     let run = rand::random::<u32>();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
@@ -86,7 +95,10 @@ async fn sleeping_plugins_answer_at_once() {
     for (took, s, b) in &answers {
         assert_eq!(*s, StatusCode::CREATED, "{b}");
         assert_eq!(b["status"], "approved", "{b}");
-        assert!(*took < Duration::from_secs(1), "a sleep payment took {took:?}: {b}");
+        assert!(
+            *took < Duration::from_secs(1),
+            "a sleep payment took {took:?}: {b}"
+        );
     }
     let slowest = answers.iter().map(|a| a.0).max().unwrap();
     eprintln!("8 sleep(3600 s) payments: slowest answer {slowest:?}");
@@ -105,7 +117,10 @@ async fn every_way_to_wait_ends_within_the_call_timeout() {
     let serve = Serve::start("").await;
     let mallory = serve.tenant("mallory").await;
     let cases = [
-        ("sleep_loop", &["plugin_timeout", "plugin_fuel_exhausted"][..]),
+        (
+            "sleep_loop",
+            &["plugin_timeout", "plugin_fuel_exhausted"][..],
+        ),
         ("poll_many", &["plugin_resource_limit"][..]),
     ];
     for (mode, codes) in cases {
@@ -119,11 +134,21 @@ async fn every_way_to_wait_ends_within_the_call_timeout() {
     }
     hostile_pipeline(&serve, &mallory, "stdin", "stdin", Value::Null).await;
     let t = Instant::now();
-    let (s, b) = serve.pay(&mallory.pay, "stdin", payment("stdin", 100)).await;
+    let (s, b) = serve
+        .pay(&mallory.pay, "stdin", payment("stdin", 100))
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
-    assert!(t.elapsed() < Duration::from_secs(1), "stdin read took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "stdin read took {:?}",
+        t.elapsed()
+    );
     let (s, b) = serve.pay(&mallory.pay, "after-wait", transfer(100)).await;
-    assert_eq!((s, &b["status"]), (StatusCode::CREATED, &json!("approved")), "{b}");
+    assert_eq!(
+        (s, &b["status"]),
+        (StatusCode::CREATED, &json!("approved")),
+        "{b}"
+    );
 }
 
 /// Engine level: what the guest sees when it sleeps, polls or reads
@@ -131,7 +156,9 @@ async fn every_way_to_wait_ends_within_the_call_timeout() {
 #[test]
 fn engine_never_waits_in_a_host_import() {
     let engine = PluginEngine::new(EngineConfig::default()).unwrap();
-    let digest = engine.load(&common::plugin_bytes("payrail_hostile")).unwrap();
+    let digest = engine
+        .load(&common::plugin_bytes("payrail_hostile"))
+        .unwrap();
     let call = |mode: &str| {
         let t = Instant::now();
         let r = engine.call(&digest, &hostile_input(mode), &PluginLimits::default());
@@ -143,13 +170,26 @@ fn engine_never_waits_in_a_host_import() {
     assert!(out.output_json.contains("3600s"), "{}", out.output_json);
     let (took, r) = call("sleep_loop");
     let f = r.unwrap_err();
-    assert!(matches!(f, PluginFault::Timeout { .. } | PluginFault::FuelExhausted { .. }), "{f}");
-    assert!(took < Duration::from_millis(1000), "sleep_loop took {took:?}");
+    assert!(
+        matches!(
+            f,
+            PluginFault::Timeout { .. } | PluginFault::FuelExhausted { .. }
+        ),
+        "{f}"
+    );
+    assert!(
+        took < Duration::from_millis(1000),
+        "sleep_loop took {took:?}"
+    );
     let (_, r) = call("poll_many");
     assert_eq!(r.unwrap_err().code(), "plugin_resource_limit");
     let (_, r) = call("stdin");
     let out = r.expect("stdin is closed: a read ends at once");
-    assert!(out.output_json.contains("err:"), "end of stream: {}", out.output_json);
+    assert!(
+        out.output_json.contains("err:"),
+        "end of stream: {}",
+        out.output_json
+    );
 }
 
 fn hostile_input(mode: &str) -> PreparedInput {
@@ -202,7 +242,13 @@ async fn flooded_and_spoofed_events_are_refused_and_nothing_is_written() {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
-    assert!(b["detail"].as_str().unwrap().contains("limits.max_events is 65"), "{b}");
+    assert!(
+        b["detail"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_events is 65"),
+        "{b}"
+    );
 }
 
 /// Item 2a of issue 18: any admin key could raise a step's limits to the
@@ -215,9 +261,18 @@ async fn step_limits_above_the_operator_caps_are_refused() {
     let mallory = serve.tenant("mallory").await;
     let (_, before) = serve.get("/v1/pipelines/transfer", &mallory.admin).await;
     for (limits, says) in [
-        (json!({"timeout_ms": 10_000}), "limits.timeout_ms is 10000, above the cap of 500"),
-        (json!({"fuel": 10_000_000_000u64}), "limits.fuel is 10000000000, above the cap of 50000000"),
-        (json!({"timeout_ms": 501}), "limits.timeout_ms is 501, above the cap of 500"),
+        (
+            json!({"timeout_ms": 10_000}),
+            "limits.timeout_ms is 10000, above the cap of 500",
+        ),
+        (
+            json!({"fuel": 10_000_000_000u64}),
+            "limits.fuel is 10000000000, above the cap of 50000000",
+        ),
+        (
+            json!({"timeout_ms": 501}),
+            "limits.timeout_ms is 501, above the cap of 500",
+        ),
     ] {
         let (s, b) = serve
             .put(
@@ -286,7 +341,11 @@ async fn plugins_deployed_unsigned_do_not_run_once_signing_is_on() {
     let sig = payrail::signing::sign(&secret, &digest_of(&bytes)).unwrap();
     let (s, b) = send(
         serve
-            .req(Method::POST, &format!("/v1/plugins?name=signed&signature={sig}"), Some(&acme.admin))
+            .req(
+                Method::POST,
+                &format!("/v1/plugins?name=signed&signature={sig}"),
+                Some(&acme.admin),
+            )
             .header("content-type", "application/wasm")
             .body(bytes),
     )
@@ -301,7 +360,11 @@ async fn plugins_deployed_unsigned_do_not_run_once_signing_is_on() {
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let (s, b) = serve.pay(&acme.pay, "signed", payment("signed", 100)).await;
-    assert_eq!((s, &b["status"]), (StatusCode::CREATED, &json!("approved")), "{b}");
+    assert_eq!(
+        (s, &b["status"]),
+        (StatusCode::CREATED, &json!("approved")),
+        "{b}"
+    );
 }
 
 /// Item 11 of issue 18: deploys compile under a bound. Eight concurrent

@@ -99,7 +99,14 @@ pub async fn setup(pool: &Pool, engine: &Arc<PluginEngine>, accounts: usize) -> 
         std::slice::from_ref(&limits),
     )
     .await?;
-    registry::set_pipeline(&c, engine, DEFAULT_TENANT, Workload::HotFee.name(), &[limits, fee]).await?;
+    registry::set_pipeline(
+        &c,
+        engine,
+        DEFAULT_TENANT,
+        Workload::HotFee.name(),
+        &[limits, fee],
+    )
+    .await?;
     Ok(())
 }
 

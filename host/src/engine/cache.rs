@@ -83,7 +83,10 @@ fn check_owner_only(dir: &Path) -> std::io::Result<()> {
         return refuse("is not a directory".into());
     }
     if meta.uid() != me {
-        return refuse(format!("is owned by uid {}, not this user (uid {me})", meta.uid()));
+        return refuse(format!(
+            "is owned by uid {}, not this user (uid {me})",
+            meta.uid()
+        ));
     }
     if meta.mode() & 0o022 != 0 {
         return refuse(format!(
@@ -182,10 +185,8 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn temp_dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "payrail-cache-{tag}-{:08x}",
-            rand::random::<u32>()
-        ));
+        let d =
+            std::env::temp_dir().join(format!("payrail-cache-{tag}-{:08x}", rand::random::<u32>()));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
@@ -196,12 +197,18 @@ mod tests {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
         let err = check_owner_only(&d).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
-        assert!(err.to_string().contains("writable by its group or others"), "{err}");
+        assert!(
+            err.to_string().contains("writable by its group or others"),
+            "{err}"
+        );
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
         check_owner_only(&d).expect("owner-only is accepted");
         let engine = Engine::default();
         ArtifactCache::open(&d.join("nested/new"), &engine).expect("created owner-only");
-        let mode = std::fs::metadata(d.join("nested/new")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.join("nested/new"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
         std::fs::remove_dir_all(&d).unwrap();
     }

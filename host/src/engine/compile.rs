@@ -140,13 +140,19 @@ mod tests {
     #[test]
     fn a_compile_past_its_deadline_keeps_its_slot() {
         let gate = CompileGate::new(1);
-        let slot = gate.acquire(Instant::now() + Duration::from_secs(1)).unwrap();
+        let slot = gate
+            .acquire(Instant::now() + Duration::from_secs(1))
+            .unwrap();
         let out = run_bounded(slot, Instant::now() + Duration::from_millis(20), || {
             std::thread::sleep(Duration::from_millis(200));
             1
         });
         assert_eq!(out, None, "the caller stops waiting at its deadline");
-        assert_eq!(gate.stats().running, 1, "the slot is held until the compile ends");
+        assert_eq!(
+            gate.stats().running,
+            1,
+            "the slot is held until the compile ends"
+        );
         let slot = gate
             .acquire(Instant::now() + Duration::from_secs(5))
             .expect("freed when the compile ends");

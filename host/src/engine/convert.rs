@@ -1,8 +1,8 @@
 //! Conversions between the host's model types and the WIT bindings, with the
 //! shape checks a plugin's output must pass before the processor sees it.
 
-use super::{PluginFault, PluginLimits, is_reserved_topic};
 use super::bindings::payrail::plugin::types as wit;
+use super::{PluginFault, PluginLimits, is_reserved_topic};
 use crate::model::{Decision, Metadata, PluginEvent, PluginInput, Posting};
 
 /// Longest decline code / annotation key / event topic accepted.

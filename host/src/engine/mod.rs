@@ -129,7 +129,10 @@ impl PluginLimits {
             ("max_output_bytes", self.max_output_bytes as u64),
             ("max_log_bytes", self.max_log_bytes as u64),
             ("max_events", self.max_events as u64),
-            ("max_event_payload_bytes", self.max_event_payload_bytes as u64),
+            (
+                "max_event_payload_bytes",
+                self.max_event_payload_bytes as u64,
+            ),
         ]
     }
 
