@@ -265,7 +265,7 @@ pub struct PluginsConfig {
     pub max_limits: PluginLimitOverrides,
     /// Compiled plugins kept in memory (least recently used dropped first).
     pub max_loaded_plugins: usize,
-    /// Plugin compiles that may run at once, one core each.
+    /// Plugin compiles that may run at once.
     pub max_concurrent_compiles: usize,
     /// How long a deploy waits for its compile, slot wait included.
     pub compile_timeout_ms: u64,

@@ -279,8 +279,8 @@ pub struct EngineConfig {
     /// dropped to make room (and compiled again, or read from the artifact
     /// cache, when a pipeline needs it again).
     pub max_loaded_plugins: usize,
-    /// Compiles that may run at once (each on one core); further deploys
-    /// and loads wait for a slot.
+    /// Compiles that may run at once; further deploys and loads wait for
+    /// a slot.
     pub max_concurrent_compiles: usize,
     /// How long a deploy or load waits for its compile (slot wait
     /// included) before it is refused with `plugin_compile_timeout`.
@@ -678,9 +678,6 @@ impl PluginEngine {
             })
             .table_keep_resident(if pagemap { 256 << 10 } else { 16 << 10 });
         let mut wasm = Config::new();
-        // one core per compile: `max_concurrent_compiles` then bounds the
-        // cores deploys take from payments
-        wasm.parallel_compilation(false);
         wasm.consume_fuel(true)
             .epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack_bytes)
@@ -764,7 +761,7 @@ impl PluginEngine {
 
     /// Validates and compiles `bytes` and keeps it ready under its digest.
     /// Idempotent: a digest already loaded is not compiled again. Cost: one
-    /// cranelift compile (~100 ms for a std plugin, one core) on first
+    /// cranelift compile (~100 ms for a std plugin) on first
     /// load, in a compile slot (`max_concurrent_compiles`), waiting at most
     /// `compile_timeout_ms` in all.
     pub fn load(&self, bytes: &[u8]) -> Result<String, LoadError> {
