@@ -1071,3 +1071,67 @@ fn classify_trap(e: &wasmtime::Error, memory_refused: bool, limits: &PluginLimit
 fn wasmparser_is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[6..8] == [0x01, 0x00]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PaymentStatus;
+
+    /// Every topic the host writes to the outbox (`payment.<status>` from
+    /// the processor and holds, the relay's `hold.expire` timer) is under a
+    /// reserved prefix; a plugin's own namespace is not.
+    #[test]
+    fn every_host_topic_is_reserved() {
+        use PaymentStatus::*;
+        for s in [Approved, Declined, Authorized, Captured, Voided, Expired] {
+            assert!(is_reserved_topic(&format!("payment.{}", s.as_str())));
+        }
+        assert!(is_reserved_topic(crate::holds::EXPIRE_TOPIC));
+        for t in ["payment", "hold", "account.opened", "payrail.x"] {
+            assert!(is_reserved_topic(t), "{t}");
+        }
+        for t in ["fee.charged", "payments.x", "holdings", "limits.hit"] {
+            assert!(!is_reserved_topic(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn step_limits_are_checked_against_the_operator_caps() {
+        let caps = PluginLimits {
+            timeout_ms: 500,
+            ..PluginLimits::DEFAULT_CAPS
+        };
+        let over = PluginLimitOverrides {
+            timeout_ms: Some(501),
+            ..Default::default()
+        };
+        assert_eq!(
+            over.validate_within(&caps).unwrap_err(),
+            "limits.timeout_ms is 501, above the cap of 500 (plugins.max_limits.timeout_ms)"
+        );
+        assert!(over.validate().is_ok(), "within the hard caps");
+        let zero = PluginLimitOverrides {
+            max_events: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            zero.validate().unwrap_err(),
+            "limits.max_events must be positive"
+        );
+        let hard = PluginLimitOverrides {
+            max_events: Some(65),
+            ..Default::default()
+        };
+        assert!(hard.validate().unwrap_err().contains("above the cap of 64"));
+        assert!(
+            PluginLimits::default()
+                .first_above(&PluginLimits::DEFAULT_CAPS)
+                .is_none()
+        );
+        assert!(
+            PluginLimits::DEFAULT_CAPS
+                .first_above(&PluginLimits::HARD_CAPS)
+                .is_none()
+        );
+    }
+}
