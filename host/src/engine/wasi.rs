@@ -258,3 +258,30 @@ pub fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime:
     linker.allow_shadowing(false);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_is_a_would_block_trap_never_a_wait() {
+        let started = std::time::Instant::now();
+        let err = without_waiting(std::future::pending::<()>()).unwrap_err();
+        assert!(err.downcast_ref::<WouldBlock>().is_some(), "{err:#}");
+        // a real-time sleep (what wasmtime-wasi's own subscriptions were),
+        // made inside the ambient runtime
+        let err = without_waiting(async { tokio::time::sleep(Duration::from_secs(3600)).await })
+            .unwrap_err();
+        assert!(err.downcast_ref::<WouldBlock>().is_some(), "{err:#}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // a future that yields once before it is ready still completes
+        assert_eq!(
+            without_waiting(async {
+                tokio::task::yield_now().await;
+                7
+            })
+            .unwrap(),
+            7
+        );
+    }
+}
