@@ -200,6 +200,7 @@ async fn pipelines_are_versioned_with_history_and_rollback() {
     let c = db.pool.get().await.unwrap();
     let v2 = registry::set_pipeline(
         &c,
+        &engine(),
         DEFAULT_TENANT,
         "transfer",
         &[spec("limits", serde_json::json!({"max_amount": 50}))],
@@ -340,7 +341,7 @@ async fn shadow_candidates_are_journaled_never_affect_payments_and_can_be_promot
     // (the hostile plugin does not understand the fee config).
     steps[0].candidate = Some("limits-next".into());
     steps[1].candidate = Some("hostile".into());
-    let v1 = registry::set_pipeline(&c, DEFAULT_TENANT, "transfer", &steps)
+    let v1 = registry::set_pipeline(&c, &engine(), DEFAULT_TENANT, "transfer", &steps)
         .await
         .unwrap();
     assert_eq!(v1.steps[0].candidate.as_ref().unwrap().digest, limits2);
@@ -498,7 +499,7 @@ async fn per_step_limits_override_the_host_limits_with_their_typed_codes() {
         let kind = format!("k{i}");
         let mut s = spec(plugin, cfg.clone());
         s.limits = Some(*limits);
-        registry::set_pipeline(&c, DEFAULT_TENANT, &kind, &[s])
+        registry::set_pipeline(&c, &engine(), DEFAULT_TENANT, &kind, &[s])
             .await
             .unwrap();
         let mut req = transfer("alice", "bob", 100);
@@ -514,6 +515,7 @@ async fn per_step_limits_override_the_host_limits_with_their_typed_codes() {
     // the same plugins without overrides succeed
     registry::set_pipeline(
         &c,
+        &engine(),
         DEFAULT_TENANT,
         "ok",
         &[
@@ -545,7 +547,7 @@ async fn per_step_limits_override_the_host_limits_with_their_typed_codes() {
     ] {
         let mut s = spec("fee", fee_cfg());
         s.limits = Some(bad);
-        let err = registry::set_pipeline(&c, DEFAULT_TENANT, "bad", &[s])
+        let err = registry::set_pipeline(&c, &engine(), DEFAULT_TENANT, "bad", &[s])
             .await
             .unwrap_err();
         assert_eq!(err.code(), "invalid_limits", "{bad:?}");
@@ -646,9 +648,15 @@ async fn restart_with_100_plugins_loads_from_the_artifact_cache() {
     db.account("fees", 0).await;
     db.account("alice", 100_000).await;
     db.account("bob", 0).await;
-    registry::set_pipeline(&c, DEFAULT_TENANT, "transfer", &[spec("fee57", fee_cfg())])
-        .await
-        .unwrap();
+    registry::set_pipeline(
+        &c,
+        &engine(),
+        DEFAULT_TENANT,
+        "transfer",
+        &[spec("fee57", fee_cfg())],
+    )
+    .await
+    .unwrap();
     let p =
         payrail::processor::Processor::new(db.pool.clone(), restarted.clone(), Default::default());
     let out = p

@@ -547,7 +547,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 .map(|s| parse_step(s))
                 .collect::<Result<Vec<_>>>()?;
             let client = ctx.pool.get().await?;
-            let p = registry::set_pipeline(&client, DEFAULT_TENANT, &kind, &specs).await?;
+            let p =
+                registry::set_pipeline(&client, &ctx.engine, DEFAULT_TENANT, &kind, &specs).await?;
             print_json(&p);
         }
         Command::Pipeline(PipelineCmd::Show { kind }) => {

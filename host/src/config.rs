@@ -6,7 +6,7 @@
 //! configuration. Unknown keys are refused, so a typo is an error rather
 //! than a silently ignored setting.
 
-use crate::engine::{EngineConfig, PluginLimits};
+use crate::engine::{EngineConfig, PluginLimitOverrides, PluginLimits};
 use crate::error::{Error, Result};
 use crate::processor::{BatchSettings, ProcessorSettings};
 use serde::{Deserialize, Serialize};
@@ -279,6 +279,22 @@ pub struct PluginsConfig {
     /// Per-call limits (`PAYRAIL_PLUGIN_FUEL`, `PAYRAIL_PLUGIN_MEMORY_BYTES`,
     /// `PAYRAIL_PLUGIN_TIMEOUT_MS`).
     pub limits: PluginLimits,
+    /// The operator's caps on a pipeline step's limits (`[plugins.max_limits]`,
+    /// same keys as `[plugins.limits]`): a step above one is refused at
+    /// `pipeline set`, and every call is clamped to them. Absent keys keep
+    /// [`PluginLimits::DEFAULT_CAPS`]; none may exceed the hard caps.
+    #[serde(skip_serializing_if = "is_default_overrides")]
+    pub max_limits: PluginLimitOverrides,
+    /// Compiled plugins kept in memory (least recently used dropped first).
+    pub max_loaded_plugins: usize,
+    /// Plugin compiles that may run at once.
+    pub max_concurrent_compiles: usize,
+    /// How long a deploy waits for its compile, slot wait included.
+    pub compile_timeout_ms: u64,
+}
+
+fn is_default_overrides(o: &PluginLimitOverrides) -> bool {
+    *o == PluginLimitOverrides::default()
 }
 
 impl Default for PluginsConfig {
@@ -289,7 +305,18 @@ impl Default for PluginsConfig {
             max_wasm_stack_bytes: d.max_wasm_stack_bytes,
             max_concurrent_instances: d.max_concurrent_instances,
             limits: d.limits,
+            max_limits: PluginLimitOverrides::default(),
+            max_loaded_plugins: d.max_loaded_plugins,
+            max_concurrent_compiles: d.max_concurrent_compiles,
+            compile_timeout_ms: d.compile_timeout_ms,
         }
+    }
+}
+
+impl PluginsConfig {
+    /// The operator's caps: `max_limits` over the default caps.
+    pub fn caps(&self) -> PluginLimits {
+        self.max_limits.apply(&PluginLimits::DEFAULT_CAPS)
     }
 }
 
@@ -562,6 +589,14 @@ impl Config {
             64 << 20,
         )?;
         range("plugins.limits.max_log_bytes", l.max_log_bytes, 0, 1 << 20)?;
+        range("plugins.limits.max_events", l.max_events, 0, 64)?;
+        range(
+            "plugins.limits.max_event_payload_bytes",
+            l.max_event_payload_bytes,
+            2,
+            64 << 10,
+        )?;
+        self.validate_plugin_caps()?;
         let i = &self.idempotency;
         range(
             "idempotency.key_ttl_secs",
@@ -751,6 +786,52 @@ impl Config {
         Ok(())
     }
 
+    /// `[plugins]`: the caps within the hard caps, the default limits within
+    /// the caps, the compile bounds in range.
+    fn validate_plugin_caps(&self) -> Result<()> {
+        let g = &self.plugins;
+        let caps = g.caps();
+        if let Some((name, v, cap)) = caps.first_above(&PluginLimits::HARD_CAPS) {
+            return Err(invalid(format!(
+                "plugins.max_limits.{name} = {v} is above its hard cap of {cap}"
+            )));
+        }
+        if let Some((name, _)) = caps.fields().into_iter().find(|(_, v)| *v == 0) {
+            return Err(invalid(format!(
+                "plugins.max_limits.{name} must be positive"
+            )));
+        }
+        if let Some((name, v, cap)) = g.limits.first_above(&caps) {
+            return Err(invalid(format!(
+                "plugins.limits.{name} = {v} is above the operator cap plugins.max_limits.{name} = {cap}; raise the cap or lower the default"
+            )));
+        }
+        let range = |name: &str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                return Err(invalid(format!("{name} = {v} is outside {lo}..={hi}")));
+            }
+            Ok(())
+        };
+        range(
+            "plugins.max_loaded_plugins",
+            g.max_loaded_plugins as u64,
+            1,
+            100_000,
+        )?;
+        range(
+            "plugins.max_concurrent_compiles",
+            g.max_concurrent_compiles as u64,
+            1,
+            64,
+        )?;
+        range(
+            "plugins.compile_timeout_ms",
+            g.compile_timeout_ms,
+            1_000,
+            600_000,
+        )
+    }
+
     /// The listen address, parsed.
     pub fn listen_addr(&self) -> Result<SocketAddr> {
         self.server.listen.parse().map_err(|e| {
@@ -768,6 +849,10 @@ impl Config {
             max_plugin_bytes: self.plugins.max_plugin_bytes,
             max_concurrent_instances: self.plugins.max_concurrent_instances,
             limits: self.plugins.limits,
+            caps: self.plugins.caps(),
+            max_loaded_plugins: self.plugins.max_loaded_plugins,
+            max_concurrent_compiles: self.plugins.max_concurrent_compiles,
+            compile_timeout_ms: self.plugins.compile_timeout_ms,
         }
     }
 
@@ -1134,6 +1219,43 @@ path = "/tmp/x.jsonl"
                 .unwrap_err()
                 .to_string()
                 .contains("server.listen")
+        );
+    }
+
+    #[test]
+    fn plugin_caps_are_validated() {
+        let c = Config::from_toml("[plugins.max_limits]\ntimeout_ms = 500\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.engine().caps.timeout_ms, 500);
+        assert_eq!(
+            c.engine().caps.fuel,
+            PluginLimits::DEFAULT_CAPS.fuel,
+            "others default"
+        );
+        let e = Config::from_toml("[plugins.max_limits]\nfuel = 20000000000\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("plugins.max_limits.fuel = 20000000000 is above its hard cap"),
+            "{e}"
+        );
+        let e = Config::from_toml("[plugins.max_limits]\ntimeout_ms = 100\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("plugins.limits.timeout_ms = 200 is above the operator cap plugins.max_limits.timeout_ms = 100"),
+            "{e}"
+        );
+        let e = Config::from_toml("[plugins]\nmax_concurrent_compiles = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("plugins.max_concurrent_compiles"),
+            "{e}"
         );
     }
 

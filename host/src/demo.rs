@@ -66,6 +66,7 @@ pub async fn run(ctx: &Context, args: &DemoArgs) -> Result<i32> {
     samples::deploy(&client, &ctx.engine).await?;
     registry::set_pipeline(
         &client,
+        &ctx.engine,
         DEFAULT_TENANT,
         &kind,
         &[

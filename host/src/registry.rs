@@ -142,6 +142,9 @@ pub async fn deploy_plugin_versioned(
     }
     let digest = digest_of(&bytes);
     engine.trusted_keys().verify(&digest, signature)?;
+    // verified (a given signature is checked even without trusted keys),
+    // so kept: a host that turns signing on later checks it at load
+    let signature = signature.map(|s| s.trim().to_ascii_lowercase());
     let eng = engine.clone();
     let bytes = Arc::new(bytes);
     let to_compile = bytes.clone();
@@ -150,9 +153,18 @@ pub async fn deploy_plugin_versioned(
         .expect("plugin compile task")?;
     client
         .execute(
-            "insert into payrail.plugins (digest, name, bytes, size_bytes) values ($1, $2, $3, $4)
-             on conflict (digest) do nothing",
-            &[&digest, &name, &bytes.as_slice(), &(bytes.len() as i32)],
+            "insert into payrail.plugins (digest, name, bytes, size_bytes, signature)
+             values ($1, $2, $3, $4, $5)
+             on conflict (digest) do update
+               set signature = coalesce(excluded.signature, payrail.plugins.signature)
+               where excluded.signature is not null",
+            &[
+                &digest,
+                &name,
+                &bytes.as_slice(),
+                &(bytes.len() as i32),
+                &signature,
+            ],
         )
         .await?;
     client
@@ -222,9 +234,14 @@ pub async fn list_plugins(
 }
 
 /// Resolves names to digests and replaces the pipeline of `kind` atomically
-/// (its version goes up by one).
+/// (its version goes up by one). Refused, with nothing changed, if a step's
+/// limits exceed the engine's operator caps (`invalid_limits`, naming the
+/// field, the value and the cap) or, on a host with trusted keys, a step's
+/// plugin is not signed by one of them (`plugin_unsigned`,
+/// `plugin_signature_invalid`).
 pub async fn set_pipeline(
     client: &impl GenericClient,
+    engine: &PluginEngine,
     tenant: &str,
     kind: &str,
     specs: &[StepSpec],
@@ -245,14 +262,14 @@ pub async fn set_pipeline(
             ));
         }
         if let Some(l) = &s.limits {
-            l.validate().map_err(|m| {
+            l.validate_within(&engine.config().caps).map_err(|m| {
                 Error::invalid("invalid_limits", format!("step {:?}: {m}", s.plugin))
             })?;
         }
-        let (plugin, digest) = resolve(client, tenant, &s.plugin).await?;
+        let (plugin, digest) = resolve_trusted(client, engine, tenant, &s.plugin).await?;
         let candidate = match &s.candidate {
             Some(c) => {
-                let (plugin, digest) = resolve(client, tenant, c).await?;
+                let (plugin, digest) = resolve_trusted(client, engine, tenant, c).await?;
                 Some(Candidate { plugin, digest })
             }
             None => None,
@@ -266,6 +283,41 @@ pub async fn set_pipeline(
         });
     }
     store_version(client, tenant, kind, steps, "set", None).await
+}
+
+/// [`resolve`], and on a host with trusted keys, a check of the plugin's
+/// stored signature (the error names the step's plugin).
+async fn resolve_trusted(
+    client: &impl GenericClient,
+    engine: &PluginEngine,
+    tenant: &str,
+    plugin: &str,
+) -> Result<(String, String)> {
+    let (name, digest) = resolve(client, tenant, plugin).await?;
+    if !engine.trusted_keys().is_empty() {
+        let sig = stored_signature(client, &digest).await?;
+        engine
+            .trusted_keys()
+            .verify(&digest, sig.as_deref())
+            .map_err(|e| match e {
+                Error::Invalid { code, message } => {
+                    Error::invalid(code, format!("step plugin {plugin:?}: {message}"))
+                }
+                e => e,
+            })?;
+    }
+    Ok((name, digest))
+}
+
+/// The signature stored with plugin `digest` (`None`: unsigned).
+async fn stored_signature(client: &impl GenericClient, digest: &str) -> Result<Option<String>> {
+    Ok(client
+        .query_opt(
+            "select signature from payrail.plugins where digest = $1",
+            &[&digest],
+        )
+        .await?
+        .and_then(|r| r.get(0)))
 }
 
 /// The (name, digest) a step's plugin reference names: only the tenant's
@@ -545,8 +597,19 @@ pub async fn ensure_loaded(
     engine: &Arc<PluginEngine>,
     pipeline: &Pipeline,
 ) -> Result<()> {
-    for step in &pipeline.steps {
-        ensure_digest_loaded(client, engine, &step.digest).await?;
+    for (i, step) in pipeline.steps.iter().enumerate() {
+        ensure_digest_loaded(client, engine, &step.digest)
+            .await
+            .map_err(|e| match e {
+                // attribute a refused signature to its step
+                Error::Plugin { fault, .. } => Error::Plugin {
+                    step: i,
+                    plugin: step.plugin.clone(),
+                    digest: step.digest.clone(),
+                    fault,
+                },
+                e => e,
+            })?;
         // A candidate that cannot be loaded must not fail the payment: its
         // shadow call then records `plugin_not_loaded`.
         if let Some(c) = &step.candidate
@@ -559,6 +622,11 @@ pub async fn ensure_loaded(
 }
 
 /// Compiles the stored plugin `digest` unless the engine has it already.
+/// On a host with trusted keys, the stored signature is checked first: a
+/// plugin deployed unsigned (before signing was on) or signed by a key no
+/// longer trusted is refused with the fault `plugin_unsigned` and never
+/// compiled. (The engine then only ever holds checked plugins, so a loaded
+/// one needs no check.)
 pub async fn ensure_digest_loaded(
     client: &impl GenericClient,
     engine: &Arc<PluginEngine>,
@@ -569,7 +637,7 @@ pub async fn ensure_digest_loaded(
     }
     let row = client
         .query_opt(
-            "select bytes from payrail.plugins where digest = $1",
+            "select bytes, signature from payrail.plugins where digest = $1",
             &[&digest],
         )
         .await?
@@ -577,6 +645,20 @@ pub async fn ensure_digest_loaded(
             what: "plugin",
             id: digest.to_string(),
         })?;
+    let signature: Option<String> = row.get(1);
+    if !engine.trusted_keys().is_empty()
+        && let Err(e) = engine.trusted_keys().verify(digest, signature.as_deref())
+    {
+        return Err(Error::Plugin {
+            step: 0,
+            plugin: digest.to_string(),
+            digest: digest.to_string(),
+            fault: crate::engine::PluginFault::Unsigned {
+                digest: digest.to_string(),
+                reason: e.to_string(),
+            },
+        });
+    }
     let bytes: Vec<u8> = row.get(0);
     let eng = engine.clone();
     let loaded = tokio::task::spawn_blocking(move || eng.load(&bytes))

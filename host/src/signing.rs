@@ -8,7 +8,7 @@
 //! be replayed for anything else.
 
 use crate::error::{Error, Result};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 /// Domain separation prefix of every signed message.
 pub const CONTEXT: &[u8] = b"payrail-plugin-signature-v1\0";
@@ -45,6 +45,12 @@ impl TrustedKeys {
             }
             let key = VerifyingKey::from_bytes(&hex32("a trusted plugin key", k)?)
                 .map_err(|e| Error::invalid("invalid_key", format!("bad trusted key {k}: {e}")))?;
+            if key.is_weak() {
+                return Err(Error::invalid(
+                    "invalid_key",
+                    format!("trusted key {k} is a weak (small-order) key"),
+                ));
+            }
             keys.push(key);
         }
         if keys.len() > MAX_KEYS {
@@ -100,7 +106,9 @@ impl TrustedKeys {
             ));
         }
         let msg = message(digest);
-        if self.0.iter().any(|k| k.verify(&msg, &sig).is_ok()) {
+        // strict: no small-order keys or non-canonical R/S, so a
+        // signature is valid for exactly one (key, message)
+        if self.0.iter().any(|k| k.verify_strict(&msg, &sig).is_ok()) {
             Ok(())
         } else {
             Err(bad("no trusted key signed this digest"))

@@ -29,7 +29,16 @@ pub struct TestDb {
 pub fn engine() -> Arc<PluginEngine> {
     static ENGINE: OnceLock<Arc<PluginEngine>> = OnceLock::new();
     ENGINE
-        .get_or_init(|| Arc::new(PluginEngine::new(EngineConfig::default()).expect("engine")))
+        .get_or_init(|| {
+            // limits up to the hard caps: these tests exercise the sandbox's
+            // own limits; the operator caps are tested over `payrail serve`
+            // (tests/isolation/sandbox.rs)
+            let config = EngineConfig {
+                caps: payrail::engine::PluginLimits::HARD_CAPS,
+                ..EngineConfig::default()
+            };
+            Arc::new(PluginEngine::new(config).expect("engine"))
+        })
         .clone()
 }
 
@@ -134,7 +143,7 @@ impl TestDb {
                 limits: None,
             })
             .collect();
-        registry::set_pipeline(&c, DEFAULT_TENANT, kind, &specs)
+        registry::set_pipeline(&c, &engine(), DEFAULT_TENANT, kind, &specs)
             .await
             .expect("set pipeline");
     }

@@ -122,7 +122,7 @@ pub async fn put_pipeline(
 ) -> ApiResult<Json<Pipeline>> {
     let client = st.pool.get().await.map_err(crate::Error::from)?;
     Ok(Json(
-        registry::set_pipeline(&client, &p.tenant, &kind, &body.steps).await?,
+        registry::set_pipeline(&client, &st.engine, &p.tenant, &kind, &body.steps).await?,
     ))
 }
 

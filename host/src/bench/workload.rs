@@ -93,12 +93,20 @@ pub async fn setup(pool: &Pool, engine: &Arc<PluginEngine>, accounts: usize) -> 
     };
     registry::set_pipeline(
         &c,
+        engine,
         DEFAULT_TENANT,
         Workload::Uniform.name(),
         std::slice::from_ref(&limits),
     )
     .await?;
-    registry::set_pipeline(&c, DEFAULT_TENANT, Workload::HotFee.name(), &[limits, fee]).await?;
+    registry::set_pipeline(
+        &c,
+        engine,
+        DEFAULT_TENANT,
+        Workload::HotFee.name(),
+        &[limits, fee],
+    )
+    .await?;
     Ok(())
 }
 

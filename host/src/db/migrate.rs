@@ -87,6 +87,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "account_opened_events",
         sql: include_str!("../../../migrations/0013_account_opened_events.sql"),
     },
+    Migration {
+        version: 14,
+        name: "plugin_signatures",
+        sql: include_str!("../../../migrations/0014_plugin_signatures.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.

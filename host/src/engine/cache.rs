@@ -62,15 +62,58 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Refuses `dir` unless this process's user owns it and no one else may
+/// write to it: whoever can write there can make the host map their bytes
+/// as code. Checked before anything is read from it.
+#[cfg(unix)]
+fn check_owner_only(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)?;
+    let me = rustix::process::geteuid().as_raw();
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "artifact cache directory {} {why}; use a directory of this user's, mode 0700",
+                dir.display()
+            ),
+        ))
+    };
+    if !meta.is_dir() {
+        return refuse("is not a directory".into());
+    }
+    if meta.uid() != me {
+        return refuse(format!(
+            "is owned by uid {}, not this user (uid {me})",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "is writable by its group or others (mode {:o})",
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
 impl ArtifactCache {
     /// Opens (creating it owner-only) the cache directory for `engine`.
+    /// Refuses a directory another user owns or may write to
+    /// ([`check_owner_only`]).
     pub(crate) fn open(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            check_owner_only(dir)?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
+        #[cfg(not(unix))]
+        std::fs::create_dir_all(dir)?;
         let mut h = Sha256Hasher(Sha256::new());
         h.write(b"payrail/artifact/v1\0");
         engine.precompile_compatibility_hash().hash(&mut h);
@@ -132,6 +175,57 @@ impl ArtifactCache {
             });
         if let Err(e) = result {
             tracing::warn!(error = %e, dir = %self.dir.display(), "cannot write plugin artifact cache");
+        }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("payrail-cache-{tag}-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn refuses_a_directory_others_can_write() {
+        let d = temp_dir("ww");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_owner_only(&d).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(
+            err.to_string().contains("writable by its group or others"),
+            "{err}"
+        );
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        check_owner_only(&d).expect("owner-only is accepted");
+        let engine = Engine::default();
+        ArtifactCache::open(&d.join("nested/new"), &engine).expect("created owner-only");
+        let mode = std::fs::metadata(d.join("nested/new"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_directory_of_another_user() {
+        // `/` is root's: another user's directory for anyone but root
+        if rustix::process::geteuid().is_root() {
+            // as root, a directory chowned to nobody stands in for it
+            let d = temp_dir("other");
+            std::os::unix::fs::chown(&d, Some(65534), None).unwrap();
+            let err = check_owner_only(&d).unwrap_err();
+            assert!(err.to_string().contains("is owned by uid 65534"), "{err}");
+            std::fs::remove_dir_all(&d).unwrap();
+        } else {
+            let err = check_owner_only(Path::new("/")).unwrap_err();
+            assert!(err.to_string().contains("is owned by uid 0"), "{err}");
         }
     }
 }

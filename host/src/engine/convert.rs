@@ -1,8 +1,8 @@
 //! Conversions between the host's model types and the WIT bindings, with the
 //! shape checks a plugin's output must pass before the processor sees it.
 
-use super::PluginFault;
 use super::bindings::payrail::plugin::types as wit;
+use super::{PluginFault, PluginLimits, is_reserved_topic};
 use crate::model::{Decision, Metadata, PluginEvent, PluginInput, Posting};
 
 /// Longest decline code / annotation key / event topic accepted.
@@ -104,8 +104,35 @@ fn check_name(what: &str, s: &str) -> Result<(), PluginFault> {
     }
 }
 
-/// Guest decision -> host decision, rejecting malformed output.
-pub(super) fn decision_from_guest(d: wit::Decision) -> Result<Decision, PluginFault> {
+/// Checks one event: a topic of the plugin's own (not the host's), a
+/// payload of valid JSON within the limit.
+fn check_event(e: &wit::Event, limits: &PluginLimits) -> Result<(), PluginFault> {
+    check_name("event topic", &e.topic)?;
+    if is_reserved_topic(&e.topic) {
+        return Err(PluginFault::ReservedTopic(e.topic.clone()));
+    }
+    if e.payload.len() > limits.max_event_payload_bytes {
+        return Err(PluginFault::EventTooLarge {
+            topic: e.topic.clone(),
+            bytes: e.payload.len(),
+            limit: limits.max_event_payload_bytes,
+        });
+    }
+    if serde_json::from_str::<serde_json::Value>(&e.payload).is_err() {
+        return Err(PluginFault::InvalidOutput(format!(
+            "event {:?} payload is not valid JSON",
+            e.topic
+        )));
+    }
+    Ok(())
+}
+
+/// Guest decision -> host decision, rejecting malformed output and events
+/// beyond `limits` (count, payload size) or on the host's topics.
+pub(super) fn decision_from_guest(
+    d: wit::Decision,
+    limits: &PluginLimits,
+) -> Result<Decision, PluginFault> {
     match d {
         wit::Decision::Decline(dec) => {
             check_name("decline code", &dec.code)?;
@@ -125,15 +152,15 @@ pub(super) fn decision_from_guest(d: wit::Decision) -> Result<Decision, PluginFa
                     )));
                 }
             }
+            if a.events.len() > limits.max_events {
+                return Err(PluginFault::TooManyEvents {
+                    count: a.events.len(),
+                    limit: limits.max_events,
+                });
+            }
             let mut events = Vec::with_capacity(a.events.len());
             for e in a.events {
-                check_name("event topic", &e.topic)?;
-                if serde_json::from_str::<serde_json::Value>(&e.payload).is_err() {
-                    return Err(PluginFault::InvalidOutput(format!(
-                        "event {:?} payload is not valid JSON",
-                        e.topic
-                    )));
-                }
+                check_event(&e, limits)?;
                 events.push(PluginEvent {
                     topic: e.topic,
                     payload: e.payload,

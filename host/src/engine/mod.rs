@@ -9,6 +9,7 @@
 //! (`payrail plugin bench`; docs/sandbox.md says where it goes).
 
 mod cache;
+mod compile;
 mod convert;
 mod wasi;
 
@@ -26,7 +27,8 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-pub use wasi::LogBuffer;
+pub use compile::CompileStats;
+pub use wasi::{LogBuffer, MAX_HOST_RESOURCES};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -52,7 +54,8 @@ const KEEP_RESIDENT_PAGEMAP: usize = 2 << 20;
 
 /// Per-call resource limits. Defaults follow Shopify Functions' published
 /// limits (11M instructions, 10 MB memory, 128 kB input, 20 kB output, 1 kB
-/// logs) plus a wall-clock backstop.
+/// logs) plus a wall-clock backstop and caps on the events one call may
+/// publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginLimits {
@@ -69,6 +72,10 @@ pub struct PluginLimits {
     /// Log bytes kept per call (host log import and stdout/stderr); the rest
     /// is dropped.
     pub max_log_bytes: usize,
+    /// Outbox events one approval may publish (each is an outbox row).
+    pub max_events: usize,
+    /// Largest payload (JSON text) of one event.
+    pub max_event_payload_bytes: usize,
 }
 
 impl Default for PluginLimits {
@@ -80,14 +87,87 @@ impl Default for PluginLimits {
             max_input_bytes: 128 * 1024,
             max_output_bytes: 20 * 1024,
             max_log_bytes: 1024,
+            max_events: 16,
+            max_event_payload_bytes: 4 * 1024,
         }
+    }
+}
+
+impl PluginLimits {
+    /// The hard caps: no configuration or step may go above them.
+    pub const HARD_CAPS: PluginLimits = PluginLimits {
+        fuel: 10_000_000_000,
+        max_memory_bytes: 256 << 20,
+        timeout_ms: 10_000,
+        max_input_bytes: 4 << 20,
+        max_output_bytes: 1 << 20,
+        max_log_bytes: 64 << 10,
+        max_events: 64,
+        max_event_payload_bytes: 64 << 10,
+    };
+
+    /// The default operator caps (`[plugins.max_limits]`): what a tenant
+    /// admin may raise a step's limits to. docs/sandbox.md says why.
+    pub const DEFAULT_CAPS: PluginLimits = PluginLimits {
+        fuel: 100_000_000,
+        max_memory_bytes: 64 << 20,
+        timeout_ms: 1_000,
+        max_input_bytes: 1 << 20,
+        max_output_bytes: 256 << 10,
+        max_log_bytes: 16 << 10,
+        max_events: 64,
+        max_event_payload_bytes: 16 << 10,
+    };
+
+    /// `(name, value)` of every field, in declaration order.
+    pub fn fields(&self) -> [(&'static str, u64); 8] {
+        [
+            ("fuel", self.fuel),
+            ("max_memory_bytes", self.max_memory_bytes as u64),
+            ("timeout_ms", self.timeout_ms),
+            ("max_input_bytes", self.max_input_bytes as u64),
+            ("max_output_bytes", self.max_output_bytes as u64),
+            ("max_log_bytes", self.max_log_bytes as u64),
+            ("max_events", self.max_events as u64),
+            (
+                "max_event_payload_bytes",
+                self.max_event_payload_bytes as u64,
+            ),
+        ]
+    }
+
+    /// Each field the smaller of `self` and `caps`.
+    pub fn min(&self, caps: &PluginLimits) -> PluginLimits {
+        PluginLimits {
+            fuel: self.fuel.min(caps.fuel),
+            max_memory_bytes: self.max_memory_bytes.min(caps.max_memory_bytes),
+            timeout_ms: self.timeout_ms.min(caps.timeout_ms),
+            max_input_bytes: self.max_input_bytes.min(caps.max_input_bytes),
+            max_output_bytes: self.max_output_bytes.min(caps.max_output_bytes),
+            max_log_bytes: self.max_log_bytes.min(caps.max_log_bytes),
+            max_events: self.max_events.min(caps.max_events),
+            max_event_payload_bytes: self
+                .max_event_payload_bytes
+                .min(caps.max_event_payload_bytes),
+        }
+    }
+
+    /// The first field of `self` above its value in `caps`, as
+    /// `(name, value, cap)`.
+    pub fn first_above(&self, caps: &PluginLimits) -> Option<(&'static str, u64, u64)> {
+        self.fields()
+            .into_iter()
+            .zip(caps.fields())
+            .find(|((_, v), (_, cap))| v > cap)
+            .map(|((name, v), (_, cap))| (name, v, cap))
     }
 }
 
 /// Per-step overrides of [`PluginLimits`], set in a pipeline step
 /// (`"limits": {"fuel": 2000000}`); absent fields keep the host's value.
-/// Each present value must be positive and at most its hard cap
-/// ([`PluginLimitOverrides::validate`]).
+/// Each present value must be positive and at most its cap: the hard caps
+/// ([`PluginLimits::HARD_CAPS`], [`PluginLimitOverrides::validate`]) and the
+/// operator's (`[plugins.max_limits]`, [`PluginLimitOverrides::validate_within`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginLimitOverrides {
@@ -110,38 +190,57 @@ pub struct PluginLimitOverrides {
     /// Log bytes kept; at most 64 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_log_bytes: Option<usize>,
+    /// Events one approval may publish; at most 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events: Option<usize>,
+    /// Payload size of one event; at most 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_event_payload_bytes: Option<usize>,
 }
 
 impl PluginLimitOverrides {
-    /// Refuses a zero or above-cap value, naming the field.
+    /// Refuses a zero or above-hard-cap value, naming the field.
     pub fn validate(&self) -> Result<(), String> {
-        let check = |name: &str, v: Option<u64>, cap: u64| match v {
-            Some(0) => Err(format!("limits.{name} must be positive")),
-            Some(v) if v > cap => Err(format!("limits.{name} is {v}, above the cap of {cap}")),
-            _ => Ok(()),
-        };
-        check("fuel", self.fuel, 10_000_000_000)?;
-        check(
-            "max_memory_bytes",
-            self.max_memory_bytes.map(|v| v as u64),
-            256 << 20,
-        )?;
-        check("timeout_ms", self.timeout_ms, 10_000)?;
-        check(
-            "max_input_bytes",
-            self.max_input_bytes.map(|v| v as u64),
-            4 << 20,
-        )?;
-        check(
-            "max_output_bytes",
-            self.max_output_bytes.map(|v| v as u64),
-            1 << 20,
-        )?;
-        check(
-            "max_log_bytes",
-            self.max_log_bytes.map(|v| v as u64),
-            64 << 10,
-        )
+        self.validate_within(&PluginLimits::HARD_CAPS)
+    }
+
+    /// Refuses a zero value or one above its cap in `caps` (the operator's
+    /// caps, themselves at most the hard caps), naming the field, the value
+    /// and the cap.
+    pub fn validate_within(&self, caps: &PluginLimits) -> Result<(), String> {
+        // zero is "not set" here; `apply` onto all-zero limits keeps only
+        // the values present
+        let given = self.apply(&PluginLimits {
+            fuel: 0,
+            max_memory_bytes: 0,
+            timeout_ms: 0,
+            max_input_bytes: 0,
+            max_output_bytes: 0,
+            max_log_bytes: 0,
+            max_events: 0,
+            max_event_payload_bytes: 0,
+        });
+        let present = [
+            self.fuel.is_some(),
+            self.max_memory_bytes.is_some(),
+            self.timeout_ms.is_some(),
+            self.max_input_bytes.is_some(),
+            self.max_output_bytes.is_some(),
+            self.max_log_bytes.is_some(),
+            self.max_events.is_some(),
+            self.max_event_payload_bytes.is_some(),
+        ];
+        for ((name, v), is_set) in given.fields().into_iter().zip(present) {
+            if is_set && v == 0 {
+                return Err(format!("limits.{name} must be positive"));
+            }
+        }
+        match given.first_above(caps) {
+            Some((name, v, cap)) => Err(format!(
+                "limits.{name} is {v}, above the cap of {cap} (plugins.max_limits.{name})"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// `base` with every present field replaced.
@@ -153,6 +252,10 @@ impl PluginLimitOverrides {
             max_input_bytes: self.max_input_bytes.unwrap_or(base.max_input_bytes),
             max_output_bytes: self.max_output_bytes.unwrap_or(base.max_output_bytes),
             max_log_bytes: self.max_log_bytes.unwrap_or(base.max_log_bytes),
+            max_events: self.max_events.unwrap_or(base.max_events),
+            max_event_payload_bytes: self
+                .max_event_payload_bytes
+                .unwrap_or(base.max_event_payload_bytes),
         }
     }
 }
@@ -168,6 +271,20 @@ pub struct EngineConfig {
     pub max_concurrent_instances: u32,
     /// Default limits for calls that do not override them.
     pub limits: PluginLimits,
+    /// The operator's caps: no step may set a limit above them, and every
+    /// call's limits are clamped to them (a pipeline stored before the
+    /// caps were lowered runs under the new ones).
+    pub caps: PluginLimits,
+    /// Compiled plugins kept in memory; the least recently used one is
+    /// dropped to make room (and compiled again, or read from the artifact
+    /// cache, when a pipeline needs it again).
+    pub max_loaded_plugins: usize,
+    /// Compiles that may run at once; further deploys and loads wait for
+    /// a slot.
+    pub max_concurrent_compiles: usize,
+    /// How long a deploy or load waits for its compile (slot wait
+    /// included) before it is refused with `plugin_compile_timeout`.
+    pub compile_timeout_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -177,6 +294,10 @@ impl Default for EngineConfig {
             max_plugin_bytes: 2 * 1024 * 1024,
             max_concurrent_instances: 64,
             limits: PluginLimits::default(),
+            caps: PluginLimits::DEFAULT_CAPS,
+            max_loaded_plugins: 256,
+            max_concurrent_compiles: 1,
+            compile_timeout_ms: 120_000,
         }
     }
 }
@@ -198,6 +319,12 @@ pub enum LoadError {
     NotAComponent(String),
     #[error("component does not implement the payrail:plugin/rule@0.1.0 world: {0}")]
     WrongWorld(String),
+    /// The compile (slot wait included) took longer than
+    /// `plugins.compile_timeout_ms`.
+    #[error(
+        "the plugin did not compile within {timeout_ms} ms (plugins.compile_timeout_ms; {busy} other compile(s) were running or waiting)"
+    )]
+    CompileTimeout { timeout_ms: u64, busy: usize },
 }
 
 /// A typed failure of one plugin call. The payment is rolled back; the
@@ -224,6 +351,41 @@ pub enum PluginFault {
     PluginError { code: String, message: String },
     #[error("plugin {0} is not loaded in this engine")]
     NotLoaded(String),
+    #[error(
+        "plugin waited on something that is not ready (a sleep, poll or read): plugins cannot block"
+    )]
+    WouldBlock,
+    #[error("plugin holds more than {limit} host resources (pollables, streams) at once")]
+    ResourceLimit { limit: usize },
+    #[error("plugin returned {count} events, above the limit of {limit}")]
+    TooManyEvents { count: usize, limit: usize },
+    #[error("plugin event {topic:?} has a {bytes}-byte payload, above the limit of {limit} bytes")]
+    EventTooLarge {
+        topic: String,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error(
+        "plugin event topic {0:?} is reserved for the host (topics starting with {prefixes})",
+        prefixes = RESERVED_TOPIC_PREFIXES.join(", ")
+    )]
+    ReservedTopic(String),
+    #[error("plugin {digest} is not signed by a trusted key: {reason}")]
+    Unsigned { digest: String, reason: String },
+}
+
+/// Outbox topic prefixes only the host may publish: `payment.<status>`,
+/// `hold.expire` (a timer the relay acts on), and room for account and
+/// host events. A plugin event under any of them is refused
+/// ([`PluginFault::ReservedTopic`]).
+pub const RESERVED_TOPIC_PREFIXES: &[&str] = &["payment.", "hold.", "account.", "payrail."];
+
+/// Whether `topic` is the host's: it starts with a reserved prefix or is
+/// one without its dot (`payment`).
+pub fn is_reserved_topic(topic: &str) -> bool {
+    RESERVED_TOPIC_PREFIXES
+        .iter()
+        .any(|p| topic.starts_with(p) || topic == p.trim_end_matches('.'))
 }
 
 impl PluginFault {
@@ -240,6 +402,12 @@ impl PluginFault {
             PluginFault::InvalidOutput(_) => "plugin_invalid_output",
             PluginFault::PluginError { .. } => "plugin_error",
             PluginFault::NotLoaded(_) => "plugin_not_loaded",
+            PluginFault::WouldBlock => "plugin_would_block",
+            PluginFault::ResourceLimit { .. } => "plugin_resource_limit",
+            PluginFault::TooManyEvents { .. } => "plugin_too_many_events",
+            PluginFault::EventTooLarge { .. } => "plugin_event_too_large",
+            PluginFault::ReservedTopic(_) => "plugin_reserved_topic",
+            PluginFault::Unsigned { .. } => "plugin_unsigned",
         }
     }
 }
@@ -428,7 +596,11 @@ impl Drop for EpochTicker {
 pub struct PluginEngine {
     engine: Engine,
     linker: Linker<CallState>,
-    loaded: RwLock<HashMap<String, RulePre<CallState>>>,
+    /// Compiled plugins by digest, at most `max_loaded_plugins`.
+    loaded: RwLock<HashMap<String, Arc<Loaded>>>,
+    /// Ticks of the least-recently-used clock of `loaded`.
+    uses: AtomicU64,
+    compiles: Arc<compile::CompileGate>,
     config: EngineConfig,
     /// Largest memory a pool slot holds: no call may be granted more.
     pool_max_memory: usize,
@@ -444,6 +616,13 @@ pub struct PluginEngine {
     /// Publisher keys a deploy must be signed by (none: unsigned is fine).
     trusted: crate::signing::TrustedKeys,
     _ticker: EpochTicker,
+}
+
+/// A compiled plugin and when it was last used (a tick of
+/// `PluginEngine::uses`).
+struct Loaded {
+    pre: RulePre<CallState>,
+    last_used: AtomicU64,
 }
 
 /// The artifact cache directory `payrail` uses: `$PAYRAIL_CACHE_DIR`, else
@@ -506,13 +685,15 @@ impl PluginEngine {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasi::add_to_linker(&mut linker)?;
         Rule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         Ok(PluginEngine {
             _ticker: EpochTicker::start(engine.clone()),
             engine,
             linker,
             loaded: RwLock::new(HashMap::new()),
+            uses: AtomicU64::new(0),
+            compiles: compile::CompileGate::new(config.max_concurrent_compiles),
             config,
             pool_max_memory,
             cache: None,
@@ -580,7 +761,9 @@ impl PluginEngine {
 
     /// Validates and compiles `bytes` and keeps it ready under its digest.
     /// Idempotent: a digest already loaded is not compiled again. Cost: one
-    /// cranelift compile (~100 ms for a std plugin) on first load.
+    /// cranelift compile (~100 ms for a std plugin) on first
+    /// load, in a compile slot (`max_concurrent_compiles`), waiting at most
+    /// `compile_timeout_ms` in all.
     pub fn load(&self, bytes: &[u8]) -> Result<String, LoadError> {
         if bytes.len() > self.config.max_plugin_bytes {
             return Err(LoadError::TooLarge {
@@ -607,8 +790,11 @@ impl PluginEngine {
                 self.cache_hits.fetch_add(1, Ordering::Relaxed);
                 c
             }
-            None => Component::new(&self.engine, bytes)
-                .map_err(|e| LoadError::Compile(format!("{e:#}")))?,
+            None => match self.compile(&digest, bytes)? {
+                Some(c) => c,
+                // compiled by another load while this one waited
+                None => return Ok(digest),
+            },
         };
         let wrong_world = |e: wasmtime::Error| {
             LoadError::WrongWorld(format!("{e:#}; {}", self.describe_world(&component)))
@@ -622,11 +808,69 @@ impl PluginEngine {
         if fresh && let Some(cache) = &self.cache {
             cache.put(&digest, &component);
         }
-        self.loaded
-            .write()
-            .expect("plugin cache lock")
-            .insert(digest.clone(), pre);
+        self.insert_loaded(digest.clone(), pre);
         Ok(digest)
+    }
+
+    /// Compiles `bytes` in a compile slot within `compile_timeout_ms`;
+    /// `None` if `digest` got loaded while this call waited for its slot.
+    fn compile(&self, digest: &str, bytes: &[u8]) -> Result<Option<Component>, LoadError> {
+        let timeout_ms = self.config.compile_timeout_ms;
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let timed_out = |busy| LoadError::CompileTimeout { timeout_ms, busy };
+        let slot = self.compiles.acquire(deadline).map_err(timed_out)?;
+        if self.is_loaded(digest) {
+            return Ok(None);
+        }
+        let (engine, bytes) = (self.engine.clone(), bytes.to_vec());
+        let compiled = compile::run_bounded(slot, deadline, move || {
+            Component::new(&engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))
+        });
+        match compiled {
+            Some(c) => c.map(Some),
+            None => Err(timed_out(self.compiles.busy())),
+        }
+    }
+
+    /// Keeps `pre` under `digest`, first dropping the least recently used
+    /// plugin if `max_loaded_plugins` are loaded. Cost: a scan of the map
+    /// when it is full (a few hundred entries).
+    fn insert_loaded(&self, digest: String, pre: RulePre<CallState>) {
+        let mut map = self.loaded.write().expect("plugin cache lock");
+        if map.len() >= self.config.max_loaded_plugins.max(1) && !map.contains_key(&digest) {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, l)| l.last_used.load(Ordering::Relaxed))
+                .map(|(d, _)| d.clone());
+            if let Some(d) = oldest {
+                map.remove(&d);
+            }
+        }
+        let last_used = AtomicU64::new(self.uses.fetch_add(1, Ordering::Relaxed));
+        map.insert(digest, Arc::new(Loaded { pre, last_used }));
+    }
+
+    /// How many plugins are compiled and kept in memory.
+    pub fn loaded_count(&self) -> usize {
+        self.loaded.read().expect("plugin cache lock").len()
+    }
+
+    /// Compile counters (slots used, most at once).
+    pub fn compile_stats(&self) -> CompileStats {
+        self.compiles.stats()
+    }
+
+    /// The loaded plugin `digest`, marked as just used.
+    fn get_loaded(&self, digest: &str) -> Option<Arc<Loaded>> {
+        let l = self
+            .loaded
+            .read()
+            .expect("plugin cache lock")
+            .get(digest)
+            .cloned()?;
+        l.last_used
+            .store(self.uses.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        Some(l)
     }
 
     /// "it imports [...] and exports [...]" of a component, for a deploy
@@ -647,12 +891,10 @@ impl PluginEngine {
         format!("the component imports [{imports}] and exports [{exports}]")
     }
 
-    /// Whether `digest` is compiled and ready.
+    /// Whether `digest` is compiled and ready (and marks it used: the
+    /// processor asks before every payment's calls).
     pub fn is_loaded(&self, digest: &str) -> bool {
-        self.loaded
-            .read()
-            .expect("plugin cache lock")
-            .contains_key(digest)
+        self.get_loaded(digest).is_some()
     }
 
     /// Runs one call of plugin `digest` in a fresh store under `limits`.
@@ -663,6 +905,13 @@ impl PluginEngine {
         input: &PreparedInput,
         limits: &PluginLimits,
     ) -> Result<CallOutcome, PluginFault> {
+        // A step may ask for more memory than a pool slot holds; the slot
+        // is the real ceiling, so report that one when it is hit. No call
+        // goes above the operator's caps, whatever its pipeline says.
+        let limits = &limits.min(&PluginLimits {
+            max_memory_bytes: self.pool_max_memory,
+            ..self.config.caps
+        });
         if input.json.len() > limits.max_input_bytes {
             return Err(PluginFault::InputTooLarge {
                 bytes: input.json.len(),
@@ -670,18 +919,9 @@ impl PluginEngine {
             });
         }
         let pre = self
-            .loaded
-            .read()
-            .expect("plugin cache lock")
-            .get(digest)
-            .cloned()
+            .get_loaded(digest)
+            .map(|l| l.pre.clone())
             .ok_or_else(|| PluginFault::NotLoaded(digest.to_string()))?;
-        // A step may ask for more memory than a pool slot holds; the slot
-        // is the real ceiling, so report that one when it is hit.
-        let limits = &PluginLimits {
-            max_memory_bytes: limits.max_memory_bytes.min(self.pool_max_memory),
-            ..*limits
-        };
         let log = Arc::new(Mutex::new(LogBuffer {
             max_bytes: limits.max_log_bytes,
             ..LogBuffer::default()
@@ -697,7 +937,7 @@ impl PluginEngine {
             wasi: None,
             now_ms: input.input.now_ms,
             seed: input.digest,
-            table: ResourceTable::new(),
+            table: bounded_table(),
             limiter: CallLimiter {
                 max_memory_bytes: limits.max_memory_bytes,
                 max_table_elements: 100_000,
@@ -739,7 +979,7 @@ impl PluginEngine {
             }
             Err(e) => return Err(classify_trap(&e, memory_refused, limits)),
         };
-        let decision = convert::decision_from_guest(output)?;
+        let decision = convert::decision_from_guest(output, limits)?;
         let output_json = serde_json::to_string(&decision).expect("decision serializes");
         if output_json.len() > limits.max_output_bytes {
             return Err(PluginFault::OutputTooLarge {
@@ -772,6 +1012,13 @@ impl PluginEngine {
     }
 }
 
+/// A resource table holding at most [`wasi::MAX_HOST_RESOURCES`] entries.
+fn bounded_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(wasi::MAX_HOST_RESOURCES);
+    table
+}
+
 /// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`).
 /// Cost: one system call (no vDSO for this clock), about 0.6 µs here.
 fn thread_cpu_time() -> Duration {
@@ -802,6 +1049,16 @@ fn classify_trap(e: &wasmtime::Error, memory_refused: bool, limits: &PluginLimit
             timeout_ms: limits.timeout_ms,
         },
         Some(Trap::StackOverflow) => PluginFault::StackOverflow,
+        _ if e.downcast_ref::<wasi::WouldBlock>().is_some() => PluginFault::WouldBlock,
+        _ if matches!(
+            e.downcast_ref::<wasmtime::component::ResourceTableError>(),
+            Some(wasmtime::component::ResourceTableError::Full)
+        ) =>
+        {
+            PluginFault::ResourceLimit {
+                limit: wasi::MAX_HOST_RESOURCES,
+            }
+        }
         _ if memory_refused => PluginFault::MemoryLimit {
             limit_bytes: limits.max_memory_bytes,
         },
@@ -813,4 +1070,68 @@ fn classify_trap(e: &wasmtime::Error, memory_refused: bool, limits: &PluginLimit
 /// (version 0x0d, layer 0x01); a core module has layer 0x00.
 fn wasmparser_is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[6..8] == [0x01, 0x00]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PaymentStatus;
+
+    /// Every topic the host writes to the outbox (`payment.<status>` from
+    /// the processor and holds, the relay's `hold.expire` timer) is under a
+    /// reserved prefix; a plugin's own namespace is not.
+    #[test]
+    fn every_host_topic_is_reserved() {
+        use PaymentStatus::*;
+        for s in [Approved, Declined, Authorized, Captured, Voided, Expired] {
+            assert!(is_reserved_topic(&format!("payment.{}", s.as_str())));
+        }
+        assert!(is_reserved_topic(crate::holds::EXPIRE_TOPIC));
+        for t in ["payment", "hold", "account.opened", "payrail.x"] {
+            assert!(is_reserved_topic(t), "{t}");
+        }
+        for t in ["fee.charged", "payments.x", "holdings", "limits.hit"] {
+            assert!(!is_reserved_topic(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn step_limits_are_checked_against_the_operator_caps() {
+        let caps = PluginLimits {
+            timeout_ms: 500,
+            ..PluginLimits::DEFAULT_CAPS
+        };
+        let over = PluginLimitOverrides {
+            timeout_ms: Some(501),
+            ..Default::default()
+        };
+        assert_eq!(
+            over.validate_within(&caps).unwrap_err(),
+            "limits.timeout_ms is 501, above the cap of 500 (plugins.max_limits.timeout_ms)"
+        );
+        assert!(over.validate().is_ok(), "within the hard caps");
+        let zero = PluginLimitOverrides {
+            max_events: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            zero.validate().unwrap_err(),
+            "limits.max_events must be positive"
+        );
+        let hard = PluginLimitOverrides {
+            max_events: Some(65),
+            ..Default::default()
+        };
+        assert!(hard.validate().unwrap_err().contains("above the cap of 64"));
+        assert!(
+            PluginLimits::default()
+                .first_above(&PluginLimits::DEFAULT_CAPS)
+                .is_none()
+        );
+        assert!(
+            PluginLimits::DEFAULT_CAPS
+                .first_above(&PluginLimits::HARD_CAPS)
+                .is_none()
+        );
+    }
 }

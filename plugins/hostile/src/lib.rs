@@ -17,6 +17,12 @@
 //! | `overflow` | postings `[destination +MAX, source -MAX]` twice (sums overflow `i64`) |
 //! | `wasi` | tries fs, env, clock and network through std; approves with annotations `fs`, `env`, `clock`, `net` = `ok:...` / `err:...` |
 //! | `log` | logs 1000 info lines of 100 bytes, then approves |
+//! | `sleep` | `std::thread::sleep(3600 s)`, then approves with annotation `slept` |
+//! | `sleep_loop` | sleeps 1 s at a time, forever |
+//! | `poll_many` | subscribes to 1 h timers without dropping them, polling them all every 64, forever |
+//! | `stdin` | blocking read of up to 1 MiB from stdin; approves with annotation `stdin` = bytes read or `err:...` |
+//! | `events_flood` | approves with 200 events `flood.<n>` |
+//! | `spoof_topic` | approves with events `payment.approved` and `hold.expire` (the host's topics) |
 //!
 //! Any other mode fails with plugin error `invalid_config`.
 
@@ -56,6 +62,18 @@ pub enum Mode {
     Log,
     /// Decline with `hostile_decline`.
     Decline,
+    /// Sleep an hour, then approve.
+    Sleep,
+    /// Sleep forever, a second at a time.
+    SleepLoop,
+    /// Leak timer pollables and poll them, forever.
+    PollMany,
+    /// Block reading stdin.
+    Stdin,
+    /// 200 events.
+    EventsFlood,
+    /// Events on the host's topics.
+    SpoofTopic,
 }
 
 /// Step config of the hostile plugin.
@@ -81,6 +99,37 @@ fn describe<T, E: std::fmt::Display>(r: Result<T, E>, ok: impl FnOnce(T) -> Stri
         Ok(v) => format!("ok:{}", ok(v)),
         Err(e) => format!("err:{e}"),
     }
+}
+
+/// Timers of an hour each, never dropped, all polled every 64 new ones:
+/// what a guest leaking host resources and waiting on them looks like.
+fn poll_many() -> Decision {
+    use wasip2::clocks::monotonic_clock::subscribe_duration;
+    let mut timers = Vec::new();
+    loop {
+        timers.push(subscribe_duration(3_600_000_000_000));
+        if timers.len() % 64 == 0 {
+            let all: Vec<&wasip2::io::poll::Pollable> = timers.iter().collect();
+            black_box(wasip2::io::poll::poll(&all));
+        }
+    }
+}
+
+fn read_stdin() -> Decision {
+    let stdin = wasip2::cli::stdin::get_stdin();
+    let got = match stdin.blocking_read(1 << 20) {
+        Ok(b) => format!("ok:{} bytes", b.len()),
+        Err(e) => format!("err:{e:?}"),
+    };
+    approve().annotation("stdin", got).into()
+}
+
+fn events(topics: impl IntoIterator<Item = String>) -> Decision {
+    let mut a = approve();
+    for t in topics {
+        a = a.event(t, r#"{"hostile":true}"#);
+    }
+    a.into()
 }
 
 fn probe_wasi() -> Decision {
@@ -144,6 +193,17 @@ impl Rule for Hostile {
                 .posting(&p.source, -i64::MAX, cur)
                 .into(),
             Mode::Wasi => probe_wasi(),
+            Mode::Sleep => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                approve().annotation("slept", "3600s").into()
+            }
+            Mode::SleepLoop => loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            },
+            Mode::PollMany => poll_many(),
+            Mode::Stdin => read_stdin(),
+            Mode::EventsFlood => events((0..200).map(|i| format!("flood.{i}"))),
+            Mode::SpoofTopic => events(["payment.approved".into(), "hold.expire".into()]),
             Mode::Log => {
                 for i in 0..1000 {
                     let mut line = format!("hostile log line {i:04} ");
