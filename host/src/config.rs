@@ -37,6 +37,49 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// Where outbox events go, chosen per topic pattern (`[[sinks]]`).
     pub sinks: Vec<SinkConfig>,
+    /// What one tenant or API key may take of the host (docs/tenancy.md).
+    pub tenants: TenantsConfig,
+}
+
+/// `[tenants]`: fair sharing between tenants and per-key rate limits
+/// (docs/tenancy.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantsConfig {
+    /// Requests of one tenant handled at once; more are answered 429
+    /// `tenant_busy` at once (`PAYRAIL_TENANT_MAX_IN_FLIGHT`).
+    pub max_in_flight_requests: usize,
+    /// Pooled connections one tenant's payment transactions hold at once
+    /// (capped at `database.pool_size`); its further payments wait for its
+    /// own (`PAYRAIL_TENANT_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// Tenants whose batches run at once, `processor.batch_workers` each
+    /// (the host runs `batch_workers * batch_lanes` batch workers).
+    pub batch_lanes: usize,
+    /// Sustained requests per second of one API key (token bucket); more
+    /// are answered 429 `rate_limited` with `Retry-After`
+    /// (`PAYRAIL_KEY_REQUESTS_PER_SEC`).
+    pub key_requests_per_sec: u32,
+    /// Requests one API key may make at once above its rate (the bucket).
+    pub key_burst: u32,
+    /// Database lookups per second of API keys this host has not seen
+    /// (unknown, new or mistyped keys; same for the burst): past it such
+    /// requests are answered 429 `key_lookups_throttled` without touching
+    /// the database. Keys seen valid are not counted.
+    pub unknown_key_lookups_per_sec: u32,
+}
+
+impl Default for TenantsConfig {
+    fn default() -> Self {
+        TenantsConfig {
+            max_in_flight_requests: 512,
+            max_connections: 4,
+            batch_lanes: 4,
+            key_requests_per_sec: 10_000,
+            key_burst: 20_000,
+            unknown_key_lookups_per_sec: 50,
+        }
+    }
 }
 
 /// `[outbox]`: the relay that delivers outbox events to the sinks.
@@ -173,6 +216,13 @@ pub struct ServerConfig {
     /// (`PAYRAIL_API_KEY_CACHE_MS`): the longest a revoked key may still
     /// authenticate. 0: every request looks its key up.
     pub api_key_cache_ms: u64,
+    /// Longest a client may take to send a request's headers, and longest
+    /// an idle keep-alive connection is kept (slowloris bound).
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once (`PAYRAIL_MAX_CONNECTIONS`). At the bound a
+    /// new connection closes the least recently active connection that has
+    /// no request running; if every one has, it is refused.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -184,6 +234,8 @@ impl Default for ServerConfig {
             max_json_body_bytes: 64 * 1024,
             max_in_flight: 1024,
             api_key_cache_ms: 1000,
+            header_read_timeout_ms: 10_000,
+            max_connections: 4096,
         }
     }
 }
@@ -221,8 +273,8 @@ pub struct ProcessorConfig {
     /// Most one-step payments in one transaction; 1 turns batching off
     /// (`PAYRAIL_BATCH_MAX_PAYMENTS`). See docs/batching.md.
     pub batch_max_payments: usize,
-    /// Batch workers, each running one transaction at a time
-    /// (`PAYRAIL_BATCH_WORKERS`).
+    /// Batches one tenant runs at once, each one transaction
+    /// (`PAYRAIL_BATCH_WORKERS`); see `tenants.batch_lanes`.
     pub batch_workers: usize,
     /// How long a worker waits for more payments once it has one; 0 takes
     /// what is queued (`PAYRAIL_BATCH_WINDOW_US`).
@@ -323,6 +375,13 @@ impl Default for LogConfig {
     }
 }
 
+fn range<T: PartialOrd + std::fmt::Display>(name: &str, v: T, lo: T, hi: T) -> Result<()> {
+    if v < lo || v > hi {
+        return Err(invalid(format!("{name} = {v} is outside {lo}..={hi}")));
+    }
+    Ok(())
+}
+
 fn invalid(message: impl Into<String>) -> Error {
     Error::invalid("invalid_config", message)
 }
@@ -389,6 +448,18 @@ impl Config {
         if let Some(v) = get("PAYRAIL_API_KEY_CACHE_MS") {
             self.server.api_key_cache_ms = parse_env("PAYRAIL_API_KEY_CACHE_MS", &v)?;
         }
+        if let Some(v) = get("PAYRAIL_MAX_CONNECTIONS") {
+            self.server.max_connections = parse_env("PAYRAIL_MAX_CONNECTIONS", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_TENANT_MAX_IN_FLIGHT") {
+            self.tenants.max_in_flight_requests = parse_env("PAYRAIL_TENANT_MAX_IN_FLIGHT", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_TENANT_MAX_CONNECTIONS") {
+            self.tenants.max_connections = parse_env("PAYRAIL_TENANT_MAX_CONNECTIONS", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_KEY_REQUESTS_PER_SEC") {
+            self.tenants.key_requests_per_sec = parse_env("PAYRAIL_KEY_REQUESTS_PER_SEC", &v)?;
+        }
         if let Some(v) = get("PAYRAIL_SHUTDOWN_GRACE_MS") {
             self.server.shutdown_grace_ms = parse_env("PAYRAIL_SHUTDOWN_GRACE_MS", &v)?;
         }
@@ -439,12 +510,6 @@ impl Config {
     /// Checks every value against its allowed range; the error names the
     /// setting and the range.
     pub fn validate(&self) -> Result<()> {
-        fn range<T: PartialOrd + std::fmt::Display>(name: &str, v: T, lo: T, hi: T) -> Result<()> {
-            if v < lo || v > hi {
-                return Err(invalid(format!("{name} = {v} is outside {lo}..={hi}")));
-            }
-            Ok(())
-        }
         self.listen_addr()?;
         let s = &self.server;
         range(
@@ -476,6 +541,7 @@ impl Config {
                 ))
             })?;
         }
+        self.validate_tenants()?;
         let p = &self.processor;
         range("processor.lock_timeout_ms", p.lock_timeout_ms, 1, 600_000)?;
         range(
@@ -620,6 +686,46 @@ impl Config {
         Ok(())
     }
 
+    /// `[tenants]` and the `[server]` connection bounds.
+    fn validate_tenants(&self) -> Result<()> {
+        let s = &self.server;
+        range(
+            "server.header_read_timeout_ms",
+            s.header_read_timeout_ms,
+            100,
+            600_000,
+        )?;
+        range("server.max_connections", s.max_connections, 1, 1_000_000)?;
+        let t = &self.tenants;
+        range(
+            "tenants.max_in_flight_requests",
+            t.max_in_flight_requests,
+            1,
+            1_000_000,
+        )?;
+        // capped at the pool size where it is used
+        range("tenants.max_connections", t.max_connections, 1, 10_000)?;
+        range(
+            "tenants.batch_lanes",
+            t.batch_lanes,
+            1,
+            crate::processor::MAX_BATCH_LANES,
+        )?;
+        range(
+            "tenants.key_requests_per_sec",
+            t.key_requests_per_sec,
+            1,
+            1_000_000,
+        )?;
+        range("tenants.key_burst", t.key_burst, 1, 10_000_000)?;
+        range(
+            "tenants.unknown_key_lookups_per_sec",
+            t.unknown_key_lookups_per_sec,
+            1,
+            100_000,
+        )
+    }
+
     /// The listen address, parsed.
     pub fn listen_addr(&self) -> Result<SocketAddr> {
         self.server.listen.parse().map_err(|e| {
@@ -659,8 +765,13 @@ impl Config {
                 max_payments: self.processor.batch_max_payments,
                 workers: self.processor.batch_workers,
                 window_us: self.processor.batch_window_us,
+                lanes: self.tenants.batch_lanes,
                 ..BatchSettings::default()
             },
+            tenant_connections: self
+                .tenants
+                .max_connections
+                .min(self.database.pool_size.max(1)),
         }
     }
 
