@@ -53,6 +53,10 @@ pub struct TenantsConfig {
     /// (capped at `database.pool_size`); its further payments wait for its
     /// own (`PAYRAIL_TENANT_MAX_CONNECTIONS`).
     pub max_connections: usize,
+    /// Plugin pipelines of one tenant running at once: the cores its
+    /// plugins may burn, whatever their limits (0: half the cores, at least
+    /// one).
+    pub max_running_pipelines: usize,
     /// Tenants whose batches run at once, `processor.batch_workers` each
     /// (the host runs `batch_workers * batch_lanes` batch workers).
     pub batch_lanes: usize,
@@ -74,6 +78,7 @@ impl Default for TenantsConfig {
         TenantsConfig {
             max_in_flight_requests: 512,
             max_connections: 4,
+            max_running_pipelines: 0,
             batch_lanes: 4,
             key_requests_per_sec: 10_000,
             key_burst: 20_000,
@@ -703,6 +708,12 @@ impl Config {
             1,
             1_000_000,
         )?;
+        range(
+            "tenants.max_running_pipelines",
+            t.max_running_pipelines,
+            0,
+            10_000,
+        )?;
         // capped at the pool size where it is used
         range("tenants.max_connections", t.max_connections, 1, 10_000)?;
         range(
@@ -772,6 +783,10 @@ impl Config {
                 .tenants
                 .max_connections
                 .min(self.database.pool_size.max(1)),
+            tenant_pipelines: match self.tenants.max_running_pipelines {
+                0 => crate::processor::half_the_cores(),
+                n => n,
+            },
         }
     }
 

@@ -575,6 +575,8 @@ impl Processor {
         let reqs: Arc<[PaymentRequest]> = jobs.iter().map(|j| j.req.clone()).collect();
         let mut next = 0;
         while next < items.len() {
+            // the tenant's share of the cores (docs/tenancy.md)
+            let cpu = self.tenant_cpu(tenant).await;
             let slot = self
                 .pipeline_slots
                 .clone()
@@ -588,7 +590,7 @@ impl Processor {
             // not decided yet is dropped like a rolled-back transaction.
             let abandoned: Vec<bool> = jobs.iter().map(|j| j.reply.is_closed()).collect();
             let (b, its, sl, paused) = tokio::task::spawn_blocking(move || {
-                let _slot = slot;
+                let _slot = (slot, cpu);
                 let (mut book, mut items, mut slots) = (book, items, slots);
                 let paused = decide(
                     &engine,

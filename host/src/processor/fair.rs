@@ -8,6 +8,11 @@
 //! connection; a tenant at its bound waits for its own transactions, never
 //! for another tenant's. A caller that goes away while waiting leaves
 //! without touching the database and is counted as skipped.
+//!
+//! The same gates bound each tenant's plugin pipelines running at once
+//! (`tenants.max_running_pipelines`): a plugin looping until its timeout
+//! burns a core, so a tenant gets at most that many cores, whatever its
+//! limits, and the others keep the rest.
 
 use crate::db::Pool;
 use crate::error::Result;
@@ -72,6 +77,14 @@ impl TenantGates {
         g
     }
 
+    /// Waits for one of `tenant`'s permits.
+    pub(crate) async fn permit(&self, tenant: &str) -> OwnedSemaphorePermit {
+        self.gate(tenant)
+            .acquire_owned()
+            .await
+            .expect("tenant gates are never closed")
+    }
+
     /// Waits for one of `tenant`'s permits, then a connection from `pool`.
     /// Dropped while waiting: counted in `skipped`.
     pub(crate) async fn connection(
@@ -84,11 +97,7 @@ impl TenantGates {
             skipped,
             done: false,
         };
-        let permit = self
-            .gate(tenant)
-            .acquire_owned()
-            .await
-            .expect("tenant gates are never closed");
+        let permit = self.permit(tenant).await;
         let client = pool.get().await;
         waiting.done = true;
         Ok(TenantConnection {

@@ -65,6 +65,16 @@ pub struct ProcessorSettings {
     /// Most pooled connections the payment transactions of one tenant hold
     /// at once (`tenants.max_connections`; docs/tenancy.md).
     pub tenant_connections: usize,
+    /// Most plugin pipelines (payments, batches) of one tenant running at
+    /// once: the cores one tenant's plugins may burn
+    /// (`tenants.max_running_pipelines`).
+    pub tenant_pipelines: usize,
+}
+
+/// Half the cores (at least one): the default of
+/// [`ProcessorSettings::tenant_pipelines`].
+pub fn half_the_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 impl Default for ProcessorSettings {
@@ -77,6 +87,7 @@ impl Default for ProcessorSettings {
             limits: PluginLimits::default(),
             batch: BatchSettings::default(),
             tenant_connections: 4,
+            tenant_pipelines: half_the_cores(),
         }
     }
 }
@@ -171,6 +182,8 @@ pub struct Processor {
     deferrals: Arc<std::sync::atomic::AtomicU64>,
     /// Each tenant's share of the pool (docs/tenancy.md).
     tenants: Arc<fair::TenantGates>,
+    /// Each tenant's share of the cores: its pipelines running at once.
+    tenant_cpu: Arc<fair::TenantGates>,
     /// Payments dropped before they ran because their caller had gone
     /// (shared like `retries`).
     skipped: Arc<std::sync::atomic::AtomicU64>,
@@ -344,6 +357,7 @@ impl Processor {
             retries: Arc::default(),
             deferrals: Arc::default(),
             tenants: Arc::new(fair::TenantGates::new(settings.tenant_connections)),
+            tenant_cpu: Arc::new(fair::TenantGates::new(settings.tenant_pipelines)),
             skipped: Arc::default(),
         };
         processor.batcher = batch::start(processor.clone(), settings.batch);
@@ -397,6 +411,12 @@ impl Processor {
         self.tenants
             .connection(&self.pool, tenant, &self.skipped)
             .await
+    }
+
+    /// One of `tenant`'s pipeline permits (`tenant_pipelines`), held while
+    /// its plugins run.
+    pub(crate) async fn tenant_cpu(&self, tenant: &str) -> tokio::sync::OwnedSemaphorePermit {
+        self.tenant_cpu.permit(tenant).await
     }
 
     /// Everything counted, at once.
@@ -598,8 +618,12 @@ impl Processor {
         let snapshots: Vec<AccountSnapshot> =
             parties.iter().map(|p| snapshot_of(&accounts[p])).collect();
 
-        // 5. Run the pipeline off the async workers.
-        let run = self.run_pipeline(&pipeline, &payment, snapshots).await?;
+        // 5. Run the pipeline off the async workers, within the tenant's
+        // share of the cores.
+        let cpu = self.tenant_cpu(tenant).await;
+        let run = self.run_pipeline(&pipeline, &payment, snapshots).await;
+        drop(cpu);
+        let run = run?;
 
         // 6. Validate the postings. Accounts only plugins name (a fee
         // account) are read without a lock when they are only credited: a
