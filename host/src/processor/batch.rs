@@ -591,6 +591,7 @@ impl Processor {
             let abandoned: Vec<bool> = jobs.iter().map(|j| j.reply.is_closed()).collect();
             let (b, its, sl, paused) = tokio::task::spawn_blocking(move || {
                 let _slot = (slot, cpu);
+                super::fair::lower_thread_priority();
                 let (mut book, mut items, mut slots) = (book, items, slots);
                 let paused = decide(
                     &engine,

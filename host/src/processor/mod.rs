@@ -464,6 +464,7 @@ impl Processor {
             .expect("pipeline semaphore is never closed");
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
+            fair::lower_thread_priority();
             run_steps(&engine, &pipeline, &payment, snapshots, now, &limits)
         })
         .await
