@@ -103,7 +103,10 @@ impl AppState {
             limits,
             metrics: Arc::new(Metrics::default()),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
-            keys: Arc::new(KeyCache::new(limits.api_key_cache, defaults.unknown_key_lookups_per_sec)),
+            keys: Arc::new(KeyCache::new(
+                limits.api_key_cache,
+                defaults.unknown_key_lookups_per_sec,
+            )),
             front_door: Arc::new(tenancy::FrontDoor::new(
                 defaults.key_requests_per_sec,
                 defaults.key_burst,

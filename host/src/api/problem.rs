@@ -97,9 +97,7 @@ impl ApiError {
 /// the real detail goes to the server log under that id.
 pub fn internal_detail() -> String {
     match super::request_id::current() {
-        Some(id) => format!(
-            "internal error; the server log has the detail under request id {id}"
-        ),
+        Some(id) => format!("internal error; the server log has the detail under request id {id}"),
         None => "internal error; the server log has the detail".to_string(),
     }
 }

@@ -275,7 +275,10 @@ mod tests {
         let t2: Shared = Arc::default();
         let (x, _kx) = admit(&t2, 1, &m).unwrap();
         let _busy = Busy::start(&t2, x);
-        assert!(admit(&t2, 1, &m).is_none(), "every connection busy: refused");
+        assert!(
+            admit(&t2, 1, &m).is_none(),
+            "every connection busy: refused"
+        );
         assert_eq!(m.tenancy.connections_refused.load(Ordering::Relaxed), 1);
     }
 }

@@ -58,14 +58,16 @@ impl FrontDoor {
         if self.buckets.len() > MAX_TRACKED {
             self.buckets.retain_recent();
         }
-        self.buckets.check_key(&key.to_string()).map_err(|not_until| {
-            let clock = governor::clock::DefaultClock::default();
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(&clock));
-            // whole seconds for Retry-After, at least 1
-            u32::try_from(wait.as_millis().div_ceil(1000))
-                .unwrap_or(u32::MAX)
-                .max(1)
-        })
+        self.buckets
+            .check_key(&key.to_string())
+            .map_err(|not_until| {
+                let clock = governor::clock::DefaultClock::default();
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(&clock));
+                // whole seconds for Retry-After, at least 1
+                u32::try_from(wait.as_millis().div_ceil(1000))
+                    .unwrap_or(u32::MAX)
+                    .max(1)
+            })
     }
 
     /// A permit of `tenant`'s in-flight bound, if one is free.

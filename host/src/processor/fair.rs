@@ -15,8 +15,8 @@
 //! limits, and the others keep the rest.
 
 use crate::db::Pool;
-use std::cell::Cell;
 use crate::error::Result;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -134,10 +134,9 @@ pub(crate) fn lower_thread_priority() {
             return;
         }
         #[cfg(target_os = "linux")]
-        if let Err(e) = rustix::process::setpriority_process(
-            Some(rustix::thread::gettid()),
-            PLUGIN_THREAD_NICE,
-        ) {
+        if let Err(e) =
+            rustix::process::setpriority_process(Some(rustix::thread::gettid()), PLUGIN_THREAD_NICE)
+        {
             tracing::debug!(error = %e, "cannot lower the plugin thread's priority");
         }
     });

@@ -92,7 +92,12 @@ impl State {
     /// The next batch: the first tenant in turn that is under its cap and
     /// has a queued payment whose accounts are free. The tenant goes to
     /// the back of the turns.
-    fn next_batch(&mut self, max_payments: usize, tenant_cap: usize, skipped: &AtomicU64) -> Option<Batch> {
+    fn next_batch(
+        &mut self,
+        max_payments: usize,
+        tenant_cap: usize,
+        skipped: &AtomicU64,
+    ) -> Option<Batch> {
         for _ in 0..self.turns.len() {
             let tenant = self.turns.pop_front()?;
             if self.running.get(&tenant).copied().unwrap_or(0) >= tenant_cap {
@@ -483,16 +488,27 @@ mod tests {
         let intake = intake(rx, 1);
         // the noisy tenant queues first, many payments
         for i in 0..6 {
-            tx.send(job_of("noisy", &format!("n{i}"), &format!("a{i}"), &format!("b{i}")))
-                .await
-                .unwrap();
+            tx.send(job_of(
+                "noisy",
+                &format!("n{i}"),
+                &format!("a{i}"),
+                &format!("b{i}"),
+            ))
+            .await
+            .unwrap();
         }
         tx.send(job_of("quiet", "q0", "x", "y")).await.unwrap();
         let first = within_5s(&intake, 2, 0).await.unwrap();
-        assert_eq!((first.tenant.as_str(), keys(&first)), ("noisy", vec!["n0", "n1"]));
+        assert_eq!(
+            (first.tenant.as_str(), keys(&first)),
+            ("noisy", vec!["n0", "n1"])
+        );
         // noisy is at its cap of one batch: the quiet tenant goes next
         let second = within_5s(&intake, 2, 0).await.unwrap();
-        assert_eq!((second.tenant.as_str(), keys(&second)), ("quiet", vec!["q0"]));
+        assert_eq!(
+            (second.tenant.as_str(), keys(&second)),
+            ("quiet", vec!["q0"])
+        );
         let waiting = tokio::time::timeout(Duration::from_millis(50), intake.take(2, 0)).await;
         assert!(waiting.is_err(), "noisy waits for its running batch");
         intake.release(&first);
