@@ -995,6 +995,46 @@ path = "/tmp/x.jsonl"
     }
 
     #[test]
+    fn tenant_bounds_are_validated_and_capped() {
+        let c = Config::from_toml(
+            "[tenants]\nmax_connections = 64\nmax_running_pipelines = 3\nbatch_lanes = 2\n[database]\npool_size = 8\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let p = c.processor();
+        assert_eq!(p.tenant_connections, 8, "capped at the pool size");
+        assert_eq!(p.tenant_pipelines, 3);
+        assert_eq!(p.batch.lanes, 2);
+        assert!(
+            Config::default().processor().tenant_pipelines >= 1,
+            "0: half the cores"
+        );
+        for (bad, name) in [
+            (
+                "[tenants]\nmax_in_flight_requests = 0\n",
+                "tenants.max_in_flight_requests",
+            ),
+            (
+                "[tenants]\nkey_requests_per_sec = 0\n",
+                "tenants.key_requests_per_sec",
+            ),
+            (
+                "[tenants]\nunknown_key_lookups_per_sec = 0\n",
+                "tenants.unknown_key_lookups_per_sec",
+            ),
+            ("[tenants]\nbatch_lanes = 65\n", "tenants.batch_lanes"),
+            (
+                "[server]\nheader_read_timeout_ms = 10\n",
+                "server.header_read_timeout_ms",
+            ),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+        ] {
+            let e = Config::from_toml(bad).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains(name), "{name}: {e}");
+        }
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         assert_eq!(
             redact_url("postgres://u:hunter2@h:5432/db?sslmode=disable&password=x"),
