@@ -12,6 +12,7 @@ use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -235,6 +236,18 @@ pub const MAX_KEY_CACHE_MS: u64 = 60_000;
 /// A key's principal and when it was read from the database.
 type Cached = (Principal, Instant);
 
+/// What [`KeyCache::authenticate`] made of a presented secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authenticated {
+    /// A valid, unrevoked key.
+    Key(Principal),
+    /// Malformed, unknown or revoked (callers must not say which).
+    Unknown,
+    /// A key this host has not seen, and the lookup budget
+    /// (`tenants.unknown_key_lookups_per_sec`) is spent: not looked up.
+    Throttled,
+}
+
 /// Keys that authenticated within the last `ttl`, so that a request with a
 /// recently seen key costs no database round trip (on the HTTP bench, the
 /// lookup was one of a payment's few statements outside its batch).
@@ -243,57 +256,103 @@ type Cached = (Principal, Instant);
 /// before it expires, so a revoked key may authenticate for up to `ttl`
 /// after `payrail apikey revoke` (on every host; entries are never
 /// refreshed in place, each is read from the database at most `ttl` ago).
-/// Unknown, malformed and revoked keys are not cached: each costs a lookup,
-/// as without the cache. A TTL of zero turns the cache off.
+/// A TTL of zero turns the cache off.
+///
+/// Unknown keys are cheap to refuse (docs/tenancy.md): a key found unknown
+/// is remembered as unknown for the TTL (at least a second), and lookups
+/// of keys this host has never seen valid share a budget of
+/// `lookups_per_sec` per second: past it they are not looked up
+/// ([`Authenticated::Throttled`]). A flood of random keys so costs the
+/// database at most that many indexed lookups per second; keys seen valid
+/// before are always looked up when their entry expires.
 ///
 /// Hand-written rather than a caching crate: a mutex around a map, with a
-/// fixed expiry and a hard bound, is all this needs.
+/// fixed expiry and a hard bound, is all this needs; the budget is a
+/// `governor` token bucket.
 pub struct KeyCache {
     ttl: Duration,
     entries: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Digests found unknown, and when.
+    unknown: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Digests that authenticated at least once (whatever the TTL).
+    seen: Mutex<std::collections::HashSet<[u8; 32]>>,
+    budget: governor::DefaultDirectRateLimiter,
+    lookups: AtomicU64,
+    throttled: AtomicU64,
 }
 
 impl KeyCache {
     /// A cache trusting each lookup for `ttl` (at most
-    /// [`MAX_KEY_CACHE_MS`]; zero: no caching).
-    pub fn new(ttl: Duration) -> KeyCache {
+    /// [`MAX_KEY_CACHE_MS`]; zero: no caching), looking up at most
+    /// `lookups_per_sec` keys it has not seen valid per second.
+    pub fn new(ttl: Duration, lookups_per_sec: u32) -> KeyCache {
         assert!(
             ttl.as_millis() <= u128::from(MAX_KEY_CACHE_MS),
             "key cache TTL {ttl:?} over {MAX_KEY_CACHE_MS} ms"
         );
+        let rate = std::num::NonZeroU32::new(lookups_per_sec).unwrap_or(std::num::NonZeroU32::MIN);
         KeyCache {
             ttl,
             entries: Mutex::new(HashMap::new()),
+            unknown: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Default::default()),
+            budget: governor::RateLimiter::direct(governor::Quota::per_second(rate)),
+            lookups: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
         }
     }
 
-    /// The principal of a presented secret, or `None` if it is malformed,
-    /// unknown or revoked (callers must not say which). Answered from the
-    /// cache when the key authenticated less than the TTL ago; otherwise
-    /// one indexed lookup on a connection from `pool`, kept if it found a
-    /// key.
+    /// The principal of a presented secret (see [`Authenticated`]).
+    /// Answered from the cache when the key authenticated less than the
+    /// TTL ago or was found unknown less than the TTL (at least 1 s) ago;
+    /// otherwise one indexed lookup on a connection from `pool`.
     pub async fn authenticate(
         &self,
         pool: &deadpool_postgres::Pool,
         secret: &str,
-    ) -> Result<Option<Principal>> {
+    ) -> Result<Authenticated> {
         if !looks_like_key(secret) {
-            return Ok(None);
+            return Ok(Authenticated::Unknown);
         }
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         if let Some(principal) = self.get(&digest) {
-            return Ok(Some(principal));
+            return Ok(Authenticated::Key(principal));
         }
+        if self.known_unknown(&digest) {
+            return Ok(Authenticated::Unknown);
+        }
+        let seen = lock(&self.seen).contains(&digest);
+        if !seen && self.budget.check().is_err() {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+            return Ok(Authenticated::Throttled);
+        }
+        self.lookups.fetch_add(1, Ordering::Relaxed);
         let principal = lookup(&pool.get().await?, &digest).await?;
-        if let Some(p) = &principal {
-            self.put(digest, p.clone());
-        }
-        Ok(principal)
+        Ok(match principal {
+            Some(p) => {
+                self.put(digest, p.clone());
+                Authenticated::Key(p)
+            }
+            None => {
+                self.put_unknown(digest);
+                Authenticated::Unknown
+            }
+        })
+    }
+
+    /// Lookups that went to the database since start.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered [`Authenticated::Throttled`] since start.
+    pub fn throttled(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
     }
 
     /// Keys held now (expired ones included until they are dropped).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        lock(&self.entries).len()
     }
 
     /// Whether the cache holds no key.
@@ -305,16 +364,48 @@ impl KeyCache {
         if self.ttl.is_zero() {
             return None;
         }
-        let entries = self.lock();
+        let entries = lock(&self.entries);
         let (principal, read_at) = entries.get(digest)?;
         (read_at.elapsed() < self.ttl).then(|| principal.clone())
     }
 
+    /// How long a key found unknown stays unknown: the TTL, at least 1 s
+    /// (a key created since is usable after that long).
+    fn unknown_ttl(&self) -> Duration {
+        self.ttl.max(Duration::from_secs(1))
+    }
+
+    fn known_unknown(&self, digest: &[u8; 32]) -> bool {
+        let unknown = lock(&self.unknown);
+        unknown
+            .get(digest)
+            .is_some_and(|at| at.elapsed() < self.unknown_ttl())
+    }
+
+    fn put_unknown(&self, digest: [u8; 32]) {
+        let ttl = self.unknown_ttl();
+        let mut unknown = lock(&self.unknown);
+        if unknown.len() >= MAX_CACHED_KEYS {
+            unknown.retain(|_, at| at.elapsed() < ttl);
+            if unknown.len() >= MAX_CACHED_KEYS {
+                unknown.clear();
+            }
+        }
+        unknown.insert(digest, Instant::now());
+    }
+
     fn put(&self, digest: [u8; 32], principal: Principal) {
+        {
+            let mut seen = lock(&self.seen);
+            if seen.len() >= MAX_CACHED_KEYS {
+                seen.clear();
+            }
+            seen.insert(digest);
+        }
         if self.ttl.is_zero() {
             return;
         }
-        let mut entries = self.lock();
+        let mut entries = lock(&self.entries);
         if entries.len() >= MAX_CACHED_KEYS && !entries.contains_key(&digest) {
             entries.retain(|_, (_, read_at)| read_at.elapsed() < self.ttl);
             if entries.len() >= MAX_CACHED_KEYS {
@@ -324,12 +415,12 @@ impl KeyCache {
         entries.insert(digest, (principal, Instant::now()));
         assert!(entries.len() <= MAX_CACHED_KEYS);
     }
+}
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<[u8; 32], Cached>> {
-        // A panic while holding the lock cannot leave the map half-updated
-        // (each operation is one map call), so a poisoned lock is still good.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the map half-updated
+    // (each operation is one map call), so a poisoned lock is still good.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -365,13 +456,13 @@ mod tests {
 
     #[test]
     fn the_key_cache_trusts_a_lookup_for_its_ttl_only() {
-        let cache = KeyCache::new(Duration::from_millis(20));
+        let cache = KeyCache::new(Duration::from_millis(20), 10);
         cache.put([1; 32], principal("t"));
         assert_eq!(cache.get(&[1; 32]), Some(principal("t")));
         assert_eq!(cache.get(&[2; 32]), None);
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(cache.get(&[1; 32]), None, "expired");
-        let off = KeyCache::new(Duration::ZERO);
+        let off = KeyCache::new(Duration::ZERO, 10);
         off.put([1; 32], principal("t"));
         assert!(off.is_empty());
         assert_eq!(off.get(&[1; 32]), None);
@@ -384,7 +475,7 @@ mod tests {
             d[..8].copy_from_slice(&(i as u64).to_le_bytes());
             d
         };
-        let cache = KeyCache::new(Duration::from_secs(60));
+        let cache = KeyCache::new(Duration::from_secs(60), 10);
         for i in 0..MAX_CACHED_KEYS {
             cache.put(digest(i), principal("t"));
         }
@@ -394,7 +485,7 @@ mod tests {
         cache.put(digest(MAX_CACHED_KEYS), principal("t"));
         assert_eq!(cache.len(), 1, "nothing had expired, so all went");
         assert!(cache.get(&digest(MAX_CACHED_KEYS)).is_some());
-        let short = KeyCache::new(Duration::from_millis(20));
+        let short = KeyCache::new(Duration::from_millis(20), 10);
         for i in 0..MAX_CACHED_KEYS - 1 {
             short.put(digest(i), principal("t"));
         }

@@ -37,6 +37,54 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// Where outbox events go, chosen per topic pattern (`[[sinks]]`).
     pub sinks: Vec<SinkConfig>,
+    /// What one tenant or API key may take of the host (docs/tenancy.md).
+    pub tenants: TenantsConfig,
+}
+
+/// `[tenants]`: fair sharing between tenants and per-key rate limits
+/// (docs/tenancy.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantsConfig {
+    /// Requests of one tenant handled at once; more are answered 429
+    /// `tenant_busy` at once (`PAYRAIL_TENANT_MAX_IN_FLIGHT`).
+    pub max_in_flight_requests: usize,
+    /// Pooled connections one tenant's payment transactions hold at once
+    /// (capped at `database.pool_size`); its further payments wait for its
+    /// own (`PAYRAIL_TENANT_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// Plugin pipelines of one tenant running at once: the cores its
+    /// plugins may burn, whatever their limits (0: half the cores, at least
+    /// one).
+    pub max_running_pipelines: usize,
+    /// Tenants whose batches run at once, `processor.batch_workers` each
+    /// (the host runs `batch_workers * batch_lanes` batch workers).
+    pub batch_lanes: usize,
+    /// Sustained requests per second of one API key (token bucket); more
+    /// are answered 429 `rate_limited` with `Retry-After`
+    /// (`PAYRAIL_KEY_REQUESTS_PER_SEC`).
+    pub key_requests_per_sec: u32,
+    /// Requests one API key may make at once above its rate (the bucket).
+    pub key_burst: u32,
+    /// Database lookups per second of API keys this host has not seen
+    /// (unknown, new or mistyped keys; same for the burst): past it such
+    /// requests are answered 429 `key_lookups_throttled` without touching
+    /// the database. Keys seen valid are not counted.
+    pub unknown_key_lookups_per_sec: u32,
+}
+
+impl Default for TenantsConfig {
+    fn default() -> Self {
+        TenantsConfig {
+            max_in_flight_requests: 512,
+            max_connections: 4,
+            max_running_pipelines: 0,
+            batch_lanes: 4,
+            key_requests_per_sec: 10_000,
+            key_burst: 20_000,
+            unknown_key_lookups_per_sec: 50,
+        }
+    }
 }
 
 /// `[outbox]`: the relay that delivers outbox events to the sinks.
@@ -174,6 +222,13 @@ pub struct ServerConfig {
     /// (`PAYRAIL_API_KEY_CACHE_MS`): the longest a revoked key may still
     /// authenticate. 0: every request looks its key up.
     pub api_key_cache_ms: u64,
+    /// Longest a client may take to send a request's headers, and longest
+    /// an idle keep-alive connection is kept (slowloris bound).
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once (`PAYRAIL_MAX_CONNECTIONS`). At the bound a
+    /// new connection closes the least recently active connection that has
+    /// no request running; if every one has, it is refused.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -185,6 +240,8 @@ impl Default for ServerConfig {
             max_json_body_bytes: 64 * 1024,
             max_in_flight: 1024,
             api_key_cache_ms: 1000,
+            header_read_timeout_ms: 10_000,
+            max_connections: 4096,
         }
     }
 }
@@ -243,8 +300,8 @@ pub struct ProcessorConfig {
     /// Most one-step payments in one transaction; 1 turns batching off
     /// (`PAYRAIL_BATCH_MAX_PAYMENTS`). See docs/batching.md.
     pub batch_max_payments: usize,
-    /// Batch workers, each running one transaction at a time
-    /// (`PAYRAIL_BATCH_WORKERS`).
+    /// Batches one tenant runs at once, each one transaction
+    /// (`PAYRAIL_BATCH_WORKERS`); see `tenants.batch_lanes`.
     pub batch_workers: usize,
     /// How long a worker waits for more payments once it has one; 0 takes
     /// what is queued (`PAYRAIL_BATCH_WINDOW_US`).
@@ -453,6 +510,18 @@ impl Config {
         if let Some(v) = get("PAYRAIL_API_KEY_CACHE_MS") {
             self.server.api_key_cache_ms = parse_env("PAYRAIL_API_KEY_CACHE_MS", &v)?;
         }
+        if let Some(v) = get("PAYRAIL_MAX_CONNECTIONS") {
+            self.server.max_connections = parse_env("PAYRAIL_MAX_CONNECTIONS", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_TENANT_MAX_IN_FLIGHT") {
+            self.tenants.max_in_flight_requests = parse_env("PAYRAIL_TENANT_MAX_IN_FLIGHT", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_TENANT_MAX_CONNECTIONS") {
+            self.tenants.max_connections = parse_env("PAYRAIL_TENANT_MAX_CONNECTIONS", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_KEY_REQUESTS_PER_SEC") {
+            self.tenants.key_requests_per_sec = parse_env("PAYRAIL_KEY_REQUESTS_PER_SEC", &v)?;
+        }
         if let Some(v) = get("PAYRAIL_SHUTDOWN_GRACE_MS") {
             self.server.shutdown_grace_ms = parse_env("PAYRAIL_SHUTDOWN_GRACE_MS", &v)?;
         }
@@ -535,6 +604,7 @@ impl Config {
                 ))
             })?;
         }
+        self.validate_tenants()?;
         let p = &self.processor;
         range("processor.lock_timeout_ms", p.lock_timeout_ms, 1, 600_000)?;
         range(
@@ -806,12 +876,6 @@ impl Config {
                 "plugins.limits.{name} = {v} is above the operator cap plugins.max_limits.{name} = {cap}; raise the cap or lower the default"
             )));
         }
-        let range = |name: &str, v: u64, lo: u64, hi: u64| {
-            if v < lo || v > hi {
-                return Err(invalid(format!("{name} = {v} is outside {lo}..={hi}")));
-            }
-            Ok(())
-        };
         range(
             "plugins.max_loaded_plugins",
             g.max_loaded_plugins as u64,
@@ -829,6 +893,52 @@ impl Config {
             g.compile_timeout_ms,
             1_000,
             600_000,
+        )
+    }
+
+    /// `[tenants]` and the `[server]` connection bounds.
+    fn validate_tenants(&self) -> Result<()> {
+        let s = &self.server;
+        range(
+            "server.header_read_timeout_ms",
+            s.header_read_timeout_ms,
+            100,
+            600_000,
+        )?;
+        range("server.max_connections", s.max_connections, 1, 1_000_000)?;
+        let t = &self.tenants;
+        range(
+            "tenants.max_in_flight_requests",
+            t.max_in_flight_requests,
+            1,
+            1_000_000,
+        )?;
+        range(
+            "tenants.max_running_pipelines",
+            t.max_running_pipelines,
+            0,
+            10_000,
+        )?;
+        // capped at the pool size where it is used
+        range("tenants.max_connections", t.max_connections, 1, 10_000)?;
+        range(
+            "tenants.batch_lanes",
+            t.batch_lanes,
+            1,
+            crate::processor::MAX_BATCH_LANES,
+        )?;
+        range(
+            "tenants.key_requests_per_sec",
+            t.key_requests_per_sec,
+            1,
+            1_000_000,
+        )?;
+        range("tenants.key_burst", t.key_burst, 1, 10_000_000)?;
+        range(
+            "tenants.unknown_key_lookups_per_sec",
+            t.unknown_key_lookups_per_sec,
+            1,
+            100_000,
         )
     }
 
@@ -875,7 +985,16 @@ impl Config {
                 max_payments: self.processor.batch_max_payments,
                 workers: self.processor.batch_workers,
                 window_us: self.processor.batch_window_us,
+                lanes: self.tenants.batch_lanes,
                 ..BatchSettings::default()
+            },
+            tenant_connections: self
+                .tenants
+                .max_connections
+                .min(self.database.pool_size.max(1)),
+            tenant_pipelines: match self.tenants.max_running_pipelines {
+                0 => crate::processor::half_the_cores(),
+                n => n,
             },
         }
     }
@@ -1257,6 +1376,46 @@ path = "/tmp/x.jsonl"
             e.to_string().contains("plugins.max_concurrent_compiles"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tenant_bounds_are_validated_and_capped() {
+        let c = Config::from_toml(
+            "[tenants]\nmax_connections = 64\nmax_running_pipelines = 3\nbatch_lanes = 2\n[database]\npool_size = 8\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let p = c.processor();
+        assert_eq!(p.tenant_connections, 8, "capped at the pool size");
+        assert_eq!(p.tenant_pipelines, 3);
+        assert_eq!(p.batch.lanes, 2);
+        assert!(
+            Config::default().processor().tenant_pipelines >= 1,
+            "0: half the cores"
+        );
+        for (bad, name) in [
+            (
+                "[tenants]\nmax_in_flight_requests = 0\n",
+                "tenants.max_in_flight_requests",
+            ),
+            (
+                "[tenants]\nkey_requests_per_sec = 0\n",
+                "tenants.key_requests_per_sec",
+            ),
+            (
+                "[tenants]\nunknown_key_lookups_per_sec = 0\n",
+                "tenants.unknown_key_lookups_per_sec",
+            ),
+            ("[tenants]\nbatch_lanes = 65\n", "tenants.batch_lanes"),
+            (
+                "[server]\nheader_read_timeout_ms = 10\n",
+                "server.header_read_timeout_ms",
+            ),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+        ] {
+            let e = Config::from_toml(bad).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains(name), "{name}: {e}");
+        }
     }
 
     #[test]

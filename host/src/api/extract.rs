@@ -3,7 +3,7 @@
 
 use super::AppState;
 use super::problem::ApiError;
-use crate::apikeys::{Principal, Scope};
+use crate::apikeys::{Authenticated, Principal, Scope};
 use crate::processor::MAX_KEY_BYTES;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
@@ -136,20 +136,16 @@ async fn authorize_any(
     state: &AppState,
     scopes: &[Scope],
 ) -> Result<Principal, ApiError> {
-    let secret = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .ok_or_else(ApiError::unauthorized)?;
-    let principal = state
-        .keys
-        .authenticate(&state.pool, secret)
-        .await?
-        .ok_or_else(ApiError::unauthorized)?;
+    let secret = super::tenancy::bearer(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+    // Settled by the front door (every routed request); looked up here
+    // only for a router built without it.
+    let auth = match parts.extensions.get::<super::tenancy::Settled>() {
+        Some(settled) => settled.0.clone(),
+        None => state.keys.authenticate(&state.pool, secret).await?,
+    };
+    let Authenticated::Key(principal) = auth else {
+        return Err(ApiError::unauthorized());
+    };
     if !scopes.iter().any(|s| principal.has(*s)) {
         let names: Vec<String> = scopes.iter().map(|s| format!("`{}`", s.as_str())).collect();
         return Err(ApiError::new(

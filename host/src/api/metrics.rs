@@ -122,6 +122,28 @@ pub struct Metrics {
     /// Gauge: holds past their expiry still authorized (stuck expiry
     /// timers), measured when metrics are scraped (`holds::count_overdue`).
     pub holds_overdue: AtomicU64,
+    /// What the front door refused (docs/tenancy.md).
+    pub tenancy: TenancyMetrics,
+}
+
+/// What the front door counts: refusals that protect the other tenants,
+/// and the database lookups API keys caused.
+#[derive(Debug, Default)]
+pub struct TenancyMetrics {
+    /// Requests refused 429 `rate_limited` (an API key's token bucket).
+    pub rate_limited: AtomicU64,
+    /// Requests refused 429 `tenant_busy` (a tenant's in-flight bound).
+    pub tenant_busy: AtomicU64,
+    /// API key lookups that went to the database (set from the key cache
+    /// when metrics are rendered).
+    pub key_lookups: AtomicU64,
+    /// Requests refused 429 `key_lookups_throttled` (unseen keys beyond
+    /// the lookup budget; set from the key cache).
+    pub key_lookups_throttled: AtomicU64,
+    /// Connections closed to admit new ones (at `server.max_connections`).
+    pub connections_evicted: AtomicU64,
+    /// Connections refused at `server.max_connections` (every one busy).
+    pub connections_refused: AtomicU64,
 }
 
 /// What the outbox relay reports.
@@ -392,6 +414,48 @@ impl Metrics {
         );
         simple(
             &mut out,
+            "payrail_payments_skipped_total",
+            "counter",
+            "payments dropped before they ran because their caller had gone (timeout, disconnect)",
+            processor.payments_skipped,
+        );
+        let t = &self.tenancy;
+        for (name, help, v) in [
+            (
+                "payrail_rate_limited_total",
+                "requests refused 429 rate_limited by their API key's token bucket",
+                &t.rate_limited,
+            ),
+            (
+                "payrail_tenant_busy_total",
+                "requests refused 429 tenant_busy at their tenant's in-flight bound",
+                &t.tenant_busy,
+            ),
+            (
+                "payrail_api_key_lookups_total",
+                "API key lookups that went to the database",
+                &t.key_lookups,
+            ),
+            (
+                "payrail_api_key_lookups_throttled_total",
+                "requests with a key this host had not seen refused 429 because the lookup budget was spent",
+                &t.key_lookups_throttled,
+            ),
+            (
+                "payrail_http_connections_evicted_total",
+                "idle or header-dribbling connections closed to admit new ones",
+                &t.connections_evicted,
+            ),
+            (
+                "payrail_http_connections_refused_total",
+                "connections refused because every connection slot was busy",
+                &t.connections_refused,
+            ),
+        ] {
+            simple(&mut out, name, "counter", help, v.load(Ordering::Relaxed));
+        }
+        simple(
+            &mut out,
             "payrail_http_in_flight",
             "gauge",
             "requests being handled",
@@ -488,6 +552,7 @@ mod tests {
             ProcessorCounts {
                 transaction_retries: 3,
                 batch_deferrals: 5,
+                payments_skipped: 7,
             },
         );
         assert!(text.contains(
@@ -498,6 +563,7 @@ mod tests {
         assert!(text.contains("payrail_payment_replays_total 1"));
         assert!(text.contains("payrail_transaction_retries_total 3"));
         assert!(text.contains("payrail_batch_deferrals_total 5"));
+        assert!(text.contains("payrail_payments_skipped_total 7"));
         assert!(text.contains("payrail_plugin_fuel_used_count{digest=\"abababababab\"} 1"));
         assert!(text.contains(
             "payrail_plugin_call_duration_seconds_bucket{digest=\"abababababab\",le=\"0.00005\"} 1"

@@ -20,9 +20,11 @@ pub mod payments;
 pub mod plugins;
 pub mod problem;
 pub mod request_id;
+pub mod server;
+pub mod tenancy;
 
 use crate::apikeys::KeyCache;
-use crate::config::Config;
+use crate::config::{Config, TenantsConfig};
 use crate::db::Pool;
 use crate::engine::PluginEngine;
 use crate::error::{Error, Result};
@@ -86,11 +88,14 @@ pub struct AppState {
     pub in_flight: Arc<Semaphore>,
     /// API keys looked up recently.
     pub keys: Arc<KeyCache>,
+    /// Per-key buckets and per-tenant in-flight bounds (docs/tenancy.md).
+    pub front_door: Arc<tenancy::FrontDoor>,
 }
 
 impl AppState {
     /// State over `processor` (its pool and engine) with `limits`.
     pub fn new(processor: Processor, limits: ApiLimits) -> AppState {
+        let defaults = TenantsConfig::default();
         AppState {
             pool: processor.pool().clone(),
             engine: processor.engine().clone(),
@@ -98,8 +103,31 @@ impl AppState {
             limits,
             metrics: Arc::new(Metrics::default()),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
-            keys: Arc::new(KeyCache::new(limits.api_key_cache)),
+            keys: Arc::new(KeyCache::new(
+                limits.api_key_cache,
+                defaults.unknown_key_lookups_per_sec,
+            )),
+            front_door: Arc::new(tenancy::FrontDoor::new(
+                defaults.key_requests_per_sec,
+                defaults.key_burst,
+                defaults.max_in_flight_requests,
+            )),
         }
+    }
+
+    /// This state with the `[tenants]` bounds of `t` (`new` takes the
+    /// defaults).
+    pub fn with_tenants(mut self, t: &TenantsConfig) -> AppState {
+        self.keys = Arc::new(KeyCache::new(
+            self.limits.api_key_cache,
+            t.unknown_key_lookups_per_sec,
+        ));
+        self.front_door = Arc::new(tenancy::FrontDoor::new(
+            t.key_requests_per_sec,
+            t.key_burst,
+            t.max_in_flight_requests,
+        ));
+        self
     }
 }
 
@@ -162,6 +190,12 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(ops::OpenApiJson(doc_json)))
+        // inside the guard: a request refused here still counts and is
+        // still bounded by the request timeout
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            tenancy::front_door,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
@@ -340,28 +374,41 @@ pub async fn shutdown_signal() {
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops
 /// accepting and gives in-flight requests up to `grace` to finish. Returns
-/// whether everything drained in time.
+/// whether everything drained in time. Default connection bounds.
 pub async fn serve_until(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<bool> {
-    let (tx, mut rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = rx.changed().await;
-            })
-            .await
-    });
-    let mut server = server;
+    serve_until_with(
+        listener,
+        router,
+        shutdown,
+        grace,
+        server::ConnLimits::default(),
+        Arc::new(Metrics::default()),
+    )
+    .await
+}
+
+/// [`serve_until`] with connection bounds `conn` (`[server]`), counting
+/// evicted and refused connections in `metrics`.
+pub async fn serve_until_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+    conn: server::ConnLimits,
+    metrics: Arc<Metrics>,
+) -> Result<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut server = tokio::spawn(server::run(listener, router, conn, metrics, rx));
     tokio::select! {
         r = &mut server => {
-            // the server stopped by itself: an accept loop failure
+            // the server stopped by itself: its task failed
             return match r {
-                Ok(Ok(())) => Ok(true),
-                Ok(Err(e)) => Err(Error::Setup(format!("the HTTP server failed: {e}"))),
+                Ok(()) => Ok(true),
                 Err(e) => Err(Error::Setup(format!("the HTTP server task failed: {e}"))),
             };
         }
@@ -410,7 +457,8 @@ pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
             .with_trusted_keys(crate::signing::TrustedKeys::from_env()?),
     );
     let processor = Processor::new(pool.clone(), engine, config.processor());
-    let state = AppState::new(processor, ApiLimits::from_config(&config));
+    let state =
+        AppState::new(processor, ApiLimits::from_config(&config)).with_tenants(&config.tenants);
     let metrics = state.metrics.clone();
     // Without sinks the relay still runs the hold expiry timers.
     let relay = if config.outbox.relay {
@@ -425,6 +473,7 @@ pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
         );
         None
     };
+    let served_metrics = state.metrics.clone();
     let (router, _doc) = router(state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -444,11 +493,16 @@ pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
     // stdout, for scripts and tests that pick port 0
     println!("payrail listening on http://{local}");
     tracing::info!(%local, "listening");
-    let drained = serve_until(
+    let drained = serve_until_with(
         listener,
         router,
         shutdown_signal(),
         Duration::from_millis(config.server.shutdown_grace_ms),
+        server::ConnLimits {
+            header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
+            max_connections: config.server.max_connections,
+        },
+        served_metrics,
     )
     .await?;
     let _ = stop_tx.send(true);

@@ -57,11 +57,15 @@ pub async fn readyz(State(st): State<AppState>) -> Result<Json<Health>, ApiError
             "the database schema is not current: run `payrail migrate`",
             5,
         )),
-        Ok(Err(e)) => Err(ApiError::unavailable(
-            "database_unavailable",
-            format!("the database is not reachable: {e}"),
-            2,
-        )),
+        Ok(Err(e)) => {
+            // the error text is the database's: logged, never answered
+            tracing::warn!(error = %e, "readiness: the database is not reachable");
+            Err(ApiError::unavailable(
+                "database_unavailable",
+                "the database is not reachable",
+                2,
+            ))
+        }
         Err(_) => Err(ApiError::unavailable(
             "database_unavailable",
             format!(
@@ -84,6 +88,11 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
             .store(n, std::sync::atomic::Ordering::Relaxed);
     }
     let s = st.pool.status();
+    let t = &st.metrics.tenancy;
+    t.key_lookups
+        .store(st.keys.lookups(), std::sync::atomic::Ordering::Relaxed);
+    t.key_lookups_throttled
+        .store(st.keys.throttled(), std::sync::atomic::Ordering::Relaxed);
     let text = st.metrics.render(
         PoolGauges {
             size: s.size,

@@ -92,12 +92,25 @@ impl ApiError {
     }
 }
 
+/// The detail a 500 answers with: no internal text (a database message
+/// can name tables, constraints or values), only the request id to quote;
+/// the real detail goes to the server log under that id.
+pub fn internal_detail() -> String {
+    match super::request_id::current() {
+        Some(id) => format!("internal error; the server log has the detail under request id {id}"),
+        None => "internal error; the server log has the detail".to_string(),
+    }
+}
+
 impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    fn into_response(mut self) -> Response {
         if self.status.is_server_error() {
             tracing::error!(code = %self.code, detail = %self.detail, "request failed");
         } else {
             tracing::debug!(code = %self.code, detail = %self.detail, "request refused");
+        }
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+            self.detail = internal_detail();
         }
         let body = serde_json::to_vec(&self.problem()).expect("problem serializes");
         let mut resp = (self.status, body).into_response();
@@ -176,9 +189,11 @@ impl From<Error> for ApiError {
             Error::LockTimeout => return ApiError::unavailable(&code, e.to_string(), 1),
             Error::Db(_) => return db_error(&e),
             Error::Pool(_) => {
+                // the pool's error can carry the server's message: logged only
+                tracing::warn!(error = %e, "no database connection");
                 return ApiError::unavailable(
                     "database_unavailable",
-                    format!("no database connection available: {e}"),
+                    "no database connection available; retry later",
                     1,
                 );
             }

@@ -29,9 +29,24 @@ pub fn is_acceptable(id: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(b))
 }
 
+tokio::task_local! {
+    /// The id of the request this task is handling (set by [`request_id`]).
+    static CURRENT: HeaderValue;
+}
+
+/// The id of the request being handled, if called inside one (500 bodies
+/// quote it: see `problem::internal_detail`).
+pub fn current() -> Option<String> {
+    CURRENT
+        .try_with(|id| id.to_str().ok().map(str::to_string))
+        .ok()
+        .flatten()
+}
+
 /// Middleware: settles the id (the caller's, or a fresh UUID), puts it in
-/// the request's extensions (for the log span) and in the response. Cost:
-/// one UUID per request without an acceptable id.
+/// the request's extensions (for the log span), in a task-local for the
+/// handler, and in the response. Cost: one UUID per request without an
+/// acceptable id.
 pub async fn request_id(mut req: Request, next: Next) -> Response {
     let id = match req.headers().get(&HEADER) {
         Some(v) if is_acceptable(v.as_bytes()) => v.clone(),
@@ -39,7 +54,7 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
             .expect("a UUID is a valid header value"),
     };
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut resp = next.run(req).await;
+    let mut resp = CURRENT.scope(id.clone(), next.run(req)).await;
     resp.headers_mut().insert(HEADER, id);
     resp
 }

@@ -44,8 +44,11 @@ use uuid::Uuid;
 /// Largest batch accepted by the settings: bounds the size of every
 /// multi-row statement and of the lock set of one transaction.
 pub const MAX_BATCH_PAYMENTS: usize = 512;
-/// Most batch workers (each holds one connection while it runs a batch).
+/// Most batch workers per tenant (each holds one connection while it runs
+/// a batch).
 pub const MAX_BATCH_WORKERS: usize = 64;
+/// Most tenants whose batches run at once (`BatchSettings::lanes`).
+pub const MAX_BATCH_LANES: usize = 64;
 /// Longest linger for more payments.
 pub const MAX_BATCH_WINDOW_US: u64 = 100_000;
 /// Times a batch puts a payment back because another transaction (another
@@ -60,7 +63,7 @@ pub struct BatchSettings {
     /// Most payments in one transaction; 1 turns batching off (one
     /// transaction per payment).
     pub max_payments: usize,
-    /// Workers running batches at once.
+    /// Batches one tenant runs at once (see `lanes` for the host's).
     pub workers: usize,
     /// How long a worker that has one payment waits for more. 0: it takes
     /// what is queued at that moment, so batches grow with load and an idle
@@ -68,6 +71,11 @@ pub struct BatchSettings {
     pub window_us: u64,
     /// Payments waiting for a worker before `pay` waits for room.
     pub queue_depth: usize,
+    /// Tenants whose batches can run at once, `workers` each: the host
+    /// runs `workers * lanes` workers, and one tenant's batches hold at
+    /// most `workers` of them, so a tenant whose plugins are slow leaves
+    /// the others to everyone else (docs/tenancy.md).
+    pub lanes: usize,
 }
 
 impl Default for BatchSettings {
@@ -80,6 +88,7 @@ impl Default for BatchSettings {
             workers: 2,
             window_us: 0,
             queue_depth: 4096,
+            lanes: 4,
         }
     }
 }
@@ -103,6 +112,12 @@ impl BatchSettings {
             return Err(format!(
                 "batch window_us must be at most {MAX_BATCH_WINDOW_US}, got {}",
                 self.window_us
+            ));
+        }
+        if !(1..=MAX_BATCH_LANES).contains(&self.lanes) {
+            return Err(format!(
+                "batch lanes must be 1-{MAX_BATCH_LANES}, got {}",
+                self.lanes
             ));
         }
         if !(1..=1_000_000).contains(&self.queue_depth) {
@@ -143,11 +158,16 @@ pub(crate) fn start(processor: Processor, settings: BatchSettings) -> Option<Que
     }
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     let (tx, rx) = mpsc::channel(settings.queue_depth);
-    let intake = Arc::new(Intake::new(rx));
+    let intake = Arc::new(Intake::new(
+        rx,
+        settings.workers,
+        settings.queue_depth,
+        processor.skipped.clone(),
+    ));
     // Each worker credits hot accounts on its own shard (ledger::CREDIT_SHARDS);
     // the process id spreads the workers of several hosts over the shards.
     let first_shard = std::process::id() as usize;
-    for w in 0..settings.workers {
+    for w in 0..settings.workers * settings.lanes {
         let shard = ((first_shard + w) % ledger::CREDIT_SHARDS as usize) as i16;
         runtime.spawn(work(processor.clone(), intake.clone(), settings, shard));
     }
@@ -176,18 +196,18 @@ pub(crate) async fn submit(
 
 /// One worker: take a batch, run it, repeat until the queue closes.
 async fn work(processor: Processor, intake: Arc<Intake>, settings: BatchSettings, shard: i16) {
-    while let Some(taken) = intake.take(settings.max_payments, settings.window_us).await {
+    while let Some(mut taken) = intake.take(settings.max_payments, settings.window_us).await {
+        let jobs = std::mem::take(&mut taken.jobs);
         // A panic (a broken invariant) must not take the worker with it:
         // the batch's callers get an error when their reply is dropped.
-        let run =
-            std::panic::AssertUnwindSafe(processor.pay_batch(taken.jobs, shard)).catch_unwind();
+        let run = std::panic::AssertUnwindSafe(processor.pay_batch(jobs, shard)).catch_unwind();
         match run.await {
             Ok(deferred) => intake.put_back(deferred),
             Err(_) => tracing::error!(
                 "a payment batch panicked; its payments were answered with an error"
             ),
         }
-        intake.release(&taken.accounts);
+        intake.release(&taken);
     }
 }
 
@@ -378,6 +398,10 @@ impl Processor {
     /// away first (a request timeout), the transaction is dropped and rolls
     /// back, exactly as when the caller ran it itself.
     async fn answer_alone(&self, mut job: Job) {
+        if job.reply.is_closed() {
+            self.count_skipped();
+            return;
+        }
         let tenant = job.tenant.clone();
         tokio::select! {
             answer = self.pay_single(&tenant, &job.key, &job.req) => {
@@ -441,8 +465,10 @@ impl Processor {
     }
 
     async fn batch_once(&self, tenant: &str, jobs: &[Job], shard: i16) -> Result<Vec<Outcome>> {
-        let mut client = self.pool.get().await?;
-        let result = self.batch_in(&mut client, tenant, jobs, shard).await;
+        // One of the tenant's connections (docs/tenancy.md).
+        let mut conn = self.tenant_connection(tenant).await?;
+        let client = &mut conn.client;
+        let result = self.batch_in(client, tenant, jobs, shard).await;
         if result.is_err() {
             // Wait for the queued ROLLBACK (see `pay_single`).
             let _ = client.simple_query("").await;
@@ -603,6 +629,8 @@ impl Processor {
         let reqs: Arc<[PaymentRequest]> = jobs.iter().map(|j| j.req.clone()).collect();
         let mut next = 0;
         while next < items.len() {
+            // the tenant's share of the cores (docs/tenancy.md)
+            let cpu = self.tenant_cpu(tenant).await;
             let slot = self
                 .pipeline_slots
                 .clone()
@@ -616,7 +644,8 @@ impl Processor {
             // not decided yet is dropped like a rolled-back transaction.
             let abandoned: Vec<bool> = jobs.iter().map(|j| j.reply.is_closed()).collect();
             let (b, its, sl, paused) = tokio::task::spawn_blocking(move || {
-                let _slot = slot;
+                let _slot = (slot, cpu);
+                super::fair::lower_thread_priority();
                 let (mut book, mut items, mut slots) = (book, items, slots);
                 let paused = decide(
                     &engine,

@@ -16,9 +16,12 @@
 //! pass the keys of a whole batch and keep one global lock order.
 
 mod batch;
+mod fair;
 mod intake;
 
-pub use batch::{BatchSettings, MAX_BATCH_PAYMENTS, MAX_BATCH_WINDOW_US, MAX_DEFERRALS};
+pub use batch::{
+    BatchSettings, MAX_BATCH_LANES, MAX_BATCH_PAYMENTS, MAX_BATCH_WINDOW_US, MAX_DEFERRALS,
+};
 
 use crate::db::Pool;
 use crate::engine::{PluginEngine, PluginFault, PluginLimits, PreparedInput};
@@ -59,6 +62,19 @@ pub struct ProcessorSettings {
     pub limits: PluginLimits,
     /// How one-step payments are grouped into transactions.
     pub batch: BatchSettings,
+    /// Most pooled connections the payment transactions of one tenant hold
+    /// at once (`tenants.max_connections`; docs/tenancy.md).
+    pub tenant_connections: usize,
+    /// Most plugin pipelines (payments, batches) of one tenant running at
+    /// once: the cores one tenant's plugins may burn
+    /// (`tenants.max_running_pipelines`).
+    pub tenant_pipelines: usize,
+}
+
+/// Half the cores (at least one): the default of
+/// [`ProcessorSettings::tenant_pipelines`].
+pub fn half_the_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 impl Default for ProcessorSettings {
@@ -70,6 +86,8 @@ impl Default for ProcessorSettings {
             max_attempts: 5,
             limits: PluginLimits::default(),
             batch: BatchSettings::default(),
+            tenant_connections: 4,
+            tenant_pipelines: half_the_cores(),
         }
     }
 }
@@ -162,6 +180,13 @@ pub struct Processor {
     /// Payments a batch put back because another transaction held one of
     /// their accounts (shared like `retries`).
     deferrals: Arc<std::sync::atomic::AtomicU64>,
+    /// Each tenant's share of the pool (docs/tenancy.md).
+    tenants: Arc<fair::TenantGates>,
+    /// Each tenant's share of the cores: its pipelines running at once.
+    tenant_cpu: Arc<fair::TenantGates>,
+    /// Payments dropped before they ran because their caller had gone
+    /// (shared like `retries`).
+    skipped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What a processor has counted since start (for `/metrics`).
@@ -171,6 +196,8 @@ pub struct ProcessorCounts {
     pub transaction_retries: u64,
     /// See [`Processor::batch_deferrals`].
     pub batch_deferrals: u64,
+    /// See [`Processor::payments_skipped`].
+    pub payments_skipped: u64,
 }
 
 /// The payments' unique (tenant, idempotency key) constraint (migration
@@ -329,6 +356,9 @@ impl Processor {
             batcher: None,
             retries: Arc::default(),
             deferrals: Arc::default(),
+            tenants: Arc::new(fair::TenantGates::new(settings.tenant_connections)),
+            tenant_cpu: Arc::new(fair::TenantGates::new(settings.tenant_pipelines)),
+            skipped: Arc::default(),
         };
         processor.batcher = batch::start(processor.clone(), settings.batch);
         processor
@@ -362,11 +392,39 @@ impl Processor {
             .fetch_add(payments as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Payments, since start, dropped before they ran because their caller
+    /// had gone (request timeout, client disconnected) while they waited
+    /// for a batch worker or for one of their tenant's connections: they
+    /// wrote nothing.
+    pub fn payments_skipped(&self) -> u64 {
+        self.skipped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_skipped(&self) {
+        self.skipped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A pooled connection on `tenant`'s behalf: waits while the tenant's
+    /// transactions hold `tenant_connections` (docs/tenancy.md).
+    pub(crate) async fn tenant_connection(&self, tenant: &str) -> Result<fair::TenantConnection> {
+        self.tenants
+            .connection(&self.pool, tenant, &self.skipped)
+            .await
+    }
+
+    /// One of `tenant`'s pipeline permits (`tenant_pipelines`), held while
+    /// its plugins run.
+    pub(crate) async fn tenant_cpu(&self, tenant: &str) -> tokio::sync::OwnedSemaphorePermit {
+        self.tenant_cpu.permit(tenant).await
+    }
+
     /// Everything counted, at once.
     pub fn counts(&self) -> ProcessorCounts {
         ProcessorCounts {
             transaction_retries: self.transaction_retries(),
             batch_deferrals: self.batch_deferrals(),
+            payments_skipped: self.payments_skipped(),
         }
     }
 
@@ -406,6 +464,7 @@ impl Processor {
             .expect("pipeline semaphore is never closed");
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
+            fair::lower_thread_priority();
             run_steps(&engine, &pipeline, &payment, snapshots, now, &limits)
         })
         .await
@@ -485,8 +544,9 @@ impl Processor {
     }
 
     async fn pay_once(&self, tenant: &str, key: &str, req: &PaymentRequest) -> Result<PayOutcome> {
-        let mut client = self.pool.get().await?;
-        let result = self.pay_in(&mut client, tenant, key, req).await;
+        let mut conn = self.tenant_connection(tenant).await?;
+        let client = &mut conn.client;
+        let result = self.pay_in(client, tenant, key, req).await;
         if result.is_err() {
             // A dropped transaction only queues its ROLLBACK; wait for it,
             // so the key's claim and try-lock are gone before the caller
@@ -560,8 +620,12 @@ impl Processor {
         let snapshots: Vec<AccountSnapshot> =
             parties.iter().map(|p| snapshot_of(&accounts[p])).collect();
 
-        // 5. Run the pipeline off the async workers.
-        let run = self.run_pipeline(&pipeline, &payment, snapshots).await?;
+        // 5. Run the pipeline off the async workers, within the tenant's
+        // share of the cores.
+        let cpu = self.tenant_cpu(tenant).await;
+        let run = self.run_pipeline(&pipeline, &payment, snapshots).await;
+        drop(cpu);
+        let run = run?;
 
         // 6. Validate the postings. Accounts only plugins name (a fee
         // account) are read without a lock when they are only credited: a
