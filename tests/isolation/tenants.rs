@@ -11,6 +11,11 @@ use std::net::TcpStream;
 /// (the hard cap is 10 s; the test keeps to 1 s to stay short).
 const SLOW_MS: u64 = 1000;
 
+/// An operator who lets steps burn their whole time: the fuel cap raised to
+/// the hard cap, so the attack is held by fair sharing, not by the caps
+/// (`[plugins.max_limits]`, tested in `sandbox`).
+const GENEROUS_CAPS: &str = "[plugins.max_limits]\nfuel = 10000000000\n";
+
 /// Makes `tenant`'s pipeline `transfer` one hostile step that loops until
 /// its (raised) timeout: every payment of it burns `SLOW_MS` of CPU.
 async fn make_slow(serve: &Serve, tenant: &Tenant) {
@@ -96,7 +101,7 @@ async fn assert_429(resp: reqwest::Response, code: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenant_with_slow_plugins_does_not_starve_another() {
-    let serve = Serve::start("").await;
+    let serve = Serve::start(GENEROUS_CAPS).await;
     let attacker = serve.tenant("attacker").await;
     let victim = serve.tenant("victim").await;
     make_slow(&serve, &attacker).await;
@@ -129,7 +134,10 @@ async fn a_tenant_with_slow_plugins_does_not_starve_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenant_over_its_in_flight_bound_is_refused_at_once() {
-    let serve = Serve::start("[tenants]\nmax_in_flight_requests = 4\n").await;
+    let serve = Serve::start(&format!(
+        "{GENEROUS_CAPS}[tenants]\nmax_in_flight_requests = 4\n"
+    ))
+    .await;
     let attacker = serve.tenant("attacker").await;
     let victim = serve.tenant("victim").await;
     make_slow(&serve, &attacker).await;
@@ -163,8 +171,10 @@ async fn a_tenant_over_its_in_flight_bound_is_refused_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queued_payments_whose_caller_left_are_skipped() {
-    let serve =
-        Serve::start("[tenants]\nmax_connections = 1\n[processor]\nbatch_workers = 1\n").await;
+    let serve = Serve::start(&format!(
+        "{GENEROUS_CAPS}[tenants]\nmax_connections = 1\n[processor]\nbatch_workers = 1\n"
+    ))
+    .await;
     let t = serve.tenant("impatient").await;
     make_slow(&serve, &t).await;
     // one slow batch and one slow authorization hold the tenant's worker
@@ -359,6 +369,11 @@ async fn readyz_and_500s_carry_no_database_text() {
         !detail.contains("payments") && !detail.contains("relation"),
         "no database text: {body}"
     );
+    // the log line is read from the child's stderr by another thread
+    let logged = Instant::now();
+    while !serve.output().contains("relation") && logged.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         serve.output().contains("relation"),
         "the detail is in the server log"
