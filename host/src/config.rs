@@ -71,6 +71,10 @@ pub struct TenantsConfig {
     /// requests are answered 429 `key_lookups_throttled` without touching
     /// the database. Keys seen valid are not counted.
     pub unknown_key_lookups_per_sec: u32,
+    /// Nice value (0-19) of the threads that run plugins, so a plugin
+    /// looping to its timeout yields its core to Postgres and the request
+    /// threads (`PAYRAIL_PLUGIN_THREAD_NICE`; 0: normal priority).
+    pub plugin_thread_nice: i32,
 }
 
 impl Default for TenantsConfig {
@@ -83,6 +87,7 @@ impl Default for TenantsConfig {
             key_requests_per_sec: 10_000,
             key_burst: 20_000,
             unknown_key_lookups_per_sec: 50,
+            plugin_thread_nice: crate::processor::fair::PLUGIN_THREAD_NICE,
         }
     }
 }
@@ -519,6 +524,13 @@ impl Config {
         if let Some(v) = get("PAYRAIL_TENANT_MAX_CONNECTIONS") {
             self.tenants.max_connections = parse_env("PAYRAIL_TENANT_MAX_CONNECTIONS", &v)?;
         }
+        if let Some(v) = get("PAYRAIL_TENANT_MAX_RUNNING_PIPELINES") {
+            self.tenants.max_running_pipelines =
+                parse_env("PAYRAIL_TENANT_MAX_RUNNING_PIPELINES", &v)?;
+        }
+        if let Some(v) = get("PAYRAIL_PLUGIN_THREAD_NICE") {
+            self.tenants.plugin_thread_nice = parse_env("PAYRAIL_PLUGIN_THREAD_NICE", &v)?;
+        }
         if let Some(v) = get("PAYRAIL_KEY_REQUESTS_PER_SEC") {
             self.tenants.key_requests_per_sec = parse_env("PAYRAIL_KEY_REQUESTS_PER_SEC", &v)?;
         }
@@ -718,9 +730,9 @@ impl Config {
             return Err(invalid(format!(
                 "database.idle_in_transaction_timeout_ms = {idle} is outside {min}..=86400000: \
                  a payment transaction sits idle while its pipeline runs, up to 2 calls (live and \
-                 shadow) x {} steps x plugins.limits.timeout_ms ({} ms) + {IDLE_MARGIN_MS} ms",
+                 shadow) x {} steps x plugins.max_limits.timeout_ms ({} ms) + {IDLE_MARGIN_MS} ms",
                 crate::registry::MAX_STEPS,
-                self.plugins.limits.timeout_ms
+                self.plugins.caps().timeout_ms
             )));
         }
         Ok(())
@@ -728,11 +740,13 @@ impl Config {
 
     /// The shortest idle-in-transaction timeout accepted: the longest a
     /// payment transaction sends nothing, i.e. its pipeline's plugin calls
-    /// (live and shadow, every step at its timeout) plus [`IDLE_MARGIN_MS`].
+    /// (live and shadow, every step at the operator's cap on a step's
+    /// timeout) plus [`IDLE_MARGIN_MS`].
     pub fn min_idle_in_transaction_ms(&self) -> u64 {
         let steps = crate::registry::MAX_STEPS as u64;
+        // a step may raise its timeout up to the operator's cap
         self.plugins
-            .limits
+            .caps()
             .timeout_ms
             .saturating_mul(2 * steps)
             .saturating_add(IDLE_MARGIN_MS)
@@ -934,6 +948,7 @@ impl Config {
             1_000_000,
         )?;
         range("tenants.key_burst", t.key_burst, 1, 10_000_000)?;
+        range("tenants.plugin_thread_nice", t.plugin_thread_nice, 0, 19)?;
         range(
             "tenants.unknown_key_lookups_per_sec",
             t.unknown_key_lookups_per_sec,
@@ -996,6 +1011,7 @@ impl Config {
                 0 => crate::processor::half_the_cores(),
                 n => n,
             },
+            plugin_thread_nice: self.tenants.plugin_thread_nice,
         }
     }
 
@@ -1502,11 +1518,11 @@ path = "/tmp/x.jsonl"
     #[test]
     fn session_timeouts_default_validate_and_follow_the_plugin_timeout() {
         let mut c = Config::default();
-        // 2 x 16 steps x 200 ms + 5 s
-        assert_eq!(c.min_idle_in_transaction_ms(), 11_400);
+        // 2 x 16 steps x 1000 ms (the cap on a step's timeout) + 5 s
+        assert_eq!(c.min_idle_in_transaction_ms(), 37_000);
         assert_eq!(c.session().idle_in_transaction_timeout_ms, 60_000);
         assert_eq!(c.session().statement_timeout_ms, 30_000);
-        c.plugins.limits.timeout_ms = 5_000;
+        c.plugins.max_limits.timeout_ms = Some(5_000);
         assert_eq!(c.session().idle_in_transaction_timeout_ms, 165_000);
         c.database.idle_in_transaction_timeout_ms = Some(60_000);
         let e = c.validate().unwrap_err().to_string();

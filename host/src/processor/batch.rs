@@ -639,13 +639,14 @@ impl Processor {
                 .expect("pipeline semaphore is never closed");
             let engine = self.engine.clone();
             let limits = self.settings.limits;
+            let nice = self.settings.plugin_thread_nice;
             let reqs = reqs.clone();
             // A caller that went away (request timeout) gets no payment: one
             // not decided yet is dropped like a rolled-back transaction.
             let abandoned: Vec<bool> = jobs.iter().map(|j| j.reply.is_closed()).collect();
             let (b, its, sl, paused) = tokio::task::spawn_blocking(move || {
                 let _slot = (slot, cpu);
-                super::fair::lower_thread_priority();
+                super::fair::lower_thread_priority(nice);
                 let (mut book, mut items, mut slots) = (book, items, slots);
                 let paused = decide(
                     &engine,

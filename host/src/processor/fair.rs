@@ -108,7 +108,8 @@ impl TenantGates {
     }
 }
 
-/// Nice value of the threads that run plugins (0 normal, 19 lowest).
+/// Default nice value of the threads that run plugins (0 normal, 19
+/// lowest; `tenants.plugin_thread_nice`).
 ///
 /// A plugin looping until its timeout competes for the cores with
 /// everything else of the host: the async workers answering other tenants,
@@ -124,19 +125,19 @@ thread_local! {
     static NICED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Lowers the calling thread's priority to [`PLUGIN_THREAD_NICE`], once
+/// Lowers the calling thread's priority to `nice` (0: left as it is), once
 /// per thread (raising it back would need privileges, so a blocking-pool
 /// thread that ran plugins stays at that priority; what else runs on the
 /// blocking pool is plugin compilation and start-up work). Linux only;
 /// elsewhere, and if refused, a no-op.
-pub(crate) fn lower_thread_priority() {
+pub(crate) fn lower_thread_priority(nice: i32) {
     NICED.with(|done| {
-        if done.replace(true) {
+        if nice <= 0 || done.replace(true) {
             return;
         }
         #[cfg(target_os = "linux")]
         if let Err(e) =
-            rustix::process::setpriority_process(Some(rustix::thread::gettid()), PLUGIN_THREAD_NICE)
+            rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice.min(19))
         {
             tracing::debug!(error = %e, "cannot lower the plugin thread's priority");
         }

@@ -16,7 +16,7 @@
 //! pass the keys of a whole batch and keep one global lock order.
 
 mod batch;
-mod fair;
+pub(crate) mod fair;
 mod intake;
 
 pub use batch::{
@@ -69,6 +69,9 @@ pub struct ProcessorSettings {
     /// once: the cores one tenant's plugins may burn
     /// (`tenants.max_running_pipelines`).
     pub tenant_pipelines: usize,
+    /// Nice value of the threads that run plugins (0-19,
+    /// `tenants.plugin_thread_nice`; see `fair::lower_thread_priority`).
+    pub plugin_thread_nice: i32,
 }
 
 /// Half the cores (at least one): the default of
@@ -88,6 +91,7 @@ impl Default for ProcessorSettings {
             batch: BatchSettings::default(),
             tenant_connections: 4,
             tenant_pipelines: half_the_cores(),
+            plugin_thread_nice: fair::PLUGIN_THREAD_NICE,
         }
     }
 }
@@ -453,6 +457,7 @@ impl Processor {
     ) -> Result<PipelineRun> {
         let engine = self.engine.clone();
         let limits = self.settings.limits;
+        let nice = self.settings.plugin_thread_nice;
         let pipeline = pipeline.clone();
         let payment = payment.clone();
         let now = now_ms();
@@ -464,7 +469,7 @@ impl Processor {
             .expect("pipeline semaphore is never closed");
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            fair::lower_thread_priority();
+            fair::lower_thread_priority(nice);
             run_steps(&engine, &pipeline, &payment, snapshots, now, &limits)
         })
         .await
