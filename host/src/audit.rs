@@ -171,6 +171,9 @@ pub async fn run(client: &mut deadpool_postgres::Client) -> Result<Vec<Violation
         .read_only(true)
         .start()
         .await?;
+    // The checks read the whole ledger: on a large one they outlast the
+    // statement timeout every host connection carries (database.statement_timeout_ms).
+    tx.batch_execute("set local statement_timeout = 0").await?;
     let mut violations = Vec::new();
     for (check, sql) in CHECKS {
         let rows = tx

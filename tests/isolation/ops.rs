@@ -407,7 +407,7 @@ async fn every_host_session_has_statement_and_idle_timeouts() {
     let db = common::TestDb::new().await;
     let config = Config::from_toml(
         "[database]\nstatement_timeout_ms = 1234\nidle_in_transaction_timeout_ms = 23456\n\
-         [plugins.limits]\ntimeout_ms = 100\n",
+         [plugins.limits]\ntimeout_ms = 100\n[plugins.max_limits]\ntimeout_ms = 100\n",
     )
     .unwrap();
     config.validate().unwrap();

@@ -36,7 +36,7 @@ pub struct CallTime {
 #[derive(Clone)]
 pub enum Target {
     /// `Processor::pay` in this process.
-    InProcess(Processor),
+    InProcess(Box<Processor>),
     /// `POST /v1/payments` to one or more `payrail serve` processes.
     Http(Arc<HttpTarget>),
 }

@@ -524,11 +524,11 @@ impl Bench<'_> {
             self.args.accounts,
         )
         .await?;
-        let target = Target::InProcess(Processor::new(
+        let target = Target::InProcess(Box::new(Processor::new(
             pool.clone(),
             h.ctx.engine.clone(),
             h.settings,
-        ));
+        )));
         let mut points = Vec::new();
         for &(workload, clients, _) in pairs {
             let s = self
@@ -787,7 +787,11 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
     // Audit findings of databases dropped before the end.
     let mut earlier_violations = Vec::new();
     if args.paths.contains(&PathKind::InProcess) {
-        let target = Target::InProcess(Processor::new(pool.clone(), ctx.engine.clone(), settings));
+        let target = Target::InProcess(Box::new(Processor::new(
+            pool.clone(),
+            ctx.engine.clone(),
+            settings,
+        )));
         bench
             .measure_path(
                 &target,

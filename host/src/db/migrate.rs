@@ -92,6 +92,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "plugin_signatures",
         sql: include_str!("../../../migrations/0014_plugin_signatures.sql"),
     },
+    Migration {
+        version: 15,
+        name: "account_opened_index",
+        sql: include_str!("../../../migrations/0015_account_opened_index.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.
