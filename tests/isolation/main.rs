@@ -219,6 +219,15 @@ impl Serve {
         }
     }
 
+    /// The value of an unlabelled counter or gauge in `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let (_, body) = send(self.req(Method::GET, "/metrics", None)).await;
+        let text = body.as_str().unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    }
+
     /// Everything the process printed so far (stdout, then stderr).
     pub fn output(&self) -> String {
         format!(

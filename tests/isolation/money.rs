@@ -200,23 +200,6 @@ async fn transition(serve: &Serve, key: &str, id: &str, op: &str) -> (StatusCode
     .await
 }
 
-/// `payrail_holds_overdue` as /metrics shows it.
-async fn overdue_gauge(serve: &Serve) -> u64 {
-    let text = serve
-        .req(Method::GET, "/metrics", None)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("payrail_holds_overdue "))
-        .unwrap_or_else(|| panic!("no payrail_holds_overdue in\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 /// Issue 18, item 9: with the relay off (or its timers dead-lettered) a
 /// hold past its expiry stayed authorized forever, its funds held, and
 /// capture / void were refused. Now a capture, void or read past the expiry
@@ -246,7 +229,7 @@ async fn holds_past_expiry_resolve_without_their_timer() {
         holds.push(b["id"].as_str().unwrap().to_string());
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(overdue_gauge(&serve).await, 7);
+    assert_eq!(serve.metric("payrail_holds_overdue").await, 7);
 
     // capture and void: the typed refusal, and the hold expired inline
     for (id, op) in [(&holds[0], "capture"), (&holds[1], "void")] {
@@ -268,7 +251,7 @@ async fn holds_past_expiry_resolve_without_their_timer() {
     let (_, carol) = serve.get("/v1/accounts/carol", &t.pay).await;
     assert_eq!(carol["available"], carol["balance"], "{carol}");
     assert_eq!(carol["balance"], 1_000_000, "{carol}");
-    assert_eq!(overdue_gauge(&serve).await, 3);
+    assert_eq!(serve.metric("payrail_holds_overdue").await, 3);
 
     // the timer arriving after an inline expiry is a no-op
     let c = serve.db.pool.get().await.unwrap();
@@ -295,7 +278,7 @@ async fn holds_past_expiry_resolve_without_their_timer() {
         .get(&format!("/v1/payments/{}", holds[3]), &t.pay)
         .await;
     assert_eq!(p["status"], "expired", "{p}");
-    assert_eq!(overdue_gauge(&serve).await, 2);
+    assert_eq!(serve.metric("payrail_holds_overdue").await, 2);
 
     // the operator command resolves the rest
     let out = Command::new(env!("CARGO_BIN_EXE_payrail"))
@@ -311,7 +294,7 @@ async fn holds_past_expiry_resolve_without_their_timer() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("expired 2 due hold(s)"), "{stdout}");
-    assert_eq!(overdue_gauge(&serve).await, 0);
+    assert_eq!(serve.metric("payrail_holds_overdue").await, 0);
     let expired: i64 = c
         .query_one(
             "select count(*) from payrail.holds where state = 'expired'",

@@ -65,21 +65,6 @@ fn flood(
     set
 }
 
-/// The value of an unlabelled counter in `/metrics`.
-async fn metric(serve: &Serve, name: &str) -> u64 {
-    let text = serve
-        .req(Method::GET, "/metrics", None)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-}
-
 /// Asserts a 429 problem with `code` and a `Retry-After`.
 async fn assert_429(resp: reqwest::Response, code: &str) {
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -164,7 +149,7 @@ async fn a_tenant_over_its_in_flight_bound_is_refused_at_once() {
     let (s, b) = serve.pay(&victim.pay, "v-1", transfer(100)).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     while attack.join_next().await.is_some() {}
-    assert!(metric(&serve, "payrail_tenant_busy_total").await >= 2);
+    assert!(serve.metric("payrail_tenant_busy_total").await >= 2);
     let (s, b) = serve.get("/v1/accounts/alice", &attacker.admin).await;
     assert_eq!(s, StatusCode::OK, "the bound frees with the requests: {b}");
 }
@@ -188,7 +173,7 @@ async fn queued_payments_whose_caller_left_are_skipped() {
         busy.spawn(async move { send(r).await.0 });
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = metric(&serve, "payrail_payments_skipped_total").await;
+    let before = serve.metric("payrail_payments_skipped_total").await;
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))
         .build()
@@ -210,7 +195,7 @@ async fn queued_payments_whose_caller_left_are_skipped() {
     // the worker reaches the abandoned payments once the slow ones ended
     let deadline = Instant::now() + Duration::from_secs(15);
     let skipped = loop {
-        let n = metric(&serve, "payrail_payments_skipped_total").await - before;
+        let n = serve.metric("payrail_payments_skipped_total").await - before;
         if n >= 6 || Instant::now() > deadline {
             break n;
         }
@@ -266,7 +251,7 @@ async fn a_key_over_its_rate_gets_429_and_other_keys_do_not() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (s, body) = serve.get("/v1/accounts/alice", &a.pay).await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    assert!(metric(&serve, "payrail_rate_limited_total").await >= 1);
+    assert!(serve.metric("payrail_rate_limited_total").await >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -275,7 +260,7 @@ async fn unknown_keys_are_refused_without_flooding_the_database() {
     let victim = serve.tenant("victim").await;
     bystander(&serve, &victim, 20, 4).await; // warm-up
     let alone = bystander(&serve, &victim, 100, 4).await;
-    let before = metric(&serve, "payrail_api_key_lookups_total").await;
+    let before = serve.metric("payrail_api_key_lookups_total").await;
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seed: u64 = rand::random();
@@ -318,7 +303,7 @@ async fn unknown_keys_are_refused_without_flooding_the_database() {
         }
     }
     let secs = started.elapsed().as_secs_f64() + 0.5;
-    let lookups = metric(&serve, "payrail_api_key_lookups_total").await - before;
+    let lookups = serve.metric("payrail_api_key_lookups_total").await - before;
     let sent: u64 = answers.values().sum();
     eprintln!(
         "{sent} requests with unknown keys: {answers:?}; {lookups} database lookups in {secs:.1} s"
