@@ -460,8 +460,9 @@ impl Processor {
         t: Transition,
     ) -> Result<PayOutcome> {
         let started = std::time::Instant::now();
-        let mut client = self.pool().get().await?;
-        let tx = client.transaction().await?;
+        // within the tenant's connections, as payments are (docs/tenancy.md)
+        let mut conn = self.tenant_connection(tenant).await?;
+        let tx = conn.client.transaction().await?;
         let print = transition_fingerprint(id, t);
         let settings = *self.settings();
         let claim = tx.prepare_cached(CLAIM_SQL).await?;
@@ -504,7 +505,7 @@ impl Processor {
                     // Past its expiry but still authorized (the timer is late,
                     // dead-lettered or never ran): expire it now, as the timer
                     // would, so the caller's answer and a read agree.
-                    drop(client);
+                    drop(conn);
                     expire_inline(self.pool(), tenant, id).await;
                 }
                 Err(e)
@@ -574,9 +575,12 @@ impl Processor {
                 metadata: a.metadata.clone(),
             })
             .collect();
+        let cpu = self.tenant_cpu(tenant).await;
         let run = self
             .run_pipeline(&pipeline, &plugin_payment, snapshots)
-            .await?;
+            .await;
+        drop(cpu);
+        let run = run?;
         let mut annotations = hold.annotations.clone();
         annotations.extend(run.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
 
