@@ -219,21 +219,21 @@ pub struct BenchReport {
     pub engine_cpu_us: Spread,
     /// Everything one payment step pays: prepare through validate.
     pub total_us: Spread,
-    /// CPU time of the whole process (all threads) per measured call, from
-    /// /proc (Linux only): shows background work such as decommits.
+    /// CPU time of the whole process (all threads) per measured call
+    /// (`CLOCK_PROCESS_CPUTIME_ID`): shows background work such as decommits.
     pub process_cpu_us_per_call: Option<f64>,
 }
 
-/// CPU nanoseconds used so far by every thread of this process (Linux
-/// `/proc/self/task/*/schedstat`).
+/// CPU nanoseconds used so far by every thread of this process, exited
+/// ones included (`CLOCK_PROCESS_CPUTIME_ID`).
 fn process_cpu_ns() -> Option<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let path = task.ok()?.path().join("schedstat");
-        let text = std::fs::read_to_string(path).ok()?;
-        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(total)
+    // The process clock counts threads that have exited too: a sum over
+    // the live threads of /proc/self/task fell when an idle blocking-pool
+    // thread exited during the run.
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    let secs = u64::try_from(t.tv_sec).ok()?;
+    let nanos = u64::try_from(t.tv_nsec).ok()?;
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
 /// Loads `wasm` and calls it `calls` times on `fixture` (after `warmup`
@@ -313,7 +313,9 @@ pub fn bench_loaded(
         }
     }
     let cpu = match (cpu_start, process_cpu_ns()) {
-        (Some(a), Some(b)) => Some(((b - a) as f64 / calls as f64 / 10.0).round() / 100.0),
+        (Some(a), Some(b)) => {
+            Some((b.saturating_sub(a) as f64 / calls as f64 / 10.0).round() / 100.0)
+        }
         _ => None,
     };
     let col = |f: &dyn Fn(&Sample) -> u64| spread(samples.iter().map(f).collect());
