@@ -53,9 +53,10 @@ pub struct TenantsConfig {
     /// (capped at `database.pool_size`); its further payments wait for its
     /// own (`PAYRAIL_TENANT_MAX_CONNECTIONS`).
     pub max_connections: usize,
-    /// Plugin pipelines of one tenant running at once: the cores its
-    /// plugins may burn, whatever their limits (0: half the cores, at least
-    /// one).
+    /// Plugin pipelines running at once of a tenant whose plugin call ran
+    /// slow in the last minute: the cores its plugins may burn, whatever
+    /// their limits (0: half the cores, at least one). Other tenants run
+    /// up to one per core (docs/tenancy.md).
     pub max_running_pipelines: usize,
     /// Tenants whose batches run at once, `processor.batch_workers` each
     /// (the host runs `batch_workers * batch_lanes` batch workers).
@@ -71,9 +72,10 @@ pub struct TenantsConfig {
     /// requests are answered 429 `key_lookups_throttled` without touching
     /// the database. Keys seen valid are not counted.
     pub unknown_key_lookups_per_sec: u32,
-    /// Nice value (0-19) of the threads that run plugins, so a plugin
-    /// looping to its timeout yields its core to Postgres and the request
-    /// threads (`PAYRAIL_PLUGIN_THREAD_NICE`; 0: normal priority).
+    /// Nice value (0-19) a plugin call drops its thread to once it has run
+    /// 25 ms, so a plugin looping to its timeout yields its core to
+    /// Postgres and the request threads (`PAYRAIL_PLUGIN_THREAD_NICE`; 0:
+    /// normal priority throughout).
     pub plugin_thread_nice: i32,
 }
 
@@ -978,6 +980,10 @@ impl Config {
             max_loaded_plugins: self.plugins.max_loaded_plugins,
             max_concurrent_compiles: self.plugins.max_concurrent_compiles,
             compile_timeout_ms: self.plugins.compile_timeout_ms,
+            slow_calls: crate::engine::SlowCalls {
+                after_ms: crate::engine::SlowCalls::AFTER_MS,
+                nice: self.tenants.plugin_thread_nice,
+            },
         }
     }
 
@@ -985,7 +991,10 @@ impl Config {
     /// what the one-shot CLI commands use, so `PAYRAIL_MAX_PLUGIN_BYTES` and
     /// the plugin limit variables apply to them as to `serve`.
     pub fn engine_from_env() -> Result<EngineConfig> {
-        Ok(Config::load(None, |k| std::env::var(k).ok())?.engine())
+        let mut engine = Config::load(None, |k| std::env::var(k).ok())?.engine();
+        // a tool's one thread must not end up at a lower priority
+        engine.slow_calls = crate::engine::SlowCalls::OFF;
+        Ok(engine)
     }
 
     /// The processor settings.
@@ -1011,7 +1020,6 @@ impl Config {
                 0 => crate::processor::half_the_cores(),
                 n => n,
             },
-            plugin_thread_nice: self.tenants.plugin_thread_nice,
         }
     }
 

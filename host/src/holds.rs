@@ -575,12 +575,9 @@ impl Processor {
                 metadata: a.metadata.clone(),
             })
             .collect();
-        let cpu = self.tenant_cpu(tenant).await;
         let run = self
-            .run_pipeline(&pipeline, &plugin_payment, snapshots)
-            .await;
-        drop(cpu);
-        let run = run?;
+            .run_pipeline(tenant, &pipeline, &plugin_payment, snapshots)
+            .await?;
         let mut annotations = hold.annotations.clone();
         annotations.extend(run.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
 

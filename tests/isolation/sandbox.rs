@@ -6,7 +6,8 @@
 #[allow(unused_imports)]
 use super::*;
 use payrail::engine::{
-    EngineConfig, PluginEngine, PluginFault, PluginLimits, PreparedInput, digest_of,
+    EngineConfig, PluginEngine, PluginFault, PluginLimits, PreparedInput, SlowCalls, digest_of,
+    this_thread_was_lowered,
 };
 use payrail::model::{Payment, PluginInput};
 
@@ -190,6 +191,57 @@ fn engine_never_waits_in_a_host_import() {
         "end of stream: {}",
         out.output_json
     );
+}
+
+/// A plugin looping to its timeout burns a core: past
+/// `SlowCalls::after_ms` the call drops its thread's priority (so it yields
+/// the core to the host and Postgres), and its timeout still ends it. A
+/// short call leaves its thread as it was.
+#[test]
+fn a_slow_call_lowers_its_threads_priority_and_still_times_out() {
+    let engine = PluginEngine::new(EngineConfig {
+        slow_calls: SlowCalls {
+            after_ms: 25,
+            nice: 7,
+        },
+        // fuel is not what stops this call: the timeout is
+        caps: PluginLimits {
+            fuel: u64::MAX / 2,
+            ..PluginLimits::DEFAULT_CAPS
+        },
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let digest = engine
+        .load(&common::plugin_bytes("payrail_hostile"))
+        .unwrap();
+    let limits = PluginLimits {
+        timeout_ms: 300,
+        fuel: u64::MAX / 2,
+        ..PluginLimits::default()
+    };
+    let nice = || rustix::process::getpriority_process(None).unwrap();
+    let run = |mode: &'static str| {
+        let (engine, digest) = (&engine, &digest);
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let before = nice();
+                let t = Instant::now();
+                let r = engine.call(digest, &hostile_input(mode), &limits);
+                (r, t.elapsed(), before, nice(), this_thread_was_lowered())
+            })
+            .join()
+            .unwrap()
+        })
+    };
+    let (r, took, before, after, lowered) = run("loop");
+    assert!(matches!(r, Err(PluginFault::Timeout { .. })), "{r:?}");
+    assert!(took >= Duration::from_millis(290), "ended early: {took:?}");
+    assert!(lowered, "a slow call marks its thread");
+    assert_eq!(after, before.max(7), "nice {before} -> {after}");
+    let (r, _, before, after, lowered) = run("sleep");
+    r.expect("a short call");
+    assert!(!lowered && after == before, "a short call: nice {before} -> {after}");
 }
 
 fn hostile_input(mode: &str) -> PreparedInput {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter,
-    Store, Trap,
+    Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -285,6 +285,79 @@ pub struct EngineConfig {
     /// How long a deploy or load waits for its compile (slot wait
     /// included) before it is refused with `plugin_compile_timeout`.
     pub compile_timeout_ms: u64,
+    /// Calls that outlive `slow_call_ms` yield their core: see
+    /// [`SlowCalls`].
+    pub slow_calls: SlowCalls,
+}
+
+/// What happens to a call that runs longer than a payment rule should.
+///
+/// A plugin looping until its timeout burns a core the host's request
+/// threads and Postgres need. Past `after_ms` of wall time, the epoch
+/// callback lowers the priority of the thread running the call to `nice`
+/// (0-19; 0 leaves it alone): under contention such a call then gets a
+/// small share of its core, while an idle machine still runs it at full
+/// speed. The priority cannot be raised back without privileges, so the
+/// thread reports it ([`this_thread_was_lowered`]) and its owner retires
+/// it. Cost: nothing for calls shorter than `after_ms`; one system call
+/// for a longer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlowCalls {
+    pub after_ms: u64,
+    pub nice: i32,
+}
+
+impl SlowCalls {
+    /// Wall time after which a call counts as slow: a payment rule takes
+    /// well under a millisecond, a Python one a few.
+    pub const AFTER_MS: u64 = 25;
+    /// Off: calls keep their thread's priority (tools, tests).
+    pub const OFF: SlowCalls = SlowCalls {
+        after_ms: SlowCalls::AFTER_MS,
+        nice: 0,
+    };
+}
+
+type SlowCallHook = Box<dyn FnOnce()>;
+
+thread_local! {
+    static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static ON_SLOW_CALL: std::cell::RefCell<Option<SlowCallHook>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with `hook` called if a call in it turns slow (at that moment,
+/// not when the call ends), on this thread.
+pub fn on_slow_call<T>(hook: impl FnOnce() + 'static, f: impl FnOnce() -> T) -> T {
+    ON_SLOW_CALL.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+    let out = f();
+    ON_SLOW_CALL.with(|h| h.borrow_mut().take());
+    out
+}
+
+/// Whether a slow call lowered this thread's priority (see [`SlowCalls`]);
+/// such a thread should run nothing else that must be fast.
+pub fn this_thread_was_lowered() -> bool {
+    LOWERED.with(|l| l.get())
+}
+
+/// Lowers the calling thread's priority to `nice` (never raises it), once.
+/// Linux only; elsewhere, and if refused, it only marks the thread.
+pub(crate) fn lower_this_thread(nice: i32) {
+    if LOWERED.with(|l| l.replace(true)) {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let me = Some(rustix::thread::gettid());
+        let now = rustix::process::getpriority_process(me).unwrap_or(0);
+        if let Err(e) = rustix::process::setpriority_process(me, nice.clamp(now, 19)) {
+            tracing::debug!(error = %e, "cannot lower a slow plugin call's priority");
+        }
+    }
+    if let Some(hook) = ON_SLOW_CALL.with(|h| h.borrow_mut().take()) {
+        hook();
+    }
 }
 
 impl Default for EngineConfig {
@@ -298,6 +371,7 @@ impl Default for EngineConfig {
             max_loaded_plugins: 256,
             max_concurrent_compiles: 1,
             compile_timeout_ms: 120_000,
+            slow_calls: SlowCalls::OFF,
         }
     }
 }
@@ -897,6 +971,30 @@ impl PluginEngine {
         self.get_loaded(digest).is_some()
     }
 
+    /// The wall-clock backstop of a call (`timeout_ms`, rounded up to
+    /// whole epoch ticks) and, before it, the point where a slow call
+    /// yields its core ([`SlowCalls`]).
+    fn set_deadlines(&self, store: &mut Store<CallState>, timeout_ms: u64) {
+        let timeout_ticks = timeout_ms.div_ceil(EPOCH_TICK_MS) + 1;
+        let slow = self.config.slow_calls;
+        let slow_ticks = slow.after_ms.div_ceil(EPOCH_TICK_MS).max(1);
+        if slow.nice <= 0 || slow_ticks >= timeout_ticks {
+            store.set_epoch_deadline(timeout_ticks);
+            store.epoch_deadline_trap();
+            return;
+        }
+        store.set_epoch_deadline(slow_ticks);
+        let mut lowered = false;
+        store.epoch_deadline_callback(move |_| {
+            if lowered {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            lowered = true;
+            lower_this_thread(slow.nice);
+            Ok(UpdateDeadline::Continue(timeout_ticks - slow_ticks))
+        });
+    }
+
     /// Runs one call of plugin `digest` in a fresh store under `limits`.
     /// Never panics on guest behaviour: every trap or limit is a [`PluginFault`].
     pub fn call(
@@ -951,8 +1049,7 @@ impl PluginEngine {
         store
             .set_fuel(limits.fuel)
             .expect("fuel is enabled in the engine config");
-        store.set_epoch_deadline(limits.timeout_ms.div_ceil(EPOCH_TICK_MS) + 1);
-        store.epoch_deadline_trap();
+        self.set_deadlines(&mut store, limits.timeout_ms);
 
         let guest_input = convert::input_to_guest(&input.input);
         let setup_done = Instant::now();

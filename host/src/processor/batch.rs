@@ -629,24 +629,14 @@ impl Processor {
         let reqs: Arc<[PaymentRequest]> = jobs.iter().map(|j| j.req.clone()).collect();
         let mut next = 0;
         while next < items.len() {
-            // the tenant's share of the cores (docs/tenancy.md)
-            let cpu = self.tenant_cpu(tenant).await;
-            let slot = self
-                .pipeline_slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("pipeline semaphore is never closed");
             let engine = self.engine.clone();
             let limits = self.settings.limits;
-            let nice = self.settings.plugin_thread_nice;
             let reqs = reqs.clone();
             // A caller that went away (request timeout) gets no payment: one
             // not decided yet is dropped like a rolled-back transaction.
             let abandoned: Vec<bool> = jobs.iter().map(|j| j.reply.is_closed()).collect();
-            let (b, its, sl, paused) = tokio::task::spawn_blocking(move || {
-                let _slot = (slot, cpu);
-                super::fair::lower_thread_priority(nice);
+            // within the tenant's share of the cores (docs/tenancy.md)
+            let plugins = self.run_plugins(tenant, move || {
                 let (mut book, mut items, mut slots) = (book, items, slots);
                 let paused = decide(
                     &engine,
@@ -659,9 +649,8 @@ impl Processor {
                     next,
                 );
                 (book, items, slots, paused)
-            })
-            .await
-            .expect("pipeline task");
+            });
+            let (b, its, sl, paused) = plugins.await?;
             (book, items, slots) = (b, its, sl);
             let Some((at, missing)) = paused else {
                 break;

@@ -9,17 +9,19 @@
 //! for another tenant's. A caller that goes away while waiting leaves
 //! without touching the database and is counted as skipped.
 //!
-//! The same gates bound each tenant's plugin pipelines running at once
-//! (`tenants.max_running_pipelines`): a plugin looping until its timeout
-//! burns a core, so a tenant gets at most that many cores, whatever its
-//! limits, and the others keep the rest.
+//! [`CpuShares`] bounds each tenant's plugin pipelines running at once: a
+//! plugin looping until its timeout burns a core, so a tenant whose calls
+//! run slow gets at most `tenants.max_running_pipelines` cores, at a low
+//! priority, and the others keep the rest; a tenant whose calls stay short
+//! is not held back.
 
+use super::plugin_threads::PluginThreads;
 use crate::db::Pool;
 use crate::error::Result;
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Most tenants tracked at once; past it, idle tenants' entries are
@@ -108,40 +110,137 @@ impl TenantGates {
     }
 }
 
-/// Default nice value of the threads that run plugins (0 normal, 19
-/// lowest; `tenants.plugin_thread_nice`).
+/// Default nice value a slow plugin call drops to (0 normal, 19 lowest;
+/// `tenants.plugin_thread_nice`; see `engine::SlowCalls`).
 ///
 /// A plugin looping until its timeout competes for the cores with
 /// everything else of the host: the async workers answering other tenants,
 /// and Postgres. At nice 10 (a tenth of a normal thread's CPU share under
-/// contention) such a loop yields most of its core to them, while a short
-/// plugin call, which sleeps between calls, is still scheduled at once.
-/// Measured (docs/tenancy.md): at nice 5 a bystander's median under another
+/// contention) such a loop yields most of its core to them. Measured
+/// (docs/tenancy.md): at nice 5 a bystander's median under another
 /// tenant's looping plugins was about twice its median alone; at 10, about
 /// the same as alone.
 pub const PLUGIN_THREAD_NICE: i32 = 10;
 
-thread_local! {
-    static NICED: Cell<bool> = const { Cell::new(false) };
+/// How long a tenant whose plugin call ran slow stays at its strict share
+/// of the cores (`tenants.max_running_pipelines`); each slow call restarts
+/// the period.
+pub const DEMOTED_FOR_MS: u64 = 60_000;
+
+/// Each tenant's share of the cores for plugin pipelines.
+///
+/// Work-conserving: a tenant whose calls stay short may run as many
+/// pipelines at once as there are cores (`fast`), so a host serving one
+/// tenant runs at full speed. A call that runs slow drops its thread's
+/// priority at once (`engine::SlowCalls`) and demotes its tenant for
+/// [`DEMOTED_FOR_MS`] to `demoted` pipelines at once. Every pipeline also
+/// takes one of the engine's instance slots (`slots`), shared by all.
+pub(crate) struct CpuShares {
+    fast: usize,
+    demoted: usize,
+    slots: Arc<Semaphore>,
+    threads: PluginThreads,
+    started: Instant,
+    shares: Mutex<HashMap<String, Arc<Share>>>,
 }
 
-/// Lowers the calling thread's priority to `nice` (0: left as it is), once
-/// per thread (raising it back would need privileges, so a blocking-pool
-/// thread that ran plugins stays at that priority; what else runs on the
-/// blocking pool is plugin compilation and start-up work). Linux only;
-/// elsewhere, and if refused, a no-op.
-pub(crate) fn lower_thread_priority(nice: i32) {
-    NICED.with(|done| {
-        if nice <= 0 || done.replace(true) {
-            return;
+struct Share {
+    fast: Arc<Semaphore>,
+    demoted: Arc<Semaphore>,
+    /// `CpuShares::started`-relative ms; 0: never demoted.
+    demoted_until_ms: AtomicU64,
+}
+
+impl CpuShares {
+    /// `demoted` pipelines at once for a demoted tenant (at least 1), as
+    /// many as the cores (and at least `demoted`) for the others; `slots`
+    /// for all tenants together.
+    pub(crate) fn new(demoted: usize, slots: usize) -> CpuShares {
+        let demoted = demoted.max(1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        CpuShares {
+            fast: cores.max(demoted),
+            demoted,
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+            threads: PluginThreads::new(),
+            started: Instant::now(),
+            shares: Mutex::new(HashMap::new()),
         }
-        #[cfg(target_os = "linux")]
-        if let Err(e) =
-            rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice.min(19))
-        {
-            tracing::debug!(error = %e, "cannot lower the plugin thread's priority");
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn share(&self, tenant: &str) -> Arc<Share> {
+        let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = shares.get(tenant) {
+            return s.clone();
         }
-    });
+        if shares.len() >= MAX_TRACKED_TENANTS {
+            let now = self.now_ms();
+            let (fast, demoted) = (self.fast, self.demoted);
+            shares.retain(|_, s| {
+                s.fast.available_permits() < fast
+                    || s.demoted.available_permits() < demoted
+                    || s.demoted_until_ms.load(Ordering::Relaxed) > now
+            });
+        }
+        let s = Arc::new(Share {
+            fast: Arc::new(Semaphore::new(self.fast)),
+            demoted: Arc::new(Semaphore::new(self.demoted)),
+            demoted_until_ms: AtomicU64::new(0),
+        });
+        shares.insert(tenant.to_string(), s.clone());
+        s
+    }
+
+    /// Runs `f` (a pipeline, or a batch's pipelines) on a plugin thread
+    /// within `tenant`'s share; a call in it that turns slow demotes the
+    /// tenant at that moment.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        tenant: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let share = self.share(tenant);
+        let permit = self.permit(&share).await;
+        let slot = self.slots.clone().acquire_owned().await;
+        let held = (permit, slot.expect("the slots are never closed"));
+        let started = self.started;
+        let (out, _) = self
+            .threads
+            .run(move || {
+                let _held = held;
+                let demote = move || share.demote(started);
+                crate::engine::on_slow_call(demote, f)
+            })
+            .await?;
+        Ok(out)
+    }
+
+    /// One of the share's permits: a fast one unless the tenant is
+    /// demoted, checked again once a fast one is granted (the tenant may
+    /// have been demoted while this waited).
+    async fn permit(&self, share: &Share) -> OwnedSemaphorePermit {
+        let demoted = |s: &Share| s.demoted_until_ms.load(Ordering::Relaxed) > self.now_ms();
+        if !demoted(share) {
+            let fast = share.fast.clone().acquire_owned().await;
+            let fast = fast.expect("tenant gates are never closed");
+            if !demoted(share) {
+                return fast;
+            }
+        }
+        let permit = share.demoted.clone().acquire_owned().await;
+        permit.expect("tenant gates are never closed")
+    }
+}
+
+impl Share {
+    fn demote(&self, started: Instant) {
+        let until = started.elapsed().as_millis() as u64 + DEMOTED_FOR_MS;
+        self.demoted_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 mod batch;
 pub(crate) mod fair;
 mod intake;
+mod plugin_threads;
 
 pub use batch::{
     BatchSettings, MAX_BATCH_LANES, MAX_BATCH_PAYMENTS, MAX_BATCH_WINDOW_US, MAX_DEFERRALS,
@@ -65,13 +66,10 @@ pub struct ProcessorSettings {
     /// Most pooled connections the payment transactions of one tenant hold
     /// at once (`tenants.max_connections`; docs/tenancy.md).
     pub tenant_connections: usize,
-    /// Most plugin pipelines (payments, batches) of one tenant running at
-    /// once: the cores one tenant's plugins may burn
-    /// (`tenants.max_running_pipelines`).
+    /// Most plugin pipelines (payments, batches) running at once of a
+    /// tenant whose calls ran slow: the cores its plugins may burn
+    /// (`tenants.max_running_pipelines`; see `fair::CpuShares`).
     pub tenant_pipelines: usize,
-    /// Nice value of the threads that run plugins (0-19,
-    /// `tenants.plugin_thread_nice`; see `fair::lower_thread_priority`).
-    pub plugin_thread_nice: i32,
 }
 
 /// Half the cores (at least one): the default of
@@ -91,7 +89,6 @@ impl Default for ProcessorSettings {
             batch: BatchSettings::default(),
             tenant_connections: 4,
             tenant_pipelines: half_the_cores(),
-            plugin_thread_nice: fair::PLUGIN_THREAD_NICE,
         }
     }
 }
@@ -171,10 +168,6 @@ pub struct Processor {
     pool: Pool,
     engine: Arc<PluginEngine>,
     settings: ProcessorSettings,
-    /// One permit per pooled instance slot: a pipeline holds one while its
-    /// steps run, so the pooling allocator is never asked for more
-    /// instances than it has (that would surface as a bogus plugin trap).
-    pipeline_slots: Arc<tokio::sync::Semaphore>,
     /// The batcher's queue (None: one transaction per payment, and in the
     /// batcher's own copy).
     batcher: Option<batch::Queue>,
@@ -186,8 +179,12 @@ pub struct Processor {
     deferrals: Arc<std::sync::atomic::AtomicU64>,
     /// Each tenant's share of the pool (docs/tenancy.md).
     tenants: Arc<fair::TenantGates>,
-    /// Each tenant's share of the cores: its pipelines running at once.
-    tenant_cpu: Arc<fair::TenantGates>,
+    /// Each tenant's share of the cores: its pipelines running at once,
+    /// and the threads they run on. Within it, one permit per pooled
+    /// instance slot: a pipeline holds one while its steps run, so the
+    /// pooling allocator is never asked for more instances than it has
+    /// (that would surface as a bogus plugin trap).
+    cpu: Arc<fair::CpuShares>,
     /// Payments dropped before they ran because their caller had gone
     /// (shared like `retries`).
     skipped: Arc<std::sync::atomic::AtomicU64>,
@@ -356,12 +353,11 @@ impl Processor {
             pool,
             engine,
             settings,
-            pipeline_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             batcher: None,
             retries: Arc::default(),
             deferrals: Arc::default(),
             tenants: Arc::new(fair::TenantGates::new(settings.tenant_connections)),
-            tenant_cpu: Arc::new(fair::TenantGates::new(settings.tenant_pipelines)),
+            cpu: Arc::new(fair::CpuShares::new(settings.tenant_pipelines, slots)),
             skipped: Arc::default(),
         };
         processor.batcher = batch::start(processor.clone(), settings.batch);
@@ -417,10 +413,14 @@ impl Processor {
             .await
     }
 
-    /// One of `tenant`'s pipeline permits (`tenant_pipelines`), held while
-    /// its plugins run.
-    pub(crate) async fn tenant_cpu(&self, tenant: &str) -> tokio::sync::OwnedSemaphorePermit {
-        self.tenant_cpu.permit(tenant).await
+    /// Runs `f` (plugin pipelines) off the async workers, within
+    /// `tenant`'s share of the cores (`fair::CpuShares`).
+    pub(crate) async fn run_plugins<T: Send + 'static>(
+        &self,
+        tenant: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        self.cpu.run(tenant, f).await
     }
 
     /// Everything counted, at once.
@@ -447,33 +447,24 @@ impl Processor {
         &self.settings
     }
 
-    /// Runs `pipeline` for `payment` off the async workers, holding one
-    /// pipeline slot (two-phase transitions use it; see `holds`).
+    /// Runs `pipeline` for `payment` of `tenant` off the async workers
+    /// (two-phase transitions use it too; see `holds`).
     pub(crate) async fn run_pipeline(
         &self,
+        tenant: &str,
         pipeline: &Pipeline,
         payment: &Payment,
         snapshots: Vec<AccountSnapshot>,
     ) -> Result<PipelineRun> {
         let engine = self.engine.clone();
         let limits = self.settings.limits;
-        let nice = self.settings.plugin_thread_nice;
         let pipeline = pipeline.clone();
         let payment = payment.clone();
         let now = now_ms();
-        let slot = self
-            .pipeline_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("pipeline semaphore is never closed");
-        tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            fair::lower_thread_priority(nice);
+        self.run_plugins(tenant, move || {
             run_steps(&engine, &pipeline, &payment, snapshots, now, &limits)
         })
-        .await
-        .expect("pipeline task")
+        .await?
     }
 
     /// Processes one payment with idempotency key `key`. A replay of a
@@ -627,10 +618,9 @@ impl Processor {
 
         // 5. Run the pipeline off the async workers, within the tenant's
         // share of the cores.
-        let cpu = self.tenant_cpu(tenant).await;
-        let run = self.run_pipeline(&pipeline, &payment, snapshots).await;
-        drop(cpu);
-        let run = run?;
+        let run = self
+            .run_pipeline(tenant, &pipeline, &payment, snapshots)
+            .await?;
 
         // 6. Validate the postings. Accounts only plugins name (a fee
         // account) are read without a lock when they are only credited: a
