@@ -174,6 +174,8 @@ async fn authorize_holds_then_full_capture_moves_money_once_with_the_fee() {
         .unwrap()
         .get(0);
     assert_eq!(phases, 2);
+    // the capture's calls go to /metrics as a payment's do
+    assert_eq!(cap.calls.len(), 2, "{:?}", cap.calls);
 
     // replay: same response, nothing written
     let before = snapshot(&db).await;

@@ -627,7 +627,12 @@ impl Config {
             1,
             3_600_000,
         )?;
-        range("processor.max_attempts", p.max_attempts, 1, 100)?;
+        range(
+            "processor.max_attempts",
+            p.max_attempts,
+            1,
+            crate::processor::retry::MAX_ATTEMPTS,
+        )?;
         self.processor()
             .batch
             .validate()

@@ -61,6 +61,10 @@ pub enum Error {
     Setup(String),
     #[error("migration error: {0}")]
     Migration(String),
+    /// A stored value this version does not know (a newer version wrote
+    /// it): refused rather than shown as something else.
+    #[error("{column} holds {value:?}, which this version of payrail does not know; upgrade it")]
+    UnknownStored { column: &'static str, value: String },
 }
 
 impl Error {
@@ -86,6 +90,7 @@ impl Error {
             Error::LockTimeout => "lock_timeout",
             Error::Db(_) | Error::Pool(_) => "database_error",
             Error::Setup(_) => "database_setup",
+            Error::UnknownStored { .. } => "unknown_stored_value",
             Error::Migration(_) => "migration_error",
         }
     }

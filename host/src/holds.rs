@@ -43,7 +43,6 @@ use crate::model::{
 use crate::processor::{self, CLAIM_SQL, MAX_KEY_BYTES, PayOutcome, Processor};
 use crate::registry;
 use sha2::{Digest, Sha256};
-use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
@@ -435,20 +434,14 @@ impl Processor {
     ) -> Result<PayOutcome> {
         validate_key(key)?;
         let id = parse_payment_id(payment)?;
-        let mut attempt = 1;
-        loop {
-            match self.transition_once(tenant, key, id, t).await {
-                Err(e) if processor::is_retryable(&e) && attempt < self.settings().max_attempts => {
-                    self.count_retry();
-                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
-                    attempt += 1;
-                }
-                Err(e) if e.sqlstate() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                    return Err(Error::LockTimeout);
-                }
-                Err(e) if ledger::is_overflow(&e) => return Err(ledger::overflow_error()),
-                other => return other,
+        let once = || self.transition_once(tenant, key, id, t);
+        let attempts = self.settings().max_attempts;
+        match processor::retry::run(attempts, |e| self.retrying(e), once).await {
+            Err(e) if e.sqlstate() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                Err(Error::LockTimeout)
             }
+            Err(e) if ledger::is_overflow(&e) => Err(ledger::overflow_error()),
+            other => other,
         }
     }
 
@@ -665,7 +658,8 @@ impl Processor {
         Ok(PayOutcome {
             response,
             replayed: false,
-            calls: Vec::new(),
+            // counted in /metrics like a payment's
+            calls: processor::call_stats(&pipeline, &run.calls),
             lock_wait,
         })
     }

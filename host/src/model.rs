@@ -156,6 +156,22 @@ impl PaymentStatus {
             PaymentStatus::Expired => "expired",
         }
     }
+
+    /// Every status, in the order of the enum.
+    pub const ALL: [PaymentStatus; 6] = [
+        PaymentStatus::Approved,
+        PaymentStatus::Declined,
+        PaymentStatus::Authorized,
+        PaymentStatus::Captured,
+        PaymentStatus::Voided,
+        PaymentStatus::Expired,
+    ];
+
+    /// The status stored as `s` (`as_str`'s inverse); None for a value
+    /// this version does not know.
+    pub fn from_stored(s: &str) -> Option<PaymentStatus> {
+        PaymentStatus::ALL.into_iter().find(|p| p.as_str() == s)
+    }
 }
 
 /// Why a payment was declined: a business decision, final on retry.
@@ -180,4 +196,18 @@ pub struct PaymentResponse {
     pub destination: String,
     #[serde(default)]
     pub annotations: Metadata,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_reads_back_as_itself_and_an_unknown_one_as_none() {
+        for s in PaymentStatus::ALL {
+            assert_eq!(PaymentStatus::from_stored(s.as_str()), Some(s));
+        }
+        assert_eq!(PaymentStatus::from_stored("refunded"), None);
+        assert_eq!(PaymentStatus::from_stored("Approved"), None);
+    }
 }

@@ -104,16 +104,17 @@ impl From<PaymentStatus> for StatusView {
 }
 
 impl StatusView {
-    /// The view of a stored `payments.status`.
-    fn from_stored(s: &str) -> StatusView {
-        match s {
-            "approved" => StatusView::Approved,
-            "authorized" => StatusView::Authorized,
-            "captured" => StatusView::Captured,
-            "voided" => StatusView::Voided,
-            "expired" => StatusView::Expired,
-            _ => StatusView::Declined,
-        }
+    /// The view of a stored `payments.status`; a value this version does
+    /// not know (a newer host wrote it) is an error, never shown as
+    /// another status.
+    fn from_stored(s: &str) -> Result<StatusView, ApiError> {
+        let unknown = || crate::Error::UnknownStored {
+            column: "payments.status",
+            value: s.to_string(),
+        };
+        PaymentStatus::from_stored(s)
+            .map(StatusView::from)
+            .ok_or_else(|| unknown().into())
     }
 }
 
@@ -327,15 +328,14 @@ async fn views(
             });
         }
     }
-    Ok(rows
-        .iter()
+    rows.iter()
         .map(|r| {
             let id: Uuid = r.get(0);
             let status: String = r.get(1);
             let decline_code: Option<String> = r.get(2);
-            PaymentView {
+            Ok(PaymentView {
                 id: id.to_string(),
-                status: StatusView::from_stored(&status),
+                status: StatusView::from_stored(&status)?,
                 decline: decline_code.map(|code| DeclineView {
                     code,
                     message: r.get::<_, Option<String>>(3).unwrap_or_default(),
@@ -348,9 +348,9 @@ async fn views(
                 destination: r.get(8),
                 annotations: serde_json::from_value(r.get(9)).unwrap_or_default(),
                 created_at: Some(r.get(10)),
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Read a payment.

@@ -198,6 +198,8 @@ impl From<Error> for ApiError {
                 );
             }
             Error::Setup(_) | Error::Migration(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // a 500's body is generic; the detail goes to the log
+            Error::UnknownStored { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         // Plugin faults name the step and plugin: that is the tenant's own
         // pipeline, so it is fine to say.

@@ -25,9 +25,8 @@
 use super::intake::Intake;
 use super::{
     PayOutcome, PaymentRow, PipelineRun, Processor, call_stats, check_parties, event_id,
-    event_rows, fingerprint, insert_events, is_retryable, now_ms, payment_id, payment_of,
-    plugin_fault, principal_postings, response_of, run_steps, snapshot_of, write_journals,
-    write_payments,
+    event_rows, fingerprint, insert_events, now_ms, payment_id, payment_of, plugin_fault,
+    principal_postings, response_of, run_steps, snapshot_of, write_journals, write_payments,
 };
 use crate::error::{Error, Result};
 use crate::ledger::{self, Account, ApplyProblem};
@@ -420,48 +419,44 @@ impl Processor {
             self.answer_alone(job).await;
             return Vec::new();
         }
-        let mut attempt = 1;
-        loop {
-            match self.batch_once(tenant, &jobs, shard).await {
-                Ok(outcomes) => {
-                    assert_eq!(outcomes.len(), jobs.len(), "one outcome per payment");
-                    let mut deferred = Vec::new();
-                    let mut alone = Vec::new();
-                    for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                        match outcome {
-                            Outcome::Answered(answer) => {
-                                let _ = job.reply.send(answer);
-                            }
-                            Outcome::Deferred => deferred.push(job),
-                            Outcome::Alone => alone.push(job),
-                        }
-                    }
-                    if !alone.is_empty() {
-                        tracing::info!(
-                            payments = alone.len(),
-                            "payments overflowing their batch's running totals run alone"
-                        );
-                    }
-                    for job in alone {
-                        self.answer_alone(job).await;
-                    }
-                    self.count_deferrals(deferred.len());
-                    return deferred;
+        let once = || self.batch_once(tenant, &jobs, shard);
+        let outcomes = match super::retry::run(
+            self.settings.max_attempts,
+            |e| self.retrying(e),
+            once,
+        )
+        .await
+        {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                tracing::debug!(error = %e, payments = jobs.len(), "batch failed; one transaction per payment");
+                futures::future::join_all(jobs.into_iter().map(|job| self.answer_alone(job))).await;
+                return Vec::new();
+            }
+        };
+        assert_eq!(outcomes.len(), jobs.len(), "one outcome per payment");
+        let mut deferred = Vec::new();
+        let mut alone = Vec::new();
+        for (job, outcome) in jobs.into_iter().zip(outcomes) {
+            match outcome {
+                Outcome::Answered(answer) => {
+                    let _ = job.reply.send(answer);
                 }
-                Err(e) if is_retryable(&e) && attempt < self.settings.max_attempts => {
-                    tracing::debug!(attempt, error = %e, "retrying payment batch");
-                    self.count_retry();
-                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, payments = jobs.len(), "batch failed; one transaction per payment");
-                    futures::future::join_all(jobs.into_iter().map(|job| self.answer_alone(job)))
-                        .await;
-                    return Vec::new();
-                }
+                Outcome::Deferred => deferred.push(job),
+                Outcome::Alone => alone.push(job),
             }
         }
+        if !alone.is_empty() {
+            tracing::info!(
+                payments = alone.len(),
+                "payments overflowing their batch's running totals run alone"
+            );
+        }
+        for job in alone {
+            self.answer_alone(job).await;
+        }
+        self.count_deferrals(deferred.len());
+        deferred
     }
 
     async fn batch_once(&self, tenant: &str, jobs: &[Job], shard: i16) -> Result<Vec<Outcome>> {

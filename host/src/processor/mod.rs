@@ -19,6 +19,7 @@ mod batch;
 pub(crate) mod fair;
 mod intake;
 mod plugin_threads;
+pub mod retry;
 
 pub use batch::{
     BatchSettings, MAX_BATCH_LANES, MAX_BATCH_PAYMENTS, MAX_BATCH_WINDOW_US, MAX_DEFERRALS,
@@ -337,13 +338,6 @@ pub(crate) fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-pub(crate) fn is_retryable(e: &Error) -> bool {
-    matches!(
-        e.sqlstate(),
-        Some(&SqlState::T_R_DEADLOCK_DETECTED) | Some(&SqlState::T_R_SERIALIZATION_FAILURE)
-    )
-}
-
 impl Processor {
     /// A processor over `pool` running plugins in `engine`.
     pub fn new(pool: Pool, engine: Arc<PluginEngine>, settings: ProcessorSettings) -> Self {
@@ -398,6 +392,13 @@ impl Processor {
     /// wrote nothing.
     pub fn payments_skipped(&self) -> u64 {
         self.skipped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts a transaction rolled back by a deadlock or serialization
+    /// failure that is about to run again (`retry::run`'s `on_retry`).
+    pub(crate) fn retrying(&self, e: &Error) {
+        tracing::debug!(error = %e, "retrying a transaction");
+        self.count_retry();
     }
 
     pub(crate) fn count_skipped(&self) {
@@ -491,26 +492,18 @@ impl Processor {
         key: &str,
         req: &PaymentRequest,
     ) -> Result<PayOutcome> {
-        let mut attempt = 1;
-        loop {
-            match self.pay_once(tenant, key, req).await {
-                Err(e) if is_retryable(&e) && attempt < self.settings.max_attempts => {
-                    tracing::debug!(attempt, error = %e, "retrying payment transaction");
-                    self.count_retry();
-                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
-                    attempt += 1;
-                }
-                Err(e) if e.sqlstate() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                    return Err(Error::LockTimeout);
-                }
-                Err(e) if ledger::is_overflow(&e) => return Err(ledger::overflow_error()),
-                // The key row was reaped (expired) but the payment it made
-                // still holds (tenant, key): see docs/idempotency.md.
-                Err(e) if e.constraint() == Some(PAYMENT_KEY_CONSTRAINT) => {
-                    return Err(self.key_expired(tenant, key).await.unwrap_or_else(|e| e));
-                }
-                other => return other,
+        let once = || self.pay_once(tenant, key, req);
+        match retry::run(self.settings.max_attempts, |e| self.retrying(e), once).await {
+            Err(e) if e.sqlstate() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                Err(Error::LockTimeout)
             }
+            Err(e) if ledger::is_overflow(&e) => Err(ledger::overflow_error()),
+            // The key row was reaped (expired) but the payment it made
+            // still holds (tenant, key): see docs/idempotency.md.
+            Err(e) if e.constraint() == Some(PAYMENT_KEY_CONSTRAINT) => {
+                Err(self.key_expired(tenant, key).await.unwrap_or_else(|e| e))
+            }
+            other => other,
         }
     }
 
