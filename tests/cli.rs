@@ -163,3 +163,158 @@ async fn deploy_rejects_a_file_that_is_not_a_payrail_component() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Every file the docs and the code name exists: path tokens under a
+/// top-level directory, bare top-level files, relative Markdown links. A
+/// page or report that moves must take its references with it. Reads files
+/// only, no database.
+#[test]
+fn every_referenced_file_exists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the crate is host/, under the repository root");
+    let mut sources = Vec::new();
+    for top in TOP_LEVEL_FILES {
+        if root.join(top).is_file() {
+            sources.push(root.join(top));
+        }
+    }
+    for (dir, ext) in [
+        ("docs", "md"),
+        ("host/src", "rs"),
+        ("tests", "rs"),
+        ("plugins", "rs"),
+    ] {
+        collect_files(&root.join(dir), ext, &mut sources);
+    }
+    let mut missing = Vec::new();
+    for file in &sources {
+        let text = std::fs::read_to_string(file)
+            .unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+        let name = file
+            .strip_prefix(root)
+            .expect("sources are under the root")
+            .display()
+            .to_string();
+        let dir = file.parent().expect("a file has a directory");
+        for (n, line) in text.lines().enumerate() {
+            for path in path_tokens(line) {
+                if !root.join(path).exists() {
+                    missing.push(format!("{name}:{}: {path}", n + 1));
+                }
+            }
+            if name.ends_with(".md") {
+                for link in markdown_links(line) {
+                    if !dir.join(link).exists() {
+                        missing.push(format!("{name}:{}: link {link}", n + 1));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} reference(s) to files that do not exist:\n{}",
+        missing.len(),
+        missing.join("\n")
+    );
+}
+
+/// Bare file names at the top level that docs refer to. Spelled in two
+/// pieces so that this line does not name a top-level file that is not
+/// there (the upgrade notes live in docs/).
+const TOP_LEVEL_FILES: [&str; 2] = [concat!("README", ".md"), concat!("UPGRADING", ".md")];
+
+/// What a referenced path starts with: a top-level directory or file.
+const REFERENCE_STARTS: [&str; 10] = [
+    "docs/",
+    "host/",
+    "tests/",
+    "plugins/",
+    "migrations/",
+    "bench/",
+    "wit/",
+    ".ci/",
+    TOP_LEVEL_FILES[0],
+    TOP_LEVEL_FILES[1],
+];
+
+/// Characters of a placeholder or a glob (`<date>`, `{a,b}`, `*`): such a
+/// token names no single file.
+fn is_template_char(c: char) -> bool {
+    matches!(c, '*' | '{' | '}' | '<' | '>')
+}
+
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/')
+}
+
+/// Repository paths named on a line, without a sentence's final dot. A
+/// token starts only after a character that cannot be part of a path: in a
+/// URL's `localhost/x`, or in build output under `target/wasm-plugins`, the
+/// top-level name is part of a longer word.
+fn path_tokens(line: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut prev: Option<char> = None;
+    let mut i = 0;
+    while let Some(c) = line[i..].chars().next() {
+        let rest = &line[i..];
+        let starts = REFERENCE_STARTS.iter().any(|p| rest.starts_with(*p));
+        if starts && !prev.is_some_and(is_path_char) {
+            let end = rest
+                .find(|c: char| !(is_path_char(c) || is_template_char(c)))
+                .unwrap_or(rest.len());
+            let token = &rest[..end];
+            if !token.contains(is_template_char) {
+                out.push(token.trim_end_matches('.'));
+            }
+            prev = token.chars().last();
+            i += end;
+        } else {
+            prev = Some(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+/// Targets of a line's Markdown links into the repository (no URLs, no
+/// bare anchors), without their `#fragment`; relative to the page.
+fn markdown_links(line: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(start) = rest.find("](") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find(')') else { break };
+        let target = after[..end].split('#').next().unwrap_or("");
+        let external = ["http://", "https://", "mailto:"]
+            .iter()
+            .any(|p| target.starts_with(*p));
+        if !target.is_empty()
+            && !external
+            && !target.contains(|c: char| is_template_char(c) || c == ' ')
+        {
+            out.push(target);
+        }
+        rest = &after[end + 1..];
+    }
+    out
+}
+
+/// Files under `dir` ending in `.ext`, recursively, leaving out build
+/// output and hidden directories.
+fn collect_files(dir: &std::path::Path, ext: &str, out: &mut Vec<std::path::PathBuf>) {
+    let entries =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name != "target" && !name.starts_with('.') {
+                collect_files(&path, ext, out);
+            }
+        } else if path.extension().is_some_and(|e| e == ext) {
+            out.push(path);
+        }
+    }
+}

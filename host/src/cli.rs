@@ -71,7 +71,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Benchmark payrail against the PL/pgSQL baseline on the same Postgres.
     Bench(bench::BenchArgs),
-    /// Run the HTTP API until SIGTERM/SIGINT (see README "HTTP API").
+    /// Run the HTTP API until SIGTERM/SIGINT (see docs/api.md).
     Serve(ServeArgs),
     /// Manage API keys (shown once, stored as a hash).
     #[command(subcommand)]

@@ -4,7 +4,8 @@ use clap::Parser;
 
 /// mimalloc instead of glibc malloc: the host allocates many small, short-lived
 /// values per payment (JSON, strings), and glibc's malloc/free were about a
-/// third of its CPU under `payrail bench` (docs/performance.md).
+/// third of its CPU under `payrail bench` (docs/performance-history.md,
+/// item 9).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
