@@ -304,8 +304,7 @@ fn markdown_links(line: &str) -> Vec<&str> {
 /// Files under `dir` ending in `.ext`, recursively, leaving out build
 /// output and hidden directories.
 fn collect_files(dir: &std::path::Path, ext: &str, out: &mut Vec<std::path::PathBuf>) {
-    let entries =
-        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
     for entry in entries {
         let path = entry.expect("a directory entry").path();
         if path.is_dir() {

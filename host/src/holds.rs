@@ -609,9 +609,10 @@ impl Processor {
                         return Err(processor::plugin_fault(&pipeline, &run, problem));
                     }
                     Err(ApplyProblem::InsufficientFunds { account }) => {
+                        let d = processor::insufficient_funds(&account);
                         return Err(Error::CaptureDeclined {
-                            code: "insufficient_funds".into(),
-                            message: format!("account {account:?} has insufficient funds"),
+                            code: d.code,
+                            message: d.message,
                         });
                     }
                 }

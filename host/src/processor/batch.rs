@@ -880,10 +880,7 @@ fn decide(
             // its plugins ran but nothing was written: alone, they run again
             Err(Refusal::BatchTotal) => slots[item.job] = Slot::Alone,
             Err(Refusal::Ledger(ApplyProblem::InsufficientFunds { account })) => {
-                let decline = DeclineReason {
-                    code: "insufficient_funds".into(),
-                    message: format!("account {account:?} has insufficient funds"),
-                };
+                let decline = super::insufficient_funds(&account);
                 slots[item.job] = decided(run, PaymentStatus::Declined, Some(decline), Vec::new());
             }
             Err(Refusal::Ledger(problem @ ApplyProblem::Invalid { .. })) => {

@@ -17,9 +17,18 @@
 
 mod batch;
 pub(crate) mod fair;
+mod idempotency;
 mod intake;
+mod pipeline;
 mod plugin_threads;
 pub mod retry;
+mod rows;
+mod rules;
+
+pub use idempotency::*;
+pub use pipeline::*;
+pub(crate) use rows::*;
+pub use rules::*;
 
 pub use batch::{
     BatchSettings, MAX_BATCH_LANES, MAX_BATCH_PAYMENTS, MAX_BATCH_WINDOW_US, MAX_DEFERRALS,
@@ -41,12 +50,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
-
-/// Longest idempotency key accepted.
-pub const MAX_KEY_BYTES: usize = 255;
-/// Most metadata entries on a payment, and the longest key/value.
-pub const MAX_METADATA_ENTRIES: usize = 32;
-pub const MAX_METADATA_BYTES: usize = 512;
 
 /// Tunables of the processor.
 #[derive(Debug, Clone, Copy)]
@@ -107,62 +110,6 @@ pub struct PayOutcome {
     pub lock_wait: Duration,
 }
 
-/// Cost of one plugin call, for metrics.
-#[derive(Debug, Clone)]
-pub struct CallStat {
-    pub plugin: String,
-    pub digest: String,
-    pub fuel_used: u64,
-    /// Wall-clock time of the call, setup through output checks.
-    pub duration: Duration,
-    /// CPU time the call used, on one call in
-    /// [`crate::engine::CPU_SAMPLE_EVERY`] (see `engine::CallOutcome::cpu`).
-    pub cpu: Option<Duration>,
-}
-
-/// One journaled plugin call.
-#[derive(Debug, Clone)]
-pub(crate) struct CallRecord {
-    call_key: String,
-    step: i32,
-    digest: String,
-    input_digest: String,
-    input_json: String,
-    output_json: String,
-    fuel_used: i64,
-    /// Wall-clock time of the call (the journal keeps it in µs).
-    duration: Duration,
-    /// CPU time of the call, on sampled calls (metrics and the bench only).
-    cpu: Option<Duration>,
-    /// The step's shadow candidate run on the same input, if it has one.
-    shadow: Option<ShadowRecord>,
-}
-
-/// One shadow (candidate) call, journaled in `payrail.shadow_calls`.
-#[derive(Debug, Clone)]
-struct ShadowRecord {
-    pipeline_version: i32,
-    candidate_digest: String,
-    /// Canonical JSON of the candidate's decision, or `None` on a fault.
-    output_json: Option<String>,
-    /// `code: message` of the candidate's fault.
-    error: Option<String>,
-    agree: bool,
-    fuel_used: i64,
-    duration_us: i64,
-}
-
-/// What the pipeline decided, before ledger checks.
-pub(crate) struct PipelineRun {
-    pub(crate) calls: Vec<CallRecord>,
-    pub(crate) decline: Option<DeclineReason>,
-    /// Plugin postings with the step that proposed them (each step's set
-    /// already balanced).
-    pub(crate) postings: Vec<(usize, Posting)>,
-    pub(crate) events: Vec<(usize, PluginEvent)>,
-    pub(crate) annotations: Metadata,
-}
-
 /// Runs payments. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Processor {
@@ -191,6 +138,50 @@ pub struct Processor {
     skipped: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// What the first flight of a payment's transaction says to do next.
+enum Claim {
+    /// The key is ours: run the payment with these (locked) accounts and
+    /// this pipeline; `lock_wait` was spent in the flight.
+    Run {
+        accounts: HashMap<String, ledger::Account>,
+        pipeline: Pipeline,
+        lock_wait: Duration,
+    },
+    /// Another transaction holds the key: answer `InProgress`.
+    InProgress,
+    /// The key finished earlier: answer its stored response.
+    Replay,
+}
+
+/// A single payment's decision (step 6).
+struct DecidedOne {
+    status: PaymentStatus,
+    decline: Option<DeclineReason>,
+    postings: Vec<Posting>,
+    deltas: BTreeMap<String, i64>,
+}
+
+impl DecidedOne {
+    fn declined(decline: DeclineReason) -> DecidedOne {
+        DecidedOne {
+            status: PaymentStatus::Declined,
+            decline: Some(decline),
+            postings: Vec::new(),
+            deltas: BTreeMap::new(),
+        }
+    }
+}
+
+/// What step 7 writes about: the payment and its run.
+struct Written<'a> {
+    tenant: &'a str,
+    key: &'a str,
+    id: Uuid,
+    req: &'a PaymentRequest,
+    pipeline: &'a Pipeline,
+    run: &'a PipelineRun,
+}
+
 /// What a processor has counted since start (for `/metrics`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProcessorCounts {
@@ -200,142 +191,6 @@ pub struct ProcessorCounts {
     pub batch_deferrals: u64,
     /// See [`Processor::payments_skipped`].
     pub payments_skipped: u64,
-}
-
-/// The payments' unique (tenant, idempotency key) constraint (migration
-/// 0012): violated only by a key reused after its claim row was reaped,
-/// which the host answers with `idempotency_key_expired`.
-pub const PAYMENT_KEY_CONSTRAINT: &str = "payments_tenant_idempotency_key_key";
-
-/// Payment id of a payment whose transaction began at `at_ms` (ms since
-/// the Unix epoch): a UUIDv7, the time in its first 48 bits and a hash of
-/// (tenant, idempotency key) in the rest.
-///
-/// Time first, so that the indexes keyed by payment id (the payments'
-/// primary key, entries by payment, the journal's key, the outbox's key)
-/// take their inserts at the right edge instead of at random leaves: fewer
-/// pages dirtied, and written in full after a checkpoint, per payment
-/// (docs/idempotency.md, "Payment ids"). The id is not what makes a payment
-/// exactly-once: the key claim is, and the payments' unique (tenant, key)
-/// index refuses a key reused after its claim expired. A retry of a
-/// committed payment gets the stored response and so the first id; an
-/// attempt that rolled back left nothing that names its id.
-pub fn payment_id(tenant: &str, key: &str, at_ms: u64) -> Uuid {
-    let d = Sha256::new()
-        .chain_update(b"payrail/payment/v2\0")
-        .chain_update(tenant.as_bytes())
-        .chain_update(b"\0")
-        .chain_update(key.as_bytes())
-        .finalize();
-    let tail: &[u8; 10] = d[..10].try_into().expect("10 bytes");
-    uuid::Builder::from_unix_timestamp_millis(at_ms, tail).into_uuid()
-}
-
-/// Stable id of the `index`th event of a payment.
-fn event_id(payment: Uuid, index: usize) -> Uuid {
-    let d = Sha256::new()
-        .chain_update(b"payrail/event/v1\0")
-        .chain_update(payment.as_bytes())
-        .chain_update((index as u64).to_be_bytes())
-        .finalize();
-    Uuid::new_v8(d[..16].try_into().expect("16 bytes"))
-}
-
-/// Fingerprint of a request: what "the same request" means for a key.
-pub fn fingerprint(req: &PaymentRequest) -> String {
-    let json = serde_json::to_vec(req).expect("request serializes");
-    hex::encode(Sha256::digest(json))
-}
-
-/// The journal key of a call: sha256(payment, step, plugin digest, input
-/// digest), hex. Replay recomputes it to detect an altered row.
-pub(crate) fn call_key(
-    payment: Uuid,
-    step: usize,
-    digest: &str,
-    input_digest: &[u8; 32],
-) -> String {
-    let d = Sha256::new()
-        .chain_update(payment.as_bytes())
-        .chain_update((step as u64).to_be_bytes())
-        .chain_update(digest.as_bytes())
-        .chain_update(input_digest)
-        .finalize();
-    hex::encode(d)
-}
-
-/// Checks a request and its key before anything touches the database.
-pub fn validate_request(key: &str, req: &PaymentRequest) -> Result<()> {
-    if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(|c| c.is_control()) {
-        return Err(Error::invalid(
-            "invalid_idempotency_key",
-            format!(
-                "the idempotency key must be 1-{MAX_KEY_BYTES} bytes without control characters"
-            ),
-        ));
-    }
-    ledger::validate_id("payment kind", &req.kind)?;
-    ledger::validate_id("source account", &req.source)?;
-    ledger::validate_id("destination account", &req.destination)?;
-    ledger::validate_currency(&req.currency)?;
-    if req.amount <= 0 {
-        return Err(Error::invalid(
-            "invalid_amount",
-            format!(
-                "amount must be a positive integer in minor units, got {}",
-                req.amount
-            ),
-        ));
-    }
-    if req.source == req.destination {
-        return Err(Error::invalid(
-            "same_account",
-            "source and destination must be different accounts",
-        ));
-    }
-    if req.source.starts_with(ledger::EQUITY_PREFIX)
-        || req.destination.starts_with(ledger::EQUITY_PREFIX)
-    {
-        return Err(Error::invalid(
-            "invalid_id",
-            "equity accounts only fund opening balances; they cannot take part in payments",
-        ));
-    }
-    if req.metadata.len() > MAX_METADATA_ENTRIES
-        || req
-            .metadata
-            .iter()
-            .any(|(k, v)| k.len() > MAX_METADATA_BYTES || v.len() > MAX_METADATA_BYTES)
-    {
-        return Err(Error::invalid(
-            "invalid_metadata",
-            format!(
-                "metadata has at most {MAX_METADATA_ENTRIES} entries of at most {MAX_METADATA_BYTES} bytes each"
-            ),
-        ));
-    }
-    if req
-        .metadata
-        .keys()
-        .any(|k| k.starts_with(crate::holds::RESERVED_METADATA_PREFIX))
-    {
-        return Err(Error::invalid(
-            "invalid_metadata",
-            format!(
-                "metadata keys starting with {:?} are reserved for payrail",
-                crate::holds::RESERVED_METADATA_PREFIX
-            ),
-        ));
-    }
-    crate::holds::validate_capture(req)?;
-    Ok(())
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
 }
 
 impl Processor {
@@ -448,26 +303,6 @@ impl Processor {
         &self.settings
     }
 
-    /// Runs `pipeline` for `payment` of `tenant` off the async workers
-    /// (two-phase transitions use it too; see `holds`).
-    pub(crate) async fn run_pipeline(
-        &self,
-        tenant: &str,
-        pipeline: &Pipeline,
-        payment: &Payment,
-        snapshots: Vec<AccountSnapshot>,
-    ) -> Result<PipelineRun> {
-        let engine = self.engine.clone();
-        let limits = self.settings.limits;
-        let pipeline = pipeline.clone();
-        let payment = payment.clone();
-        let now = now_ms();
-        self.run_plugins(tenant, move || {
-            run_steps(&engine, &pipeline, &payment, snapshots, now, &limits)
-        })
-        .await?
-    }
-
     /// Processes one payment with idempotency key `key`. A replay of a
     /// finished request returns the stored response and writes nothing.
     /// Deadlocks and serialization failures are retried up to
@@ -507,31 +342,6 @@ impl Processor {
         }
     }
 
-    /// The error for a key whose claim expired: it names the payment the
-    /// key made (a read after the failed transaction rolled back).
-    async fn key_expired(&self, tenant: &str, key: &str) -> Result<Error> {
-        let row = self
-            .pool
-            .get()
-            .await?
-            .query_opt(
-                "select id from payrail.payments where tenant = $1 and idempotency_key = $2",
-                &[&tenant, &key],
-            )
-            .await?;
-        // Postgres raises the violation only against a committed row, and
-        // payments are never deleted: no row would be a bug.
-        let payment: Uuid = row.map(|r| r.get(0)).ok_or_else(|| {
-            Error::Setup(format!(
-                "idempotency key {key:?} collided with a payment that cannot be read back"
-            ))
-        })?;
-        Ok(Error::KeyExpired {
-            key: key.to_string(),
-            payment: payment.to_string(),
-        })
-    }
-
     async fn pay_once(&self, tenant: &str, key: &str, req: &PaymentRequest) -> Result<PayOutcome> {
         let mut conn = self.tenant_connection(tenant).await?;
         let client = &mut conn.client;
@@ -545,6 +355,7 @@ impl Processor {
         result
     }
 
+    /// One payment in the transaction of `client` (steps 1-7 above).
     async fn pay_in(
         &self,
         client: &mut deadpool_postgres::Client,
@@ -555,165 +366,56 @@ impl Processor {
         let tx = client.transaction().await?;
         let id = payment_id(tenant, key, now_ms());
         let print = fingerprint(req);
-        let parties = [req.source.clone(), req.destination.clone()];
-        let party_keys = locks::sorted_keys(tenant, parties.iter().map(String::as_str));
-
-        // 1-4 in one pipelined flight: timeouts + key claim (one statement),
-        // party locks, party snapshots (row-locked), the pipeline. The
-        // server runs them in order; nothing waits for a round trip between.
-        let claim = tx.prepare_cached(CLAIM_SQL).await?;
-        let lock_ms = format!("{}ms", self.settings.lock_timeout_ms);
-        let statement_ms = format!("{}ms", self.settings.statement_timeout_ms);
-        let ttl_secs = self.settings.key_ttl_secs as f64;
-        let key_lock = locks::idempotency_key(tenant, key);
-        let flight_started = std::time::Instant::now();
-        let (claim_row, (), mut accounts, pipeline) = futures::try_join!(
-            async {
-                Ok::<_, Error>(
-                    tx.query_one(
-                        &claim,
-                        &[
-                            &tenant,
-                            &key,
-                            &print,
-                            &id,
-                            &ttl_secs,
-                            &lock_ms,
-                            &statement_ms,
-                            &key_lock,
-                        ],
-                    )
-                    .await?,
-                )
-            },
-            async { Ok(locks::lock_all(&tx, &party_keys).await?) },
-            ledger::lock_rows(&tx, tenant, &parties),
-            registry::load_pipeline(&tx, tenant, &req.kind),
-        )?;
-        let lock_wait = flight_started.elapsed();
-        let key_free: bool = claim_row.get(0);
-        let claimed: i64 = claim_row.get(1);
-        if !key_free {
-            return Err(Error::InProgress {
-                key: key.to_string(),
-            });
-        }
-        if claimed == 0 {
-            return self.replay(tx, tenant, key, &print).await;
-        }
+        let (mut accounts, pipeline, lock_wait) =
+            match self.first_flight(&tx, tenant, key, req, id, &print).await? {
+                Claim::Run {
+                    accounts,
+                    pipeline,
+                    lock_wait,
+                } => (accounts, pipeline, lock_wait),
+                Claim::InProgress => {
+                    return Err(Error::InProgress {
+                        key: key.to_string(),
+                    });
+                }
+                Claim::Replay => return self.replay(tx, tenant, key, &print).await,
+            };
         check_parties(&accounts, req)?;
         registry::ensure_loaded(&tx, &self.engine, &pipeline).await?;
-        let payment = payment_of(id, req);
-        // Two-phase (manual capture): this is the authorization. See `holds`.
-        let manual = !req.capture.is_automatic();
-        let snapshots: Vec<AccountSnapshot> =
-            parties.iter().map(|p| snapshot_of(&accounts[p])).collect();
+        let snapshots: Vec<AccountSnapshot> = [&req.source, &req.destination]
+            .iter()
+            .map(|p| snapshot_of(&accounts[*p]))
+            .collect();
 
         // 5. Run the pipeline off the async workers, within the tenant's
         // share of the cores.
+        let payment = payment_of(id, req);
         let run = self
             .run_pipeline(tenant, &pipeline, &payment, snapshots)
             .await?;
-
-        // 6. Validate the postings. Accounts only plugins name (a fee
-        // account) are read without a lock when they are only credited: a
-        // credit cannot overdraw, so their row lock is taken by the balance
-        // update at the very end, just before commit (hot accounts stay
-        // locked for one statement). Debited ones are locked now.
-        let mut decline = run.decline.clone();
-        let mut postings = Vec::new();
-        let mut deltas = BTreeMap::new();
-        if decline.is_none() {
-            postings = principal_postings(req);
-            // At authorize plugin postings are ignored: the funds check is
-            // for the principal; fees are charged at capture.
-            if !manual {
-                postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
-            }
-            let checked = self
-                .check_postings(&tx, tenant, &mut accounts, &postings)
-                .await?;
-            match checked {
-                Ok(d) => deltas = d,
-                Err(problem @ ApplyProblem::Invalid { .. }) => {
-                    return Err(plugin_fault(&pipeline, &run, problem));
-                }
-                Err(ApplyProblem::InsufficientFunds { account }) => {
-                    postings.clear();
-                    decline = Some(DeclineReason {
-                        code: "insufficient_funds".into(),
-                        message: format!("account {account:?} has insufficient funds"),
-                    });
-                }
-            }
-        }
-
-        // 7. Record everything in one pipelined flight, balances last; commit.
-        let status = if decline.is_some() {
-            PaymentStatus::Declined
-        } else if manual {
-            // Nothing moves yet: the hold reserves the principal.
-            postings.clear();
-            deltas.clear();
-            PaymentStatus::Authorized
-        } else {
-            PaymentStatus::Approved
-        };
-        let response = response_of(id, req, status, decline, postings, &run.annotations);
-        let response_json = serde_json::to_value(&response).expect("response serializes");
-        let txn_ids = vec![id; response.postings.len()];
-        let payment_ids = vec![Some(id); response.postings.len()];
-        let payment_row = [PaymentRow {
+        let decided = self
+            .decide_one(&tx, tenant, req, &pipeline, &run, &mut accounts)
+            .await?;
+        let response = response_of(
             id,
-            key,
             req,
-            response: &response,
+            decided.status,
+            decided.decline,
+            decided.postings,
+            &run.annotations,
+        );
+        let at = Written {
+            tenant,
+            key,
+            id,
+            req,
             pipeline: &pipeline,
-        }];
-        futures::try_join!(
-            write_payments(&tx, tenant, &payment_row),
-            async {
-                if response.postings.is_empty() {
-                    return Ok(());
-                }
-                ledger::append_entries(&tx, tenant, &txn_ids, &payment_ids, &response.postings)
-                    .await
-            },
-            write_journal(&tx, id, &run.calls),
-            write_events(
-                &tx,
-                tenant,
-                id,
-                format!("payment.{}", status.as_str()),
-                &response_json,
-                // a declined payment publishes no plugin events
-                if status == PaymentStatus::Approved {
-                    &run.events
-                } else {
-                    &[]
-                },
-                |i| event_id(id, i),
-            ),
-            async {
-                if status != PaymentStatus::Authorized {
-                    return Ok(());
-                }
-                crate::holds::create_hold(&tx, tenant, id, req).await
-            },
-            finish_key(&tx, tenant, key, &response_json),
-            // parties and debited accounts are row-locked; credits to
-            // others go to a credit shard
-            ledger::apply_deltas(
-                &tx,
-                tenant,
-                &deltas,
-                &accounts,
-                |a| parties.iter().any(|p| p == a),
-                ledger::shard_of(id)
-            ),
-        )?;
+            run: &run,
+        };
+        self.write_one(&tx, &at, &response, &decided.deltas, &accounts)
+            .await?;
         tx.commit().await?;
-        tracing::debug!(payment = %id, status = status.as_str(), "payment committed");
+        tracing::debug!(payment = %id, status = decided.status.as_str(), "payment committed");
         Ok(PayOutcome {
             response,
             replayed: false,
@@ -722,40 +424,171 @@ impl Processor {
         })
     }
 
-    /// The key is taken by a finished request: the stored response if the
-    /// request is the same, a conflict otherwise. Writes nothing.
-    pub(crate) async fn replay(
+    /// Steps 1-4 in one pipelined flight: timeouts + key claim (one
+    /// statement), party locks, party snapshots (row-locked), the
+    /// pipeline. The server runs them in order; nothing waits for a round
+    /// trip between. Says what to do next.
+    async fn first_flight(
         &self,
-        tx: deadpool_postgres::Transaction<'_>,
+        tx: &deadpool_postgres::Transaction<'_>,
         tenant: &str,
         key: &str,
+        req: &PaymentRequest,
+        id: Uuid,
         print: &str,
-    ) -> Result<PayOutcome> {
-        let row = tx
-            .query_one(
-                "select fingerprint, state, response from payrail.idempotency_keys
-                 where tenant = $1 and key = $2",
-                &[&tenant, &key],
-            )
-            .await?;
-        let stored_print: String = row.get(0);
-        let state: String = row.get(1);
-        if stored_print != print {
-            return Err(Error::IdempotencyConflict {
-                key: key.to_string(),
-            });
-        }
-        assert_eq!(state, "done", "a committed key row is always finished");
-        let response: serde_json::Value = row.get(2);
-        let response: PaymentResponse = serde_json::from_value(response)
-            .map_err(|e| Error::Setup(format!("stored response unreadable: {e}")))?;
-        tx.rollback().await?;
-        Ok(PayOutcome {
-            response,
-            replayed: true,
-            calls: Vec::new(),
-            lock_wait: Duration::ZERO,
+    ) -> Result<Claim> {
+        let parties = [req.source.clone(), req.destination.clone()];
+        let party_keys = locks::sorted_keys(tenant, parties.iter().map(String::as_str));
+        let claim = tx.prepare_cached(CLAIM_SQL).await?;
+        let lock_ms = format!("{}ms", self.settings.lock_timeout_ms);
+        let statement_ms = format!("{}ms", self.settings.statement_timeout_ms);
+        let ttl_secs = self.settings.key_ttl_secs as f64;
+        let key_lock = locks::idempotency_key(tenant, key);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+            &tenant,
+            &key,
+            &print,
+            &id,
+            &ttl_secs,
+            &lock_ms,
+            &statement_ms,
+            &key_lock,
+        ];
+        let flight_started = std::time::Instant::now();
+        let (claim_row, (), accounts, pipeline) = futures::try_join!(
+            async { Ok::<_, Error>(tx.query_one(&claim, &params).await?) },
+            async { Ok(locks::lock_all(tx, &party_keys).await?) },
+            ledger::lock_rows(tx, tenant, &parties),
+            registry::load_pipeline(tx, tenant, &req.kind),
+        )?;
+        let lock_wait = flight_started.elapsed();
+        let (key_free, claimed): (bool, i64) = (claim_row.get(0), claim_row.get(1));
+        Ok(match (key_free, claimed) {
+            (false, _) => Claim::InProgress,
+            (true, 0) => Claim::Replay,
+            (true, _) => Claim::Run {
+                accounts,
+                pipeline,
+                lock_wait,
+            },
         })
+    }
+
+    /// Step 6: validates the postings and decides. Accounts only plugins
+    /// name (a fee account) are read without a lock when they are only
+    /// credited: a credit cannot overdraw, so their row lock is taken by
+    /// the balance update at the very end, just before commit (hot
+    /// accounts stay locked for one statement). Debited ones are locked
+    /// now.
+    async fn decide_one(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        tenant: &str,
+        req: &PaymentRequest,
+        pipeline: &Pipeline,
+        run: &PipelineRun,
+        accounts: &mut HashMap<String, ledger::Account>,
+    ) -> Result<DecidedOne> {
+        // Two-phase (manual capture): this is the authorization. See `holds`.
+        let manual = !req.capture.is_automatic();
+        if let Some(decline) = run.decline.clone() {
+            return Ok(DecidedOne::declined(decline));
+        }
+        let mut postings = principal_postings(req);
+        // At authorize plugin postings are ignored: the funds check is
+        // for the principal; fees are charged at capture.
+        if !manual {
+            postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
+        }
+        let deltas = match self.check_postings(tx, tenant, accounts, &postings).await? {
+            Ok(d) => d,
+            Err(problem @ ApplyProblem::Invalid { .. }) => {
+                return Err(plugin_fault(pipeline, run, problem));
+            }
+            Err(ApplyProblem::InsufficientFunds { account }) => {
+                return Ok(DecidedOne::declined(insufficient_funds(&account)));
+            }
+        };
+        Ok(if manual {
+            // Nothing moves yet: the hold reserves the principal.
+            DecidedOne {
+                status: PaymentStatus::Authorized,
+                decline: None,
+                postings: Vec::new(),
+                deltas: BTreeMap::new(),
+            }
+        } else {
+            DecidedOne {
+                status: PaymentStatus::Approved,
+                decline: None,
+                postings,
+                deltas,
+            }
+        })
+    }
+
+    /// Step 7: records everything in one pipelined flight, balances last.
+    async fn write_one(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        at: &Written<'_>,
+        response: &PaymentResponse,
+        deltas: &BTreeMap<String, i64>,
+        accounts: &HashMap<String, ledger::Account>,
+    ) -> Result<()> {
+        let (tenant, id, req, status) = (at.tenant, at.id, at.req, response.status);
+        let response_json = serde_json::to_value(response).expect("response serializes");
+        let txn_ids = vec![id; response.postings.len()];
+        let payment_ids = vec![Some(id); response.postings.len()];
+        let payment_row = [PaymentRow {
+            id,
+            key: at.key,
+            req,
+            response,
+            pipeline: at.pipeline,
+        }];
+        // a declined payment publishes no plugin events
+        let plugin_events = match status {
+            PaymentStatus::Approved => &at.run.events[..],
+            _ => &[],
+        };
+        futures::try_join!(
+            write_payments(tx, tenant, &payment_row),
+            async {
+                if response.postings.is_empty() {
+                    return Ok(());
+                }
+                ledger::append_entries(tx, tenant, &txn_ids, &payment_ids, &response.postings).await
+            },
+            write_journal(tx, id, &at.run.calls),
+            write_events(
+                tx,
+                tenant,
+                id,
+                format!("payment.{}", status.as_str()),
+                &response_json,
+                plugin_events,
+                |i| event_id(id, i),
+            ),
+            async {
+                if status != PaymentStatus::Authorized {
+                    return Ok(());
+                }
+                crate::holds::create_hold(tx, tenant, id, req).await
+            },
+            finish_key(tx, tenant, at.key, &response_json),
+            // parties and debited accounts are row-locked; credits to
+            // others go to a credit shard
+            ledger::apply_deltas(
+                tx,
+                tenant,
+                deltas,
+                accounts,
+                |a| a == req.source || a == req.destination,
+                ledger::shard_of(id)
+            ),
+        )?;
+        Ok(())
     }
 
     /// Completes `accounts` with every account the postings name (debited
@@ -793,592 +626,6 @@ impl Processor {
         }
         Ok(ledger::check_against(accounts, postings, &deltas).map(|()| deltas))
     }
-}
-
-/// The payment as plugins see it.
-pub(crate) fn payment_of(id: Uuid, req: &PaymentRequest) -> Payment {
-    Payment {
-        id: id.to_string(),
-        kind: req.kind.clone(),
-        amount: req.amount,
-        currency: req.currency.clone(),
-        source: req.source.clone(),
-        destination: req.destination.clone(),
-        metadata: crate::holds::phase_metadata(req),
-    }
-}
-
-/// An account as plugins see it.
-pub(crate) fn snapshot_of(a: &ledger::Account) -> AccountSnapshot {
-    AccountSnapshot {
-        id: a.id.clone(),
-        currency: a.currency.clone(),
-        balance: a.balance,
-        allow_negative: a.allow_negative,
-        metadata: a.metadata.clone(),
-    }
-}
-
-/// Both parties exist (in `accounts`, read under their locks) and are held
-/// in the payment's currency.
-pub(crate) fn check_parties(
-    accounts: &HashMap<String, ledger::Account>,
-    req: &PaymentRequest,
-) -> Result<()> {
-    for party in [&req.source, &req.destination] {
-        let a = accounts.get(party).ok_or_else(|| Error::NotFound {
-            what: "account",
-            id: party.clone(),
-        })?;
-        if a.currency != req.currency {
-            return Err(Error::invalid(
-                "currency_mismatch",
-                format!(
-                    "account {:?} is held in {}, the payment is in {}",
-                    a.id, a.currency, req.currency
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The principal: source debited, destination credited.
-pub(crate) fn principal_postings(req: &PaymentRequest) -> Vec<Posting> {
-    vec![
-        Posting {
-            account: req.source.clone(),
-            amount: -req.amount,
-            currency: req.currency.clone(),
-        },
-        Posting {
-            account: req.destination.clone(),
-            amount: req.amount,
-            currency: req.currency.clone(),
-        },
-    ]
-}
-
-/// The response of a decided payment; a declined one carries no
-/// annotations.
-pub(crate) fn response_of(
-    id: Uuid,
-    req: &PaymentRequest,
-    status: PaymentStatus,
-    decline: Option<DeclineReason>,
-    postings: Vec<Posting>,
-    annotations: &Metadata,
-) -> PaymentResponse {
-    PaymentResponse {
-        id: id.to_string(),
-        status,
-        annotations: if decline.is_some() {
-            Metadata::new()
-        } else {
-            annotations.clone()
-        },
-        decline,
-        postings,
-        kind: req.kind.clone(),
-        amount: req.amount,
-        currency: req.currency.clone(),
-        source: req.source.clone(),
-        destination: req.destination.clone(),
-    }
-}
-
-/// Per-call costs of a run, for metrics.
-pub(crate) fn call_stats(pipeline: &Pipeline, calls: &[CallRecord]) -> Vec<CallStat> {
-    calls
-        .iter()
-        .map(|c| CallStat {
-            plugin: pipeline.steps[c.step as usize].plugin.clone(),
-            digest: c.digest.clone(),
-            fuel_used: c.fuel_used as u64,
-            duration: c.duration,
-            cpu: c.cpu,
-        })
-        .collect()
-}
-
-/// Claims an idempotency key in one statement: sets the transaction's
-/// timeouts, try-locks the key (false: another transaction is processing it
-/// right now) and inserts the pending row (0 rows: a finished request owns
-/// the key). Returns (key_free, inserted).
-pub(crate) const CLAIM_SQL: &str = "
-    with cfg as (
-        select set_config('lock_timeout', $6, true) as l,
-               set_config('statement_timeout', $7, true) as s
-    ), k as (
-        select pg_try_advisory_xact_lock($8) as free from cfg
-    ), ins as (
-        insert into payrail.idempotency_keys
-            (tenant, key, fingerprint, state, payment_id, expires_at)
-        select $1, $2, $3, 'pending', $4, now() + make_interval(secs => $5)
-        from k where k.free
-        on conflict do nothing
-        returning 1
-    )
-    select (select free from k), (select count(*) from ins)";
-
-/// A bad posting is the fault of the first step that proposed a posting to
-/// that account; if no plugin did, the request itself is at fault.
-pub(crate) fn plugin_fault(pipeline: &Pipeline, run: &PipelineRun, problem: ApplyProblem) -> Error {
-    let ApplyProblem::Invalid { account, message } = problem else {
-        unreachable!("insufficient funds is a decline, not a fault")
-    };
-    match run.postings.iter().find(|(_, p)| p.account == account) {
-        Some((i, _)) => Error::Plugin {
-            step: *i,
-            plugin: pipeline.steps[*i].plugin.clone(),
-            digest: pipeline.steps[*i].digest.clone(),
-            fault: PluginFault::InvalidOutput(message),
-        },
-        None => Error::invalid("amount_overflow", message),
-    }
-}
-
-/// One payment row to insert.
-pub(crate) struct PaymentRow<'a> {
-    pub(crate) id: Uuid,
-    pub(crate) key: &'a str,
-    pub(crate) req: &'a PaymentRequest,
-    pub(crate) response: &'a PaymentResponse,
-    pub(crate) pipeline: &'a Pipeline,
-}
-
-/// Inserts payment rows, one statement whatever their number.
-pub(crate) async fn write_payments(
-    tx: &deadpool_postgres::Transaction<'_>,
-    tenant: &str,
-    rows: &[PaymentRow<'_>],
-) -> Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let keys: Vec<&str> = rows.iter().map(|r| r.key).collect();
-    let kinds: Vec<&str> = rows.iter().map(|r| r.req.kind.as_str()).collect();
-    let sources: Vec<&str> = rows.iter().map(|r| r.req.source.as_str()).collect();
-    let destinations: Vec<&str> = rows.iter().map(|r| r.req.destination.as_str()).collect();
-    let amounts: Vec<i64> = rows.iter().map(|r| r.req.amount).collect();
-    let currencies: Vec<&str> = rows.iter().map(|r| r.req.currency.as_str()).collect();
-    let metadata: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| serde_json::to_value(&r.req.metadata).expect("metadata serializes"))
-        .collect();
-    let statuses: Vec<&str> = rows.iter().map(|r| r.response.status.as_str()).collect();
-    let decline_codes: Vec<Option<&str>> = rows
-        .iter()
-        .map(|r| r.response.decline.as_ref().map(|d| d.code.as_str()))
-        .collect();
-    let decline_messages: Vec<Option<&str>> = rows
-        .iter()
-        .map(|r| r.response.decline.as_ref().map(|d| d.message.as_str()))
-        .collect();
-    let annotations: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| serde_json::to_value(&r.response.annotations).expect("annotations serialize"))
-        .collect();
-    let pipelines: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "version": r.pipeline.version,
-                "digests": r.pipeline.steps.iter().map(|s| s.digest.as_str()).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    let stmt = tx
-        .prepare_cached(
-            "insert into payrail.payments (id, tenant, idempotency_key, kind, source, destination,
-               amount, currency, metadata, status, decline_code, decline_message, annotations, pipeline)
-             select i, $1, k, kd, s, d, a, c, m, st, dc, dm, an, pl
-             from unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
-                         $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[],
-                         $13::jsonb[], $14::jsonb[])
-                  as t(i, k, kd, s, d, a, c, m, st, dc, dm, an, pl)",
-        )
-        .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &tenant,
-            &ids,
-            &keys,
-            &kinds,
-            &sources,
-            &destinations,
-            &amounts,
-            &currencies,
-            &metadata,
-            &statuses,
-            &decline_codes,
-            &decline_messages,
-            &annotations,
-            &pipelines,
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Marks the key finished with its stored response (the one-payment path;
-/// a batch inserts its keys finished instead).
-pub(crate) async fn finish_key(
-    tx: &deadpool_postgres::Transaction<'_>,
-    tenant: &str,
-    key: &str,
-    response: &serde_json::Value,
-) -> Result<()> {
-    let stmt = tx
-        .prepare_cached(
-            "update payrail.idempotency_keys set state = 'done', status_code = 201, response = $3
-             where tenant = $1 and key = $2",
-        )
-        .await?;
-    let updated = tx.execute(&stmt, &[&tenant, &key, response]).await?;
-    assert_eq!(updated, 1, "the claimed key row exists");
-    Ok(())
-}
-
-/// Runs every step of `pipeline` in order; stops at the first decline.
-/// Each plugin's postings must balance on their own.
-fn run_steps(
-    engine: &PluginEngine,
-    pipeline: &Pipeline,
-    payment: &Payment,
-    accounts: Vec<AccountSnapshot>,
-    now_ms: u64,
-    limits: &PluginLimits,
-) -> Result<PipelineRun> {
-    let payment_uuid: Uuid = payment.id.parse().expect("payment id is a uuid");
-    let mut run = PipelineRun {
-        calls: Vec::with_capacity(pipeline.steps.len()),
-        decline: None,
-        postings: Vec::new(),
-        events: Vec::new(),
-        annotations: Metadata::new(),
-    };
-    let mut previous: Vec<StepResult> = Vec::with_capacity(pipeline.steps.len());
-    for (i, step) in pipeline.steps.iter().enumerate() {
-        let fault = |fault: PluginFault| Error::Plugin {
-            step: i,
-            plugin: step.plugin.clone(),
-            digest: step.digest.clone(),
-            fault,
-        };
-        let input = PreparedInput::new(PluginInput {
-            payment: payment.clone(),
-            accounts: accounts.clone(),
-            config: step.config.to_string(),
-            previous: previous.clone(),
-            now_ms,
-        });
-        let span = tracing::info_span!("plugin_call", payment = %payment.id, plugin = %step.plugin, digest = %&step.digest[..12]);
-        let _enter = span.enter();
-        let limits = match &step.limits {
-            Some(o) => o.apply(limits),
-            None => *limits,
-        };
-        let out = engine.call(&step.digest, &input, &limits).map_err(fault)?;
-        // Shadow: the candidate runs on the very same input after the live
-        // call; whatever it does (decide otherwise, fault, hit a limit) is
-        // only recorded, never returned.
-        let shadow = step.candidate.as_ref().map(|c| {
-            let started = std::time::Instant::now();
-            match engine.call(&c.digest, &input, &limits) {
-                Ok(cand) => ShadowRecord {
-                    pipeline_version: pipeline.version,
-                    candidate_digest: c.digest.clone(),
-                    agree: cand.output_json == out.output_json,
-                    output_json: Some(cand.output_json),
-                    error: None,
-                    fuel_used: cand.fuel_used as i64,
-                    duration_us: cand.duration.as_micros() as i64,
-                },
-                Err(f) => ShadowRecord {
-                    pipeline_version: pipeline.version,
-                    candidate_digest: c.digest.clone(),
-                    output_json: None,
-                    error: Some(format!("{}: {f}", f.code())),
-                    agree: false,
-                    fuel_used: 0,
-                    duration_us: started.elapsed().as_micros() as i64,
-                },
-            }
-        });
-        if !out.log.is_empty() {
-            tracing::info!(log = %out.log.trim_end(), "plugin log");
-        }
-        if let Decision::Approve {
-            postings,
-            events,
-            annotations,
-        } = &out.decision
-        {
-            ledger::check_balanced(postings).map_err(|m| fault(PluginFault::InvalidOutput(m)))?;
-            for p in postings {
-                if ledger::validate_currency(&p.currency).is_err()
-                    || ledger::validate_id("account", &p.account).is_err()
-                    || p.account.starts_with(ledger::EQUITY_PREFIX)
-                {
-                    return Err(fault(PluginFault::InvalidOutput(format!(
-                        "posting to {:?} in {:?} is not allowed",
-                        p.account, p.currency
-                    ))));
-                }
-            }
-            run.postings.extend(postings.iter().map(|p| (i, p.clone())));
-            run.events.extend(events.iter().cloned().map(|e| (i, e)));
-            for (k, v) in annotations {
-                run.annotations.insert(k.clone(), v.clone());
-            }
-        }
-        run.calls.push(CallRecord {
-            call_key: call_key(payment_uuid, i, &step.digest, &input.digest),
-            step: i as i32,
-            digest: step.digest.clone(),
-            input_digest: hex::encode(input.digest),
-            input_json: input.json,
-            output_json: out.output_json,
-            fuel_used: out.fuel_used as i64,
-            duration: out.duration,
-            cpu: out.cpu,
-            shadow,
-        });
-        let declined = match &out.decision {
-            Decision::Decline { code, message } => {
-                run.decline = Some(DeclineReason {
-                    code: code.clone(),
-                    message: message.clone(),
-                });
-                true
-            }
-            Decision::Approve { .. } => false,
-        };
-        previous.push(StepResult {
-            plugin: step.plugin.clone(),
-            digest: step.digest.clone(),
-            decision: out.decision,
-        });
-        if declined {
-            break;
-        }
-    }
-    Ok(run)
-}
-
-/// Appends the journal rows of one payment (one statement). A key already
-/// journaled is left as it is: calls are deterministic, so the stored output
-/// is the output.
-pub(crate) async fn write_journal(
-    tx: &deadpool_postgres::Transaction<'_>,
-    payment: Uuid,
-    calls: &[CallRecord],
-) -> Result<()> {
-    write_journals(tx, &[(payment, calls)]).await
-}
-
-/// Appends the journal rows of several payments in one statement, then
-/// their shadow rows (if any step has a candidate).
-pub(crate) async fn write_journals(
-    tx: &deadpool_postgres::Transaction<'_>,
-    payments: &[(Uuid, &[CallRecord])],
-) -> Result<()> {
-    let calls: Vec<(Uuid, &CallRecord)> = payments
-        .iter()
-        .flat_map(|(p, calls)| calls.iter().map(move |c| (*p, c)))
-        .collect();
-    if calls.is_empty() {
-        return Ok(());
-    }
-    let payment_ids: Vec<Uuid> = calls.iter().map(|(p, _)| *p).collect();
-    let keys: Vec<&str> = calls.iter().map(|(_, c)| c.call_key.as_str()).collect();
-    let steps: Vec<i32> = calls.iter().map(|(_, c)| c.step).collect();
-    let digests: Vec<&str> = calls.iter().map(|(_, c)| c.digest.as_str()).collect();
-    let input_digests: Vec<&str> = calls.iter().map(|(_, c)| c.input_digest.as_str()).collect();
-    let inputs: Vec<&str> = calls.iter().map(|(_, c)| c.input_json.as_str()).collect();
-    let outputs: Vec<&str> = calls.iter().map(|(_, c)| c.output_json.as_str()).collect();
-    let fuel: Vec<i64> = calls.iter().map(|(_, c)| c.fuel_used).collect();
-    let durations: Vec<i64> = calls
-        .iter()
-        .map(|(_, c)| c.duration.as_micros() as i64)
-        .collect();
-    let stmt = tx
-        .prepare_cached(
-            "insert into payrail.plugin_calls
-               (call_key, payment_id, step, digest, input_digest, input, output, fuel_used, duration_us)
-             select decode(k, 'hex'), p, s, decode(d, 'hex'), decode(i, 'hex'), inp::json, o::json, f, u
-             from unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
-                         $7::text[], $8::bigint[], $9::bigint[]) as t(p, k, s, d, i, inp, o, f, u)
-             on conflict (payment_id, call_key) do nothing",
-        )
-        .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &payment_ids,
-            &keys,
-            &steps,
-            &digests,
-            &input_digests,
-            &inputs,
-            &outputs,
-            &fuel,
-            &durations,
-        ],
-    )
-    .await?;
-    for (payment, calls) in payments {
-        write_shadows(tx, *payment, calls).await?;
-    }
-    Ok(())
-}
-
-/// Appends the shadow rows of one payment (one statement, none if no step
-/// has a candidate). A row already there (a retried payment) is kept.
-async fn write_shadows(
-    tx: &deadpool_postgres::Transaction<'_>,
-    payment: Uuid,
-    calls: &[CallRecord],
-) -> Result<()> {
-    let shadows: Vec<(&CallRecord, &ShadowRecord)> = calls
-        .iter()
-        .filter_map(|c| c.shadow.as_ref().map(|s| (c, s)))
-        .collect();
-    if shadows.is_empty() {
-        return Ok(());
-    }
-    let steps: Vec<i32> = shadows.iter().map(|(c, _)| c.step).collect();
-    let versions: Vec<i32> = shadows.iter().map(|(_, s)| s.pipeline_version).collect();
-    let live: Vec<&str> = shadows.iter().map(|(c, _)| c.digest.as_str()).collect();
-    let cand: Vec<&str> = shadows
-        .iter()
-        .map(|(_, s)| s.candidate_digest.as_str())
-        .collect();
-    let inputs: Vec<&str> = shadows
-        .iter()
-        .map(|(c, _)| c.input_digest.as_str())
-        .collect();
-    let live_out: Vec<&str> = shadows
-        .iter()
-        .map(|(c, _)| c.output_json.as_str())
-        .collect();
-    let cand_out: Vec<Option<&str>> = shadows
-        .iter()
-        .map(|(_, s)| s.output_json.as_deref())
-        .collect();
-    let errors: Vec<Option<&str>> = shadows.iter().map(|(_, s)| s.error.as_deref()).collect();
-    let agree: Vec<bool> = shadows.iter().map(|(_, s)| s.agree).collect();
-    let fuel: Vec<i64> = shadows.iter().map(|(_, s)| s.fuel_used).collect();
-    let durations: Vec<i64> = shadows.iter().map(|(_, s)| s.duration_us).collect();
-    let stmt = tx
-        .prepare_cached(
-            "insert into payrail.shadow_calls
-               (payment_id, step, pipeline_version, live_digest, candidate_digest, input_digest,
-                live_output, candidate_output, candidate_error, agree, fuel_used, duration_us)
-             select $1, s, v, l, c, i, lo::jsonb, co::jsonb, e, a, f, u
-             from unnest($2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::text[], $9::text[], $10::bool[], $11::bigint[], $12::bigint[])
-                  as t(s, v, l, c, i, lo, co, e, a, f, u)
-             on conflict (payment_id, step) do nothing",
-        )
-        .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &payment, &steps, &versions, &live, &cand, &inputs, &live_out, &cand_out, &errors,
-            &agree, &fuel, &durations,
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-/// One outbox row.
-pub(crate) struct EventRow {
-    id: Uuid,
-    topic: String,
-    key: String,
-    payload: serde_json::Value,
-}
-
-/// A payment's outbox rows: `topic` carrying `payload` (the response), then
-/// each plugin event, all keyed by the payment id so their order is kept.
-/// Event `i` gets id `event_id(i)`, stable across retries.
-pub(crate) fn event_rows(
-    payment: Uuid,
-    topic: String,
-    payload: &serde_json::Value,
-    plugin_events: &[(usize, PluginEvent)],
-    event_id: impl Fn(usize) -> Uuid,
-) -> Vec<EventRow> {
-    let key = payment.to_string();
-    let mut rows = vec![EventRow {
-        id: event_id(0),
-        topic,
-        key: key.clone(),
-        payload: payload.clone(),
-    }];
-    for (i, (step, e)) in plugin_events.iter().enumerate() {
-        let data: serde_json::Value =
-            serde_json::from_str(&e.payload).expect("event payload validated by the engine");
-        rows.push(EventRow {
-            id: event_id(i + 1),
-            topic: e.topic.clone(),
-            key: key.clone(),
-            payload: serde_json::json!({
-                "payment_id": key,
-                "step": step,
-                "data": data,
-            }),
-        });
-    }
-    rows
-}
-
-/// Writes a payment's outbox events (`event_rows`) in one statement.
-/// Payments and hold transitions both write through here.
-pub(crate) async fn write_events(
-    tx: &deadpool_postgres::Transaction<'_>,
-    tenant: &str,
-    payment: Uuid,
-    topic: String,
-    payload: &serde_json::Value,
-    plugin_events: &[(usize, PluginEvent)],
-    event_id: impl Fn(usize) -> Uuid,
-) -> Result<()> {
-    let rows = event_rows(payment, topic, payload, plugin_events, event_id);
-    insert_events(tx, tenant, &rows).await
-}
-
-/// Inserts outbox rows in the given order (one statement): the relay keeps
-/// that order per key.
-pub(crate) async fn insert_events(
-    tx: &deadpool_postgres::Transaction<'_>,
-    tenant: &str,
-    rows: &[EventRow],
-) -> Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
-    let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
-    let payloads: Vec<&serde_json::Value> = rows.iter().map(|r| &r.payload).collect();
-    let stmt = tx
-        .prepare_cached(
-            "insert into payrail.outbox (event_id, tenant, topic, key, payload)
-             select e, $1, t, k, p
-             from unnest($2::uuid[], $3::text[], $4::text[], $5::json[])
-                  with ordinality as u(e, t, k, p, n)
-             order by n",
-        )
-        .await?;
-    tx.execute(&stmt, &[&tenant, &ids, &topics, &keys, &payloads])
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

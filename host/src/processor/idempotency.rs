@@ -1,0 +1,113 @@
+//! The idempotency-key lifecycle: claim (`CLAIM_SQL`, inside the payment's
+//! transaction), replay of a finished request, finish (the stored
+//! response), and what a key reused after its claim expired answers
+//! (docs/idempotency.md).
+
+use super::*;
+
+/// The payments' unique (tenant, idempotency key) constraint (migration
+/// 0012): violated only by a key reused after its claim row was reaped,
+/// which the host answers with `idempotency_key_expired`.
+pub const PAYMENT_KEY_CONSTRAINT: &str = "payments_tenant_idempotency_key_key";
+
+/// Claims an idempotency key in one statement: sets the transaction's
+/// timeouts, try-locks the key (false: another transaction is processing it
+/// right now) and inserts the pending row (0 rows: a finished request owns
+/// the key). Returns (key_free, inserted).
+pub(crate) const CLAIM_SQL: &str = "
+    with cfg as (
+        select set_config('lock_timeout', $6, true) as l,
+               set_config('statement_timeout', $7, true) as s
+    ), k as (
+        select pg_try_advisory_xact_lock($8) as free from cfg
+    ), ins as (
+        insert into payrail.idempotency_keys
+            (tenant, key, fingerprint, state, payment_id, expires_at)
+        select $1, $2, $3, 'pending', $4, now() + make_interval(secs => $5)
+        from k where k.free
+        on conflict do nothing
+        returning 1
+    )
+    select (select free from k), (select count(*) from ins)";
+
+/// Marks the key finished with its stored response (the one-payment path;
+/// a batch inserts its keys finished instead).
+pub(crate) async fn finish_key(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    key: &str,
+    response: &serde_json::Value,
+) -> Result<()> {
+    let stmt = tx
+        .prepare_cached(
+            "update payrail.idempotency_keys set state = 'done', status_code = 201, response = $3
+             where tenant = $1 and key = $2",
+        )
+        .await?;
+    let updated = tx.execute(&stmt, &[&tenant, &key, response]).await?;
+    assert_eq!(updated, 1, "the claimed key row exists");
+    Ok(())
+}
+
+impl Processor {
+    /// The error for a key whose claim expired: it names the payment the
+    /// key made (a read after the failed transaction rolled back).
+    pub(super) async fn key_expired(&self, tenant: &str, key: &str) -> Result<Error> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                "select id from payrail.payments where tenant = $1 and idempotency_key = $2",
+                &[&tenant, &key],
+            )
+            .await?;
+        // Postgres raises the violation only against a committed row, and
+        // payments are never deleted: no row would be a bug.
+        let payment: Uuid = row.map(|r| r.get(0)).ok_or_else(|| {
+            Error::Setup(format!(
+                "idempotency key {key:?} collided with a payment that cannot be read back"
+            ))
+        })?;
+        Ok(Error::KeyExpired {
+            key: key.to_string(),
+            payment: payment.to_string(),
+        })
+    }
+
+    /// The key is taken by a finished request: the stored response if the
+    /// request is the same, a conflict otherwise. Writes nothing.
+    pub(crate) async fn replay(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        tenant: &str,
+        key: &str,
+        print: &str,
+    ) -> Result<PayOutcome> {
+        let row = tx
+            .query_one(
+                "select fingerprint, state, response from payrail.idempotency_keys
+                 where tenant = $1 and key = $2",
+                &[&tenant, &key],
+            )
+            .await?;
+        let stored_print: String = row.get(0);
+        let state: String = row.get(1);
+        if stored_print != print {
+            return Err(Error::IdempotencyConflict {
+                key: key.to_string(),
+            });
+        }
+        assert_eq!(state, "done", "a committed key row is always finished");
+        let response: serde_json::Value = row.get(2);
+        let response: PaymentResponse = serde_json::from_value(response)
+            .map_err(|e| Error::Setup(format!("stored response unreadable: {e}")))?;
+        tx.rollback().await?;
+        Ok(PayOutcome {
+            response,
+            replayed: true,
+            calls: Vec::new(),
+            lock_wait: Duration::ZERO,
+        })
+    }
+}
