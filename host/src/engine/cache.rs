@@ -152,7 +152,9 @@ impl ArtifactCache {
         // equals the one recorded at write time. wasmtime additionally
         // checks the artifact's header against this engine and refuses a
         // mismatch with an error (then we recompile).
-        match unsafe { Component::deserialize(engine, &artifact) } {
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(engine, &artifact) };
+        match component {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(error = %e, "cached plugin artifact refused by wasmtime; recompiling");
