@@ -469,7 +469,7 @@ async fn run_relay(db_args: &DbArgs, args: &RelayArgs) -> Result<i32> {
             ));
         }
     }
-    let metrics = Arc::new(api::metrics::Metrics::default());
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let relay = crate::outbox::Relay::from_config(pool, &config, metrics)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(relay.run(stop_rx));

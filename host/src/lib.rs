@@ -20,6 +20,7 @@ pub mod error;
 pub mod holds;
 pub mod ledger;
 pub mod locks;
+pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod platform_cli;

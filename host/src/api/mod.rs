@@ -13,7 +13,7 @@
 pub mod accounts;
 pub mod extract;
 pub mod holds;
-pub mod metrics;
+
 pub mod ops;
 pub mod pagination;
 pub mod payments;
@@ -28,13 +28,17 @@ use crate::config::{Config, TenantsConfig};
 use crate::db::Pool;
 use crate::engine::PluginEngine;
 use crate::error::{Error, Result};
+/// The host's metrics, also at their own path (`crate::metrics`).
+pub use crate::metrics;
+use crate::metrics::Metrics;
 use crate::processor::Processor;
+/// The key reaper, at its old path (it lives with the key lifecycle).
+pub use crate::processor::reap_expired_keys;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use metrics::Metrics;
 use problem::ApiError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -303,53 +307,6 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     response
 }
 
-/// Deletes finished idempotency keys past `expires_at`, in batches of
-/// `batch`, at most `max_batches` statements; returns how many it deleted.
-pub async fn reap_expired_keys(pool: &Pool, batch: i64, max_batches: u32) -> Result<u64> {
-    let client = pool.get().await?;
-    let mut total = 0;
-    for _ in 0..max_batches {
-        let n = client
-            .execute(
-                "delete from payrail.idempotency_keys where ctid in (
-                   select ctid from payrail.idempotency_keys
-                   where state = 'done' and expires_at < now()
-                   limit $1 for update skip locked)",
-                &[&batch],
-            )
-            .await?;
-        total += n;
-        if n < batch as u64 {
-            break;
-        }
-    }
-    Ok(total)
-}
-
-/// Runs the key reaper every `interval` until `stop` turns true.
-pub async fn run_reaper(
-    pool: Pool,
-    metrics: Arc<Metrics>,
-    interval: Duration,
-    batch: i64,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => return,
-        }
-        match reap_expired_keys(&pool, batch, 100).await {
-            Ok(0) => {}
-            Ok(n) => {
-                metrics.keys_reaped(n);
-                tracing::info!(deleted = n, "reaped expired idempotency keys");
-            }
-            Err(e) => tracing::warn!(error = %e, "idempotency key reaper failed; will retry"),
-        }
-    }
-}
-
 /// Waits for SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -482,7 +439,7 @@ pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
         .local_addr()
         .map_err(|e| Error::Setup(format!("listener address: {e}")))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let reaper = tokio::spawn(run_reaper(
+    let reaper = tokio::spawn(crate::processor::run_reaper(
         pool.clone(),
         metrics,
         Duration::from_secs(config.idempotency.reaper_interval_secs),

@@ -2,9 +2,9 @@
 //! OpenAPI document.
 
 use super::AppState;
-use super::metrics::PoolGauges;
 use super::problem::{ApiError, Problem};
 use crate::db::migrate;
+use crate::metrics::PoolGauges;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};

@@ -16,7 +16,7 @@
 //!   cannot keep the server from answering clients that send whole
 //!   requests.
 
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;

@@ -18,10 +18,10 @@
 
 pub mod sinks;
 
-use crate::api::metrics::Metrics;
 use crate::config::{Config, OutboxConfig};
 use crate::db::Pool;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use sinks::{Delivered, Envelope, Sink};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

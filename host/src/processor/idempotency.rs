@@ -111,3 +111,50 @@ impl Processor {
         })
     }
 }
+
+/// Deletes finished idempotency keys past `expires_at`, in batches of
+/// `batch`, at most `max_batches` statements; returns how many it deleted.
+pub async fn reap_expired_keys(pool: &Pool, batch: i64, max_batches: u32) -> Result<u64> {
+    let client = pool.get().await?;
+    let mut total = 0;
+    for _ in 0..max_batches {
+        let n = client
+            .execute(
+                "delete from payrail.idempotency_keys where ctid in (
+                   select ctid from payrail.idempotency_keys
+                   where state = 'done' and expires_at < now()
+                   limit $1 for update skip locked)",
+                &[&batch],
+            )
+            .await?;
+        total += n;
+        if n < batch as u64 {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Runs the key reaper every `interval` until `stop` turns true.
+pub async fn run_reaper(
+    pool: Pool,
+    metrics: Arc<crate::metrics::Metrics>,
+    interval: Duration,
+    batch: i64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        match reap_expired_keys(&pool, batch, 100).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics.keys_reaped(n);
+                tracing::info!(deleted = n, "reaped expired idempotency keys");
+            }
+            Err(e) => tracing::warn!(error = %e, "idempotency key reaper failed; will retry"),
+        }
+    }
+}
