@@ -67,6 +67,15 @@ pub enum Error {
     UnknownStored { column: &'static str, value: String },
 }
 
+impl From<crate::signing::SigningError> for Error {
+    fn from(e: crate::signing::SigningError) -> Error {
+        Error::Invalid {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
 impl Error {
     /// Stable code for clients and logs.
     pub fn code(&self) -> &str {

@@ -875,6 +875,11 @@ pub async fn fire_timer(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_plugin_cannot_publish_the_hold_timer() {
+        assert!(crate::engine::is_reserved_topic(EXPIRE_TOPIC));
+    }
+
     fn req(capture: crate::model::CaptureMode, ttl: Option<i64>) -> PaymentRequest {
         PaymentRequest {
             kind: "t".into(),

@@ -15,13 +15,15 @@ pub mod config;
 pub mod currency;
 pub mod db;
 pub mod demo;
-pub mod engine;
 pub mod error;
+
+/// The plugin sandbox, the payment types and plugin signing: their own
+/// crate, with no database in its dependency tree.
+pub use payrail_engine::{self as engine, model, signing};
 pub mod holds;
 pub mod ledger;
 pub mod locks;
 pub mod metrics;
-pub mod model;
 pub mod outbox;
 pub mod platform_cli;
 pub mod plugin_tools;
@@ -30,6 +32,5 @@ pub mod registry;
 pub mod replay;
 pub mod samples;
 pub mod shadow;
-pub mod signing;
 
 pub use error::{Error, Result};

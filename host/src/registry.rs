@@ -299,11 +299,8 @@ async fn resolve_trusted(
         engine
             .trusted_keys()
             .verify(&digest, sig.as_deref())
-            .map_err(|e| match e {
-                Error::Invalid { code, message } => {
-                    Error::invalid(code, format!("step plugin {plugin:?}: {message}"))
-                }
-                e => e,
+            .map_err(|e| {
+                Error::invalid(e.code, format!("step plugin {plugin:?}: {}", e.message))
             })?;
     }
     Ok((name, digest))

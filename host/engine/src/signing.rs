@@ -7,7 +7,25 @@
 //! hex sha256 digest, so a signature covers exactly those bytes and cannot
 //! be replayed for anything else.
 
-use crate::error::{Error, Result};
+/// Why a key or a signature was refused; `code` is the stable
+/// machine-readable code the host answers with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SigningError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl SigningError {
+    fn invalid(code: &'static str, message: impl Into<String>) -> SigningError {
+        SigningError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, SigningError>;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 /// Domain separation prefix of every signed message.
@@ -25,10 +43,10 @@ fn message(digest: &str) -> Vec<u8> {
 
 fn hex32(what: &str, s: &str) -> Result<[u8; 32]> {
     let bytes = hex::decode(s.trim())
-        .map_err(|e| Error::invalid("invalid_key", format!("{what} is not hex: {e}")))?;
-    bytes
-        .try_into()
-        .map_err(|_| Error::invalid("invalid_key", format!("{what} must be 32 bytes (64 hex)")))
+        .map_err(|e| SigningError::invalid("invalid_key", format!("{what} is not hex: {e}")))?;
+    bytes.try_into().map_err(|_| {
+        SigningError::invalid("invalid_key", format!("{what} must be 32 bytes (64 hex)"))
+    })
 }
 
 /// The public keys whose signatures a host accepts.
@@ -43,10 +61,12 @@ impl TrustedKeys {
             if k.is_empty() {
                 continue;
             }
-            let key = VerifyingKey::from_bytes(&hex32("a trusted plugin key", k)?)
-                .map_err(|e| Error::invalid("invalid_key", format!("bad trusted key {k}: {e}")))?;
+            let key =
+                VerifyingKey::from_bytes(&hex32("a trusted plugin key", k)?).map_err(|e| {
+                    SigningError::invalid("invalid_key", format!("bad trusted key {k}: {e}"))
+                })?;
             if key.is_weak() {
-                return Err(Error::invalid(
+                return Err(SigningError::invalid(
                     "invalid_key",
                     format!("trusted key {k} is a weak (small-order) key"),
                 ));
@@ -54,7 +74,7 @@ impl TrustedKeys {
             keys.push(key);
         }
         if keys.len() > MAX_KEYS {
-            return Err(Error::invalid(
+            return Err(SigningError::invalid(
                 "invalid_key",
                 format!("at most {MAX_KEYS} trusted plugin keys"),
             ));
@@ -82,7 +102,7 @@ impl TrustedKeys {
             if self.is_empty() {
                 return Ok(());
             }
-            return Err(Error::invalid(
+            return Err(SigningError::invalid(
                 "plugin_unsigned",
                 format!(
                     "this host accepts only signed plugins: sign the plugin's digest {digest} with `payrail plugin sign` and deploy with --signature"
@@ -90,7 +110,7 @@ impl TrustedKeys {
             ));
         };
         let bad = |why: &str| {
-            Error::invalid(
+            SigningError::invalid(
                 "plugin_signature_invalid",
                 format!("the signature of plugin {digest} is not valid: {why}"),
             )

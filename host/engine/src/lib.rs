@@ -11,6 +11,8 @@
 mod cache;
 mod compile;
 mod convert;
+pub mod model;
+pub mod signing;
 mod wasi;
 
 use crate::model::{Decision, PluginInput};
@@ -32,7 +34,7 @@ pub use wasi::{LogBuffer, MAX_HOST_RESOURCES};
 
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "rule",
     });
 }
@@ -343,7 +345,7 @@ pub fn this_thread_was_lowered() -> bool {
 
 /// Lowers the calling thread's priority to `nice` (never raises it), once.
 /// Linux only; elsewhere, and if refused, it only marks the thread.
-pub(crate) fn lower_this_thread(nice: i32) {
+pub fn lower_this_thread(nice: i32) {
     if LOWERED.with(|l| l.replace(true)) {
         return;
     }
@@ -1172,6 +1174,42 @@ fn wasmparser_is_component(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// "The sandbox knows no SQL" is a fact of the dependency tree: no
+    /// database client is in it.
+    #[test]
+    fn no_database_client_in_the_dependency_tree() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = std::process::Command::new(cargo)
+            .args([
+                "tree",
+                "-p",
+                "payrail-engine",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+            ])
+            .args([
+                "--manifest-path",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ])
+            .output()
+            .expect("cargo tree runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tree = String::from_utf8_lossy(&out.stdout);
+        assert!(tree.contains("wasmtime"), "the tree was read: {tree}");
+        for client in ["postgres", "deadpool", "sqlx", "diesel"] {
+            assert!(
+                !tree.contains(client),
+                "{client} in the engine's tree:\n{tree}"
+            );
+        }
+    }
     use crate::model::PaymentStatus;
 
     /// Every topic the host writes to the outbox (`payment.<status>` from
@@ -1183,7 +1221,7 @@ mod tests {
         for s in [Approved, Declined, Authorized, Captured, Voided, Expired] {
             assert!(is_reserved_topic(&format!("payment.{}", s.as_str())));
         }
-        assert!(is_reserved_topic(crate::holds::EXPIRE_TOPIC));
+        assert!(is_reserved_topic("hold.expire"));
         for t in ["payment", "hold", "account.opened", "payrail.x"] {
             assert!(is_reserved_topic(t), "{t}");
         }
