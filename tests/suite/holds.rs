@@ -4,7 +4,7 @@
 //! refused transitions that write nothing, idempotent replays, a
 //! capture/void race, and the HTTP routes.
 
-mod common;
+use crate::common;
 
 use common::{TestDb, transfer};
 use payrail::api::metrics::Metrics;

@@ -4,7 +4,7 @@
 //! pagination, the OpenAPI document, readiness, and graceful shutdown of the
 //! real binary.
 
-mod common;
+use crate::common;
 
 use common::{TestDb, plugin_bytes};
 use payrail::api::{self, ApiLimits, AppState};
