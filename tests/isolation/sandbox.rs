@@ -241,7 +241,10 @@ fn a_slow_call_lowers_its_threads_priority_and_still_times_out() {
     assert_eq!(after, before.max(7), "nice {before} -> {after}");
     let (r, _, before, after, lowered) = run("sleep");
     r.expect("a short call");
-    assert!(!lowered && after == before, "a short call: nice {before} -> {after}");
+    assert!(
+        !lowered && after == before,
+        "a short call: nice {before} -> {after}"
+    );
 }
 
 fn hostile_input(mode: &str) -> PreparedInput {

@@ -60,7 +60,9 @@ impl PluginThreads {
             let out = f();
             let _ = tx.send((out, crate::engine::this_thread_was_lowered()));
         });
-        self.jobs.send(job).expect("the queue lives as long as its sender");
+        self.jobs
+            .send(job)
+            .expect("the queue lives as long as its sender");
         // A panic in `f` drops `tx`: re-raised here, as `spawn_blocking`'s
         // join would.
         Ok(rx.await.expect("a plugin job panicked"))
