@@ -12,7 +12,8 @@ use crossbeam_channel::{Receiver, Sender};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A job; returns whether it left its thread at a lowered priority.
+type Job = Box<dyn FnOnce(&Arc<Shared>) -> bool + Send>;
 
 /// A growing set of threads, one per job in flight at most: a job never
 /// waits behind another (callers bound the jobs in flight).
@@ -56,9 +57,14 @@ impl PluginThreads {
             self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
             return Err(e);
         }
-        let job: Job = Box::new(move || {
+        let job: Job = Box::new(move |shared: &Arc<Shared>| {
             let out = f();
-            let _ = tx.send((out, crate::engine::this_thread_was_lowered()));
+            let lowered = crate::engine::this_thread_was_lowered();
+            // accounted before the caller hears of it, so its next job
+            // finds this thread free
+            shared.finish(lowered);
+            let _ = tx.send((out, lowered));
+            lowered
         });
         self.jobs
             .send(job)
@@ -102,17 +108,23 @@ impl Shared {
 
     fn work(self: Arc<Self>) {
         while let Ok(job) = self.queue.recv() {
-            job();
-            if crate::engine::this_thread_was_lowered() {
-                // leave the count first, so a job sent meanwhile starts a
-                // thread rather than waiting for this one
-                self.threads.fetch_sub(1, Ordering::SeqCst);
-                self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                let _ = self.spawn_missing();
-                return;
+            if job(&self) {
+                return; // `finish` took this thread out of the count
             }
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// A job ended; a thread it left at a lowered priority retires.
+    fn finish(self: &Arc<Self>, lowered: bool) {
+        if !lowered {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        // leave the count first, so a job sent meanwhile starts a thread
+        // rather than waiting for this one
+        self.threads.fetch_sub(1, Ordering::SeqCst);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let _ = self.spawn_missing();
     }
 }
 

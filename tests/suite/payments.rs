@@ -1,7 +1,7 @@
 //! The processor against a real Postgres: approve, decline, idempotency,
 //! conflicts, bad input, and a randomized concurrent bank test.
 
-mod common;
+use crate::common;
 
 use common::{TestDb, transfer};
 use payrail::model::{DEFAULT_TENANT, PaymentStatus};

@@ -1,6 +1,6 @@
 //! Migrations: idempotent, and safe from several processes at once.
 
-mod common;
+use crate::common;
 
 use payrail::db;
 

@@ -1,6 +1,6 @@
 //! The real `payrail` binary as a user runs it.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,10 +1,10 @@
-//! The rest of the hostile-plugin suite (tests/plugin_faults.rs has the
+//! The rest of the hostile-plugin suite (plugin_faults.rs has the
 //! in-guest misbehaviour): what is refused at deploy (a core module, a
 //! component of another world, a 50 MB file), a posting into another
 //! tenant's account, and other pipelines' payments flowing, with bounded
 //! latency, while hostile plugins burn their budgets next to them.
 
-mod common;
+use crate::common;
 
 use common::{TestDb, engine, transfer};
 use payrail::engine::LoadError;

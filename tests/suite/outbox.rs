@@ -3,7 +3,7 @@
 //! order, backoff and dead letters, expired leases, late commits, two relays
 //! at once, and the `payrail outbox` commands.
 
-mod common;
+use crate::common;
 
 use common::TestDb;
 use common::receiver::{Receiver, SECRET, TestStream};

@@ -2,7 +2,7 @@
 //! versioned pipelines with history and rollback, shadow candidates and
 //! their promotion, per-step limits.
 
-mod common;
+use crate::common;
 
 use common::{TestDb, engine, plugin_bytes, transfer};
 use payrail::engine::{PluginLimitOverrides, PluginLimits};

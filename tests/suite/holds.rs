@@ -4,7 +4,7 @@
 //! refused transitions that write nothing, idempotent replays, a
 //! capture/void race, and the HTTP routes.
 
-mod common;
+use crate::common;
 
 use common::{TestDb, transfer};
 use payrail::api::metrics::Metrics;
@@ -660,48 +660,21 @@ async fn a_relay_without_sinks_only_runs_timers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http_capture_and_void_with_idempotency_keys() {
-    use payrail::api::{self, ApiLimits, AppState};
-    use payrail::apikeys::{self, Scope};
-    use reqwest::StatusCode;
+    use crate::server::Server;
+    use payrail::apikeys::Scope;
+    use reqwest::{Method, StatusCode};
     let db = TestDb::new().await;
     db.samples().await;
     db.account("alice", 100_000).await;
     db.account("bob", 0).await;
-    let key = {
-        let c = db.pool.get().await.unwrap();
-        apikeys::create(&c, DEFAULT_TENANT, &[Scope::Payments])
-            .await
-            .unwrap()
-            .secret
-    };
-    let state = AppState::new(
-        db.processor(),
-        ApiLimits {
-            max_json_body_bytes: 64 * 1024,
-            max_plugin_bytes: 2 * 1024 * 1024,
-            request_timeout: Duration::from_secs(30),
-            max_in_flight: 64,
-            api_key_cache: Duration::from_millis(1000),
-        },
-    );
-    let (router, doc) = api::router(state);
-    let doc = serde_json::to_value(&doc).unwrap();
+    let server = Server::start_on(db).await;
+    let key = server.key(DEFAULT_TENANT, &[Scope::Payments]).await;
+    let (s, doc) = server.get("/openapi.json", "").await;
+    assert_eq!(s, StatusCode::OK);
     assert!(doc["paths"]["/v1/payments/{id}/capture"]["post"].is_object());
     assert!(doc["paths"]["/v1/payments/{id}/void"]["post"].is_object());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve_until(
-        listener,
-        router,
-        async {
-            let _ = rx.await;
-        },
-        Duration::from_secs(5),
-    ));
-    let http = reqwest::Client::new();
     let post = |path: String, idem: Option<&'static str>, body: Option<serde_json::Value>| {
-        let mut r = http.post(format!("{base}{path}")).bearer_auth(&key);
+        let mut r = server.req(Method::POST, &path, Some(&key));
         if let Some(i) = idem {
             r = r.header("Idempotency-Key", i);
         }
@@ -730,15 +703,7 @@ async fn http_capture_and_void_with_idempotency_keys() {
     assert_eq!(s, StatusCode::CREATED, "{body}");
     assert_eq!(body["status"], "authorized");
     let id = body["id"].as_str().unwrap().to_string();
-    let (s, _, acct) = {
-        let r = http
-            .get(format!("{base}/v1/accounts/alice"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
-        (r.status(), (), r.json::<serde_json::Value>().await.unwrap())
-    };
+    let (s, acct) = server.get("/v1/accounts/alice", &key).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
         (acct["balance"].as_i64(), acct["available"].as_i64()),
@@ -808,13 +773,7 @@ async fn http_capture_and_void_with_idempotency_keys() {
         (s, body["code"].as_str()),
         (StatusCode::CONFLICT, Some("hold_not_active"))
     );
-    let r = http
-        .get(format!("{base}/v1/payments/{id}"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
-    let got: serde_json::Value = r.json().await.unwrap();
+    let (_, got) = server.get(&format!("/v1/payments/{id}"), &key).await;
     assert_eq!(got["status"], "captured");
 
     // a second hold, voided with an empty body
@@ -831,10 +790,10 @@ async fn http_capture_and_void_with_idempotency_keys() {
         (StatusCode::CONFLICT, Some("hold_not_active"))
     );
     // fee on the 2_000 capture: 10 + 20 = 30
-    assert_eq!(funds(&db, "alice").await, (100_000 - 2_030, 0));
-    let _ = stop.send(());
-    let _ = server.await;
+    assert_eq!(funds(&server.db, "alice").await, (100_000 - 2_030, 0));
+    let db = &server.db;
     assert!(db.audit().await.is_empty(), "{:?}", db.audit().await);
+    server.stop().await;
 }
 
 /// A hold on an account whose money is in credit shards (a fee account

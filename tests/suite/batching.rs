@@ -3,7 +3,7 @@
 //! neighbours. Real Postgres; a batch is recognised by the transaction id
 //! (`xmin`) its rows carry.
 
-mod common;
+use crate::common;
 
 use common::{TestDb, transfer};
 use payrail::model::{DEFAULT_TENANT, PaymentStatus};

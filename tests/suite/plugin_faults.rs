@@ -1,7 +1,7 @@
 //! Hostile and broken plugins: each fault gives its exact typed error,
 //! nothing is written, and the next payment succeeds.
 
-mod common;
+use crate::common;
 
 use common::{TestDb, plugin_bytes, transfer};
 use payrail::engine::{EngineConfig, LoadError, PluginEngine};

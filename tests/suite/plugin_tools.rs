@@ -2,7 +2,7 @@
 //! and passes its own tests), `plugin test` (no database), `plugin keygen`
 //! / `plugin sign` and a host that accepts only signed plugins.
 
-mod common;
+use crate::common;
 
 use common::{TestDb, plugin_bytes};
 use payrail::engine::{EngineConfig, PluginEngine};
