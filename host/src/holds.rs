@@ -37,9 +37,7 @@ use crate::db::Pool;
 use crate::error::{Error, Result};
 use crate::ledger::{self, ApplyProblem};
 use crate::locks;
-use crate::model::{
-    AccountSnapshot, Metadata, Payment, PaymentRequest, PaymentResponse, PaymentStatus, Posting,
-};
+use crate::model::{Metadata, Payment, PaymentRequest, PaymentResponse, PaymentStatus, Posting};
 use crate::processor::{self, CLAIM_SQL, MAX_KEY_BYTES, PayOutcome, Processor};
 use crate::registry;
 use sha2::{Digest, Sha256};
@@ -529,19 +527,7 @@ impl Processor {
             other => return Err(not_active(tx, tenant, id, other.as_ref()).await?),
         };
         let lock_wait = started.elapsed();
-        let captured = match t {
-            Transition::Capture(a) => {
-                let a = a.unwrap_or(hold.amount);
-                if a > hold.amount {
-                    return Err(Error::CaptureExceedsHold {
-                        amount: a,
-                        held: hold.amount,
-                    });
-                }
-                Some(a)
-            }
-            Transition::Void => None,
-        };
+        let captured = t.captured(&hold)?;
         let parties = [hold.source.clone(), hold.destination.clone()];
         let mut accounts = ledger::lock_rows(tx, tenant, &parties).await?;
         let pipeline = registry::load_pipeline(tx, tenant, &hold.kind).await?;
@@ -560,13 +546,7 @@ impl Processor {
         let snapshots = parties
             .iter()
             .filter_map(|p| accounts.get(p))
-            .map(|a| AccountSnapshot {
-                id: a.id.clone(),
-                currency: a.currency.clone(),
-                balance: a.balance,
-                allow_negative: a.allow_negative,
-                metadata: a.metadata.clone(),
-            })
+            .map(processor::snapshot_of)
             .collect();
         let run = self
             .run_pipeline(tenant, &pipeline, &plugin_payment, snapshots)
@@ -576,46 +556,15 @@ impl Processor {
 
         let (status, postings, deltas) = match captured {
             Some(amount) => {
-                if let Some(d) = &run.decline {
-                    return Err(Error::CaptureDeclined {
-                        code: d.code.clone(),
-                        message: d.message.clone(),
-                    });
-                }
-                // The hold is released by this capture: check the postings
-                // against what is available without it.
-                if let Some(src) = accounts.get_mut(&hold.source) {
-                    src.held = src.held.saturating_sub(hold.amount);
-                }
-                let mut postings = vec![
-                    Posting {
-                        account: hold.source.clone(),
-                        amount: -amount,
-                        currency: hold.currency.clone(),
-                    },
-                    Posting {
-                        account: hold.destination.clone(),
-                        amount,
-                        currency: hold.currency.clone(),
-                    },
-                ];
-                postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
-                match self
-                    .check_postings(tx, tenant, &mut accounts, &postings)
-                    .await?
-                {
-                    Ok(d) => (PaymentStatus::Captured, postings, d),
-                    Err(problem @ ApplyProblem::Invalid { .. }) => {
-                        return Err(processor::plugin_fault(&pipeline, &run, problem));
-                    }
-                    Err(ApplyProblem::InsufficientFunds { account }) => {
-                        let d = processor::insufficient_funds(&account);
-                        return Err(Error::CaptureDeclined {
-                            code: d.code,
-                            message: d.message,
-                        });
-                    }
-                }
+                let at = CaptureAt {
+                    tenant,
+                    hold: &hold,
+                    amount,
+                    pipeline: &pipeline,
+                    run: &run,
+                };
+                let (postings, deltas) = self.decide_capture(tx, &at, &mut accounts).await?;
+                (PaymentStatus::Captured, postings, deltas)
             }
             None => (PaymentStatus::Voided, Vec::new(), Default::default()),
         };
@@ -631,31 +580,17 @@ impl Processor {
             destination: hold.destination.clone(),
             annotations: annotations.clone(),
         };
-        let response_json = serde_json::to_value(&response).expect("response serializes");
-        // The hold is released before balances move: the accounts' check
-        // `balance >= held` holds after every statement.
-        let outcome = Outcome {
-            state: status,
+        let resolution = Resolution {
+            tenant,
+            key,
+            id,
+            t,
+            hold: &hold,
             captured,
-            resolved_by: key,
             annotations: &annotations,
+            run: &run,
         };
-        release(tx, tenant, id, &hold, outcome).await?;
-        if !response.postings.is_empty() {
-            let txn_ids = vec![capture_txn_id(id); response.postings.len()];
-            let payment_ids = vec![Some(id); txn_ids.len()];
-            ledger::append_entries(tx, tenant, &txn_ids, &payment_ids, &response.postings).await?;
-            ledger::add_to_balances(tx, tenant, &deltas, &ledger::to_fold(&deltas, &accounts))
-                .await?;
-        }
-        processor::write_journal(tx, id, &run.calls).await?;
-        let plugin_events = if status == PaymentStatus::Captured {
-            &run.events[..]
-        } else {
-            &[]
-        };
-        write_events(tx, tenant, id, t.phase(), &response, plugin_events).await?;
-        processor::finish_key(tx, tenant, key, &response_json).await?;
+        write_resolution(tx, &resolution, &response, &deltas, &accounts).await?;
         Ok(PayOutcome {
             response,
             replayed: false,
@@ -663,6 +598,133 @@ impl Processor {
             calls: processor::call_stats(&pipeline, &run.calls),
             lock_wait,
         })
+    }
+
+    /// A capture's decision: the pipeline's decline or an overdraft refuse
+    /// it (the hold stays); else its postings (principal and the plugins')
+    /// and their net deltas.
+    async fn decide_capture(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        at: &CaptureAt<'_>,
+        accounts: &mut std::collections::HashMap<String, ledger::Account>,
+    ) -> Result<(Vec<Posting>, std::collections::BTreeMap<String, i64>)> {
+        let (hold, run) = (at.hold, at.run);
+        if let Some(d) = &run.decline {
+            return Err(Error::CaptureDeclined {
+                code: d.code.clone(),
+                message: d.message.clone(),
+            });
+        }
+        // The hold is released by this capture: check the postings
+        // against what is available without it.
+        if let Some(src) = accounts.get_mut(&hold.source) {
+            src.held = src.held.saturating_sub(hold.amount);
+        }
+        let mut postings = vec![
+            Posting {
+                account: hold.source.clone(),
+                amount: -at.amount,
+                currency: hold.currency.clone(),
+            },
+            Posting {
+                account: hold.destination.clone(),
+                amount: at.amount,
+                currency: hold.currency.clone(),
+            },
+        ];
+        postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
+        match self
+            .check_postings(tx, at.tenant, accounts, &postings)
+            .await?
+        {
+            Ok(deltas) => Ok((postings, deltas)),
+            Err(problem @ ApplyProblem::Invalid { .. }) => {
+                Err(processor::plugin_fault(at.pipeline, run, problem))
+            }
+            Err(ApplyProblem::InsufficientFunds { account }) => {
+                let d = processor::insufficient_funds(&account);
+                Err(Error::CaptureDeclined {
+                    code: d.code,
+                    message: d.message,
+                })
+            }
+        }
+    }
+}
+
+/// A resolved hold, for `write_resolution`.
+struct Resolution<'a> {
+    tenant: &'a str,
+    key: &'a str,
+    id: Uuid,
+    t: Transition,
+    hold: &'a HoldRow,
+    captured: Option<i64>,
+    annotations: &'a Metadata,
+    run: &'a processor::PipelineRun,
+}
+
+/// Writes a capture or void: the hold released (before balances move:
+/// the accounts' check `balance >= held` holds after every statement),
+/// a capture's entries and balances, the journal, the events, the key.
+async fn write_resolution(
+    tx: &deadpool_postgres::Transaction<'_>,
+    r: &Resolution<'_>,
+    response: &PaymentResponse,
+    deltas: &std::collections::BTreeMap<String, i64>,
+    accounts: &std::collections::HashMap<String, ledger::Account>,
+) -> Result<()> {
+    let (tenant, id) = (r.tenant, r.id);
+    let response_json = serde_json::to_value(response).expect("response serializes");
+    let outcome = Outcome {
+        state: response.status,
+        captured: r.captured,
+        resolved_by: r.key,
+        annotations: r.annotations,
+    };
+    release(tx, tenant, id, r.hold, outcome).await?;
+    if !response.postings.is_empty() {
+        let txn_ids = vec![capture_txn_id(id); response.postings.len()];
+        let payment_ids = vec![Some(id); txn_ids.len()];
+        ledger::append_entries(tx, tenant, &txn_ids, &payment_ids, &response.postings).await?;
+        ledger::add_to_balances(tx, tenant, deltas, &ledger::to_fold(deltas, accounts)).await?;
+    }
+    processor::write_journal(tx, id, &r.run.calls).await?;
+    let plugin_events = match response.status {
+        PaymentStatus::Captured => &r.run.events[..],
+        _ => &[],
+    };
+    write_events(tx, tenant, id, r.t.phase(), response, plugin_events).await?;
+    processor::finish_key(tx, tenant, r.key, &response_json).await
+}
+
+/// What a capture decides on.
+struct CaptureAt<'a> {
+    tenant: &'a str,
+    hold: &'a HoldRow,
+    amount: i64,
+    pipeline: &'a registry::Pipeline,
+    run: &'a processor::PipelineRun,
+}
+
+impl Transition {
+    /// The amount a capture takes (the whole hold unless given; never
+    /// more), or None for a void.
+    fn captured(self, hold: &HoldRow) -> Result<Option<i64>> {
+        match self {
+            Transition::Capture(a) => {
+                let a = a.unwrap_or(hold.amount);
+                if a > hold.amount {
+                    return Err(Error::CaptureExceedsHold {
+                        amount: a,
+                        held: hold.amount,
+                    });
+                }
+                Ok(Some(a))
+            }
+            Transition::Void => Ok(None),
+        }
     }
 }
 

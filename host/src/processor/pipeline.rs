@@ -131,59 +131,21 @@ pub(crate) fn run_steps(
             None => *limits,
         };
         let out = engine.call(&step.digest, &input, &limits).map_err(fault)?;
-        // Shadow: the candidate runs on the very same input after the live
-        // call; whatever it does (decide otherwise, fault, hit a limit) is
-        // only recorded, never returned.
         let shadow = step.candidate.as_ref().map(|c| {
-            let started = std::time::Instant::now();
-            match engine.call(&c.digest, &input, &limits) {
-                Ok(cand) => ShadowRecord {
-                    pipeline_version: pipeline.version,
-                    candidate_digest: c.digest.clone(),
-                    agree: cand.output_json == out.output_json,
-                    output_json: Some(cand.output_json),
-                    error: None,
-                    fuel_used: cand.fuel_used as i64,
-                    duration_us: cand.duration.as_micros() as i64,
-                },
-                Err(f) => ShadowRecord {
-                    pipeline_version: pipeline.version,
-                    candidate_digest: c.digest.clone(),
-                    output_json: None,
-                    error: Some(format!("{}: {f}", f.code())),
-                    agree: false,
-                    fuel_used: 0,
-                    duration_us: started.elapsed().as_micros() as i64,
-                },
-            }
+            shadow_call(
+                engine,
+                pipeline.version,
+                c,
+                &input,
+                &limits,
+                &out.output_json,
+            )
         });
         if !out.log.is_empty() {
             tracing::info!(log = %out.log.trim_end(), "plugin log");
         }
-        if let Decision::Approve {
-            postings,
-            events,
-            annotations,
-        } = &out.decision
-        {
-            ledger::check_balanced(postings).map_err(|m| fault(PluginFault::InvalidOutput(m)))?;
-            for p in postings {
-                if ledger::validate_currency(&p.currency).is_err()
-                    || ledger::validate_id("account", &p.account).is_err()
-                    || p.account.starts_with(ledger::EQUITY_PREFIX)
-                {
-                    return Err(fault(PluginFault::InvalidOutput(format!(
-                        "posting to {:?} in {:?} is not allowed",
-                        p.account, p.currency
-                    ))));
-                }
-            }
-            run.postings.extend(postings.iter().map(|p| (i, p.clone())));
-            run.events.extend(events.iter().cloned().map(|e| (i, e)));
-            for (k, v) in annotations {
-                run.annotations.insert(k.clone(), v.clone());
-            }
-        }
+        run.absorb(i, &out.decision)
+            .map_err(|m| fault(PluginFault::InvalidOutput(m)))?;
         run.calls.push(CallRecord {
             call_key: call_key(payment_uuid, i, &step.digest, &input.digest),
             step: i as i32,
@@ -196,16 +158,7 @@ pub(crate) fn run_steps(
             cpu: out.cpu,
             shadow,
         });
-        let declined = match &out.decision {
-            Decision::Decline { code, message } => {
-                run.decline = Some(DeclineReason {
-                    code: code.clone(),
-                    message: message.clone(),
-                });
-                true
-            }
-            Decision::Approve { .. } => false,
-        };
+        let declined = run.decline.is_some();
         previous.push(StepResult {
             plugin: step.plugin.clone(),
             digest: step.digest.clone(),
@@ -216,6 +169,36 @@ pub(crate) fn run_steps(
         }
     }
     Ok(run)
+}
+
+impl PipelineRun {
+    /// Takes step `step`'s decision into the run: an approval's checked
+    /// postings, events and annotations, or the decline that ends it.
+    fn absorb(&mut self, step: usize, decision: &Decision) -> std::result::Result<(), String> {
+        match decision {
+            Decision::Approve {
+                postings,
+                events,
+                annotations,
+            } => {
+                check_postings(postings)?;
+                self.postings
+                    .extend(postings.iter().map(|p| (step, p.clone())));
+                self.events
+                    .extend(events.iter().cloned().map(|e| (step, e)));
+                for (k, v) in annotations {
+                    self.annotations.insert(k.clone(), v.clone());
+                }
+            }
+            Decision::Decline { code, message } => {
+                self.decline = Some(DeclineReason {
+                    code: code.clone(),
+                    message: message.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Processor {
@@ -238,4 +221,56 @@ impl Processor {
         })
         .await?
     }
+}
+
+/// A step's shadow candidate on the very same input, after the live call:
+/// whatever it does (decide otherwise, fault, hit a limit) is only
+/// recorded, never returned.
+fn shadow_call(
+    engine: &PluginEngine,
+    pipeline_version: i32,
+    candidate: &crate::registry::Candidate,
+    input: &PreparedInput,
+    limits: &PluginLimits,
+    live_output: &str,
+) -> ShadowRecord {
+    let started = std::time::Instant::now();
+    match engine.call(&candidate.digest, input, limits) {
+        Ok(cand) => ShadowRecord {
+            pipeline_version,
+            candidate_digest: candidate.digest.clone(),
+            agree: cand.output_json == live_output,
+            output_json: Some(cand.output_json),
+            error: None,
+            fuel_used: cand.fuel_used as i64,
+            duration_us: cand.duration.as_micros() as i64,
+        },
+        Err(f) => ShadowRecord {
+            pipeline_version,
+            candidate_digest: candidate.digest.clone(),
+            output_json: None,
+            error: Some(format!("{}: {f}", f.code())),
+            agree: false,
+            fuel_used: 0,
+            duration_us: started.elapsed().as_micros() as i64,
+        },
+    }
+}
+
+/// A plugin's postings balance on their own and name only accounts a
+/// payment may touch, in valid currencies.
+fn check_postings(postings: &[Posting]) -> std::result::Result<(), String> {
+    ledger::check_balanced(postings)?;
+    for p in postings {
+        if ledger::validate_currency(&p.currency).is_err()
+            || ledger::validate_id("account", &p.account).is_err()
+            || p.account.starts_with(ledger::EQUITY_PREFIX)
+        {
+            return Err(format!(
+                "posting to {:?} in {:?} is not allowed",
+                p.account, p.currency
+            ));
+        }
+    }
+    Ok(())
 }
