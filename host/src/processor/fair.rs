@@ -67,17 +67,13 @@ impl TenantGates {
     }
 
     fn gate(&self, tenant: &str) -> Arc<Semaphore> {
-        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(g) = gates.get(tenant) {
-            return g.clone();
-        }
-        if gates.len() >= MAX_TRACKED_TENANTS {
-            let full = self.per_tenant;
-            gates.retain(|_, g| g.available_permits() < full);
-        }
-        let g = Arc::new(Semaphore::new(self.per_tenant));
-        gates.insert(tenant.to_string(), g.clone());
-        g
+        let full = self.per_tenant;
+        entry(
+            &self.gates,
+            tenant,
+            || Semaphore::new(full),
+            |g| g.available_permits() < full,
+        )
     }
 
     /// Waits for one of `tenant`'s permits.
@@ -108,6 +104,27 @@ impl TenantGates {
             _permit: permit,
         })
     }
+}
+
+/// `tenant`'s entry of `map`, made on first use. At
+/// [`MAX_TRACKED_TENANTS`] entries, those not `busy` are dropped first (an
+/// entry is recreated, fresh, at its tenant's next payment).
+fn entry<E>(
+    map: &Mutex<HashMap<String, Arc<E>>>,
+    tenant: &str,
+    make: impl FnOnce() -> E,
+    busy: impl Fn(&E) -> bool,
+) -> Arc<E> {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = map.get(tenant) {
+        return e.clone();
+    }
+    if map.len() >= MAX_TRACKED_TENANTS {
+        map.retain(|_, e| busy(e));
+    }
+    let e = Arc::new(make());
+    map.insert(tenant.to_string(), e.clone());
+    e
 }
 
 /// Default nice value a slow plugin call drops to (0 normal, 19 lowest;
@@ -173,26 +190,18 @@ impl CpuShares {
     }
 
     fn share(&self, tenant: &str) -> Arc<Share> {
-        let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = shares.get(tenant) {
-            return s.clone();
-        }
-        if shares.len() >= MAX_TRACKED_TENANTS {
-            let now = self.now_ms();
-            let (fast, demoted) = (self.fast, self.demoted);
-            shares.retain(|_, s| {
-                s.fast.available_permits() < fast
-                    || s.demoted.available_permits() < demoted
-                    || s.demoted_until_ms.load(Ordering::Relaxed) > now
-            });
-        }
-        let s = Arc::new(Share {
-            fast: Arc::new(Semaphore::new(self.fast)),
-            demoted: Arc::new(Semaphore::new(self.demoted)),
+        let (fast, demoted, now) = (self.fast, self.demoted, self.now_ms());
+        let make = || Share {
+            fast: Arc::new(Semaphore::new(fast)),
+            demoted: Arc::new(Semaphore::new(demoted)),
             demoted_until_ms: AtomicU64::new(0),
-        });
-        shares.insert(tenant.to_string(), s.clone());
-        s
+        };
+        let busy = |s: &Share| {
+            s.fast.available_permits() < fast
+                || s.demoted.available_permits() < demoted
+                || s.demoted_until_ms.load(Ordering::Relaxed) > now
+        };
+        entry(&self.shares, tenant, make, busy)
     }
 
     /// Runs `f` (a pipeline, or a batch's pipelines) on a plugin thread
@@ -208,7 +217,7 @@ impl CpuShares {
         let slot = self.slots.clone().acquire_owned().await;
         let held = (permit, slot.expect("the slots are never closed"));
         let started = self.started;
-        let (out, _) = self
+        let out = self
             .threads
             .run(move || {
                 let _held = held;
@@ -246,6 +255,31 @@ impl Share {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_slow_call_demotes_its_tenant_at_once_and_only_its_tenant() {
+        let cpu = CpuShares::new(1, 8);
+        let demoted =
+            |t: &str| cpu.share(t).demoted_until_ms.load(Ordering::Relaxed) > cpu.now_ms();
+        cpu.run("fast", || ()).await.unwrap();
+        assert!(!demoted("fast"), "a short job demotes nobody");
+        let (tx, rx) = std::sync::mpsc::channel();
+        cpu.run("slow", move || {
+            crate::engine::lower_this_thread(1);
+            // the tenant is demoted when the call turns slow, not when it ends
+            tx.send(()).unwrap();
+        })
+        .await
+        .unwrap();
+        rx.recv().unwrap();
+        assert!(demoted("slow"), "a slow call demotes its tenant");
+        assert!(!demoted("fast"), "and no other");
+        let slow = cpu.share("slow");
+        let held = cpu.permit(&slow).await;
+        assert_eq!(slow.demoted.available_permits(), 0, "from the demoted gate");
+        assert_eq!(slow.fast.available_permits(), cpu.fast, "not the fast one");
+        drop(held);
+    }
 
     #[tokio::test]
     async fn a_tenant_waits_for_its_own_permits_only() {

@@ -45,12 +45,11 @@ impl PluginThreads {
     }
 
     /// Runs `f` on a plugin thread; the result arrives whether or not the
-    /// caller still waits for it. Returns whether `f` left its thread at
-    /// a lowered priority (a slow plugin call).
+    /// caller still waits for it.
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<(T, bool)> {
+    ) -> Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = self.shared.spawn_missing() {
@@ -63,7 +62,7 @@ impl PluginThreads {
             // accounted before the caller hears of it, so its next job
             // finds this thread free
             shared.finish(lowered);
-            let _ = tx.send((out, lowered));
+            let _ = tx.send(out);
             lowered
         });
         self.jobs
@@ -139,24 +138,22 @@ mod tests {
     #[tokio::test]
     async fn a_thread_left_at_a_low_priority_retires_and_the_next_job_runs_on_a_fresh_one() {
         let threads = PluginThreads::new();
-        let (first, lowered) = threads.run(thread_id).await.unwrap();
-        assert!(!lowered);
-        let (again, _) = threads.run(thread_id).await.unwrap();
+        let first = threads.run(thread_id).await.unwrap();
+        let again = threads.run(thread_id).await.unwrap();
         assert_eq!(first, again, "an idle thread is reused");
-        let (slow, lowered) = threads
+        let slow = threads
             .run(|| {
                 crate::engine::lower_this_thread(1);
                 thread_id()
             })
             .await
             .unwrap();
-        assert!(lowered, "the job reports its lowered thread");
         let (next, lowered) = threads
             .run(|| (thread_id(), crate::engine::this_thread_was_lowered()))
             .await
             .unwrap();
-        assert_ne!(next.0, slow, "the lowered thread retired");
-        assert!(!next.1 && !lowered, "the next job runs at normal priority");
+        assert_ne!(next, slow, "the lowered thread retired");
+        assert!(!lowered, "the next job runs at normal priority");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,6 +167,6 @@ mod tests {
         threads.run(|| ()).await.unwrap();
         assert!(t.elapsed() < std::time::Duration::from_secs(1), "waited");
         tx.send(()).unwrap();
-        assert!(blocked.await.unwrap().unwrap().0.is_some());
+        assert!(blocked.await.unwrap().unwrap().is_some());
     }
 }

@@ -84,11 +84,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_non_retryable_error_is_returned_at_once_and_attempts_are_bounded() {
+    async fn a_non_retryable_error_is_returned_at_once_without_a_retry() {
         let calls = std::cell::Cell::new(0);
+        let retried = std::cell::Cell::new(0);
         let r: Result<()> = run(
             3,
-            |_| {},
+            |_| retried.set(retried.get() + 1),
             || {
                 calls.set(calls.get() + 1);
                 async { Err(Error::LockTimeout) }
@@ -97,5 +98,6 @@ mod tests {
         .await;
         assert!(matches!(r, Err(Error::LockTimeout)));
         assert_eq!(calls.get(), 1);
+        assert_eq!(retried.get(), 0, "on_retry is not called");
     }
 }
