@@ -35,9 +35,11 @@
 
 use crate::db::Pool;
 use crate::error::{Error, Result};
-use crate::ledger::{self, ApplyProblem};
+use crate::ledger;
 use crate::locks;
-use crate::model::{Metadata, Payment, PaymentRequest, PaymentResponse, PaymentStatus, Posting};
+use crate::model::{
+    DeclineReason, Metadata, Payment, PaymentRequest, PaymentResponse, PaymentStatus, Posting,
+};
 use crate::processor::{self, CLAIM_SQL, MAX_KEY_BYTES, PayOutcome, Processor};
 use crate::registry;
 use sha2::{Digest, Sha256};
@@ -610,18 +612,11 @@ impl Processor {
         accounts: &mut std::collections::HashMap<String, ledger::Account>,
     ) -> Result<(Vec<Posting>, std::collections::BTreeMap<String, i64>)> {
         let (hold, run) = (at.hold, at.run);
-        if let Some(d) = &run.decline {
-            return Err(Error::CaptureDeclined {
-                code: d.code.clone(),
-                message: d.message.clone(),
-            });
-        }
-        // The hold is released by this capture: check the postings
-        // against what is available without it.
-        if let Some(src) = accounts.get_mut(&hold.source) {
-            src.held = src.held.saturating_sub(hold.amount);
-        }
-        let mut postings = vec![
+        let declined = |d: DeclineReason| Error::CaptureDeclined {
+            code: d.code,
+            message: d.message,
+        };
+        let principal = vec![
             Posting {
                 account: hold.source.clone(),
                 amount: -at.amount,
@@ -633,21 +628,20 @@ impl Processor {
                 currency: hold.currency.clone(),
             },
         ];
-        postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
-        match self
+        let postings = processor::proposal(principal, run, false).map_err(declined)?;
+        // The hold is released by this capture: check the postings
+        // against what is available without it.
+        if let Some(src) = accounts.get_mut(&hold.source) {
+            src.held = src.held.saturating_sub(hold.amount);
+        }
+        let checked = self
             .check_postings(tx, at.tenant, accounts, &postings)
-            .await?
-        {
-            Ok(deltas) => Ok((postings, deltas)),
-            Err(problem @ ApplyProblem::Invalid { .. }) => {
+            .await?;
+        match processor::verdict(postings, checked) {
+            processor::Verdict::Approve { postings, deltas } => Ok((postings, deltas)),
+            processor::Verdict::Decline(d) => Err(declined(d)),
+            processor::Verdict::Fault(problem) => {
                 Err(processor::plugin_fault(at.pipeline, run, problem))
-            }
-            Err(ApplyProblem::InsufficientFunds { account }) => {
-                let d = processor::insufficient_funds(&account);
-                Err(Error::CaptureDeclined {
-                    code: d.code,
-                    message: d.message,
-                })
             }
         }
     }

@@ -24,9 +24,10 @@
 
 use super::intake::Intake;
 use super::{
-    PayOutcome, PaymentRow, PipelineRun, Processor, call_stats, check_parties, event_id,
-    event_rows, fingerprint, insert_events, now_ms, payment_id, payment_of, plugin_fault,
-    principal_postings, response_of, run_steps, snapshot_of, write_journals, write_payments,
+    EventRow, PayOutcome, PaymentRow, PipelineRun, Processor, Verdict, call_stats, check_parties,
+    event_id, event_rows, fingerprint, insert_events, now_ms, payment_id, payment_of, plugin_fault,
+    principal_postings, proposal, response_of, run_steps, snapshot_of, verdict, write_journals,
+    write_payments,
 };
 use crate::error::{Error, Result};
 use crate::ledger::{self, Account, ApplyProblem};
@@ -346,6 +347,36 @@ impl Book {
     }
 }
 
+/// What [`Book::check`] says of a payment's postings.
+enum Checked {
+    /// What the ledger says: the net deltas (applied to the book), or the
+    /// problem (the book unchanged).
+    Ledger(std::result::Result<BTreeMap<String, i64>, ApplyProblem>),
+    /// The book lacks accounts the postings name: read them, then ask again.
+    Missing(Missing),
+    /// See [`Refusal::BatchTotal`].
+    Alone,
+}
+
+impl Book {
+    /// Checks `postings` against the book and settles them when they hold.
+    fn check(&mut self, postings: &[Posting]) -> Checked {
+        let deltas = match ledger::net_deltas(postings) {
+            Ok(deltas) => deltas,
+            Err(problem) => return Checked::Ledger(Err(problem)),
+        };
+        let missing = self.missing(&deltas);
+        if !missing.lock.is_empty() || !missing.read.is_empty() {
+            return Checked::Missing(missing);
+        }
+        match self.settle(postings, &deltas) {
+            Ok(()) => Checked::Ledger(Ok(deltas)),
+            Err(Refusal::BatchTotal) => Checked::Alone,
+            Err(Refusal::Ledger(problem)) => Checked::Ledger(Err(problem)),
+        }
+    }
+}
+
 /// Why [`Book::settle`] refused a payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Refusal {
@@ -471,6 +502,8 @@ impl Processor {
         result
     }
 
+    /// One batch in the transaction of `client`: the first flight, the
+    /// pipelines, the writes, commit (the steps in this module's header).
     async fn batch_in(
         &self,
         client: &mut deadpool_postgres::Client,
@@ -479,149 +512,166 @@ impl Processor {
         shard: i16,
     ) -> Result<Vec<Outcome>> {
         let tx = client.transaction().await?;
-        let began_ms = now_ms();
-        let ids: Vec<Uuid> = jobs
+        let batch = Batch::new(tenant, jobs);
+        let flight = self.batch_flight(&tx, &batch).await?;
+        let lock_wait = flight.lock_wait;
+        let (book, items, slots) = self.classify(&tx, &batch, flight).await?;
+        let (book, slots) = self
+            .run_batch_pipelines(&tx, &batch, book, items, slots)
+            .await?;
+        let responses: Vec<Option<PaymentResponse>> = slots
             .iter()
-            .map(|j| payment_id(tenant, &j.key, began_ms))
+            .zip(&batch.ids)
+            .zip(jobs)
+            .map(|((slot, id), job)| match slot {
+                Slot::Decided(d) => Some(response_of(
+                    *id,
+                    &job.req,
+                    d.status,
+                    d.decline.clone(),
+                    d.postings.clone(),
+                    &d.run.annotations,
+                )),
+                _ => None,
+            })
             .collect();
-        let prints: Vec<String> = jobs.iter().map(|j| fingerprint(&j.req)).collect();
+        self.write_batch(&tx, &batch, &book, &slots, &responses, shard)
+            .await?;
+        tx.commit().await?;
+        tracing::debug!(payments = jobs.len(), "payment batch committed");
+        Ok(slots
+            .into_iter()
+            .zip(responses)
+            .map(|(slot, response)| slot.outcome(response, lock_wait))
+            .collect())
+    }
+
+    /// Step 1, one flight: timeouts and every key claimed, the parties'
+    /// locks and rows (or, until a payment was deferred `MAX_DEFERRALS`
+    /// times, only those free now), the pipelines of the batch's kinds.
+    async fn batch_flight(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        batch: &Batch<'_>,
+    ) -> Result<Flight> {
+        let (tenant, jobs) = (batch.tenant, batch.jobs);
         let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
         let key_locks: Vec<i64> = keys
             .iter()
             .map(|k| locks::idempotency_key(tenant, k))
             .collect();
-        let mut parties: Vec<String> = jobs
-            .iter()
-            .flat_map(|j| [j.req.source.clone(), j.req.destination.clone()])
-            .collect();
-        parties.sort();
-        parties.dedup();
         // Until a payment has been put back MAX_DEFERRALS times, the batch
         // waits for no other transaction's account lock: it defers the
         // payments whose accounts are held (docs/batching.md, "Other hosts").
         let wait_for_locks = jobs.iter().any(|j| j.deferrals >= MAX_DEFERRALS);
-        let mut kinds: Vec<&str> = jobs.iter().map(|j| j.req.kind.as_str()).collect();
-        kinds.sort();
-        kinds.dedup();
-
-        // 1. Claims, locks, rows, pipelines: one flight.
         let claim = tx.prepare_cached(CLAIM_MANY_SQL).await?;
         let lock_ms = format!("{}ms", self.settings.lock_timeout_ms);
         let statement_ms = format!("{}ms", self.settings.statement_timeout_ms);
-        let flight_started = Instant::now();
-        let (claims, (rows, busy), loaded) = futures::try_join!(
-            async {
-                Ok::<_, Error>(
-                    tx.query(
-                        &claim,
-                        &[&tenant, &keys, &key_locks, &lock_ms, &statement_ms],
-                    )
-                    .await?,
-                )
-            },
-            async {
-                if wait_for_locks {
+        let parties = &batch.parties;
+        let started = Instant::now();
+        let (claims, (rows, busy), loaded) =
+            futures::try_join!(
+                async {
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                        [&tenant, &keys, &key_locks, &lock_ms, &statement_ms];
+                    Ok::<_, Error>(tx.query(&claim, &params).await?)
+                },
+                async {
+                    if !wait_for_locks {
+                        let free = ledger::lock_rows_if_free(tx, tenant, parties).await?;
+                        return Ok((free.rows, free.busy));
+                    }
+                    let keys = locks::sorted_keys(tenant, parties.iter().map(String::as_str));
                     let ((), rows) = futures::try_join!(
-                        async {
-                            let keys =
-                                locks::sorted_keys(tenant, parties.iter().map(String::as_str));
-                            Ok(locks::lock_all(&tx, &keys).await?)
-                        },
-                        ledger::lock_rows(&tx, tenant, &parties),
+                        async { Ok(locks::lock_all(tx, &keys).await?) },
+                        ledger::lock_rows(tx, tenant, parties),
                     )?;
                     Ok((rows, HashSet::new()))
-                } else {
-                    let free = ledger::lock_rows_if_free(&tx, tenant, &parties).await?;
-                    Ok((free.rows, free.busy))
-                }
-            },
-            async {
-                Ok(futures::future::join_all(
-                    kinds
-                        .iter()
-                        .map(|k| registry::load_pipeline(&tx, tenant, k)),
-                )
-                .await)
-            },
-        )?;
-        let lock_wait = flight_started.elapsed();
+                },
+                async {
+                    let kinds = batch.kinds.iter();
+                    Ok(futures::future::join_all(
+                        kinds.map(|k| registry::load_pipeline(tx, tenant, k)),
+                    )
+                    .await)
+                },
+            )?;
         assert_eq!(claims.len(), jobs.len(), "one claim row per payment");
-        let mut pipelines: HashMap<&str, Option<Arc<Pipeline>>> = HashMap::new();
-        for (kind, loaded) in kinds.iter().zip(loaded) {
-            match loaded {
-                Ok(p) => {
-                    registry::ensure_loaded(&tx, &self.engine, &p).await?;
-                    pipelines.insert(kind, Some(Arc::new(p)));
-                }
-                Err(Error::NotFound { .. }) => {
-                    pipelines.insert(kind, None);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        Ok(Flight {
+            claims,
+            rows,
+            busy,
+            loaded,
+            lock_wait: started.elapsed(),
+        })
+    }
 
-        let mut book = Book {
-            locked: rows.keys().cloned().collect(),
+    /// Makes the flight's rows a [`Book`] and gives each payment its first
+    /// slot: answered by its key, failed, deferred, or ready for its
+    /// pipeline (an [`Item`]).
+    async fn classify(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        batch: &Batch<'_>,
+        flight: Flight,
+    ) -> Result<(Book, Vec<Item>, Vec<Slot>)> {
+        let mut pipelines: HashMap<&str, Option<Arc<Pipeline>>> = HashMap::new();
+        for (kind, loaded) in batch.kinds.iter().zip(flight.loaded) {
+            let pipeline = match loaded {
+                Ok(p) => {
+                    registry::ensure_loaded(tx, &self.engine, &p).await?;
+                    Some(Arc::new(p))
+                }
+                Err(Error::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            pipelines.insert(kind, pipeline);
+        }
+        let busy = flight.busy;
+        let book = Book {
+            locked: flight.rows.keys().cloned().collect(),
             // a busy account is not asked for yet: a plugin of another
             // payment may still name it (read, or locked when debited)
-            asked: parties
+            asked: batch
+                .parties
                 .iter()
                 .filter(|p| !busy.contains(*p))
                 .cloned()
                 .collect(),
-            accounts: rows,
+            accounts: flight.rows,
             deltas: BTreeMap::new(),
         };
-        let mut slots = Vec::with_capacity(jobs.len());
         let mut items = Vec::new();
-        for (i, (job, claim)) in jobs.iter().zip(&claims).enumerate() {
-            let key_free: bool = claim.get(0);
-            let stored: Option<String> = claim.get(1);
-            let slot = if !key_free {
-                Slot::Failed(Error::InProgress {
-                    key: job.key.clone(),
-                })
-            } else if let Some(stored_print) = stored {
-                Slot::Answered(if stored_print != prints[i] {
-                    Err(Error::IdempotencyConflict {
-                        key: job.key.clone(),
-                    })
-                } else {
-                    serde_json::from_value(claim.get(2))
-                        .map(|response| PayOutcome {
-                            response,
-                            replayed: true,
-                            calls: Vec::new(),
-                            lock_wait: Duration::ZERO,
-                        })
-                        .map_err(|e| Error::Setup(format!("stored response unreadable: {e}")))
-                })
-            } else if busy.contains(&job.req.source) || busy.contains(&job.req.destination) {
-                Slot::Deferred
-            } else if let Err(error) = check_parties(&book.accounts, &job.req) {
-                Slot::Failed(error)
-            } else if let Some(pipeline) = &pipelines[job.req.kind.as_str()] {
+        let mut slots = Vec::with_capacity(batch.jobs.len());
+        for (i, (job, claim)) in batch.jobs.iter().zip(&flight.claims).enumerate() {
+            let pipeline = pipelines[job.req.kind.as_str()].as_ref();
+            let slot = first_slot(job, claim, &batch.prints[i], &busy, &book, pipeline);
+            if let (Slot::Ready, Some(pipeline)) = (&slot, pipeline) {
                 items.push(Item {
                     job: i,
-                    id: ids[i],
+                    id: batch.ids[i],
                     pipeline: pipeline.clone(),
                     run: None,
                 });
-                Slot::Ready
-            } else {
-                Slot::Failed(Error::NotFound {
-                    what: "pipeline",
-                    id: job.req.kind.clone(),
-                })
-            };
+            }
             slots.push(slot);
         }
+        Ok((book, items, slots))
+    }
 
-        // 2. The pipelines, in order; a payment naming accounts the book
-        // lacks pauses the loop while they are read.
+    /// Step 2: the pipelines, in order; a payment naming accounts the book
+    /// lacks pauses the loop while they are read.
+    async fn run_batch_pipelines(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        batch: &Batch<'_>,
+        mut book: Book,
+        mut items: Vec<Item>,
+        mut slots: Vec<Slot>,
+    ) -> Result<(Book, Vec<Slot>)> {
         let now = now_ms();
         // Moved into each blocking run: built once, shared by every pause.
-        let reqs: Arc<[PaymentRequest]> = jobs.iter().map(|j| j.req.clone()).collect();
+        let reqs: Arc<[PaymentRequest]> = batch.jobs.iter().map(|j| j.req.clone()).collect();
         let mut next = 0;
         while next < items.len() {
             let engine = self.engine.clone();
@@ -629,157 +679,81 @@ impl Processor {
             let reqs = reqs.clone();
             // A caller that went away (request timeout) gets no payment: one
             // not decided yet is dropped like a rolled-back transaction.
-            let abandoned: Vec<bool> = jobs.iter().map(|j| j.reply.is_closed()).collect();
+            let abandoned: Vec<bool> = batch.jobs.iter().map(|j| j.reply.is_closed()).collect();
             // within the tenant's share of the cores (docs/tenancy.md)
-            let plugins = self.run_plugins(tenant, move || {
+            let plugins = self.run_plugins(batch.tenant, move || {
                 let (mut book, mut items, mut slots) = (book, items, slots);
+                let at = (&reqs[..], &abandoned[..]);
                 let paused = decide(
-                    &engine,
-                    &limits,
-                    now,
-                    (&reqs[..], &abandoned),
-                    &mut book,
-                    &mut items,
-                    &mut slots,
-                    next,
+                    &engine, &limits, now, at, &mut book, &mut items, &mut slots, next,
                 );
                 (book, items, slots, paused)
             });
-            let (b, its, sl, paused) = plugins.await?;
-            (book, items, slots) = (b, its, sl);
+            let paused;
+            (book, items, slots, paused) = plugins.await?;
             let Some((at, missing)) = paused else {
                 break;
             };
             if !missing.lock.is_empty() {
-                let rows = ledger::lock_rows(&tx, tenant, &missing.lock).await?;
+                let rows = ledger::lock_rows(tx, batch.tenant, &missing.lock).await?;
                 book.add(rows, &missing.lock, true);
             }
             if !missing.read.is_empty() {
-                let rows = ledger::read_accounts(&tx, tenant, &missing.read).await?;
+                let rows = ledger::read_accounts(tx, batch.tenant, &missing.read).await?;
                 book.add(rows, &missing.read, false);
             }
             next = at;
         }
+        Ok((book, slots))
+    }
 
-        // 3. One flight of writes, balances last; commit.
-        let mut answers: Vec<Option<Outcome>> = Vec::with_capacity(jobs.len());
-        let mut responses: Vec<Option<PaymentResponse>> = Vec::with_capacity(jobs.len());
-        for (i, slot) in slots.iter_mut().enumerate() {
-            let job = &jobs[i];
-            match std::mem::replace(slot, Slot::Ready) {
-                Slot::Ready => unreachable!("every payment is decided"),
-                Slot::Failed(error) => {
-                    answers.push(Some(Outcome::Answered(Err(error))));
-                    responses.push(None);
-                }
-                Slot::Answered(answer) => {
-                    answers.push(Some(Outcome::Answered(answer)));
-                    responses.push(None);
-                }
-                Slot::Deferred => {
-                    answers.push(Some(Outcome::Deferred));
-                    responses.push(None);
-                }
-                Slot::Alone => {
-                    answers.push(Some(Outcome::Alone));
-                    responses.push(None);
-                }
-                Slot::Decided(d) => {
-                    let response = response_of(
-                        ids[i],
-                        &job.req,
-                        d.status,
-                        d.decline.clone(),
-                        d.postings.clone(),
-                        &d.run.annotations,
-                    );
-                    *slot = Slot::Decided(d);
-                    answers.push(None);
-                    responses.push(Some(response));
-                }
-            }
-        }
+    /// Step 3: one flight of multi-row writes for the decided payments,
+    /// balances last.
+    async fn write_batch(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        batch: &Batch<'_>,
+        book: &Book,
+        slots: &[Slot],
+        responses: &[Option<PaymentResponse>],
+        shard: i16,
+    ) -> Result<()> {
+        let tenant = batch.tenant;
         let decided: Vec<(usize, &Decided, &PaymentResponse)> = slots
             .iter()
-            .zip(&responses)
+            .zip(responses)
             .enumerate()
             .filter_map(|(i, (s, r))| match (s, r) {
                 (Slot::Decided(d), Some(r)) => Some((i, &**d, r)),
                 _ => None,
             })
             .collect();
-        let payment_rows: Vec<PaymentRow> = decided
-            .iter()
-            .map(|(i, d, r)| PaymentRow {
-                id: ids[*i],
-                key: &jobs[*i].key,
-                req: &jobs[*i].req,
-                response: r,
-                pipeline: &d.pipeline,
-            })
-            .collect();
-        let mut txn_ids = Vec::new();
-        let mut entry_payments = Vec::new();
-        let mut postings = Vec::new();
-        let mut events = Vec::new();
-        let mut finished: Vec<&str> = Vec::new();
-        let mut stored_responses = Vec::new();
-        let mut finished_prints: Vec<&str> = Vec::new();
-        let mut finished_ids = Vec::new();
-        for (i, d, response) in &decided {
-            let id = ids[*i];
-            for p in &response.postings {
-                txn_ids.push(id);
-                entry_payments.push(Some(id));
-                postings.push(p.clone());
-            }
-            let json = serde_json::to_value(response).expect("response serializes");
-            events.extend(event_rows(
-                id,
-                format!("payment.{}", d.status.as_str()),
-                &json,
-                // a declined payment publishes no plugin events
-                if d.status == PaymentStatus::Approved {
-                    &d.run.events
-                } else {
-                    &[]
-                },
-                |n| event_id(id, n),
-            ));
-            finished.push(jobs[*i].key.as_str());
-            finished_prints.push(prints[*i].as_str());
-            finished_ids.push(id);
-            stored_responses.push(json);
-        }
-        let journal: Vec<(Uuid, &[super::CallRecord])> = decided
-            .iter()
-            .map(|(i, d, _)| (ids[*i], &d.run.calls[..]))
-            .collect();
-
+        let w = BatchWrites::of(batch, &decided);
+        let ttl_secs = self.settings.key_ttl_secs as f64;
         futures::try_join!(
-            write_payments(&tx, tenant, &payment_rows),
+            write_payments(tx, tenant, &w.payments),
             async {
-                if postings.is_empty() {
+                if w.postings.is_empty() {
                     return Ok(());
                 }
-                ledger::append_entries(&tx, tenant, &txn_ids, &entry_payments, &postings).await
+                ledger::append_entries(tx, tenant, &w.txn_ids, &w.entry_payments, &w.postings).await
             },
-            write_journals(&tx, &journal),
-            insert_events(&tx, tenant, &events),
+            write_journals(tx, &w.journal),
+            insert_events(tx, tenant, &w.events),
             insert_keys(
-                &tx,
+                tx,
                 tenant,
-                &finished,
-                &finished_prints,
-                &finished_ids,
-                self.settings.key_ttl_secs as f64,
-                &stored_responses
+                &w.keys,
+                &w.prints,
+                &w.ids,
+                ttl_secs,
+                &w.responses
             ),
             // Accounts only credited were read without a lock: their credits
             // go to this worker's credit shard, so a hot fee account does not
             // make the batches of different workers wait on each other.
             ledger::apply_deltas(
-                &tx,
+                tx,
                 tenant,
                 &book.deltas,
                 &book.accounts,
@@ -787,23 +761,188 @@ impl Processor {
                 shard
             ),
         )?;
-        tx.commit().await?;
-        tracing::debug!(payments = jobs.len(), "payment batch committed");
+        Ok(())
+    }
+}
 
-        let mut out = Vec::with_capacity(jobs.len());
-        for ((answer, response), slot) in answers.into_iter().zip(responses).zip(&slots) {
-            out.push(match (answer, response, slot) {
-                (Some(answer), _, _) => answer,
-                (None, Some(response), Slot::Decided(d)) => Outcome::Answered(Ok(PayOutcome {
-                    response,
-                    replayed: false,
-                    calls: call_stats(&d.pipeline, &d.run.calls),
-                    lock_wait,
-                })),
-                _ => unreachable!("a decided payment has a response"),
-            });
+/// A batch's payments of one tenant, with what the host derives of each.
+struct Batch<'a> {
+    tenant: &'a str,
+    jobs: &'a [Job],
+    ids: Vec<Uuid>,
+    prints: Vec<String>,
+    /// Every party of the batch, sorted, once.
+    parties: Vec<String>,
+    /// Every kind of the batch, sorted, once.
+    kinds: Vec<&'a str>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(tenant: &'a str, jobs: &'a [Job]) -> Self {
+        let began_ms = now_ms();
+        let mut parties: Vec<String> = jobs
+            .iter()
+            .flat_map(|j| [j.req.source.clone(), j.req.destination.clone()])
+            .collect();
+        parties.sort();
+        parties.dedup();
+        let mut kinds: Vec<&str> = jobs.iter().map(|j| j.req.kind.as_str()).collect();
+        kinds.sort();
+        kinds.dedup();
+        Batch {
+            tenant,
+            jobs,
+            ids: jobs
+                .iter()
+                .map(|j| payment_id(tenant, &j.key, began_ms))
+                .collect(),
+            prints: jobs.iter().map(|j| fingerprint(&j.req)).collect(),
+            parties,
+            kinds,
         }
-        Ok(out)
+    }
+}
+
+/// What the first flight read.
+struct Flight {
+    /// One row per payment: (key_free, stored fingerprint, stored response).
+    claims: Vec<tokio_postgres::Row>,
+    /// The parties this transaction holds, row-locked and read.
+    rows: HashMap<String, Account>,
+    /// The parties another transaction holds (not waited for).
+    busy: HashSet<String>,
+    /// The pipeline of each of the batch's kinds, in `Batch::kinds` order.
+    loaded: Vec<Result<Pipeline>>,
+    lock_wait: Duration,
+}
+
+/// A payment's slot from its key claim and its parties, before any
+/// pipeline runs.
+fn first_slot(
+    job: &Job,
+    claim: &tokio_postgres::Row,
+    print: &str,
+    busy: &HashSet<String>,
+    book: &Book,
+    pipeline: Option<&Arc<Pipeline>>,
+) -> Slot {
+    let key_free: bool = claim.get(0);
+    let stored: Option<String> = claim.get(1);
+    let key = || job.key.clone();
+    if !key_free {
+        return Slot::Failed(Error::InProgress { key: key() });
+    }
+    if let Some(stored_print) = stored {
+        if stored_print != print {
+            return Slot::Answered(Err(Error::IdempotencyConflict { key: key() }));
+        }
+        let stored = serde_json::from_value(claim.get(2))
+            .map(|response| PayOutcome {
+                response,
+                replayed: true,
+                calls: Vec::new(),
+                lock_wait: Duration::ZERO,
+            })
+            .map_err(|e| Error::Setup(format!("stored response unreadable: {e}")));
+        return Slot::Answered(stored);
+    }
+    if busy.contains(&job.req.source) || busy.contains(&job.req.destination) {
+        return Slot::Deferred;
+    }
+    if let Err(error) = check_parties(&book.accounts, &job.req) {
+        return Slot::Failed(error);
+    }
+    match pipeline {
+        Some(_) => Slot::Ready,
+        None => Slot::Failed(Error::NotFound {
+            what: "pipeline",
+            id: job.req.kind.clone(),
+        }),
+    }
+}
+
+impl Slot {
+    /// The payment's outcome once the batch committed; a decided one's
+    /// `response` is what was written.
+    fn outcome(self, response: Option<PaymentResponse>, lock_wait: Duration) -> Outcome {
+        match (self, response) {
+            (Slot::Ready, _) => unreachable!("every payment is decided"),
+            (Slot::Failed(error), _) => Outcome::Answered(Err(error)),
+            (Slot::Answered(answer), _) => Outcome::Answered(answer),
+            (Slot::Deferred, _) => Outcome::Deferred,
+            (Slot::Alone, _) => Outcome::Alone,
+            (Slot::Decided(d), Some(response)) => Outcome::Answered(Ok(PayOutcome {
+                response,
+                replayed: false,
+                calls: call_stats(&d.pipeline, &d.run.calls),
+                lock_wait,
+            })),
+            (Slot::Decided(_), None) => unreachable!("a decided payment has a response"),
+        }
+    }
+}
+
+/// The rows of a batch's decided payments, as the multi-row writes take
+/// them.
+struct BatchWrites<'a> {
+    payments: Vec<PaymentRow<'a>>,
+    txn_ids: Vec<Uuid>,
+    entry_payments: Vec<Option<Uuid>>,
+    postings: Vec<Posting>,
+    events: Vec<EventRow>,
+    journal: Vec<(Uuid, &'a [super::CallRecord])>,
+    keys: Vec<&'a str>,
+    prints: Vec<&'a str>,
+    ids: Vec<Uuid>,
+    responses: Vec<serde_json::Value>,
+}
+
+impl<'a> BatchWrites<'a> {
+    fn of(batch: &'a Batch<'a>, decided: &[(usize, &'a Decided, &'a PaymentResponse)]) -> Self {
+        let mut w = BatchWrites {
+            payments: Vec::with_capacity(decided.len()),
+            txn_ids: Vec::new(),
+            entry_payments: Vec::new(),
+            postings: Vec::new(),
+            events: Vec::new(),
+            journal: Vec::with_capacity(decided.len()),
+            keys: Vec::with_capacity(decided.len()),
+            prints: Vec::with_capacity(decided.len()),
+            ids: Vec::with_capacity(decided.len()),
+            responses: Vec::with_capacity(decided.len()),
+        };
+        for &(i, d, response) in decided {
+            let (id, job) = (batch.ids[i], &batch.jobs[i]);
+            w.payments.push(PaymentRow {
+                id,
+                key: &job.key,
+                req: &job.req,
+                response,
+                pipeline: &d.pipeline,
+            });
+            for p in &response.postings {
+                w.txn_ids.push(id);
+                w.entry_payments.push(Some(id));
+                w.postings.push(p.clone());
+            }
+            let json = serde_json::to_value(response).expect("response serializes");
+            // a declined payment publishes no plugin events
+            let plugin_events = match d.status {
+                PaymentStatus::Approved => &d.run.events[..],
+                _ => &[],
+            };
+            let topic = format!("payment.{}", d.status.as_str());
+            w.events
+                .extend(event_rows(id, topic, &json, plugin_events, |n| {
+                    event_id(id, n)
+                }));
+            w.journal.push((id, &d.run.calls[..]));
+            w.keys.push(job.key.as_str());
+            w.prints.push(batch.prints[i].as_str());
+            w.ids.push(id);
+            w.responses.push(json);
+        }
+        w
     }
 }
 
@@ -855,38 +994,34 @@ fn decide(
                 postings,
             }))
         };
-        if let Some(decline) = run.decline.clone() {
-            slots[item.job] = decided(run, PaymentStatus::Declined, Some(decline), Vec::new());
-            continue;
-        }
-        let mut postings = principal_postings(req);
-        postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
-        let deltas = match ledger::net_deltas(&postings) {
-            Ok(d) => d,
-            Err(problem) => {
-                slots[item.job] = Slot::Failed(plugin_fault(&item.pipeline, &run, problem));
+        let postings = match proposal(principal_postings(req), &run, false) {
+            Ok(postings) => postings,
+            Err(decline) => {
+                slots[item.job] = decided(run, PaymentStatus::Declined, Some(decline), Vec::new());
                 continue;
             }
         };
-        let missing = book.missing(&deltas);
-        if !missing.lock.is_empty() || !missing.read.is_empty() {
-            item.run = Some(run);
-            return Some((n, missing));
-        }
-        match book.settle(&postings, &deltas) {
-            Ok(()) => {
-                slots[item.job] = decided(run, PaymentStatus::Approved, None, postings);
+        let checked = match book.check(&postings) {
+            Checked::Ledger(checked) => checked,
+            Checked::Missing(missing) => {
+                item.run = Some(run);
+                return Some((n, missing));
             }
             // its plugins ran but nothing was written: alone, they run again
-            Err(Refusal::BatchTotal) => slots[item.job] = Slot::Alone,
-            Err(Refusal::Ledger(ApplyProblem::InsufficientFunds { account })) => {
-                let decline = super::insufficient_funds(&account);
-                slots[item.job] = decided(run, PaymentStatus::Declined, Some(decline), Vec::new());
+            Checked::Alone => {
+                slots[item.job] = Slot::Alone;
+                continue;
             }
-            Err(Refusal::Ledger(problem @ ApplyProblem::Invalid { .. })) => {
-                slots[item.job] = Slot::Failed(plugin_fault(&item.pipeline, &run, problem));
+        };
+        slots[item.job] = match verdict(postings, checked) {
+            Verdict::Approve { postings, .. } => {
+                decided(run, PaymentStatus::Approved, None, postings)
             }
-        }
+            Verdict::Decline(decline) => {
+                decided(run, PaymentStatus::Declined, Some(decline), Vec::new())
+            }
+            Verdict::Fault(problem) => Slot::Failed(plugin_fault(&item.pipeline, &run, problem)),
+        };
     }
     None
 }

@@ -491,39 +491,27 @@ impl Processor {
     ) -> Result<DecidedOne> {
         // Two-phase (manual capture): this is the authorization. See `holds`.
         let manual = !req.capture.is_automatic();
-        if let Some(decline) = run.decline.clone() {
-            return Ok(DecidedOne::declined(decline));
-        }
-        let mut postings = principal_postings(req);
-        // At authorize plugin postings are ignored: the funds check is
-        // for the principal; fees are charged at capture.
-        if !manual {
-            postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
-        }
-        let deltas = match self.check_postings(tx, tenant, accounts, &postings).await? {
-            Ok(d) => d,
-            Err(problem @ ApplyProblem::Invalid { .. }) => {
-                return Err(plugin_fault(pipeline, run, problem));
-            }
-            Err(ApplyProblem::InsufficientFunds { account }) => {
-                return Ok(DecidedOne::declined(insufficient_funds(&account)));
-            }
+        let postings = match proposal(principal_postings(req), run, manual) {
+            Ok(postings) => postings,
+            Err(decline) => return Ok(DecidedOne::declined(decline)),
         };
-        Ok(if manual {
+        let checked = self.check_postings(tx, tenant, accounts, &postings).await?;
+        Ok(match verdict(postings, checked) {
+            Verdict::Fault(problem) => return Err(plugin_fault(pipeline, run, problem)),
+            Verdict::Decline(decline) => DecidedOne::declined(decline),
             // Nothing moves yet: the hold reserves the principal.
-            DecidedOne {
+            Verdict::Approve { .. } if manual => DecidedOne {
                 status: PaymentStatus::Authorized,
                 decline: None,
                 postings: Vec::new(),
                 deltas: BTreeMap::new(),
-            }
-        } else {
-            DecidedOne {
+            },
+            Verdict::Approve { postings, deltas } => DecidedOne {
                 status: PaymentStatus::Approved,
                 decline: None,
                 postings,
                 deltas,
-            }
+            },
         })
     }
 

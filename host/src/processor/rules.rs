@@ -234,6 +234,57 @@ pub(crate) fn response_of(
     }
 }
 
+/// What a payment's postings come to: the one decision of every path (one
+/// payment, batch, capture), so their answers cannot drift apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The postings hold: write them, and apply `deltas` (net per account).
+    Approve {
+        postings: Vec<Posting>,
+        deltas: BTreeMap<String, i64>,
+    },
+    /// A plugin declined, or the postings would overdraw an account.
+    Decline(DeclineReason),
+    /// The ledger refuses the postings (unbalanced, unknown account,
+    /// currency): the fault of the plugin that proposed them
+    /// ([`plugin_fault`]).
+    Fault(ApplyProblem),
+}
+
+/// Step 6a: the postings a payment proposes (`principal`, then the plugins'
+/// unless `principal_only`), or the plugins' decline, which comes first.
+/// At authorization (manual capture) only the principal is checked: fees
+/// are charged at capture.
+pub(crate) fn proposal(
+    principal: Vec<Posting>,
+    run: &PipelineRun,
+    principal_only: bool,
+) -> std::result::Result<Vec<Posting>, DeclineReason> {
+    if let Some(decline) = &run.decline {
+        return Err(decline.clone());
+    }
+    let mut postings = principal;
+    if !principal_only {
+        postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
+    }
+    Ok(postings)
+}
+
+/// Step 6b: the verdict on `postings`, from what the ledger said of them
+/// (their net deltas, or the problem; [`ledger::check_against`]).
+pub(crate) fn verdict(
+    postings: Vec<Posting>,
+    checked: std::result::Result<BTreeMap<String, i64>, ApplyProblem>,
+) -> Verdict {
+    match checked {
+        Ok(deltas) => Verdict::Approve { postings, deltas },
+        Err(ApplyProblem::InsufficientFunds { account }) => {
+            Verdict::Decline(insufficient_funds(&account))
+        }
+        Err(problem @ ApplyProblem::Invalid { .. }) => Verdict::Fault(problem),
+    }
+}
+
 /// The decline of a payment (or capture) that would overdraw `account`:
 /// the one place its code and message are written.
 pub fn insufficient_funds(account: &str) -> DeclineReason {
