@@ -11,6 +11,7 @@
 use crate::currency;
 use crate::error::{Error, Result};
 use crate::model::{Metadata, Posting};
+use crate::outbox::write::{EventRow, insert_events};
 use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -269,20 +270,16 @@ async fn insert_opened_events(
     tenant: &str,
     payloads: &[serde_json::Value],
 ) -> Result<()> {
-    let ids: Vec<Uuid> = payloads.iter().map(|_| Uuid::now_v7()).collect();
-    let keys: Vec<String> = payloads
+    let rows: Vec<EventRow> = payloads
         .iter()
-        .map(|p| format!("account:{}", p["account_id"].as_str().unwrap_or_default()))
+        .map(|p| EventRow {
+            id: Uuid::now_v7(),
+            topic: OPENED_TOPIC.into(),
+            key: format!("account:{}", p["account_id"].as_str().unwrap_or_default()),
+            payload: p.clone(),
+        })
         .collect();
-    tx.execute(
-        "insert into payrail.outbox (event_id, tenant, topic, key, payload)
-         select e, $1, $2, k, p
-         from unnest($3::uuid[], $4::text[], $5::jsonb[]) with ordinality as u(e, k, p, n)
-         order by n",
-        &[&tenant, &OPENED_TOPIC, &ids, &keys, &payloads],
-    )
-    .await?;
-    Ok(())
+    insert_events(tx, tenant, &rows).await
 }
 
 /// Whether `e` is Postgres refusing a value beyond `bigint` (SQLSTATE

@@ -20,7 +20,7 @@ pub mod error;
 /// The plugin sandbox, the payment types and plugin signing: their own
 /// crate, with no database in its dependency tree.
 pub use payrail_engine::{self as engine, model, signing};
-pub mod holds;
+pub use processor::holds;
 pub mod ledger;
 pub mod locks;
 pub mod metrics;

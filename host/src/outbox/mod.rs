@@ -17,6 +17,7 @@
 //! leased to one of them at a time. See `docs/outbox.md`.
 
 pub mod sinks;
+pub mod write;
 
 use crate::config::{Config, OutboxConfig};
 use crate::db::Pool;

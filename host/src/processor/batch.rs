@@ -24,15 +24,15 @@
 
 use super::intake::Intake;
 use super::{
-    EventRow, PayOutcome, PaymentRow, PipelineRun, Processor, Verdict, call_stats, check_parties,
-    event_id, event_rows, fingerprint, insert_events, now_ms, payment_id, payment_of, plugin_fault,
-    principal_postings, proposal, response_of, run_steps, snapshot_of, verdict, write_journals,
-    write_payments,
+    PayOutcome, PaymentRow, PipelineRun, Processor, Verdict, call_stats, check_parties, event_id,
+    fingerprint, now_ms, payment_id, payment_of, plugin_fault, principal_postings, proposal,
+    response_of, run_steps, snapshot_of, verdict, write_journals, write_payments,
 };
 use crate::error::{Error, Result};
 use crate::ledger::{self, Account, ApplyProblem};
 use crate::locks;
 use crate::model::{DeclineReason, PaymentRequest, PaymentResponse, PaymentStatus, Posting};
+use crate::outbox::write::{EventRow, event_rows, insert_events};
 use crate::registry::{self, Pipeline};
 use futures::FutureExt;
 use std::collections::{BTreeMap, HashMap, HashSet};

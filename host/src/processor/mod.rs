@@ -17,6 +17,7 @@
 
 mod batch;
 pub(crate) mod fair;
+pub mod holds;
 mod idempotency;
 mod intake;
 mod pipeline;
@@ -43,6 +44,7 @@ use crate::model::{
     AccountSnapshot, Decision, DeclineReason, Metadata, Payment, PaymentRequest, PaymentResponse,
     PaymentStatus, PluginEvent, PluginInput, Posting, StepResult,
 };
+use crate::outbox::write::write_events;
 use crate::registry::{self, Pipeline};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -562,7 +564,7 @@ impl Processor {
                 if status != PaymentStatus::Authorized {
                     return Ok(());
                 }
-                crate::holds::create_hold(tx, tenant, id, req).await
+                holds::create_hold(tx, tenant, id, req).await
             },
             finish_key(tx, tenant, at.key, &response_json),
             // parties and debited accounts are row-locked; credits to

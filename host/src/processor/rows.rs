@@ -1,5 +1,6 @@
 //! Writing a payment's rows: the payment, the journal of its plugin calls
-//! and shadow calls, its outbox events. Callers hold the transaction.
+//! and shadow calls (its outbox events go through `outbox::write`).
+//! Callers hold the transaction.
 
 use super::*;
 
@@ -212,90 +213,5 @@ pub(crate) async fn write_shadows(
         ],
     )
     .await?;
-    Ok(())
-}
-
-/// One outbox row.
-pub(crate) struct EventRow {
-    pub(crate) id: Uuid,
-    pub(crate) topic: String,
-    pub(crate) key: String,
-    pub(crate) payload: serde_json::Value,
-}
-
-/// A payment's outbox rows: `topic` carrying `payload` (the response), then
-/// each plugin event, all keyed by the payment id so their order is kept.
-/// Event `i` gets id `event_id(i)`, stable across retries.
-pub(crate) fn event_rows(
-    payment: Uuid,
-    topic: String,
-    payload: &serde_json::Value,
-    plugin_events: &[(usize, PluginEvent)],
-    event_id: impl Fn(usize) -> Uuid,
-) -> Vec<EventRow> {
-    let key = payment.to_string();
-    let mut rows = vec![EventRow {
-        id: event_id(0),
-        topic,
-        key: key.clone(),
-        payload: payload.clone(),
-    }];
-    for (i, (step, e)) in plugin_events.iter().enumerate() {
-        let data: serde_json::Value =
-            serde_json::from_str(&e.payload).expect("event payload validated by the engine");
-        rows.push(EventRow {
-            id: event_id(i + 1),
-            topic: e.topic.clone(),
-            key: key.clone(),
-            payload: serde_json::json!({
-                "payment_id": key,
-                "step": step,
-                "data": data,
-            }),
-        });
-    }
-    rows
-}
-
-/// Writes a payment's outbox events (`event_rows`) in one statement.
-/// Payments and hold transitions both write through here.
-pub(crate) async fn write_events(
-    tx: &deadpool_postgres::Transaction<'_>,
-    tenant: &str,
-    payment: Uuid,
-    topic: String,
-    payload: &serde_json::Value,
-    plugin_events: &[(usize, PluginEvent)],
-    event_id: impl Fn(usize) -> Uuid,
-) -> Result<()> {
-    let rows = event_rows(payment, topic, payload, plugin_events, event_id);
-    insert_events(tx, tenant, &rows).await
-}
-
-/// Inserts outbox rows in the given order (one statement): the relay keeps
-/// that order per key.
-pub(crate) async fn insert_events(
-    tx: &deadpool_postgres::Transaction<'_>,
-    tenant: &str,
-    rows: &[EventRow],
-) -> Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
-    let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
-    let payloads: Vec<&serde_json::Value> = rows.iter().map(|r| &r.payload).collect();
-    let stmt = tx
-        .prepare_cached(
-            "insert into payrail.outbox (event_id, tenant, topic, key, payload)
-             select e, $1, t, k, p
-             from unnest($2::uuid[], $3::text[], $4::text[], $5::json[])
-                  with ordinality as u(e, t, k, p, n)
-             order by n",
-        )
-        .await?;
-    tx.execute(&stmt, &[&tenant, &ids, &topics, &keys, &payloads])
-        .await?;
     Ok(())
 }

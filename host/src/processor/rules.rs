@@ -5,6 +5,15 @@
 
 use super::*;
 
+/// Metadata keys with this prefix are set by payrail, never by users.
+pub const RESERVED_METADATA_PREFIX: &str = "payrail.";
+/// The metadata key telling plugins which phase they run in:
+/// `authorize`, `capture` or `void` (absent for one-step payments).
+pub const PHASE_KEY: &str = "payrail.phase";
+/// Hold lifetime when a manual-capture request names none: 7 days.
+pub const DEFAULT_HOLD_TTL_SECS: i64 = 7 * 24 * 3600;
+/// Longest hold lifetime accepted: 30 days.
+pub const MAX_HOLD_TTL_SECS: i64 = 30 * 24 * 3600;
 /// Longest idempotency key accepted.
 pub const MAX_KEY_BYTES: usize = 255;
 /// Most metadata entries on a payment, and the longest key/value.
@@ -121,17 +130,17 @@ pub fn validate_request(key: &str, req: &PaymentRequest) -> Result<()> {
     if req
         .metadata
         .keys()
-        .any(|k| k.starts_with(crate::holds::RESERVED_METADATA_PREFIX))
+        .any(|k| k.starts_with(RESERVED_METADATA_PREFIX))
     {
         return Err(Error::invalid(
             "invalid_metadata",
             format!(
                 "metadata keys starting with {:?} are reserved for payrail",
-                crate::holds::RESERVED_METADATA_PREFIX
+                RESERVED_METADATA_PREFIX
             ),
         ));
     }
-    crate::holds::validate_capture(req)?;
+    validate_capture(req)?;
     Ok(())
 }
 
@@ -151,7 +160,7 @@ pub(crate) fn payment_of(id: Uuid, req: &PaymentRequest) -> Payment {
         currency: req.currency.clone(),
         source: req.source.clone(),
         destination: req.destination.clone(),
-        metadata: crate::holds::phase_metadata(req),
+        metadata: phase_metadata(req),
     }
 }
 
@@ -292,4 +301,34 @@ pub fn insufficient_funds(account: &str) -> DeclineReason {
         code: "insufficient_funds".into(),
         message: format!("account {account:?} has insufficient funds"),
     }
+}
+
+/// Checks the two-phase fields of a request.
+pub fn validate_capture(req: &PaymentRequest) -> Result<()> {
+    if let Some(ttl) = req.hold_ttl_secs {
+        if req.capture.is_automatic() {
+            return Err(Error::invalid(
+                "invalid_hold_ttl",
+                "hold_ttl_secs only applies to \"capture\": \"manual\"",
+            ));
+        }
+        if !(1..=MAX_HOLD_TTL_SECS).contains(&ttl) {
+            return Err(Error::invalid(
+                "invalid_hold_ttl",
+                format!("hold_ttl_secs must be 1-{MAX_HOLD_TTL_SECS} (30 days), got {ttl}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The metadata plugins see at pay time: the request's, plus
+/// `payrail.phase = authorize` for a manual-capture request. One-step
+/// payments are unchanged (so are their journal keys).
+pub fn phase_metadata(req: &PaymentRequest) -> Metadata {
+    let mut m = req.metadata.clone();
+    if !req.capture.is_automatic() {
+        m.insert(PHASE_KEY.into(), "authorize".into());
+    }
+    m
 }

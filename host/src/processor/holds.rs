@@ -33,6 +33,7 @@
 //! under `FOR UPDATE` and refuses anything but `authorized`
 //! (`hold_not_active`).
 
+use super::rules::{DEFAULT_HOLD_TTL_SECS, PHASE_KEY};
 use crate::db::Pool;
 use crate::error::{Error, Result};
 use crate::ledger;
@@ -40,21 +41,13 @@ use crate::locks;
 use crate::model::{
     DeclineReason, Metadata, Payment, PaymentRequest, PaymentResponse, PaymentStatus, Posting,
 };
+use crate::outbox::write::{EventRow, insert_timer};
 use crate::processor::{self, CLAIM_SQL, MAX_KEY_BYTES, PayOutcome, Processor};
 use crate::registry;
 use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-/// Metadata keys with this prefix are set by payrail, never by users.
-pub const RESERVED_METADATA_PREFIX: &str = "payrail.";
-/// The metadata key telling plugins which phase they run in:
-/// `authorize`, `capture` or `void` (absent for one-step payments).
-pub const PHASE_KEY: &str = "payrail.phase";
-/// Hold lifetime when a manual-capture request names none: 7 days.
-pub const DEFAULT_HOLD_TTL_SECS: i64 = 7 * 24 * 3600;
-/// Longest hold lifetime accepted: 30 days.
-pub const MAX_HOLD_TTL_SECS: i64 = 30 * 24 * 3600;
 /// Outbox topic of the expiry timer; internal work of the relay, never sent
 /// to sinks.
 pub const EXPIRE_TOPIC: &str = "hold.expire";
@@ -68,39 +61,9 @@ pub const MAX_DUE_HOLDS: i64 = 10_000;
 const EXPIRE_LOCK_TIMEOUT: &str = "5000ms";
 const EXPIRE_STATEMENT_TIMEOUT: &str = "30000ms";
 
-/// Checks the two-phase fields of a request.
-pub fn validate_capture(req: &PaymentRequest) -> Result<()> {
-    if let Some(ttl) = req.hold_ttl_secs {
-        if req.capture.is_automatic() {
-            return Err(Error::invalid(
-                "invalid_hold_ttl",
-                "hold_ttl_secs only applies to \"capture\": \"manual\"",
-            ));
-        }
-        if !(1..=MAX_HOLD_TTL_SECS).contains(&ttl) {
-            return Err(Error::invalid(
-                "invalid_hold_ttl",
-                format!("hold_ttl_secs must be 1-{MAX_HOLD_TTL_SECS} (30 days), got {ttl}"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The metadata plugins see at pay time: the request's, plus
-/// `payrail.phase = authorize` for a manual-capture request. One-step
-/// payments are unchanged (so are their journal keys).
-pub fn phase_metadata(req: &PaymentRequest) -> Metadata {
-    let mut m = req.metadata.clone();
-    if !req.capture.is_automatic() {
-        m.insert(PHASE_KEY.into(), "authorize".into());
-    }
-    m
-}
-
 /// Writes the hold of an authorized payment in its transaction (one
-/// statement): the hold row, the source's `held`, and the expiry timer in
-/// the outbox. The caller checked the funds under the source's lock.
+/// flight): the hold row and the source's `held` (one statement), and the
+/// expiry timer in the outbox. The caller checked the funds under the source's lock.
 pub(crate) async fn create_hold(
     tx: &deadpool_postgres::Transaction<'_>,
     tenant: &str,
@@ -108,49 +71,44 @@ pub(crate) async fn create_hold(
     req: &PaymentRequest,
 ) -> Result<()> {
     let ttl = req.hold_ttl_secs.unwrap_or(DEFAULT_HOLD_TTL_SECS) as f64;
-    let timer_payload = serde_json::json!({ "payment_id": payment.to_string() });
     let stmt = tx
         .prepare_cached(
             "with h as (
                 insert into payrail.holds
                   (payment_id, tenant, account, destination, currency, amount, expires_at)
                 values ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
-                returning expires_at
              ), folded as (
                 -- the source is row-locked: its credit shards fold into the
                 -- row, so the row's own check (balance >= held) sees them
                 delete from payrail.credit_shards where tenant = $2 and account = $3
                 returning amount
-             ), a as (
-                update payrail.accounts
-                set held = held + $6,
-                    balance = (balance + coalesce((select sum(amount) from folded), 0))::bigint
-                where tenant = $2 and id = $3
-                returning 1
              )
-             insert into payrail.outbox (event_id, tenant, topic, key, payload, available_at)
-             select $8, $2, $9, $10, $11, h.expires_at from h
-             where (select count(*) from a) = 1",
+             update payrail.accounts
+             set held = held + $6,
+                 balance = (balance + coalesce((select sum(amount) from folded), 0))::bigint
+             where tenant = $2 and id = $3",
         )
         .await?;
-    let n = tx
-        .execute(
-            &stmt,
-            &[
-                &payment,
-                &tenant,
-                &req.source,
-                &req.destination,
-                &req.currency,
-                &req.amount,
-                &ttl,
-                &phase_event_id(payment, "timer", 0),
-                &EXPIRE_TOPIC,
-                &timer_key(payment),
-                &timer_payload,
-            ],
-        )
-        .await?;
+    let timer = EventRow {
+        id: phase_event_id(payment, "timer", 0),
+        topic: EXPIRE_TOPIC.into(),
+        key: timer_key(payment),
+        payload: serde_json::json!({ "payment_id": payment.to_string() }),
+    };
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &payment,
+        &tenant,
+        &req.source,
+        &req.destination,
+        &req.currency,
+        &req.amount,
+        &ttl,
+    ];
+    // the timer fires when the hold expires (the same `now()` + ttl)
+    let (n, ()) = futures::try_join!(
+        async { Ok::<_, Error>(tx.execute(&stmt, &params).await?) },
+        insert_timer(tx, tenant, &timer, ttl),
+    )?;
     assert_eq!(n, 1, "the hold's source account exists and is locked");
     Ok(())
 }
@@ -349,7 +307,7 @@ async fn write_events(
     response: &PaymentResponse,
     plugin_events: &[(usize, crate::model::PluginEvent)],
 ) -> Result<()> {
-    crate::processor::write_events(
+    crate::outbox::write::write_events(
         tx,
         tenant,
         payment,
@@ -930,6 +888,7 @@ pub async fn fire_timer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::processor::rules::{MAX_HOLD_TTL_SECS, phase_metadata, validate_capture};
 
     #[test]
     fn a_plugin_cannot_publish_the_hold_timer() {
