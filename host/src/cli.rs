@@ -460,7 +460,7 @@ async fn run_relay(db_args: &DbArgs, args: &RelayArgs) -> Result<i32> {
         ));
     }
     let url = db::resolve_url(config.database.url.clone()).await?;
-    let pool = db::pool_for(&url, &config)?;
+    let pool = config.pool(&url)?;
     {
         let client = pool.get().await?;
         if !db::migrate::is_current(&client).await? {

@@ -28,6 +28,7 @@ pub mod outbox;
 pub mod platform_cli;
 pub mod plugin_tools;
 pub mod processor;
+pub mod redact;
 pub mod registry;
 pub mod replay;
 pub mod samples;

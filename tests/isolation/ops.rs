@@ -400,7 +400,7 @@ async fn the_embedded_cluster_accepts_only_its_owner() {
 
 /// Item 11: every session of the host starts with `statement_timeout` and
 /// `idle_in_transaction_session_timeout`: pooled connections (the pool of
-/// serve and relay, `db::pool_for`) and direct ones (`db::connect`); a
+/// serve and relay, `Config::pool`) and direct ones (`db::connect`); a
 /// session of the host left idle in a transaction is ended by Postgres.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_host_session_has_statement_and_idle_timeouts() {
@@ -424,7 +424,7 @@ async fn every_host_session_has_statement_and_idle_timeouts() {
             .get(0);
         (a, b)
     };
-    let pool = db::pool_for(&db.url, &config).unwrap();
+    let pool = config.pool(&db.url).unwrap();
     let pooled = pool.get().await.unwrap();
     let c: &tokio_postgres::Client = &pooled;
     let a: String = c

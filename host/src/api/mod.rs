@@ -393,7 +393,7 @@ pub async fn serve_until_with(
 pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
     let addr = config.listen_addr()?;
     let url = crate::db::resolve_url(config.database.url.clone()).await?;
-    let pool = crate::db::pool_for(&url, &config)?;
+    let pool = config.pool(&url)?;
     {
         let mut client = pool.get().await?;
         if migrate {

@@ -29,12 +29,6 @@ pub struct SessionSettings {
     pub idle_in_transaction_timeout_ms: u64,
 }
 
-impl Default for SessionSettings {
-    fn default() -> Self {
-        crate::config::Config::default().session()
-    }
-}
-
 impl SessionSettings {
     /// `url` parsed, with these settings appended to its `options` (so they
     /// win over the same settings in the URL).
@@ -42,7 +36,7 @@ impl SessionSettings {
         let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
             Error::Setup(format!(
                 "{} is not a valid postgres URL: {e}",
-                crate::config::redact_url(url)
+                crate::redact::redact_url(url)
             ))
         })?;
         let mut options = pg.get_options().unwrap_or("").to_string();
@@ -127,12 +121,6 @@ pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<(
 /// here.
 pub fn pool(url: &str, max_size: usize) -> Result<Pool> {
     pool_with(url, max_size, &SessionSettings::default())
-}
-
-/// The pool of `serve`, `relay` and the one-shot commands: `config`'s size
-/// and session settings ([`crate::config::Config::session`]).
-pub fn pool_for(url: &str, config: &crate::config::Config) -> Result<Pool> {
-    pool_with(url, config.database.pool_size, &config.session())
 }
 
 /// A pool whose every connection starts with `settings`.

@@ -22,7 +22,8 @@
 //! failure retries the batch, anything else falls back to one transaction
 //! per payment, which gives each payment its own exact answer.
 
-use super::intake::Intake;
+pub use super::intake::MAX_DEFERRALS;
+use super::intake::{Intake, Job, Queue};
 use super::{
     PayOutcome, PaymentRow, PipelineRun, Processor, Verdict, call_stats, check_parties, event_id,
     fingerprint, now_ms, payment_id, payment_of, plugin_fault, principal_postings, proposal,
@@ -51,11 +52,6 @@ pub const MAX_BATCH_WORKERS: usize = 64;
 pub const MAX_BATCH_LANES: usize = 64;
 /// Longest linger for more payments.
 pub const MAX_BATCH_WINDOW_US: u64 = 100_000;
-/// Times a batch puts a payment back because another transaction (another
-/// host's batch, a capture...) holds one of its accounts; the batch that
-/// takes it after that waits for the locks. Bounds how long traffic on its
-/// accounts can keep a payment out (docs/batching.md, "Other hosts").
-pub const MAX_DEFERRALS: u8 = 3;
 
 /// How payments are grouped into transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,19 +129,6 @@ impl BatchSettings {
         self.max_payments > 1
     }
 }
-
-/// One queued payment and where its answer goes.
-pub(crate) struct Job {
-    pub(super) tenant: String,
-    pub(super) key: String,
-    pub(super) req: PaymentRequest,
-    pub(super) reply: oneshot::Sender<Result<PayOutcome>>,
-    /// Times a batch has put it back (at most [`MAX_DEFERRALS`]).
-    pub(super) deferrals: u8,
-}
-
-/// The sending side of the queue; the workers stop when every copy is gone.
-pub(crate) type Queue = mpsc::Sender<Job>;
 
 /// Starts the workers for `processor` (a copy without a queue of its own).
 /// None when batching is off or there is no Tokio runtime to run them on.

@@ -475,34 +475,14 @@ impl Processor {
         t: Transition,
         started: std::time::Instant,
     ) -> Result<PayOutcome> {
-        let hold = lock_hold(tx, tenant, id).await?;
-        let hold = match hold {
-            Some(h) if h.state == "authorized" && !h.past_expiry => h,
-            Some(h) if h.state == "authorized" => {
-                return Err(Error::HoldNotActive {
-                    payment: id.to_string(),
-                    state: EXPIRED_STATE.into(),
-                });
-            }
-            other => return Err(not_active(tx, tenant, id, other.as_ref()).await?),
-        };
+        let hold = active_hold(tx, tenant, id).await?;
         let lock_wait = started.elapsed();
         let captured = t.captured(&hold)?;
         let parties = [hold.source.clone(), hold.destination.clone()];
         let mut accounts = ledger::lock_rows(tx, tenant, &parties).await?;
         let pipeline = registry::load_pipeline(tx, tenant, &hold.kind).await?;
         registry::ensure_loaded(tx, self.engine(), &pipeline).await?;
-        let mut metadata = hold.metadata.clone();
-        metadata.insert(PHASE_KEY.into(), t.phase().into());
-        let plugin_payment = Payment {
-            id: id.to_string(),
-            kind: hold.kind.clone(),
-            amount: captured.unwrap_or(hold.amount),
-            currency: hold.currency.clone(),
-            source: hold.source.clone(),
-            destination: hold.destination.clone(),
-            metadata,
-        };
+        let plugin_payment = hold.payment(id, t, captured);
         let snapshots = parties
             .iter()
             .filter_map(|p| accounts.get(p))
@@ -601,6 +581,41 @@ impl Processor {
             processor::Verdict::Fault(problem) => {
                 Err(processor::plugin_fault(at.pipeline, run, problem))
             }
+        }
+    }
+}
+
+/// The hold of payment `id`, row-locked, if it is still authorized and not
+/// past its expiry; else why not, as the error to answer.
+async fn active_hold(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    id: Uuid,
+) -> Result<HoldRow> {
+    match lock_hold(tx, tenant, id).await? {
+        Some(h) if h.state == "authorized" && !h.past_expiry => Ok(h),
+        Some(h) if h.state == "authorized" => Err(Error::HoldNotActive {
+            payment: id.to_string(),
+            state: EXPIRED_STATE.into(),
+        }),
+        other => Err(not_active(tx, tenant, id, other.as_ref()).await?),
+    }
+}
+
+impl HoldRow {
+    /// The payment the plugins see at capture or void: the hold's, at the
+    /// captured amount, with `payrail.phase` set.
+    fn payment(&self, id: Uuid, t: Transition, captured: Option<i64>) -> Payment {
+        let mut metadata = self.metadata.clone();
+        metadata.insert(PHASE_KEY.into(), t.phase().into());
+        Payment {
+            id: id.to_string(),
+            kind: self.kind.clone(),
+            amount: captured.unwrap_or(self.amount),
+            currency: self.currency.clone(),
+            source: self.source.clone(),
+            destination: self.destination.clone(),
+            metadata,
         }
     }
 }

@@ -21,12 +21,33 @@
 //! disconnected) is dropped when a worker reaches it, before it runs, and
 //! counted as skipped.
 
-use super::batch::Job;
+use super::PayOutcome;
+use crate::error::Result;
+use crate::model::PaymentRequest;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+
+/// Times a batch puts a payment back because another transaction (another
+/// host's batch, a capture...) holds one of its accounts; the batch that
+/// takes it after that waits for the locks. Bounds how long traffic on its
+/// accounts can keep a payment out (docs/batching.md, "Other hosts").
+pub const MAX_DEFERRALS: u8 = 3;
+
+/// One queued payment and where its answer goes.
+pub(crate) struct Job {
+    pub(super) tenant: String,
+    pub(super) key: String,
+    pub(super) req: PaymentRequest,
+    pub(super) reply: oneshot::Sender<Result<PayOutcome>>,
+    /// Times a batch has put it back (at most [`MAX_DEFERRALS`]).
+    pub(super) deferrals: u8,
+}
+
+/// The sending side of the queue; the workers stop when every copy is gone.
+pub(crate) type Queue = mpsc::Sender<Job>;
 
 /// An account as the intake tracks it: (tenant, account id).
 type AccountKey = (String, String);
@@ -262,7 +283,7 @@ impl Intake {
     /// Puts back payments a running batch deferred because another
     /// transaction held one of their accounts (call before that batch's
     /// [`Intake::release`]): they go first in their tenant's queue, each
-    /// counted once more against [`super::batch::MAX_DEFERRALS`].
+    /// counted once more against [`MAX_DEFERRALS`].
     pub(crate) fn put_back(&self, jobs: Vec<Job>) {
         let mut st = self.lock();
         for mut job in jobs.into_iter().rev() {
@@ -272,7 +293,7 @@ impl Intake {
                 accounts_of(&job).iter().all(|a| st.held.contains(a)),
                 "a deferred payment's batch is still running"
             );
-            assert!(job.deferrals < super::batch::MAX_DEFERRALS);
+            assert!(job.deferrals < MAX_DEFERRALS);
             job.deferrals += 1;
             let queue = st.queues.entry(job.tenant.clone()).or_default();
             let first = queue.is_empty();

@@ -120,7 +120,7 @@ pub struct Processor {
     settings: ProcessorSettings,
     /// The batcher's queue (None: one transaction per payment, and in the
     /// batcher's own copy).
-    batcher: Option<batch::Queue>,
+    batcher: Option<intake::Queue>,
     /// Transactions rolled back by a deadlock or serialization failure and
     /// run again (shared by every clone, the batcher's included).
     retries: Arc<std::sync::atomic::AtomicU64>,
