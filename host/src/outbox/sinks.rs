@@ -175,9 +175,9 @@ pub struct Sink {
     timeout: Duration,
     target: Target,
     /// What must never appear in an error or log: the URL's credentials
-    /// and query values, the webhook secret ([`crate::config::scrub`]).
+    /// and query values, the webhook secret ([`crate::redact::scrub`]).
     secrets: Vec<String>,
-    /// The URL as errors show it ([`crate::config::redact_url`]).
+    /// The URL as errors show it ([`crate::redact::redact_url`]).
     shown_url: String,
 }
 
@@ -192,7 +192,7 @@ fn split_userinfo(url: &str) -> (String, Option<(String, Option<String>)>) {
     let Some(at) = rest[..auth_end].rfind('@') else {
         return (url.to_string(), None);
     };
-    let decode = |t: &str| crate::config::percent_decode(t).unwrap_or_else(|| t.to_string());
+    let decode = |t: &str| crate::redact::percent_decode(t).unwrap_or_else(|| t.to_string());
     let userinfo = &rest[..at];
     let creds = match userinfo.split_once(':') {
         Some((u, p)) => (decode(u), Some(decode(p))),
@@ -260,8 +260,8 @@ impl Sink {
                 .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
             _ => config.url.clone().unwrap_or_default(),
         };
-        let shown_url = crate::config::redact_url(&raw_url);
-        let mut secrets = crate::config::url_secrets(&raw_url);
+        let shown_url = crate::redact::redact_url(&raw_url);
+        let mut secrets = crate::redact::url_secrets(&raw_url);
         let target = match config.kind {
             SinkKind::Webhook => {
                 let secret = config
@@ -330,7 +330,7 @@ impl Sink {
     pub async fn deliver(&self, event: &Envelope, body: &[u8]) -> Result<Delivered, String> {
         match tokio::time::timeout(self.timeout, self.deliver_inner(event, body)).await {
             Ok(r) => r.map_err(|e| {
-                crate::config::scrub(&format!("{}: {e}", self.config.name), &self.secrets)
+                crate::redact::scrub(&format!("{}: {e}", self.config.name), &self.secrets)
             }),
             Err(_) => Err(format!(
                 "{}: timed out after {} ms",
