@@ -3,7 +3,13 @@
 //! response), and what a key reused after its claim expired answers
 //! (docs/idempotency.md).
 
-use super::*;
+use super::{PayOutcome, Processor};
+use crate::db::Pool;
+use crate::error::{Error, Result};
+use crate::model::PaymentResponse;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
 
 /// The payments' unique (tenant, idempotency key) constraint (migration
 /// 0012): violated only by a key reused after its claim row was reaped,

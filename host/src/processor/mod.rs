@@ -36,20 +36,18 @@ pub use batch::{
 };
 
 use crate::db::Pool;
-use crate::engine::{PluginEngine, PluginFault, PluginLimits, PreparedInput};
+use crate::engine::{PluginEngine, PluginLimits};
 use crate::error::{Error, Result};
 use crate::ledger::{self, ApplyProblem};
 use crate::locks;
 use crate::model::{
-    AccountSnapshot, Decision, DeclineReason, Metadata, Payment, PaymentRequest, PaymentResponse,
-    PaymentStatus, PluginEvent, PluginInput, Posting, StepResult,
+    AccountSnapshot, DeclineReason, PaymentRequest, PaymentResponse, PaymentStatus, Posting,
 };
 use crate::outbox::write::write_events;
 use crate::registry::{self, Pipeline};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 

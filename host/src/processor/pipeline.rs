@@ -2,7 +2,18 @@
 //! candidate after it, the outputs checked; off the async workers within
 //! the tenant's share of the cores (`fair`).
 
-use super::*;
+use super::Processor;
+use super::rules::{call_key, now_ms};
+use crate::engine::{PluginEngine, PluginFault, PluginLimits, PreparedInput};
+use crate::error::{Error, Result};
+use crate::ledger::{self, ApplyProblem};
+use crate::model::{
+    AccountSnapshot, Decision, DeclineReason, Metadata, Payment, PluginEvent, PluginInput, Posting,
+    StepResult,
+};
+use crate::registry::Pipeline;
+use std::time::Duration;
+use uuid::Uuid;
 
 /// Cost of one plugin call, for metrics.
 #[derive(Debug, Clone)]

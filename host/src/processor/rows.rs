@@ -2,7 +2,11 @@
 //! and shadow calls (its outbox events go through `outbox::write`).
 //! Callers hold the transaction.
 
-use super::*;
+use super::pipeline::{CallRecord, ShadowRecord};
+use crate::error::Result;
+use crate::model::{PaymentRequest, PaymentResponse};
+use crate::registry::Pipeline;
+use uuid::Uuid;
 
 /// One payment row to insert.
 pub(crate) struct PaymentRow<'a> {

@@ -3,7 +3,17 @@
 //! database, no plugins: every path (one payment, batch, capture) uses
 //! these.
 
-use super::*;
+use super::pipeline::PipelineRun;
+use crate::error::{Error, Result};
+use crate::ledger::{self, ApplyProblem};
+use crate::model::{
+    AccountSnapshot, DeclineReason, Metadata, Payment, PaymentRequest, PaymentResponse,
+    PaymentStatus, Posting,
+};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{SystemTime, UNIX_EPOCH};
+use uuid::Uuid;
 
 /// Metadata keys with this prefix are set by payrail, never by users.
 pub const RESERVED_METADATA_PREFIX: &str = "payrail.";
