@@ -16,6 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Shortest time a key found unknown stays unknown (the negative cache),
+/// whatever the cache TTL: a flood of unknown keys costs at most one
+/// lookup per key per this long.
+const MIN_UNKNOWN_TTL_MS: u64 = 1_000;
+
 /// Prefix of every key secret (helps secret scanners and humans).
 pub const KEY_PREFIX: &str = "pr_";
 /// Length of a well-formed secret: the prefix and 64 hex characters.
@@ -372,7 +377,7 @@ impl KeyCache {
     /// How long a key found unknown stays unknown: the TTL, at least 1 s
     /// (a key created since is usable after that long).
     fn unknown_ttl(&self) -> Duration {
-        self.ttl.max(Duration::from_secs(1))
+        self.ttl.max(Duration::from_millis(MIN_UNKNOWN_TTL_MS))
     }
 
     fn known_unknown(&self, digest: &[u8; 32]) -> bool {

@@ -41,7 +41,7 @@ pub struct DemoArgs {
 }
 
 /// Retries of a submission that found its key in progress.
-const CLIENT_RETRIES: u64 = 50;
+const CLIENT_RETRIES: u32 = 50;
 
 /// One submission: a payment's key and request (retries repeat both).
 #[derive(Clone)]
@@ -151,7 +151,7 @@ pub async fn run(ctx: &Context, args: &DemoArgs) -> Result<i32> {
                 if !matches!(out, Err(Error::InProgress { .. })) {
                     break;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+                tokio::time::sleep(crate::processor::retry::delay(attempt)).await;
                 out = processor.pay(DEFAULT_TENANT, &job.key, &job.req).await;
             }
             drop(permit);

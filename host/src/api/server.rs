@@ -39,11 +39,20 @@ pub struct ConnLimits {
     pub max_connections: usize,
 }
 
+/// Pause after a failed `accept` (EMFILE and the like), so the loop waits
+/// for a descriptor instead of spinning.
+const ACCEPT_RETRY_MS: u64 = 50;
+/// Longest the 503 of a refused connection may take to write: a peer that
+/// does not read gets nothing more.
+const REFUSE_WRITE_MS: u64 = 100;
+
 impl Default for ConnLimits {
     fn default() -> Self {
+        // the configuration's defaults, written once there
+        let s = crate::config::ServerConfig::default();
         ConnLimits {
-            header_read_timeout: Duration::from_secs(10),
-            max_connections: 4096,
+            header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
+            max_connections: s.max_connections,
         }
     }
 }
@@ -165,7 +174,7 @@ pub async fn run(
                 Err(e) => {
                     // EMFILE and the like: wait instead of spinning
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
                     continue;
                 }
             },
@@ -193,7 +202,11 @@ pub async fn run(
 fn refuse(mut stream: tokio::net::TcpStream) {
     tokio::spawn(async move {
         let answer = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-        let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(answer)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(REFUSE_WRITE_MS),
+            stream.write_all(answer),
+        )
+        .await;
     });
 }
 

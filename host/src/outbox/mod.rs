@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 
 /// Most events `dead_letters` lists at once.
 pub const MAX_LIST: i64 = 10_000;
+/// Longest pause between two relay rounds that failed on the database
+/// (the pause grows with each failure, by `poll_interval`).
+const MAX_ERROR_PAUSE: Duration = Duration::from_secs(5);
 /// How often the relay measures lag and dead letters for the metrics, at
 /// most.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(2);
@@ -453,7 +456,7 @@ impl Relay {
                 Err(e) => {
                     db_errors = db_errors.saturating_add(1);
                     tracing::warn!(error = %e, "outbox relay round failed; will retry");
-                    (self.settings.poll_interval * db_errors.min(20)).min(Duration::from_secs(5))
+                    (self.settings.poll_interval * db_errors.min(20)).min(MAX_ERROR_PAUSE)
                 }
             };
             if Instant::now() >= next_gauge {
