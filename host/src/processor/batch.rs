@@ -26,8 +26,8 @@ pub use super::intake::MAX_DEFERRALS;
 use super::intake::{Intake, Job, Queue};
 use super::{
     PayOutcome, PaymentRow, PipelineRun, Processor, Verdict, call_stats, check_parties, event_id,
-    fingerprint, now_ms, payment_id, payment_of, plugin_fault, principal_postings, proposal,
-    response_of, run_steps, snapshot_of, verdict, write_journals, write_payments,
+    fingerprint, now_ms, payment_id, payment_of, plugin_fault, principal_postings, response_of,
+    run_steps, snapshot_of, verdict, write_journals, write_payments,
 };
 use crate::error::{Error, Result};
 use crate::ledger::{self, Account, ApplyProblem};
@@ -977,7 +977,7 @@ fn decide(
                 postings,
             }))
         };
-        let postings = match proposal(principal_postings(req), &run, false) {
+        let postings = match run.proposal(principal_postings(req), false) {
             Ok(postings) => postings,
             Err(decline) => {
                 slots[item.job] = decided(run, PaymentStatus::Declined, Some(decline), Vec::new());

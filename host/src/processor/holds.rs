@@ -566,7 +566,7 @@ impl Processor {
                 currency: hold.currency.clone(),
             },
         ];
-        let postings = processor::proposal(principal, run, false).map_err(declined)?;
+        let postings = run.proposal(principal, false).map_err(declined)?;
         // The hold is released by this capture: check the postings
         // against what is available without it.
         if let Some(src) = accounts.get_mut(&hold.source) {

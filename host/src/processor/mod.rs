@@ -491,7 +491,7 @@ impl Processor {
     ) -> Result<DecidedOne> {
         // Two-phase (manual capture): this is the authorization. See `holds`.
         let manual = !req.capture.is_automatic();
-        let postings = match proposal(principal_postings(req), run, manual) {
+        let postings = match run.proposal(principal_postings(req), manual) {
             Ok(postings) => postings,
             Err(decline) => return Ok(DecidedOne::declined(decline)),
         };

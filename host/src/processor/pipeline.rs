@@ -183,6 +183,26 @@ pub(crate) fn run_steps(
 }
 
 impl PipelineRun {
+    /// Step 6a: the postings the payment proposes (`principal`, then the
+    /// plugins' unless `principal_only`), or the plugins' decline, which
+    /// comes first. At authorization (manual capture) only the principal is
+    /// checked: fees are charged at capture. Step 6b is
+    /// [`super::rules::verdict`].
+    pub(crate) fn proposal(
+        &self,
+        principal: Vec<Posting>,
+        principal_only: bool,
+    ) -> std::result::Result<Vec<Posting>, DeclineReason> {
+        if let Some(decline) = &self.decline {
+            return Err(decline.clone());
+        }
+        let mut postings = principal;
+        if !principal_only {
+            postings.extend(self.postings.iter().map(|(_, p)| p.clone()));
+        }
+        Ok(postings)
+    }
+
     /// Takes step `step`'s decision into the run: an approval's checked
     /// postings, events and annotations, or the decline that ends it.
     fn absorb(&mut self, step: usize, decision: &Decision) -> std::result::Result<(), String> {

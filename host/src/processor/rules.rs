@@ -3,7 +3,6 @@
 //! database, no plugins: every path (one payment, batch, capture) uses
 //! these.
 
-use super::pipeline::PipelineRun;
 use crate::error::{Error, Result};
 use crate::ledger::{self, ApplyProblem};
 use crate::model::{
@@ -268,25 +267,6 @@ pub(crate) enum Verdict {
     /// currency): the fault of the plugin that proposed them
     /// ([`plugin_fault`]).
     Fault(ApplyProblem),
-}
-
-/// Step 6a: the postings a payment proposes (`principal`, then the plugins'
-/// unless `principal_only`), or the plugins' decline, which comes first.
-/// At authorization (manual capture) only the principal is checked: fees
-/// are charged at capture.
-pub(crate) fn proposal(
-    principal: Vec<Posting>,
-    run: &PipelineRun,
-    principal_only: bool,
-) -> std::result::Result<Vec<Posting>, DeclineReason> {
-    if let Some(decline) = &run.decline {
-        return Err(decline.clone());
-    }
-    let mut postings = principal;
-    if !principal_only {
-        postings.extend(run.postings.iter().map(|(_, p)| p.clone()));
-    }
-    Ok(postings)
 }
 
 /// Step 6b: the verdict on `postings`, from what the ledger said of them
