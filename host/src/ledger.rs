@@ -282,6 +282,47 @@ async fn insert_opened_events(
     insert_events(tx, tenant, &rows).await
 }
 
+/// Reserves `amount` of `account` for a hold: `held` rises (the row's own
+/// check keeps `balance >= held` unless the account may go negative). The
+/// caller holds the account's row lock; its credit shards fold into the row
+/// first, so that check sees them. Returns whether the account was found.
+pub async fn hold_funds(
+    tx: &impl GenericClient,
+    tenant: &str,
+    account: &str,
+    amount: i64,
+) -> Result<bool> {
+    let stmt = tx
+        .prepare_cached(
+            "with folded as (
+                delete from payrail.credit_shards where tenant = $1 and account = $2
+                returning amount
+             )
+             update payrail.accounts
+             set held = held + $3,
+                 balance = (balance + coalesce((select sum(amount) from folded), 0))::bigint
+             where tenant = $1 and id = $2",
+        )
+        .await?;
+    Ok(tx.execute(&stmt, &[&tenant, &account, &amount]).await? == 1)
+}
+
+/// Gives back what [`hold_funds`] reserved: `held` falls by `amount`.
+/// Returns whether the account was found.
+pub async fn release_funds(
+    tx: &impl GenericClient,
+    tenant: &str,
+    account: &str,
+    amount: i64,
+) -> Result<bool> {
+    let stmt = tx
+        .prepare_cached(
+            "update payrail.accounts set held = held - $3 where tenant = $1 and id = $2",
+        )
+        .await?;
+    Ok(tx.execute(&stmt, &[&tenant, &account, &amount]).await? == 1)
+}
+
 /// Whether `e` is Postgres refusing a value beyond `bigint` (SQLSTATE
 /// 22003): a balance or credit shard the checks under the row lock could not
 /// foresee (credits from other transactions to an account read unlocked).

@@ -22,6 +22,7 @@
 //! failure retries the batch, anything else falls back to one transaction
 //! per payment, which gives each payment its own exact answer.
 
+use super::idempotency::{CLAIM_MANY_SQL, insert_keys};
 pub use super::intake::MAX_DEFERRALS;
 use super::intake::{Intake, Job, Queue};
 use super::{
@@ -1008,65 +1009,6 @@ fn decide(
     }
     None
 }
-
-/// Records the keys of the batch's written payments, finished, with their
-/// stored responses (one statement). Nothing else can have inserted them:
-/// each key's try-lock is held by this transaction.
-async fn insert_keys(
-    tx: &deadpool_postgres::Transaction<'_>,
-    tenant: &str,
-    keys: &[&str],
-    prints: &[&str],
-    ids: &[Uuid],
-    ttl_secs: f64,
-    responses: &[serde_json::Value],
-) -> Result<()> {
-    assert!(keys.len() == prints.len() && keys.len() == ids.len() && keys.len() == responses.len());
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let stmt = tx
-        .prepare_cached(
-            "insert into payrail.idempotency_keys
-               (tenant, key, fingerprint, state, payment_id, expires_at, status_code, response)
-             select $1, k, f, 'done', p, now() + make_interval(secs => $5), 201, r
-             from unnest($2::text[], $3::text[], $4::uuid[], $6::json[]) as t(k, f, p, r)",
-        )
-        .await?;
-    tx.execute(
-        &stmt,
-        &[&tenant, &keys, &prints, &ids, &ttl_secs, &responses],
-    )
-    .await?;
-    Ok(())
-}
-
-/// The batch's key claims in one statement: sets the transaction's
-/// timeouts, try-locks each key (false: another transaction is processing
-/// it now) and reads the finished request that owns it, if any. One row
-/// per key, in order: (key_free, stored fingerprint, stored response).
-///
-/// Unlike the one-payment path (`CLAIM_SQL`), no pending row is written:
-/// the try-lock, held to commit, keeps every other transaction off the key,
-/// and the key row is inserted finished with the batch's writes, so a
-/// payment that fails in the batch leaves nothing to clean up.
-const CLAIM_MANY_SQL: &str = "
-    with cfg as (
-        select set_config('lock_timeout', $4, true) as l,
-               set_config('statement_timeout', $5, true) as s
-    ), k as (
-        select t.n, t.key, pg_try_advisory_xact_lock(t.lk) as free
-        from cfg, unnest($2::text[], $3::bigint[]) with ordinality as t(key, lk, n)
-    )
-    select k.free, i.fingerprint, i.response
-    from k left join lateral (
-        -- `limit 1` keeps this a per-key index lookup: as a join, a plan
-        -- cached while the table was small scans every key.
-        select i.fingerprint, i.response from payrail.idempotency_keys i
-        where k.free and i.tenant = $1 and i.key = k.key and i.state = 'done'
-        limit 1
-    ) i on true
-    order by k.n";
 
 #[cfg(test)]
 mod tests {

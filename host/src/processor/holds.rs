@@ -62,8 +62,8 @@ const EXPIRE_LOCK_TIMEOUT: &str = "5000ms";
 const EXPIRE_STATEMENT_TIMEOUT: &str = "30000ms";
 
 /// Writes the hold of an authorized payment in its transaction (one
-/// flight): the hold row and the source's `held` (one statement), and the
-/// expiry timer in the outbox. The caller checked the funds under the source's lock.
+/// flight): the hold row, the source's `held` (`ledger`), and the expiry
+/// timer (`outbox::write`). The caller checked the funds under the source's lock.
 pub(crate) async fn create_hold(
     tx: &deadpool_postgres::Transaction<'_>,
     tenant: &str,
@@ -73,28 +73,11 @@ pub(crate) async fn create_hold(
     let ttl = req.hold_ttl_secs.unwrap_or(DEFAULT_HOLD_TTL_SECS) as f64;
     let stmt = tx
         .prepare_cached(
-            "with h as (
-                insert into payrail.holds
-                  (payment_id, tenant, account, destination, currency, amount, expires_at)
-                values ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
-             ), folded as (
-                -- the source is row-locked: its credit shards fold into the
-                -- row, so the row's own check (balance >= held) sees them
-                delete from payrail.credit_shards where tenant = $2 and account = $3
-                returning amount
-             )
-             update payrail.accounts
-             set held = held + $6,
-                 balance = (balance + coalesce((select sum(amount) from folded), 0))::bigint
-             where tenant = $2 and id = $3",
+            "insert into payrail.holds
+               (payment_id, tenant, account, destination, currency, amount, expires_at)
+             values ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
         )
         .await?;
-    let timer = EventRow {
-        id: phase_event_id(payment, "timer", 0),
-        topic: EXPIRE_TOPIC.into(),
-        key: timer_key(payment),
-        payload: serde_json::json!({ "payment_id": payment.to_string() }),
-    };
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
         &payment,
         &tenant,
@@ -104,12 +87,19 @@ pub(crate) async fn create_hold(
         &req.amount,
         &ttl,
     ];
+    let timer = EventRow {
+        id: phase_event_id(payment, "timer", 0),
+        topic: EXPIRE_TOPIC.into(),
+        key: timer_key(payment),
+        payload: serde_json::json!({ "payment_id": payment.to_string() }),
+    };
     // the timer fires when the hold expires (the same `now()` + ttl)
-    let (n, ()) = futures::try_join!(
-        async { Ok::<_, Error>(tx.execute(&stmt, &params).await?) },
+    let ((), found, ()) = futures::try_join!(
+        async { Ok::<_, Error>(tx.execute(&stmt, &params).await.map(|_| ())?) },
+        ledger::hold_funds(tx, tenant, &req.source, req.amount),
         insert_timer(tx, tenant, &timer, ttl),
     )?;
-    assert_eq!(n, 1, "the hold's source account exists and is locked");
+    assert!(found, "the hold's source account exists and is locked");
     Ok(())
 }
 
@@ -261,39 +251,25 @@ async fn release(
     hold: &HoldRow,
     outcome: Outcome<'_>,
 ) -> Result<()> {
-    let annotations = serde_json::to_value(outcome.annotations).expect("annotations serialize");
     let stmt = tx
         .prepare_cached(
-            "with a as (
-                update payrail.accounts set held = held - $3
-                where tenant = $1 and id = $4
-                returning 1
-             ), h as (
-                update payrail.holds set state = $5, captured_amount = $6,
-                  resolved_at = now(), resolved_by = $7
-                where payment_id = $2 and state = 'authorized'
-                returning 1
-             )
-             update payrail.payments set status = $5, annotations = $8
-             where id = $2 and (select count(*) from a) = 1 and (select count(*) from h) = 1",
+            "update payrail.holds set state = $2, captured_amount = $3,
+               resolved_at = now(), resolved_by = $4
+             where payment_id = $1 and state = 'authorized'",
         )
         .await?;
-    let n = tx
-        .execute(
-            &stmt,
-            &[
-                &tenant,
-                &payment,
-                &hold.amount,
-                &hold.source,
-                &outcome.state.as_str(),
-                &outcome.captured,
-                &outcome.resolved_by,
-                &annotations,
-            ],
-        )
-        .await?;
-    assert_eq!(n, 1, "the hold was authorized and locked");
+    let state = outcome.state.as_str();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&payment, &state, &outcome.captured, &outcome.resolved_by];
+    let (resolved, released, paid) = futures::try_join!(
+        async { Ok::<_, Error>(tx.execute(&stmt, &params).await?) },
+        ledger::release_funds(tx, tenant, &hold.source, hold.amount),
+        super::rows::resolve_payment(tx, tenant, payment, outcome.state, outcome.annotations),
+    )?;
+    assert!(
+        resolved == 1 && released && paid,
+        "the hold was authorized and locked"
+    );
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 
 use super::pipeline::{CallRecord, ShadowRecord};
 use crate::error::Result;
-use crate::model::{PaymentRequest, PaymentResponse};
+use crate::model::{Metadata, PaymentRequest, PaymentResponse, PaymentStatus};
 use crate::registry::Pipeline;
 use uuid::Uuid;
 
@@ -218,4 +218,26 @@ pub(crate) async fn write_shadows(
     )
     .await?;
     Ok(())
+}
+
+/// Sets the final status and annotations of a payment whose hold resolved
+/// (captured, voided, expired). Returns whether the payment was found.
+pub(crate) async fn resolve_payment(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    id: Uuid,
+    status: PaymentStatus,
+    annotations: &Metadata,
+) -> Result<bool> {
+    let annotations = serde_json::to_value(annotations).expect("annotations serialize");
+    let stmt = tx
+        .prepare_cached(
+            "update payrail.payments set status = $3, annotations = $4
+             where tenant = $1 and id = $2",
+        )
+        .await?;
+    let n = tx
+        .execute(&stmt, &[&tenant, &id, &status.as_str(), &annotations])
+        .await?;
+    Ok(n == 1)
 }
