@@ -23,6 +23,7 @@ mod cli;
 mod embedded_pg;
 mod holds;
 mod hostile;
+mod layout;
 mod migrations;
 mod outbox;
 mod payments;
