@@ -3,12 +3,11 @@
 
 use crate::apikeys::{self, Scope};
 use crate::config::{Config, LogFormat};
-use crate::db::{self, Pool};
-use crate::engine::PluginEngine;
+use crate::context::{Context, DbArgs};
+use crate::db;
 use crate::error::{Error, Result};
 use crate::ledger::{self, NewAccount};
 use crate::model::{DEFAULT_TENANT, PaymentRequest};
-use crate::processor::{Processor, ProcessorSettings};
 use crate::registry::{self, StepSpec};
 use crate::{api, audit, bench, demo};
 use clap::{Args, Parser, Subcommand};
@@ -25,23 +24,6 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
-
-/// Where the database is.
-#[derive(Debug, Args)]
-pub struct DbArgs {
-    /// Postgres URL. Unset: one-shot commands (migrate, pay, demo, ...)
-    /// start a local Postgres themselves from the system's server binaries
-    /// (data in $PAYRAIL_DATA_DIR); `serve` and `relay` refuse to start
-    /// unless given --embedded-db.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// Connection pool size [default: 16].
-    #[arg(long, env = "PAYRAIL_POOL_SIZE", global = true)]
-    pub pool_size: Option<usize>,
-}
-
-/// Pool size when neither flag, environment nor config file sets one.
-pub const DEFAULT_POOL_SIZE: usize = 16;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -301,60 +283,6 @@ pub struct VoidArgs {
     /// Idempotency key of this void: reuse it to retry safely.
     #[arg(long)]
     pub key: String,
-}
-
-/// Everything a command needs to talk to the database and run plugins.
-pub struct Context {
-    pub url: String,
-    pub pool: Pool,
-    pub engine: Arc<PluginEngine>,
-}
-
-impl Context {
-    /// Resolves the database, builds the pool and the engine (settings
-    /// from the environment, as for `serve`).
-    pub async fn open(db_args: &DbArgs) -> Result<Context> {
-        let env_config = Config::load(None, |k| std::env::var(k).ok())?;
-        let url = db::resolve_url(db_args.database_url.clone()).await?;
-        let pool = db::pool_with(
-            &url,
-            db_args.pool_size.unwrap_or(DEFAULT_POOL_SIZE),
-            &env_config.session(),
-        )?;
-        let engine = Arc::new(
-            PluginEngine::new(env_config.engine())
-                .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?
-                .with_default_artifact_cache()
-                .with_trusted_keys(crate::signing::TrustedKeys::from_env()?),
-        );
-        Ok(Context { url, pool, engine })
-    }
-
-    /// Fails with a clear message unless migrations are current.
-    pub async fn require_schema(&self) -> Result<()> {
-        let client = self.pool.get().await?;
-        if !db::migrate::is_current(&client).await? {
-            return Err(Error::Migration(
-                "the database schema is not current: run `payrail migrate` first".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// A processor with default settings.
-    pub fn processor(&self) -> Processor {
-        Processor::new(
-            self.pool.clone(),
-            self.engine.clone(),
-            ProcessorSettings::default(),
-        )
-    }
-
-    /// Applies pending migrations.
-    pub async fn migrate(&self) -> Result<Vec<i32>> {
-        let mut client = self.pool.get().await?;
-        db::migrate::migrate(&mut client).await
-    }
 }
 
 /// Parses `name`, `digest`, `name={json}` into a step.

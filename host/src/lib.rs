@@ -12,6 +12,7 @@ pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod currency;
 pub mod db;
 pub mod demo;

@@ -30,8 +30,8 @@ pub mod writes;
 
 use crate::apikeys::{self, Scope};
 use crate::audit;
-use crate::cli::Context;
 use crate::config::Config;
+use crate::context::Context;
 use crate::db;
 use crate::engine::{PluginEngine, PluginLimits};
 use crate::error::{Error, Result};
