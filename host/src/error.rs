@@ -76,6 +76,14 @@ impl From<crate::signing::SigningError> for Error {
     }
 }
 
+/// The local cluster's errors are setup errors (`database_setup`), with the
+/// cluster's own message, which says what to do.
+impl From<crate::db::embedded::EmbeddedError> for Error {
+    fn from(e: crate::db::embedded::EmbeddedError) -> Error {
+        Error::Setup(e.to_string())
+    }
+}
+
 impl Error {
     /// Stable code for clients and logs.
     pub fn code(&self) -> &str {
