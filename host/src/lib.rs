@@ -9,7 +9,6 @@
 pub mod api;
 pub mod apikeys;
 pub mod audit;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod context;

@@ -2,11 +2,11 @@
 //! its next payment as soon as the last one finished, for a fixed time) and
 //! a rate-limited open loop (payments started on a fixed schedule).
 
-use super::http::HttpTarget;
-use super::workload::{CallTime, Outcome, RequestGen, Samples, Workload};
-use crate::error::Result;
-use crate::model::{DEFAULT_TENANT, PaymentRequest, PaymentStatus};
-use crate::processor::Processor;
+use crate::http::HttpTarget;
+use crate::workload::{CallTime, Outcome, RequestGen, Samples, Workload};
+use payrail::error::Result;
+use payrail::model::{DEFAULT_TENANT, PaymentRequest, PaymentStatus};
+use payrail::processor::Processor;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -95,7 +95,7 @@ pub async fn closed_loop(
     }
     let mut samples = Samples::default();
     while let Some(r) = tasks.join_next().await {
-        samples.merge(r.map_err(|e| crate::error::Error::Setup(format!("bench client: {e}")))?);
+        samples.merge(r.map_err(|e| payrail::error::Error::Setup(format!("bench client: {e}")))?);
     }
     Ok(RunSamples {
         samples,

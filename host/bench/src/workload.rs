@@ -6,13 +6,13 @@
 //! pipeline `limits`; `hot_fee` runs `limits` + `fee`, so every payment also
 //! credits the one fee account (the hot row).
 
-use crate::db::Pool;
-use crate::engine::PluginEngine;
-use crate::error::{Error, Result};
-use crate::ledger::{self, MAX_ACCOUNTS_PER_CALL, NewAccount};
-use crate::model::{DEFAULT_TENANT, PaymentRequest};
-use crate::registry::{self, StepSpec};
-use crate::samples;
+use payrail::db::Pool;
+use payrail::engine::PluginEngine;
+use payrail::error::{Error, Result};
+use payrail::ledger::{self, MAX_ACCOUNTS_PER_CALL, NewAccount};
+use payrail::model::{DEFAULT_TENANT, PaymentRequest};
+use payrail::registry::{self, StepSpec};
+use payrail::samples;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
@@ -59,7 +59,7 @@ pub fn customer(i: usize) -> String {
 /// account and `accounts` customers, and sets both workloads' pipelines.
 pub async fn setup(pool: &Pool, engine: &Arc<PluginEngine>, accounts: usize) -> Result<()> {
     let mut c = pool.get().await?;
-    crate::db::migrate::migrate(&mut c).await?;
+    payrail::db::migrate::migrate(&mut c).await?;
     samples::deploy(&c, engine).await?;
     let new = |id: String, opening_balance: i64| NewAccount {
         id,
