@@ -1,14 +1,13 @@
-//! CI smoke guard for `payrail bench`: a short run of the real binary
-//! (in-process and HTTP, both workloads, a small account count) with the
-//! PL/pgSQL peer on the same Postgres, on a database of its own.
+//! CI smoke guard for `payrail bench`: a short run of the real
+//! `payrail-bench` binary (in-process and HTTP, both workloads, a small
+//! account count) with the PL/pgSQL peer on the same Postgres, on a database
+//! of its own. A test of the bench crate (host/bench/Cargo.toml).
 //!
 //! It fails only on a gross regression: payrail's best throughput below
 //! [`MIN_RATIO_TO_PEER`] times the peer's best measured in the same run,
 //! per path and workload. It is not a performance measurement (that is
 //! `payrail bench` itself, release build, full length); the numbers are
 //! printed so a failure shows how far off they were.
-
-mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -32,7 +31,49 @@ fn baseline_script() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("PAYRAIL_BASELINE") {
         return Some(PathBuf::from(p));
     }
-    Some(PathBuf::from(payrail::bench::peer::VENDORED_SCRIPT)).filter(|p| p.is_file())
+    Some(PathBuf::from(payrail_bench::peer::VENDORED_SCRIPT)).filter(|p| p.is_file())
+}
+
+/// Admin URL of the server: `$DATABASE_URL`, else the local cluster
+/// payrail runs itself (started if need be).
+async fn admin_url() -> String {
+    match std::env::var("DATABASE_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => tokio::task::spawn_blocking(|| {
+            payrail_embedded_pg::ensure_running(&payrail_embedded_pg::default_data_dir())
+        })
+        .await
+        .unwrap()
+        .expect("local postgres")
+        .url(),
+    }
+}
+
+/// The `payrail` binary of the HTTP path's serve children: `$PAYRAIL_BIN`,
+/// else built now (nothing to do when it is fresh). `cargo test -p
+/// payrail-bench` builds only this package's binary, and a stale `payrail`
+/// next to it would be the one measured.
+fn payrail_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("PAYRAIL_BIN").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args(["build", "-p", "payrail", "--bin", "payrail"])
+        .arg("--message-format=json-render-diagnostics")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit());
+    if !cfg!(debug_assertions) {
+        cargo.arg("--release");
+    }
+    let out = cargo.output().expect("run cargo build -p payrail");
+    assert!(out.status.success(), "cargo build -p payrail failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .next_back()
+        .expect("cargo names the payrail executable it built")
 }
 
 fn best(report: &serde_json::Value, path: &str, workload: &str) -> Option<f64> {
@@ -63,12 +104,13 @@ async fn bench_is_not_grossly_slower_than_the_peer() {
         eprintln!("SKIPPED: no peer baseline (bench/baseline/run.sh or $PAYRAIL_BASELINE)");
         return;
     };
-    let admin_url = common::admin_url().await;
+    let admin_url = admin_url().await;
+    let payrail = payrail_binary();
     let database = format!("payrail_bench_smoke_{:08x}", rand::random::<u32>());
     let out = std::env::temp_dir().join(&database);
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_payrail"))
-        .args(["bench", "--secs", "2", "--concurrency", "4,32"])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_payrail-bench"))
+        .args(["--secs", "2", "--concurrency", "4,32"])
         .args(["--accounts", "1000", "--warmup-secs", "1"])
         .args(["--database", &database])
         .arg("--out")
@@ -76,10 +118,11 @@ async fn bench_is_not_grossly_slower_than_the_peer() {
         .arg("--baseline")
         .arg(&script)
         .env("DATABASE_URL", &admin_url)
+        .env("PAYRAIL_BIN", &payrail)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start payrail bench");
+        .expect("start payrail-bench");
     // read both pipes on threads so neither can fill up and block it
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();

@@ -3,15 +3,15 @@
 
 use crate::apikeys::{self, Scope};
 use crate::config::{Config, LogFormat};
-use crate::db::{self, Pool};
-use crate::engine::PluginEngine;
+use crate::context::{Context, DbArgs};
+use crate::db;
 use crate::error::{Error, Result};
 use crate::ledger::{self, NewAccount};
 use crate::model::{DEFAULT_TENANT, PaymentRequest};
-use crate::processor::{Processor, ProcessorSettings};
 use crate::registry::{self, StepSpec};
-use crate::{api, audit, bench, demo};
+use crate::{api, audit, demo};
 use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -25,23 +25,6 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
-
-/// Where the database is.
-#[derive(Debug, Args)]
-pub struct DbArgs {
-    /// Postgres URL. Unset: one-shot commands (migrate, pay, demo, ...)
-    /// start a local Postgres themselves from the system's server binaries
-    /// (data in $PAYRAIL_DATA_DIR); `serve` and `relay` refuse to start
-    /// unless given --embedded-db.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// Connection pool size [default: 16].
-    #[arg(long, env = "PAYRAIL_POOL_SIZE", global = true)]
-    pub pool_size: Option<usize>,
-}
-
-/// Pool size when neither flag, environment nor config file sets one.
-pub const DEFAULT_POOL_SIZE: usize = 16;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -69,8 +52,10 @@ pub enum Command {
     /// Run the demo: sample plugins, accounts, thousands of concurrent
     /// payments (some retried, some declined), then a summary and the audit.
     Demo(demo::DemoArgs),
-    /// Benchmark payrail against the PL/pgSQL baseline on the same Postgres.
-    Bench(bench::BenchArgs),
+    /// Benchmark payrail against the PL/pgSQL baseline on the same Postgres:
+    /// runs the `payrail-bench` binary next to this one (`payrail bench
+    /// --help` lists its options).
+    Bench(BenchArgs),
     /// Run the HTTP API until SIGTERM/SIGINT (see docs/api.md).
     Serve(ServeArgs),
     /// Manage API keys (shown once, stored as a hash).
@@ -91,6 +76,16 @@ pub enum Command {
     /// Two-phase payments' holds.
     #[command(subcommand)]
     Holds(HoldsCmd),
+}
+
+/// `payrail bench`: the arguments, passed unparsed to `payrail-bench`
+/// (its own crate, `host/bench`), which parses them, `--help` included.
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct BenchArgs {
+    /// The options of `payrail-bench`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<OsString>,
 }
 
 /// `payrail holds` subcommands.
@@ -303,60 +298,6 @@ pub struct VoidArgs {
     pub key: String,
 }
 
-/// Everything a command needs to talk to the database and run plugins.
-pub struct Context {
-    pub url: String,
-    pub pool: Pool,
-    pub engine: Arc<PluginEngine>,
-}
-
-impl Context {
-    /// Resolves the database, builds the pool and the engine (settings
-    /// from the environment, as for `serve`).
-    pub async fn open(db_args: &DbArgs) -> Result<Context> {
-        let env_config = Config::load(None, |k| std::env::var(k).ok())?;
-        let url = db::resolve_url(db_args.database_url.clone()).await?;
-        let pool = db::pool_with(
-            &url,
-            db_args.pool_size.unwrap_or(DEFAULT_POOL_SIZE),
-            &env_config.session(),
-        )?;
-        let engine = Arc::new(
-            PluginEngine::new(env_config.engine())
-                .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?
-                .with_default_artifact_cache()
-                .with_trusted_keys(crate::signing::TrustedKeys::from_env()?),
-        );
-        Ok(Context { url, pool, engine })
-    }
-
-    /// Fails with a clear message unless migrations are current.
-    pub async fn require_schema(&self) -> Result<()> {
-        let client = self.pool.get().await?;
-        if !db::migrate::is_current(&client).await? {
-            return Err(Error::Migration(
-                "the database schema is not current: run `payrail migrate` first".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// A processor with default settings.
-    pub fn processor(&self) -> Processor {
-        Processor::new(
-            self.pool.clone(),
-            self.engine.clone(),
-            ProcessorSettings::default(),
-        )
-    }
-
-    /// Applies pending migrations.
-    pub async fn migrate(&self) -> Result<Vec<i32>> {
-        let mut client = self.pool.get().await?;
-        db::migrate::migrate(&mut client).await
-    }
-}
-
 /// Parses `name`, `digest`, `name={json}` into a step.
 pub fn parse_step(s: &str) -> Result<StepSpec> {
     let (plugin, config) = match s.split_once('=') {
@@ -481,6 +422,38 @@ async fn run_relay(db_args: &DbArgs, args: &RelayArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// `payrail bench`: replaces this process by the `payrail-bench` binary
+/// next to it, with `args`. The database flags go in its environment (not
+/// its command line, where the URL's password would show), and
+/// `PAYRAIL_BIN` names this binary for its `payrail serve` children.
+/// Returns only on failure.
+fn run_bench(db_args: &DbArgs, args: &BenchArgs) -> Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Setup(format!("cannot find the payrail binary's own path: {e}")))?;
+    let bench = exe.with_file_name(format!("payrail-bench{}", std::env::consts::EXE_SUFFIX));
+    if !bench.is_file() {
+        return Err(Error::MissingBinary {
+            command: "bench",
+            binary: bench,
+            package: "payrail-bench",
+        });
+    }
+    let mut cmd = std::process::Command::new(&bench);
+    cmd.args(&args.args);
+    if let Some(url) = &db_args.database_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    if let Some(n) = db_args.pool_size {
+        cmd.env("PAYRAIL_POOL_SIZE", n.to_string());
+    }
+    if std::env::var_os("PAYRAIL_BIN").is_none() {
+        cmd.env("PAYRAIL_BIN", &exe);
+    }
+    let e = cmd.exec();
+    Err(Error::Setup(format!("cannot run {}: {e}", bench.display())))
+}
+
 /// Runs one parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32> {
     if let Command::Serve(args) = &cli.command {
@@ -500,6 +473,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
     }
     if let Command::Plugin(PluginCmd::Tools(cmd)) = &cli.command {
         return crate::plugin_tools::run(cmd);
+    }
+    if let Command::Bench(args) = &cli.command {
+        return run_bench(&cli.db, args);
     }
     let ctx = Context::open(&cli.db).await?;
     match cli.command {
@@ -656,8 +632,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Replay(args) => return crate::platform_cli::replay(&ctx, &args).await,
         Command::Shadow(cmd) => return crate::platform_cli::shadow(&ctx, &cmd).await,
         Command::Demo(args) => return demo::run(&ctx, &args).await,
-        Command::Bench(args) => return bench::run(&ctx, &args).await,
-        Command::Serve(_) | Command::Relay(_) | Command::Plugin(PluginCmd::Tools(_)) => {
+        Command::Serve(_)
+        | Command::Relay(_)
+        | Command::Bench(_)
+        | Command::Plugin(PluginCmd::Tools(_)) => {
             unreachable!("handled above")
         }
         Command::Outbox(cmd) => {

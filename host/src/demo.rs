@@ -4,7 +4,7 @@
 //! insufficient funds) and prints a summary and the audit.
 
 use crate::audit;
-use crate::cli::Context;
+use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::ledger::{self, NewAccount};
 use crate::model::{DEFAULT_TENANT, PaymentRequest, PaymentStatus};

@@ -61,6 +61,17 @@ pub enum Error {
     Setup(String),
     #[error("migration error: {0}")]
     Migration(String),
+    /// A command that runs another payrail binary (`payrail bench` runs
+    /// `payrail-bench`) did not find it next to this one.
+    #[error(
+        "`payrail {command}` runs {}, which is not there: build it (cargo build --release -p {package}) so it sits next to this payrail binary",
+        binary.display()
+    )]
+    MissingBinary {
+        command: &'static str,
+        binary: std::path::PathBuf,
+        package: &'static str,
+    },
     /// A stored value this version does not know (a newer version wrote
     /// it): refused rather than shown as something else.
     #[error("{column} holds {value:?}, which this version of payrail does not know; upgrade it")]
@@ -73,6 +84,14 @@ impl From<crate::signing::SigningError> for Error {
             code: e.code,
             message: e.message,
         }
+    }
+}
+
+/// The local cluster's errors are setup errors (`database_setup`), with the
+/// cluster's own message, which says what to do.
+impl From<crate::db::embedded::EmbeddedError> for Error {
+    fn from(e: crate::db::embedded::EmbeddedError) -> Error {
+        Error::Setup(e.to_string())
     }
 }
 
@@ -101,6 +120,7 @@ impl Error {
             Error::Setup(_) => "database_setup",
             Error::UnknownStored { .. } => "unknown_stored_value",
             Error::Migration(_) => "migration_error",
+            Error::MissingBinary { .. } => "missing_binary",
         }
     }
 

@@ -9,9 +9,9 @@
 pub mod api;
 pub mod apikeys;
 pub mod audit;
-pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod currency;
 pub mod db;
 pub mod demo;

@@ -2,7 +2,7 @@
 //! shadow ...`, `payrail pipeline history|rollback`), kept out of `cli.rs`
 //! so that file only dispatches to them.
 
-use crate::cli::Context;
+use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::model::DEFAULT_TENANT;
 use crate::processor::ProcessorSettings;

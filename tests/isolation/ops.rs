@@ -8,7 +8,8 @@
 #[allow(unused_imports)]
 use super::*;
 use payrail::config::Config;
-use payrail::db::{self, SessionSettings, embedded};
+use payrail::db::{self, SessionSettings};
+use payrail_embedded_pg as embedded;
 use std::process::Output;
 
 fn bin() -> &'static str {

@@ -164,6 +164,67 @@ async fn deploy_rejects_a_file_that_is_not_a_payrail_component() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// `payrail bench` runs the `payrail-bench` next to the binary: with none
+/// there it says to build it; with one (a stand-in script here) it passes
+/// the arguments through, the database in the environment, itself as
+/// `PAYRAIL_BIN`, and exits with its status.
+#[test]
+fn bench_runs_the_bench_binary_next_to_payrail() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-forward-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let payrail = dir.join("payrail");
+    // a link, not a copy, when the file system allows: the binary is large
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_payrail"), &payrail).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_payrail"), &payrail).unwrap();
+    }
+    let run = || {
+        let out = Command::new(&payrail)
+            .args(["--database-url", "postgres://u:secret@h/db", "bench"])
+            .args(["--secs", "3", "--help"])
+            .env_remove("PAYRAIL_BIN")
+            .env_remove("DATABASE_URL")
+            .output()
+            .expect("run payrail bench");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    let (code, err) = run();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("[missing_binary]")
+            && err.contains("payrail-bench")
+            && err.contains("cargo build --release -p payrail-bench"),
+        "{err}"
+    );
+
+    let bench = dir.join("payrail-bench");
+    std::fs::write(
+        &bench,
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" \"$DATABASE_URL\" \"$PAYRAIL_BIN\" > \"$0.seen\"\nexit 7\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&bench, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // another test's fork can hold the script open for writing a moment
+    // (ETXTBSY): try again
+    let (code, err) = (0..20)
+        .map(|i| {
+            std::thread::sleep(std::time::Duration::from_millis(50 * i));
+            run()
+        })
+        .find(|(_, err)| !err.contains("busy"))
+        .expect("the script ran");
+    assert_eq!(code, Some(7), "{err}");
+    let seen = std::fs::read_to_string(dir.join("payrail-bench.seen")).unwrap();
+    let expected = format!(
+        "--secs\n3\n--help\npostgres://u:secret@h/db\n{}\n",
+        payrail.display()
+    );
+    assert_eq!(seen, expected);
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// Every file the docs and the code name exists: path tokens under a
 /// top-level directory, bare top-level files, relative Markdown links. A
 /// page or report that moves must take its references with it. Reads files
@@ -181,7 +242,7 @@ fn every_referenced_file_exists() {
     }
     for (dir, ext) in [
         ("docs", "md"),
-        ("host/src", "rs"),
+        ("host", "rs"),
         ("tests", "rs"),
         ("plugins", "rs"),
     ] {

@@ -1,7 +1,7 @@
 //! The local Postgres payrail runs when DATABASE_URL is unset: initdb,
 //! start, crash (immediate stop), restart, and concurrent ensure_running.
 
-use payrail::db::embedded::{self, LocalPostgres};
+use payrail_embedded_pg::{self as embedded, LocalPostgres};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,8 +3,8 @@
 //! thirteen). One module per former test file; run one of them with a name
 //! filter, e.g. `cargo test --test suite payments::`.
 //!
-//! Not here, each its own binary (host/Cargo.toml says why): `chaos`,
-//! `bench_smoke` and `isolation`.
+//! Not here, each its own binary (host/Cargo.toml says why): `chaos` and
+//! `isolation`; `bench_smoke` is a test of the bench crate (host/bench).
 //!
 //! What the modules share in this one process: the plugin engine of
 //! [`common::engine`] (each plugin compiled once for all of them), the local

@@ -198,6 +198,8 @@ impl From<Error> for ApiError {
                 );
             }
             Error::Setup(_) | Error::Migration(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // a CLI error (`payrail bench`); no request gets here
+            Error::MissingBinary { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             // a 500's body is generic; the detail goes to the log
             Error::UnknownStored { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };

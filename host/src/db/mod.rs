@@ -1,8 +1,11 @@
 //! The database layer: where the database is (an explicit `DATABASE_URL` or
 //! a local cluster the host runs itself), the connection pool, migrations.
 
-pub mod embedded;
 pub mod migrate;
+
+/// The local cluster (its own crate, `host/embedded-pg`): re-exported for
+/// callers of [`local_cluster`], which returns its [`embedded::LocalPostgres`].
+pub use payrail_embedded_pg as embedded;
 
 use crate::error::{Error, Result};
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
@@ -83,7 +86,7 @@ pub async fn local_cluster() -> Result<embedded::LocalPostgres> {
     tokio::task::spawn_blocking(move || embedded::ensure_running(&dir))
         .await
         .map_err(|e| Error::Setup(format!("local postgres task failed: {e}")))?
-        .map_err(|e| Error::Setup(e.to_string()))
+        .map_err(Error::from)
 }
 
 /// Creates database `name` through the server at `admin_url` unless it exists.

@@ -1,9 +1,9 @@
 //! The peer: `bench/baseline/run.sh` (the same payments as a PL/pgSQL
 //! function, driven by pgbench) on the same Postgres, same client counts.
 
-use super::workload::{Percentiles, Workload};
-use super::writes::PerPayment;
-use crate::error::{Error, Result};
+use crate::workload::{Percentiles, Workload};
+use crate::writes::PerPayment;
+use payrail::error::{Error, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,7 +31,8 @@ pub struct PeerPoint {
 }
 
 /// The peer's script in this repository (`bench/baseline/run.sh`).
-pub const VENDORED_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/baseline/run.sh");
+pub const VENDORED_SCRIPT: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/baseline/run.sh");
 
 /// Finds the script: `explicit`, else the repository's `bench/baseline`.
 pub fn find_script(explicit: Option<&Path>) -> Result<PathBuf> {

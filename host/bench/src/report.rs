@@ -2,9 +2,9 @@
 //! the targets of issue 6, and their rendering as `report.md` and
 //! `report.json`.
 
-use super::peer::{PeerPaced, PeerPoint};
-use super::workload::{Percentiles, Samples, Workload, median_us};
-use super::writes::PerPayment;
+use crate::peer::{PeerPaced, PeerPoint};
+use crate::workload::{Percentiles, Samples, Workload, median_us};
+use crate::writes::PerPayment;
 use serde::Serialize;
 use std::fmt::Write;
 use std::time::Duration;

@@ -1,13 +1,13 @@
 //! The HTTP path: `payrail serve` children (this same binary) on real
 //! sockets, and a keep-alive client that pays through `POST /v1/payments`.
 
-use super::sys::{self, Proc};
-use crate::error::{Error, Result};
-use crate::model::PaymentRequest;
+use crate::sys::{self, Proc};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderValue};
+use payrail::error::{Error, Result};
+use payrail::model::PaymentRequest;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;

@@ -7,8 +7,8 @@
 //! dependency tree and build time to the `payrail` binary for one report
 //! file. The output is plain SVG 1.1 that any browser or GitHub renders.
 
-use super::report::{P3_MAX_P99_MS, PathKind, Report, best};
-use super::workload::{LEVELS, Workload};
+use crate::report::{P3_MAX_P99_MS, PathKind, Report, best};
+use crate::workload::{LEVELS, Workload};
 use std::fmt::Write;
 
 const WIDTH: f64 = 820.0;

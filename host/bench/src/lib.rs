@@ -1,4 +1,7 @@
-//! `payrail bench`: the standard benchmark (issue 6).
+//! `payrail-bench` (also run as `payrail bench`): the standard benchmark
+//! (issue 6). A crate of its own so the server library carries neither the
+//! load generators nor their HTTP client; it uses the library as any
+//! embedder would, plus `payrail serve` children for the HTTP path.
 //!
 //! On a fresh database per path it runs two workloads, `uniform` (random transfers
 //! among `--accounts` customers, pipeline `limits`) and `hot_fee` (the same
@@ -28,18 +31,18 @@ pub mod sys;
 pub mod workload;
 pub mod writes;
 
-use crate::apikeys::{self, Scope};
-use crate::audit;
-use crate::cli::Context;
-use crate::config::Config;
-use crate::db;
-use crate::engine::{PluginEngine, PluginLimits};
-use crate::error::{Error, Result};
-use crate::model::DEFAULT_TENANT;
-use crate::processor::{Processor, ProcessorSettings};
 use clap::Args;
 use driver::{RunSamples, Target};
 use http::{HttpTarget, ServeChild, ServeMetrics};
+use payrail::apikeys::{self, Scope};
+use payrail::audit;
+use payrail::config::Config;
+use payrail::context::Context;
+use payrail::db;
+use payrail::engine::{PluginEngine, PluginLimits};
+use payrail::error::{Error, Result};
+use payrail::model::DEFAULT_TENANT;
+use payrail::processor::{Processor, ProcessorSettings};
 use report::{
     AuditResult, Durability, HostReadings, IdleCall, LOAD_FRACTION, PairedRound, PathKind,
     PluginTotals, Report, RunResult, ScaleOut,
@@ -67,6 +70,9 @@ pub const MAX_WARMUP_SECS: u64 = 60;
 pub const MAX_PAIRED_ROUNDS: usize = 10;
 /// The head-to-head phase's database is `--database` with this suffix.
 pub const HEAD_TO_HEAD_SUFFIX: &str = "_h2h";
+/// The environment variable naming the `payrail` binary of the HTTP path
+/// (see [`payrail_binary`]).
+pub const PAYRAIL_BIN: &str = "PAYRAIL_BIN";
 /// The bench drops and recreates its database: only names with this
 /// prefix, so a typo cannot drop a real database.
 pub const DATABASE_PREFIX: &str = "payrail_bench";
@@ -677,19 +683,38 @@ async fn admin_client(url: &str) -> Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// The `payrail` binary the HTTP path starts as `payrail serve` children:
+/// `$PAYRAIL_BIN` (which `payrail bench` sets to itself), else the `payrail`
+/// next to this executable, as `cargo build` and a release place them.
+pub fn payrail_binary() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os(PAYRAIL_BIN).filter(|b| !b.is_empty()) {
+        return Ok(PathBuf::from(bin));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Setup(format!("cannot find the payrail-bench binary: {e}")))?;
+    let bin = exe.with_file_name(format!("payrail{}", std::env::consts::EXE_SUFFIX));
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    Err(Error::Setup(format!(
+        "the HTTP path runs `payrail serve`, but there is no payrail binary at {}: build it \
+         (cargo build --release -p payrail), set {PAYRAIL_BIN} to it, or pass --paths in-process",
+        bin.display()
+    )))
+}
+
 async fn start_children(
     n: usize,
     url: &str,
     pool_size: usize,
     out: &std::path::Path,
 ) -> Result<Vec<ServeChild>> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::Setup(format!("cannot find the payrail binary: {e}")))?;
+    let exe = payrail_binary()?;
     // Batch workers count per Postgres, not per host (docs/batching.md,
     // "Tuning"): several processes share the default between them unless
     // PAYRAIL_BATCH_WORKERS says otherwise.
     let batch_workers = (n > 1 && std::env::var_os("PAYRAIL_BATCH_WORKERS").is_none()).then(|| {
-        let workers = (crate::processor::BatchSettings::default().workers / n).max(1);
+        let workers = (payrail::processor::BatchSettings::default().workers / n).max(1);
         println!("scale    {n} processes: PAYRAIL_BATCH_WORKERS={workers} each (the default divided between them)");
         workers
     });
@@ -713,6 +738,10 @@ async fn stop_children(children: Vec<ServeChild>) {
 /// the audit passed (the targets are reported, not enforced).
 pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
     args.validate()?;
+    if args.paths.contains(&PathKind::Http) {
+        // before anything is measured, not after the in-process path
+        payrail_binary()?;
+    }
     let seed = args.seed.unwrap_or_else(rand::random);
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1036,9 +1065,9 @@ const IDLE_WARMUP: usize = 1_000;
 /// Times the `limits` sample on its fixture on this (idle) thread, as
 /// `payrail plugin bench` does: the machine's speed on the day of the run.
 fn idle_call(engine: &PluginEngine, limits: &PluginLimits) -> Result<IdleCall> {
-    let input = crate::plugin_tools::parse_fixture(crate::samples::LIMITS_FIXTURE.as_bytes())?;
-    let digest = engine.load(crate::samples::LIMITS_WASM)?;
-    let r = crate::plugin_tools::bench_loaded(
+    let input = payrail::plugin_tools::parse_fixture(payrail::samples::LIMITS_FIXTURE.as_bytes())?;
+    let digest = engine.load(payrail::samples::LIMITS_WASM)?;
+    let r = payrail::plugin_tools::bench_loaded(
         engine,
         &digest,
         &input,

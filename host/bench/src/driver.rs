@@ -2,35 +2,14 @@
 //! its next payment as soon as the last one finished, for a fixed time) and
 //! a rate-limited open loop (payments started on a fixed schedule).
 
-use super::http::HttpTarget;
-use super::workload::{RequestGen, Samples, Workload};
-use crate::error::Result;
-use crate::model::{DEFAULT_TENANT, PaymentRequest, PaymentStatus};
-use crate::processor::Processor;
+use crate::http::HttpTarget;
+use crate::workload::{CallTime, Outcome, RequestGen, Samples, Workload};
+use payrail::error::Result;
+use payrail::model::{DEFAULT_TENANT, PaymentRequest, PaymentStatus};
+use payrail::processor::Processor;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-
-/// What one payment came to, as seen by the client.
-#[derive(Debug)]
-pub struct Outcome {
-    /// `Ok(true)` approved, `Ok(false)` declined, `Err` what went wrong.
-    pub result: std::result::Result<bool, String>,
-    /// The plugin calls' times (in-process only).
-    pub calls: Vec<CallTime>,
-    /// Time claiming the key and taking the locks (in-process only).
-    pub lock_wait: Option<Duration>,
-}
-
-/// One plugin call's time, as `CallStat` reports it.
-#[derive(Debug, Clone, Copy)]
-pub struct CallTime {
-    /// Wall clock, setup through output checks.
-    pub wall: Duration,
-    /// CPU time of the calling thread over the same span (sampled calls
-    /// only: see `engine::CPU_SAMPLE_EVERY`).
-    pub cpu: Option<Duration>,
-}
 
 /// Where the payments go. Cheap to clone.
 #[derive(Clone)]
@@ -116,7 +95,7 @@ pub async fn closed_loop(
     }
     let mut samples = Samples::default();
     while let Some(r) = tasks.join_next().await {
-        samples.merge(r.map_err(|e| crate::error::Error::Setup(format!("bench client: {e}")))?);
+        samples.merge(r.map_err(|e| payrail::error::Error::Setup(format!("bench client: {e}")))?);
     }
     Ok(RunSamples {
         samples,

@@ -6,13 +6,13 @@
 //! pipeline `limits`; `hot_fee` runs `limits` + `fee`, so every payment also
 //! credits the one fee account (the hot row).
 
-use crate::db::Pool;
-use crate::engine::PluginEngine;
-use crate::error::{Error, Result};
-use crate::ledger::{self, MAX_ACCOUNTS_PER_CALL, NewAccount};
-use crate::model::{DEFAULT_TENANT, PaymentRequest};
-use crate::registry::{self, StepSpec};
-use crate::samples;
+use payrail::db::Pool;
+use payrail::engine::PluginEngine;
+use payrail::error::{Error, Result};
+use payrail::ledger::{self, MAX_ACCOUNTS_PER_CALL, NewAccount};
+use payrail::model::{DEFAULT_TENANT, PaymentRequest};
+use payrail::registry::{self, StepSpec};
+use payrail::samples;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
@@ -59,7 +59,7 @@ pub fn customer(i: usize) -> String {
 /// account and `accounts` customers, and sets both workloads' pipelines.
 pub async fn setup(pool: &Pool, engine: &Arc<PluginEngine>, accounts: usize) -> Result<()> {
     let mut c = pool.get().await?;
-    crate::db::migrate::migrate(&mut c).await?;
+    payrail::db::migrate::migrate(&mut c).await?;
     samples::deploy(&c, engine).await?;
     let new = |id: String, opening_balance: i64| NewAccount {
         id,
@@ -178,6 +178,27 @@ pub struct Samples {
     pub first_error: Option<String>,
 }
 
+/// What one payment came to, as seen by the client.
+#[derive(Debug)]
+pub struct Outcome {
+    /// `Ok(true)` approved, `Ok(false)` declined, `Err` what went wrong.
+    pub result: std::result::Result<bool, String>,
+    /// The plugin calls' times (in-process only).
+    pub calls: Vec<CallTime>,
+    /// Time claiming the key and taking the locks (in-process only).
+    pub lock_wait: Option<Duration>,
+}
+
+/// One plugin call's time, as `CallStat` reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct CallTime {
+    /// Wall clock, setup through output checks.
+    pub wall: Duration,
+    /// CPU time of the calling thread over the same span (sampled calls
+    /// only: see `engine::CPU_SAMPLE_EVERY`).
+    pub cpu: Option<Duration>,
+}
+
 /// Appends `n` (saturated to u32) unless `v` already holds `MAX_SAMPLES`.
 fn push(v: &mut Vec<u32>, n: u128) {
     if v.len() < MAX_SAMPLES {
@@ -193,7 +214,7 @@ pub fn median_us(ns: &mut [u32]) -> Option<f64> {
 
 impl Samples {
     /// Records one finished payment.
-    pub fn record(&mut self, latency: Duration, outcome: &super::driver::Outcome) {
+    pub fn record(&mut self, latency: Duration, outcome: &Outcome) {
         push(&mut self.latency_us, latency.as_micros());
         match &outcome.result {
             Ok(true) => self.approved += 1,
