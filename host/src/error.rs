@@ -89,8 +89,8 @@ impl From<crate::signing::SigningError> for Error {
 
 /// The local cluster's errors are setup errors (`database_setup`), with the
 /// cluster's own message, which says what to do.
-impl From<crate::db::embedded::EmbeddedError> for Error {
-    fn from(e: crate::db::embedded::EmbeddedError) -> Error {
+impl From<payrail_embedded_pg::EmbeddedError> for Error {
+    fn from(e: payrail_embedded_pg::EmbeddedError) -> Error {
         Error::Setup(e.to_string())
     }
 }
