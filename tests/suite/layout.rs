@@ -2,7 +2,8 @@
 //! modules import one another without cycles, so the layers can be read
 //! from the folders (docs/architecture.md). A child module using its
 //! ancestors' items is how Rust nests modules, not a cycle; every other
-//! `crate::` or `super::` path is an edge. Reads files only.
+//! `crate::` or `super::` path, and a parent naming its child's items
+//! (`child::item`), is an edge. Reads files only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -82,6 +83,14 @@ fn import_graph(src: &Path) -> BTreeMap<Module, BTreeSet<Module>> {
         // a file's unit tests (its last item) may reach anywhere
         let code = text.split("#[cfg(test)]").next().unwrap_or("");
         let mut edges = BTreeSet::new();
+        let children = modules
+            .keys()
+            .filter(|c| c.len() == m.len() + 1 && c.starts_with(m));
+        for child in children {
+            if names(code, &format!("{}::", child[m.len()])) {
+                edges.insert(child.clone());
+            }
+        }
         for path in paths(code, m) {
             let target = (0..=path.len())
                 .rev()
@@ -95,6 +104,15 @@ fn import_graph(src: &Path) -> BTreeMap<Module, BTreeSet<Module>> {
         graph.insert(m.clone(), edges);
     }
     graph
+}
+
+/// Whether `code` names the relative path `prefix` (a child module's
+/// items, as `child::item`), not as the tail of a longer path.
+fn names(code: &str, prefix: &str) -> bool {
+    code.match_indices(prefix).any(|(at, _)| {
+        let before = code[..at].chars().next_back();
+        !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+    })
 }
 
 fn collect_rs(dir: &Path, out: &mut Vec<PathBuf>) {

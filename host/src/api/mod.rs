@@ -441,7 +441,7 @@ pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reaper = tokio::spawn(crate::processor::run_reaper(
         pool.clone(),
-        metrics,
+        move |n| metrics.keys_reaped(n),
         Duration::from_secs(config.idempotency.reaper_interval_secs),
         config.idempotency.reaper_batch,
         stop_rx.clone(),

@@ -9,7 +9,6 @@ use super::{PayOutcome, Processor};
 use crate::db::Pool;
 use crate::error::{Error, Result};
 use crate::model::PaymentResponse;
-use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -143,10 +142,15 @@ pub async fn reap_expired_keys(pool: &Pool, batch: i64, max_batches: u32) -> Res
     Ok(total)
 }
 
-/// Runs the key reaper every `interval` until `stop` turns true.
+/// Most batches one round of the reaper deletes: a backlog is worked off
+/// over several rounds instead of holding the pool.
+const MAX_REAP_BATCHES_PER_ROUND: u32 = 100;
+
+/// Runs the key reaper every `interval` until `stop` turns true, telling
+/// `on_reaped` how many keys each round deleted (the metrics).
 pub async fn run_reaper(
     pool: Pool,
-    metrics: Arc<crate::metrics::Metrics>,
+    on_reaped: impl Fn(u64),
     interval: Duration,
     batch: i64,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -156,10 +160,10 @@ pub async fn run_reaper(
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
-        match reap_expired_keys(&pool, batch, 100).await {
+        match reap_expired_keys(&pool, batch, MAX_REAP_BATCHES_PER_ROUND).await {
             Ok(0) => {}
             Ok(n) => {
-                metrics.keys_reaped(n);
+                on_reaped(n);
                 tracing::info!(deleted = n, "reaped expired idempotency keys");
             }
             Err(e) => tracing::warn!(error = %e, "idempotency key reaper failed; will retry"),
