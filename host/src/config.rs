@@ -9,7 +9,7 @@
 use crate::engine::{EngineConfig, PluginLimitOverrides, PluginLimits};
 use crate::error::{Error, Result};
 use crate::processor::{BatchSettings, ProcessorSettings};
-pub use crate::redact::{MIN_SCRUB_LEN, percent_decode, redact_url, scrub, url_secrets};
+pub use crate::redact::{MIN_SCRUB_BYTES, percent_decode, redact_url, scrub, url_secrets};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;

@@ -24,7 +24,7 @@ const SHOWN_PARAMS: &[&str] = &[
 /// Secrets shorter than this are not scrubbed from free text by
 /// [`scrub`] (replacing every `1` in a message helps nobody); URLs are
 /// still printed redacted whatever their length.
-pub const MIN_SCRUB_LEN: usize = 4;
+pub const MIN_SCRUB_BYTES: usize = 4;
 
 /// A URL (postgres, http, nats) or a key=value connection string with its
 /// secrets replaced by `***`: the password of the userinfo (a userinfo
@@ -53,11 +53,11 @@ pub fn url_secrets(url: &str) -> Vec<String> {
 }
 
 /// `text` with every occurrence of each secret (at least
-/// [`MIN_SCRUB_LEN`] bytes) replaced by `***`, longest first.
+/// [`MIN_SCRUB_BYTES`] bytes) replaced by `***`, longest first.
 pub fn scrub(text: &str, secrets: &[String]) -> String {
     let mut sorted: Vec<&String> = secrets
         .iter()
-        .filter(|s| s.len() >= MIN_SCRUB_LEN)
+        .filter(|s| s.len() >= MIN_SCRUB_BYTES)
         .collect();
     sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let mut out = text.to_string();

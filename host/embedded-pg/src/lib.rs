@@ -43,7 +43,7 @@ const PORT_ATTEMPTS: usize = 5;
 /// Lines of the server log quoted in a start error.
 const LOG_TAIL_LINES: usize = 20;
 /// Unix socket paths are limited to ~107 bytes; stay well below that.
-const MAX_SOCKET_DIR_LEN: usize = 90;
+const MAX_SOCKET_DIR_BYTES: usize = 90;
 /// The superuser initdb creates.
 const SUPERUSER: &str = "postgres";
 /// The system user Postgres runs as when the host runs as root.
@@ -762,7 +762,7 @@ fn init_cluster(runner: &Runner, dir: &Path, final_dir: &Path) -> Result<(), Emb
     }
 
     let socket_dir = final_dir.to_string_lossy();
-    let socket_setting = if socket_dir.len() <= MAX_SOCKET_DIR_LEN {
+    let socket_setting = if socket_dir.len() <= MAX_SOCKET_DIR_BYTES {
         conf_quote(&socket_dir)
     } else {
         // Too long for a unix socket path; TCP is all we use anyway.

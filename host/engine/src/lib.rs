@@ -52,7 +52,7 @@ pub const CPU_SAMPLE_EVERY: u64 = 16;
 
 /// Dirty linear memory per pool slot reset in place (rather than
 /// decommitted) when a call ends, if PAGEMAP_SCAN is available.
-const KEEP_RESIDENT_PAGEMAP: usize = 2 << 20;
+const KEEP_RESIDENT_PAGEMAP_BYTES: usize = 2 << 20;
 
 /// Per-call resource limits. Defaults follow Shopify Functions' published
 /// limits (11M instructions, 10 MB memory, 128 kB input, 20 kB output, 1 kB
@@ -748,7 +748,7 @@ impl PluginEngine {
         let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
         pool.pagemap_scan(Enabled::Auto)
             .linear_memory_keep_resident(if pagemap {
-                KEEP_RESIDENT_PAGEMAP
+                KEEP_RESIDENT_PAGEMAP_BYTES
             } else {
                 64 << 10
             })
