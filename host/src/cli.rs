@@ -209,7 +209,7 @@ pub enum PluginCmd {
         signature: Option<String>,
     },
     #[command(flatten)]
-    Tools(crate::plugin_tools::ToolCmd),
+    Tools(payrail_plugin_tools::ToolCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -499,7 +499,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         return run_relay(&cli.db, args).await;
     }
     if let Command::Plugin(PluginCmd::Tools(cmd)) = &cli.command {
-        return crate::plugin_tools::run(cmd);
+        return payrail_plugin_tools::run(cmd, crate::config::Config::engine_from_env);
     }
     let ctx = Context::open(&cli.db).await?;
     match cli.command {

@@ -76,6 +76,21 @@ impl From<crate::signing::SigningError> for Error {
     }
 }
 
+/// The plugin tools' errors (`payrail plugin new|test|bench|keygen|sign`)
+/// as the variants they were before the tools were a crate of their own:
+/// the CLI prints the same codes and exits the same way.
+impl From<payrail_plugin_tools::ToolError> for Error {
+    fn from(e: payrail_plugin_tools::ToolError) -> Error {
+        use payrail_plugin_tools::ToolError;
+        match e {
+            ToolError::Invalid { code, message } => Error::Invalid { code, message },
+            ToolError::AlreadyExists { what, id } => Error::AlreadyExists { what, id },
+            ToolError::PluginLoad(e) => Error::PluginLoad(e),
+            ToolError::Setup(message) => Error::Setup(message),
+        }
+    }
+}
+
 impl Error {
     /// Stable code for clients and logs.
     pub fn code(&self) -> &str {

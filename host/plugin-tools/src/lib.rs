@@ -3,32 +3,90 @@
 //! `payrail plugin new` (a ready-to-build plugin crate), `payrail plugin
 //! keygen` / `payrail plugin sign` (optional signatures), `payrail plugin
 //! bench` (per-call cost of a plugin, split by phase).
+//!
+//! A crate of its own on the engine alone: no `payrail`, no database
+//! client in its dependency tree. The host's command line parses
+//! [`ToolCmd`] and calls [`run`] with the engine configuration it reads
+//! from the environment; [`ToolError`] converts into the host's error.
 
-use crate::engine::{CallTimings, PluginEngine, PluginLimits, PreparedInput, digest_of};
-use crate::error::{Error, Result};
-use crate::model::PluginInput;
-use crate::signing;
+use payrail_engine::model::PluginInput;
+use payrail_engine::signing::{self, SigningError};
+use payrail_engine::{
+    CallTimings, EngineConfig, LoadError, PluginEngine, PluginLimits, PreparedInput, digest_of,
+};
 use serde::Serialize;
 use std::path::Path;
+
+/// What can go wrong in a plugin tool. Each variant has a stable
+/// [`code`](ToolError::code); the host maps each to its own error variant
+/// of the same meaning (`Invalid`, `AlreadyExists`, `PluginLoad`, `Setup`).
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// A bad argument or file: unreadable, too large, not a fixture, a
+    /// plugin that faults where a call must succeed, ...
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    /// What would be created is already there (never overwritten).
+    #[error("{what} {id:?} already exists")]
+    AlreadyExists { what: &'static str, id: String },
+    /// The plugin is refused as a deploy would refuse it.
+    #[error("plugin rejected: {0}")]
+    PluginLoad(#[from] LoadError),
+    /// The wasm engine could not be created.
+    #[error("setup error: {0}")]
+    Setup(String),
+}
+
+impl ToolError {
+    /// Stable code for scripts and logs.
+    pub fn code(&self) -> &str {
+        match self {
+            ToolError::Invalid { code, .. } => code,
+            ToolError::AlreadyExists { .. } => "already_exists",
+            ToolError::PluginLoad(_) => "plugin_invalid",
+            ToolError::Setup(_) => "engine_setup",
+        }
+    }
+
+    /// Shorthand for [`ToolError::Invalid`].
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        ToolError::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<SigningError> for ToolError {
+    fn from(e: SigningError) -> ToolError {
+        ToolError::Invalid {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+/// Result alias of the plugin tools.
+pub type Result<T, E = ToolError> = std::result::Result<T, E>;
 
 /// Largest fixture file read.
 pub const MAX_FIXTURE_BYTES: u64 = 4 * 1024 * 1024;
 
 fn read(path: &Path, max: u64) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(path).map_err(|e| {
-        Error::invalid(
+        ToolError::invalid(
             "unreadable_file",
             format!("cannot read {}: {e}", path.display()),
         )
     })?;
     if meta.len() > max {
-        return Err(Error::invalid(
+        return Err(ToolError::invalid(
             "file_too_large",
             format!("{} is {} bytes, above {max}", path.display(), meta.len()),
         ));
     }
     std::fs::read(path).map_err(|e| {
-        Error::invalid(
+        ToolError::invalid(
             "unreadable_file",
             format!("cannot read {}: {e}", path.display()),
         )
@@ -38,7 +96,7 @@ fn read(path: &Path, max: u64) -> Result<Vec<u8>> {
 /// A fixture: a plugin input where `config` may be a JSON object (it is
 /// passed as text, as the host does) and metadata may be left out.
 pub fn parse_fixture(json: &[u8]) -> Result<PluginInput> {
-    let bad = |m: String| Error::invalid("invalid_fixture", m);
+    let bad = |m: String| ToolError::invalid("invalid_fixture", m);
     let mut v: serde_json::Value =
         serde_json::from_slice(json).map_err(|e| bad(format!("fixture is not JSON: {e}")))?;
     let obj = v
@@ -113,17 +171,23 @@ pub struct TestReport {
     pub log: String,
 }
 
-/// Loads `wasm` (validated as at deploy) and runs it once on `fixture`
-/// under `limits`, with no database.
-pub fn test_plugin(wasm: &Path, fixture: &Path, limits: &PluginLimits) -> Result<TestReport> {
-    // Host limits from the environment (e.g. PAYRAIL_MAX_PLUGIN_BYTES for a
-    // large Python component), with room for the memory asked for here.
-    let mut config = crate::config::Config::engine_from_env()?;
+/// Loads `wasm` (validated as at deploy) on an engine of `config` and runs
+/// it once on `fixture` under `limits`, with no database.
+///
+/// `config` holds the host's limits (the CLI reads them from the
+/// environment, e.g. PAYRAIL_MAX_PLUGIN_BYTES for a large Python
+/// component); its memory limit is raised to the one asked for here.
+pub fn test_plugin(
+    mut config: EngineConfig,
+    wasm: &Path,
+    fixture: &Path,
+    limits: &PluginLimits,
+) -> Result<TestReport> {
     config.limits.max_memory_bytes = config.limits.max_memory_bytes.max(limits.max_memory_bytes);
     let bytes = read(wasm, config.max_plugin_bytes as u64 + 1)?;
     let input = parse_fixture(&read(fixture, MAX_FIXTURE_BYTES)?)?;
     let engine = PluginEngine::new(config)
-        .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?;
+        .map_err(|e| ToolError::Setup(format!("cannot create the wasm engine: {e:#}")))?;
     let digest = engine.load(&bytes)?;
     let prepared = PreparedInput::new(input);
     let input_bytes = measure(prepared.json.len() as u64, limits.max_input_bytes as u64);
@@ -236,21 +300,21 @@ fn process_cpu_ns() -> Option<u64> {
     secs.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
-/// Loads `wasm` and calls it `calls` times on `fixture` (after `warmup`
-/// calls), as the processor would per payment step: prepare the input,
-/// call, check the output. No database.
+/// Loads `wasm` on an engine of `config` and calls it `calls` times on
+/// `fixture` (after `warmup` calls), as the processor would per payment
+/// step: prepare the input, call, check the output. No database.
 pub fn bench_plugin(
+    config: EngineConfig,
     wasm: &Path,
     fixture: &Path,
     limits: &PluginLimits,
     calls: usize,
     warmup: usize,
 ) -> Result<BenchReport> {
-    let config = crate::config::Config::engine_from_env()?;
     let bytes = read(wasm, config.max_plugin_bytes as u64 + 1)?;
     let input = parse_fixture(&read(fixture, MAX_FIXTURE_BYTES)?)?;
     let engine = PluginEngine::new(config)
-        .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?;
+        .map_err(|e| ToolError::Setup(format!("cannot create the wasm engine: {e:#}")))?;
     let digest = engine.load(&bytes)?;
     bench_loaded(&engine, &digest, &input, limits, calls, warmup)
 }
@@ -273,7 +337,7 @@ pub fn bench_loaded(
         Err(f) => (f.code().to_string(), 0),
     };
     if first.is_err() {
-        return Err(Error::invalid(
+        return Err(ToolError::invalid(
             "plugin_fault",
             format!(
                 "the plugin faults on this fixture ({outcome}); bench needs a call that succeeds"
@@ -299,7 +363,7 @@ pub fn bench_loaded(
         let t1 = std::time::Instant::now();
         let out = engine
             .call(digest, &prepared, limits)
-            .map_err(|f| Error::invalid("plugin_fault", format!("{}: {f}", f.code())))?;
+            .map_err(|f| ToolError::invalid("plugin_fault", format!("{}: {f}", f.code())))?;
         let t2 = std::time::Instant::now();
         drop(prepared);
         if i >= warmup {
@@ -358,13 +422,13 @@ pub fn keygen(out: &Path) -> Result<String> {
         opts.mode(0o600);
     }
     let mut f = opts.open(out).map_err(|e| {
-        Error::invalid(
+        ToolError::invalid(
             "unwritable_file",
             format!("cannot create {}: {e}", out.display()),
         )
     })?;
     f.write_all(format!("{secret}\n").as_bytes())
-        .map_err(|e| Error::invalid("unwritable_file", format!("{}: {e}", out.display())))?;
+        .map_err(|e| ToolError::invalid("unwritable_file", format!("{}: {e}", out.display())))?;
     Ok(public)
 }
 
@@ -373,16 +437,16 @@ pub fn keygen(out: &Path) -> Result<String> {
 pub fn sign(wasm: &Path, key: &Path) -> Result<(String, String)> {
     let bytes = read(wasm, 256 * 1024 * 1024)?;
     let secret = String::from_utf8(read(key, 1024)?)
-        .map_err(|_| Error::invalid("invalid_key", "the key file is not text"))?;
+        .map_err(|_| ToolError::invalid("invalid_key", "the key file is not text"))?;
     let digest = digest_of(&bytes);
     let sig = signing::sign(secret.trim(), &digest)?;
     Ok((digest, sig))
 }
 
 /// The repository this binary was built from (for `plugin new`'s path to
-/// the SDK).
+/// the SDK): this crate is host/plugin-tools.
 fn repo_root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 /// Creates the plugin crate `name` in `dir/name`: Cargo.toml, src/lib.rs
@@ -396,14 +460,14 @@ pub fn new_plugin(name: &str, dir: &Path) -> Result<std::path::PathBuf> {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         || !name.as_bytes()[0].is_ascii_lowercase()
     {
-        return Err(Error::invalid(
+        return Err(ToolError::invalid(
             "invalid_id",
             "a plugin crate name is 1-64 of a-z 0-9 - _, starting with a letter",
         ));
     }
     let root = dir.join(name);
     if root.exists() {
-        return Err(Error::AlreadyExists {
+        return Err(ToolError::AlreadyExists {
             what: "directory",
             id: root.display().to_string(),
         });
@@ -413,11 +477,12 @@ pub fn new_plugin(name: &str, dir: &Path) -> Result<std::path::PathBuf> {
     let write = |rel: &str, text: &str| -> Result<()> {
         let p = root.join(rel);
         if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::invalid("unwritable_file", format!("{}: {e}", p.display())))?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                ToolError::invalid("unwritable_file", format!("{}: {e}", p.display()))
+            })?;
         }
         std::fs::write(&p, text)
-            .map_err(|e| Error::invalid("unwritable_file", format!("{}: {e}", p.display())))
+            .map_err(|e| ToolError::invalid("unwritable_file", format!("{}: {e}", p.display())))
     };
     write(
         "Cargo.toml",
@@ -615,8 +680,14 @@ pub enum ToolCmd {
     },
 }
 
-/// Runs one [`ToolCmd`]; returns the exit code.
-pub fn run(cmd: &ToolCmd) -> Result<i32> {
+/// Runs one [`ToolCmd`]; returns the exit code. `engine_config` supplies
+/// the engine's configuration (the host's, from the environment), called
+/// only by the commands that run a plugin; its error is the caller's, and
+/// so is the error returned.
+pub fn run<E: From<ToolError>>(
+    cmd: &ToolCmd,
+    engine_config: impl FnOnce() -> Result<EngineConfig, E>,
+) -> Result<i32, E> {
     match cmd {
         ToolCmd::Test {
             file,
@@ -631,7 +702,7 @@ pub fn run(cmd: &ToolCmd) -> Result<i32> {
             if let Some(m) = max_memory_bytes {
                 limits.max_memory_bytes = *m;
             }
-            let r = test_plugin(file, input, &limits)?;
+            let r = test_plugin(engine_config()?, file, input, &limits)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&r).expect("report serializes")
@@ -644,7 +715,8 @@ pub fn run(cmd: &ToolCmd) -> Result<i32> {
             calls,
             warmup,
         } => {
-            let r = bench_plugin(file, input, &PluginLimits::default(), *calls, *warmup)?;
+            let limits = PluginLimits::default();
+            let r = bench_plugin(engine_config()?, file, input, &limits, *calls, *warmup)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&r).expect("report serializes")
