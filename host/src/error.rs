@@ -160,3 +160,43 @@ fn describe_db_error(e: &tokio_postgres::Error) -> String {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use payrail_plugin_tools::ToolError;
+
+    /// A plugin tool's error is the host variant it was before the tools
+    /// were a crate: same code, same message.
+    #[test]
+    fn tool_errors_keep_their_host_codes_and_messages() {
+        let cases = [
+            (
+                ToolError::invalid("invalid_fixture", "bad"),
+                "invalid_fixture",
+            ),
+            (
+                ToolError::AlreadyExists {
+                    what: "directory",
+                    id: "x".into(),
+                },
+                "already_exists",
+            ),
+            (ToolError::Setup("no engine".into()), "database_setup"),
+        ];
+        for (tool, code) in cases {
+            let host = Error::from(tool);
+            assert_eq!(host.code(), code, "{host}");
+        }
+        let e = Error::from(ToolError::invalid(
+            "invalid_key",
+            "the key file is not text",
+        ));
+        assert_eq!(e.to_string(), "the key file is not text");
+        let e = Error::from(ToolError::AlreadyExists {
+            what: "directory",
+            id: "/tmp/r".into(),
+        });
+        assert_eq!(e.to_string(), r#"directory "/tmp/r" already exists"#);
+    }
+}
