@@ -204,7 +204,7 @@ pub enum PluginCmd {
         signature: Option<String>,
     },
     #[command(flatten)]
-    Tools(crate::plugin_tools::ToolCmd),
+    Tools(payrail_plugin_tools::ToolCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -472,7 +472,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         return run_relay(&cli.db, args).await;
     }
     if let Command::Plugin(PluginCmd::Tools(cmd)) = &cli.command {
-        return crate::plugin_tools::run(cmd);
+        return payrail_plugin_tools::run(cmd, crate::config::Config::engine_from_env);
     }
     if let Command::Bench(args) = &cli.command {
         return run_bench(&cli.db, args);

@@ -95,6 +95,21 @@ impl From<payrail_embedded_pg::EmbeddedError> for Error {
     }
 }
 
+/// The plugin tools' errors (`payrail plugin new|test|bench|keygen|sign`)
+/// as the variants they were before the tools were a crate of their own:
+/// the CLI prints the same codes and exits the same way.
+impl From<payrail_plugin_tools::ToolError> for Error {
+    fn from(e: payrail_plugin_tools::ToolError) -> Error {
+        use payrail_plugin_tools::ToolError;
+        match e {
+            ToolError::Invalid { code, message } => Error::Invalid { code, message },
+            ToolError::AlreadyExists { what, id } => Error::AlreadyExists { what, id },
+            ToolError::PluginLoad(e) => Error::PluginLoad(e),
+            ToolError::Setup(message) => Error::Setup(message),
+        }
+    }
+}
+
 impl Error {
     /// Stable code for clients and logs.
     pub fn code(&self) -> &str {
@@ -163,5 +178,45 @@ fn describe_db_error(e: &tokio_postgres::Error) -> String {
             Some(src) => format!("{e}: {src}"),
             None => e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use payrail_plugin_tools::ToolError;
+
+    /// A plugin tool's error is the host variant it was before the tools
+    /// were a crate: same code, same message.
+    #[test]
+    fn tool_errors_keep_their_host_codes_and_messages() {
+        let cases = [
+            (
+                ToolError::invalid("invalid_fixture", "bad"),
+                "invalid_fixture",
+            ),
+            (
+                ToolError::AlreadyExists {
+                    what: "directory",
+                    id: "x".into(),
+                },
+                "already_exists",
+            ),
+            (ToolError::Setup("no engine".into()), "database_setup"),
+        ];
+        for (tool, code) in cases {
+            let host = Error::from(tool);
+            assert_eq!(host.code(), code, "{host}");
+        }
+        let e = Error::from(ToolError::invalid(
+            "invalid_key",
+            "the key file is not text",
+        ));
+        assert_eq!(e.to_string(), "the key file is not text");
+        let e = Error::from(ToolError::AlreadyExists {
+            what: "directory",
+            id: "/tmp/r".into(),
+        });
+        assert_eq!(e.to_string(), r#"directory "/tmp/r" already exists"#);
     }
 }

@@ -26,7 +26,6 @@ pub mod locks;
 pub mod metrics;
 pub mod outbox;
 pub mod platform_cli;
-pub mod plugin_tools;
 pub mod processor;
 pub mod redact;
 pub mod registry;

@@ -116,7 +116,7 @@ fn one_call_in_sixteen_measures_its_cpu_time() {
     let engine = PluginEngine::new(EngineConfig::default()).unwrap();
     let digest = engine.load(&plugin_bytes("payrail_hostile")).unwrap();
     let fixture = FIXTURE.replace("CONFIG", r#"{"mode": "log"}"#);
-    let input = payrail::plugin_tools::parse_fixture(fixture.as_bytes()).unwrap();
+    let input = payrail_plugin_tools::parse_fixture(fixture.as_bytes()).unwrap();
     let prepared = payrail::engine::PreparedInput::new(input);
     let every = payrail::engine::CPU_SAMPLE_EVERY as usize;
     let outcomes: Vec<_> = (0..2 * every)
@@ -149,8 +149,8 @@ fn bench_loaded_measures_every_call_and_refuses_a_faulting_fixture() {
     let digest = engine.load(payrail::samples::LIMITS_WASM).unwrap();
     let limits = EngineConfig::default().limits;
     let good =
-        payrail::plugin_tools::parse_fixture(payrail::samples::LIMITS_FIXTURE.as_bytes()).unwrap();
-    let r = payrail::plugin_tools::bench_loaded(&engine, &digest, &good, &limits, 40, 8).unwrap();
+        payrail_plugin_tools::parse_fixture(payrail::samples::LIMITS_FIXTURE.as_bytes()).unwrap();
+    let r = payrail_plugin_tools::bench_loaded(&engine, &digest, &good, &limits, 40, 8).unwrap();
     assert_eq!((r.calls, r.warmup, r.outcome.as_str()), (40, 8, "ok"));
     assert!(
         r.total_us.median > 0.0 && r.engine_cpu_us.median > 0.0,
@@ -158,9 +158,8 @@ fn bench_loaded_measures_every_call_and_refuses_a_faulting_fixture() {
     );
 
     let bad = FIXTURE.replace("CONFIG", r#"{"max_amount": "lots"}"#);
-    let bad = payrail::plugin_tools::parse_fixture(bad.as_bytes()).unwrap();
-    let e =
-        payrail::plugin_tools::bench_loaded(&engine, &digest, &bad, &limits, 40, 8).unwrap_err();
+    let bad = payrail_plugin_tools::parse_fixture(bad.as_bytes()).unwrap();
+    let e = payrail_plugin_tools::bench_loaded(&engine, &digest, &bad, &limits, 40, 8).unwrap_err();
     assert_eq!(e.code(), "plugin_fault", "{e}");
 }
 

@@ -207,7 +207,7 @@ fn input(amount: i64, config: &str) -> PreparedInput {
                      {"id": "bob", "currency": "EUR", "balance": 0}],
         "config": config,
     });
-    let input = payrail::plugin_tools::parse_fixture(fixture.to_string().as_bytes()).unwrap();
+    let input = payrail_plugin_tools::parse_fixture(fixture.to_string().as_bytes()).unwrap();
     PreparedInput::new(input)
 }
 

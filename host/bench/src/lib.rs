@@ -1065,9 +1065,9 @@ const IDLE_WARMUP: usize = 1_000;
 /// Times the `limits` sample on its fixture on this (idle) thread, as
 /// `payrail plugin bench` does: the machine's speed on the day of the run.
 fn idle_call(engine: &PluginEngine, limits: &PluginLimits) -> Result<IdleCall> {
-    let input = payrail::plugin_tools::parse_fixture(payrail::samples::LIMITS_FIXTURE.as_bytes())?;
+    let input = payrail_plugin_tools::parse_fixture(payrail::samples::LIMITS_FIXTURE.as_bytes())?;
     let digest = engine.load(payrail::samples::LIMITS_WASM)?;
-    let r = payrail::plugin_tools::bench_loaded(
+    let r = payrail_plugin_tools::bench_loaded(
         engine,
         &digest,
         &input,
