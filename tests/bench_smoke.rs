@@ -49,13 +49,19 @@ async fn admin_url() -> String {
     }
 }
 
-/// The `payrail` binary of the HTTP path's serve children: `$PAYRAIL_BIN`,
-/// else built now (nothing to do when it is fresh). `cargo test -p
+/// The `payrail` binary of the HTTP path's serve children: `$PAYRAIL_BIN`;
+/// else the one in this target directory when it is newer than every
+/// build of the `payrail` library there (as after `cargo test --workspace`,
+/// which links it after the library); else built now. `cargo test -p
 /// payrail-bench` builds only this package's binary, and a stale `payrail`
-/// next to it would be the one measured.
+/// would be the one measured. A build of its own costs about 1.5 min: a
+/// single package resolves features apart from the workspace.
 fn payrail_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("PAYRAIL_BIN").filter(|b| !b.is_empty()) {
         return PathBuf::from(bin);
+    }
+    if let Some(bin) = fresh_sibling() {
+        return bin;
     }
     let mut cargo = Command::new(env!("CARGO"));
     cargo
@@ -74,6 +80,27 @@ fn payrail_binary() -> PathBuf {
         .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
         .next_back()
         .expect("cargo names the payrail executable it built")
+}
+
+/// `target/<profile>/payrail` if it was linked after the newest
+/// `libpayrail-*.rlib` of `target/<profile>/deps`.
+fn fresh_sibling() -> Option<PathBuf> {
+    let deps = PathBuf::from(env!("CARGO_BIN_EXE_payrail-bench"))
+        .parent()?
+        .join("deps");
+    let bin = deps.parent()?.join("payrail");
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let bin_at = modified(&bin)?;
+    let newest_lib = std::fs::read_dir(&deps)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            name.is_some_and(|n| n.starts_with("libpayrail-") && n.ends_with(".rlib"))
+        })
+        .filter_map(|p| modified(&p))
+        .max()?;
+    (bin_at >= newest_lib).then_some(bin)
 }
 
 fn best(report: &serde_json::Value, path: &str, workload: &str) -> Option<f64> {
