@@ -6,7 +6,12 @@
 //! {"fee_account": "fees", "percent_bps": 150, "fixed": 25, "min": 50, "max": 5000}
 //! ```
 //!
-//! `fee_account` is required; `percent_bps` (basis points, 1/100 of a
+//! `fee_account` is required, unless `fee_accounts` (a list of 1 to
+//! [`MAX_FEE_ACCOUNTS`] non-empty account ids) is given instead: then the fee
+//! goes to `fee_accounts[fnv1a(source) % len]`, so the fee credits spread
+//! over several rows instead of one hot row, and a given source always pays
+//! into the same fee account (the same input gives the same output). Exactly
+//! one of the two must be given. `percent_bps` (basis points, 1/100 of a
 //! percent), `fixed` and `min` default to 0; `max` defaults to no maximum.
 //! All must be non-negative and `min <= max`. Unknown keys are rejected.
 //!
@@ -32,12 +37,20 @@ use serde::{Deserialize, Serialize};
 /// The fee rule (exported as the component's `evaluate`).
 pub struct Fee;
 
+/// Most accounts of `fee_accounts` (a bound on the config's size; the
+/// bench spreads over 64).
+pub const MAX_FEE_ACCOUNTS: usize = 1024;
+
 /// Step config of the fee rule.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeeConfig {
-    /// Account credited with the fee.
-    pub fee_account: String,
+    /// Account credited with the fee (or `fee_accounts`).
+    #[serde(default)]
+    pub fee_account: Option<String>,
+    /// Accounts the fee is spread over, one per payment by its source.
+    #[serde(default)]
+    pub fee_accounts: Vec<String>,
     /// Percentage part in basis points of the amount.
     #[serde(default)]
     pub percent_bps: i64,
@@ -55,8 +68,24 @@ pub struct FeeConfig {
 impl FeeConfig {
     fn validate(&self) -> Result<(), PluginError> {
         let bad = |m: String| Err(error("invalid_config", m));
-        if self.fee_account.is_empty() {
-            return bad("fee_account must not be empty".into());
+        match (&self.fee_account, self.fee_accounts.is_empty()) {
+            (Some(_), false) => {
+                return bad("give fee_account or fee_accounts, not both".into());
+            }
+            (None, true) => return bad("fee_account (or fee_accounts) is required".into()),
+            (Some(a), true) if a.is_empty() => {
+                return bad("fee_account must not be empty".into());
+            }
+            _ => {}
+        }
+        if self.fee_accounts.len() > MAX_FEE_ACCOUNTS {
+            return bad(format!(
+                "fee_accounts holds at most {MAX_FEE_ACCOUNTS} accounts, got {}",
+                self.fee_accounts.len()
+            ));
+        }
+        if self.fee_accounts.iter().any(String::is_empty) {
+            return bad("fee_accounts must not hold an empty id".into());
         }
         for (name, v) in [
             ("percent_bps", self.percent_bps),
@@ -74,6 +103,29 @@ impl FeeConfig {
         }
         Ok(())
     }
+}
+
+impl FeeConfig {
+    /// The account credited for a payment from `source` (after
+    /// [`FeeConfig::validate`]): `fee_account`, or one of `fee_accounts`
+    /// chosen by a hash of `source`. FNV-1a, not the std hasher: its
+    /// output is fixed by its definition, so a replay or another build of
+    /// the plugin picks the same account.
+    pub fn account_for(&self, source: &str) -> &str {
+        if let Some(a) = &self.fee_account {
+            return a;
+        }
+        let n = self.fee_accounts.len().max(1) as u64;
+        let i = (fnv1a(source.as_bytes()) % n) as usize;
+        self.fee_accounts.get(i).map_or("", String::as_str)
+    }
+}
+
+/// 64-bit FNV-1a of `bytes`.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The `fee.charged` event payload. Serialized straight from borrowed
@@ -113,8 +165,9 @@ impl Rule for Fee {
         if fee <= 0 {
             return Ok(approve().into());
         }
+        let account = cfg.account_for(&p.source);
         let payload = FeeCharged {
-            account: &cfg.fee_account,
+            account,
             currency: &p.currency,
             fee,
             payment: &p.id,
@@ -123,7 +176,7 @@ impl Rule for Fee {
             serde_json::to_string(&payload).map_err(|e| error("fee_payload", e.to_string()))?;
         Ok(approve()
             .posting(&p.source, -fee, &p.currency)
-            .posting(&cfg.fee_account, fee, &p.currency)
+            .posting(account, fee, &p.currency)
             .annotation("fee", fee.to_string())
             .event("fee.charged", payload)
             .into())
@@ -247,11 +300,42 @@ mod tests {
             json!({"fee_account": "fees", "fixed": -1}),
             json!({"fee_account": "fees", "min": 10, "max": 5}),
             json!({"fee_account": ""}),
+            json!({"fee_accounts": []}),
+            json!({"fee_accounts": ["f0", ""]}),
+            json!({"fee_account": "fees", "fee_accounts": ["f0"]}),
+            json!({"fee_accounts": vec!["f"; MAX_FEE_ACCOUNTS + 1]}),
         ] {
             let e = run(10_000, cfg.clone()).unwrap_err();
             assert_eq!(e.code, "invalid_config", "{cfg}");
         }
         let e = run(10_000, json!({})).unwrap_err();
         assert!(e.message.contains("fee_account"), "{}", e.message);
+    }
+
+    #[test]
+    fn fee_accounts_spread_by_source_deterministically() {
+        let accounts: Vec<String> = (0..64).map(|i| format!("fees{i}")).collect();
+        let cfg = || json!({"fee_accounts": accounts, "percent_bps": 290, "min": 1});
+        let credited = |source: &str| {
+            let input = InputBuilder::new()
+                .source(source)
+                .balance(source, 1_000_000)
+                .amount(10_000)
+                .config_json(cfg())
+                .build();
+            let d = Fee::evaluate(input).unwrap();
+            let by = postings_by_account(&d);
+            assert_eq!(by.get(source), Some(&-290), "{by:?}");
+            let (fee_account, fee) = by.iter().find(|(a, _)| a.as_str() != source).unwrap();
+            assert_eq!(*fee, 290);
+            fee_account.clone()
+        };
+        assert_eq!(credited("a1"), credited("a1"), "same input, same account");
+        let used: std::collections::BTreeSet<String> =
+            (0..1000).map(|i| credited(&format!("a{i}"))).collect();
+        assert!(used.len() > 48, "spread over the accounts: {}", used.len());
+        assert!(used.iter().all(|a| accounts.contains(a)));
+        // FNV-1a's published test vector: the choice is fixed by definition
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }
