@@ -69,7 +69,8 @@ impl Workload {
     }
 }
 
-/// Id of `spread_fee`'s fee account `i`.
+/// Id of `spread_fee`'s fee account `i` (as the fee plugin's `spread`
+/// names them).
 pub fn spread_fee_account(i: usize) -> String {
     format!("{FEE_ACCOUNT}{i}")
 }
@@ -129,7 +130,8 @@ pub async fn setup(pool: &Pool, engine: &Arc<PluginEngine>, accounts: usize) -> 
     .await?;
     let spread_fee = StepSpec {
         config: serde_json::json!({
-            "fee_accounts": (0..SPREAD_FEE_ACCOUNTS).map(spread_fee_account).collect::<Vec<_>>(),
+            "fee_account": FEE_ACCOUNT,
+            "spread": SPREAD_FEE_ACCOUNTS,
             "percent_bps": 290,
             "min": 1,
         }),

@@ -6,14 +6,16 @@
 //! {"fee_account": "fees", "percent_bps": 150, "fixed": 25, "min": 50, "max": 5000}
 //! ```
 //!
-//! `fee_account` is required, unless `fee_accounts` (a list of 1 to
-//! [`MAX_FEE_ACCOUNTS`] non-empty account ids) is given instead: then the fee
-//! goes to `fee_accounts[fnv1a(source) % len]`, so the fee credits spread
-//! over several rows instead of one hot row, and a given source always pays
-//! into the same fee account (the same input gives the same output). Exactly
-//! one of the two must be given. `percent_bps` (basis points, 1/100 of a
+//! `fee_account` is required; `percent_bps` (basis points, 1/100 of a
 //! percent), `fixed` and `min` default to 0; `max` defaults to no maximum.
 //! All must be non-negative and `min <= max`. Unknown keys are rejected.
+//!
+//! `spread` (1 to [`MAX_SPREAD`], default none) spreads the fee over that
+//! many fee accounts instead of one hot row: `fee_account` followed by
+//! `fnv1a(source) % spread` (`"fees"`, 64: `fees0` .. `fees63`), so a given
+//! source always pays into the same fee account (the same input gives the
+//! same output). A count, not a list of ids: the config is part of every
+//! call's journaled input, and 64 ids would add some 600 bytes to each.
 //!
 //! The fee is
 //! `clamp(fixed + round_half_up(amount * percent_bps / 10000), min, max)`,
@@ -37,20 +39,18 @@ use serde::{Deserialize, Serialize};
 /// The fee rule (exported as the component's `evaluate`).
 pub struct Fee;
 
-/// Most accounts of `fee_accounts` (a bound on the config's size; the
-/// bench spreads over 64).
-pub const MAX_FEE_ACCOUNTS: usize = 1024;
+/// Most fee accounts `spread` may name (the bench spreads over 64).
+pub const MAX_SPREAD: u32 = 1024;
 
 /// Step config of the fee rule.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeeConfig {
-    /// Account credited with the fee (or `fee_accounts`).
+    /// Account credited with the fee (with `spread`: the ids' prefix).
+    pub fee_account: String,
+    /// Fee accounts the fee is spread over, one per payment by its source.
     #[serde(default)]
-    pub fee_account: Option<String>,
-    /// Accounts the fee is spread over, one per payment by its source.
-    #[serde(default)]
-    pub fee_accounts: Vec<String>,
+    pub spread: Option<u32>,
     /// Percentage part in basis points of the amount.
     #[serde(default)]
     pub percent_bps: i64,
@@ -68,24 +68,13 @@ pub struct FeeConfig {
 impl FeeConfig {
     fn validate(&self) -> Result<(), PluginError> {
         let bad = |m: String| Err(error("invalid_config", m));
-        match (&self.fee_account, self.fee_accounts.is_empty()) {
-            (Some(_), false) => {
-                return bad("give fee_account or fee_accounts, not both".into());
-            }
-            (None, true) => return bad("fee_account (or fee_accounts) is required".into()),
-            (Some(a), true) if a.is_empty() => {
-                return bad("fee_account must not be empty".into());
-            }
-            _ => {}
+        if self.fee_account.is_empty() {
+            return bad("fee_account must not be empty".into());
         }
-        if self.fee_accounts.len() > MAX_FEE_ACCOUNTS {
-            return bad(format!(
-                "fee_accounts holds at most {MAX_FEE_ACCOUNTS} accounts, got {}",
-                self.fee_accounts.len()
-            ));
-        }
-        if self.fee_accounts.iter().any(String::is_empty) {
-            return bad("fee_accounts must not hold an empty id".into());
+        if let Some(n) = self.spread
+            && !(1..=MAX_SPREAD).contains(&n)
+        {
+            return bad(format!("spread must be 1 to {MAX_SPREAD}, got {n}"));
         }
         for (name, v) in [
             ("percent_bps", self.percent_bps),
@@ -106,18 +95,19 @@ impl FeeConfig {
 }
 
 impl FeeConfig {
-    /// The account credited for a payment from `source` (after
-    /// [`FeeConfig::validate`]): `fee_account`, or one of `fee_accounts`
-    /// chosen by a hash of `source`. FNV-1a, not the std hasher: its
-    /// output is fixed by its definition, so a replay or another build of
-    /// the plugin picks the same account.
-    pub fn account_for(&self, source: &str) -> &str {
-        if let Some(a) = &self.fee_account {
-            return a;
+    /// The account credited for a payment from `source`: `fee_account`,
+    /// or with `spread` one of its numbered accounts chosen by a hash of
+    /// `source`. FNV-1a, not the std hasher: its output is fixed by its
+    /// definition, so a replay or another build of the plugin picks the
+    /// same account.
+    pub fn account_for(&self, source: &str) -> std::borrow::Cow<'_, str> {
+        match self.spread {
+            Some(n) if n > 0 => {
+                let i = fnv1a(source.as_bytes()) % u64::from(n);
+                format!("{}{i}", self.fee_account).into()
+            }
+            _ => self.fee_account.as_str().into(),
         }
-        let n = self.fee_accounts.len().max(1) as u64;
-        let i = (fnv1a(source.as_bytes()) % n) as usize;
-        self.fee_accounts.get(i).map_or("", String::as_str)
     }
 }
 
@@ -167,7 +157,7 @@ impl Rule for Fee {
         }
         let account = cfg.account_for(&p.source);
         let payload = FeeCharged {
-            account,
+            account: &account,
             currency: &p.currency,
             fee,
             payment: &p.id,
@@ -176,7 +166,7 @@ impl Rule for Fee {
             serde_json::to_string(&payload).map_err(|e| error("fee_payload", e.to_string()))?;
         Ok(approve()
             .posting(&p.source, -fee, &p.currency)
-            .posting(account, fee, &p.currency)
+            .posting(account.into_owned(), fee, &p.currency)
             .annotation("fee", fee.to_string())
             .event("fee.charged", payload)
             .into())
@@ -300,10 +290,9 @@ mod tests {
             json!({"fee_account": "fees", "fixed": -1}),
             json!({"fee_account": "fees", "min": 10, "max": 5}),
             json!({"fee_account": ""}),
-            json!({"fee_accounts": []}),
-            json!({"fee_accounts": ["f0", ""]}),
-            json!({"fee_account": "fees", "fee_accounts": ["f0"]}),
-            json!({"fee_accounts": vec!["f"; MAX_FEE_ACCOUNTS + 1]}),
+            json!({"fee_account": "fees", "spread": 0}),
+            json!({"fee_account": "fees", "spread": MAX_SPREAD + 1}),
+            json!({"fee_account": "fees", "spread": -1}),
         ] {
             let e = run(10_000, cfg.clone()).unwrap_err();
             assert_eq!(e.code, "invalid_config", "{cfg}");
@@ -315,7 +304,7 @@ mod tests {
     #[test]
     fn fee_accounts_spread_by_source_deterministically() {
         let accounts: Vec<String> = (0..64).map(|i| format!("fees{i}")).collect();
-        let cfg = || json!({"fee_accounts": accounts, "percent_bps": 290, "min": 1});
+        let cfg = || json!({"fee_account": "fees", "spread": 64, "percent_bps": 290, "min": 1});
         let credited = |source: &str| {
             let input = InputBuilder::new()
                 .source(source)
