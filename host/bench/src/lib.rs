@@ -1,23 +1,30 @@
 //! `payrail-bench` (also run as `payrail bench`): the standard benchmark
-//! (issue 6). A crate of its own so the server library carries neither the
-//! load generators nor their HTTP client; it uses the library as any
-//! embedder would, plus `payrail serve` children for the HTTP path.
+//! (issue 6, extended by issue 20). A crate of its own so the server
+//! library carries neither the load generators nor their HTTP client; it
+//! uses the library as any embedder would, plus `payrail serve` children
+//! for the HTTP path.
 //!
-//! On a fresh database per path it runs two workloads, `uniform` (random transfers
-//! among `--accounts` customers, pipeline `limits`) and `hot_fee` (the same
-//! plus `fee`, crediting one fee account on every payment), over two paths,
+//! On a fresh database per path it runs three workloads, `uniform` (random
+//! transfers among `--accounts` customers, pipeline `limits`), `hot_fee`
+//! (the same plus `fee`, crediting one fee account on every payment) and
+//! `spread_fee` (the fee spread over 64 fee accounts), over two paths,
 //! reported separately: in-process (`Processor::pay` from tasks) and HTTP
 //! (keep-alive clients POSTing to a real `payrail serve` child on a real
 //! socket). For each it sweeps `--concurrency` (closed loop, `--secs` per
-//! point), then paces a run at 80% of the peak to read the latency there.
+//! point; the default list extends while throughput rises), then paces
+//! runs at 80% and 50% of the peak to read the latency there. Every
+//! closed-loop point also reads the machine's CPU per payment by component
+//! (`cpu.rs`) and its WAL per payment by table (`wal.rs`).
 //! With `--serve-processes N` it repeats the best HTTP point over N serve
 //! processes. Then the PL/pgSQL peer (`bench/baseline/run.sh`) runs with
-//! the same client counts on the same Postgres and once paced at 80% of
-//! its best, then `--paired-rounds`
+//! the same client counts on the same Postgres, one point per call, and
+//! once paced at 80% of its best; payrail is paced at that same rate on
+//! each path (fresh databases); then `--paired-rounds`
 //! head-to-head rounds alternate the peer and payrail in-process at their
 //! best client counts, and `payrail audit` checks each bench database
 //! before it is dropped or at the end. Durability is the server's own (nothing is set; the
-//! report shows `synchronous_commit` and `fsync`).
+//! report shows `synchronous_commit` and `fsync`, and the commit flush
+//! latency).
 //!
 //! The report goes to `--out`: `report.md`, `report.json`,
 //! `throughput.svg`, `latency.svg` and the serve children's logs.
@@ -364,12 +371,14 @@ struct Bench<'a> {
     admin: &'a tokio_postgres::Client,
     /// The URL of the database payrail runs on now (for its WAL by table).
     url: String,
+    /// That database's name (for its growth).
+    database: String,
 }
 
 impl Bench<'_> {
     /// The server's write counters for the bench database.
     async fn writes(&self) -> Option<writes::Counters> {
-        writes::read(self.admin, &self.args.database).await
+        writes::read(self.admin, &self.database).await
     }
 
     /// A key prefix and seed unique to the next run.
@@ -677,6 +686,7 @@ impl Bench<'_> {
         for &path in &self.args.paths {
             let (url, pool) = fresh_database(h.ctx, h.admin, &name, pool_size, accounts).await?;
             self.url = url.clone();
+            self.database = name.clone();
             let w = Workload::Uniform;
             let warmup = (self.args.concurrency[0], self.args.warmup_secs);
             let r = if path == PathKind::InProcess {
@@ -718,6 +728,7 @@ impl Bench<'_> {
         h.admin
             .batch_execute(&format!("drop database if exists {name} with (force)"))
             .await?;
+        self.database = self.args.database.clone();
         Ok((out, violations))
     }
 
@@ -1085,6 +1096,7 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         runs: 0,
         admin: &admin,
         url: url.clone(),
+        database: args.database.clone(),
     };
     let mut runs = Vec::new();
     let mut at_load = Vec::new();
@@ -1385,6 +1397,12 @@ fn notes(args: &BenchArgs, pool_size: usize) -> Vec<String> {
         ),
         "Durability: the server's own settings, read and reported, never changed by the bench.".into(),
         "WAL / DB growth: the server's WAL position (all of its databases) and the run's database size (`pg_database_size`) after the run minus before, per completed payment; a run that triggers a checkpoint writes full-page images on top, and vacuumed space is reused, so compare runs of the same length.".into(),
+        format!(
+            "WAL by table: decoded with pg_walinspect over at most the first {} MiB of each point's WAL, not the whole point; the shares found there are applied to the point's WAL per payment.",
+            wal::WAL_WINDOW_BYTES / (1024 * 1024)
+        ),
+        "CPU per payment: /proc of the whole machine, so anything else running on it counts in the machine's column (and nowhere else); the peer's load generator column includes its per-point script (bash, python3 for the URL).".into(),
+        "The paced runs at 80% and 50% of the own peak run on the database the sweep grew; the runs at the peer's rate (P3) each start on a fresh database after a warm-up.".into(),
     ]
 }
 

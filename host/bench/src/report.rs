@@ -590,7 +590,8 @@ fn p2_targets(report: &Report, path: PathKind, out: &mut Vec<TargetCheck>) {
     out.push(check(
         "P2",
         format!("{n}: best hot_fee tps / best spread_fee tps"),
-        hot.zip(spread).map(|(h, s)| h.tps / s.tps),
+        hot.zip(spread.filter(|s| s.tps > 0.0))
+            .map(|(h, s)| h.tps / s.tps),
         times,
         format!(">= {P2_MIN_HOT_OVER_SPREAD}x"),
         |v| v >= P2_MIN_HOT_OVER_SPREAD,
