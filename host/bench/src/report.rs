@@ -876,39 +876,52 @@ fn peaks_section(md: &mut String, r: &Report) {
             "measured the client counts given"
         }
     );
-    let mut row = |side: String, w: Workload, best: Option<(f64, usize)>, last: Option<usize>| {
-        if let (Some((tps, c)), Some(last)) = (best, last) {
-            let edge = if c == last {
-                "at the sweep's end: the peak may lie further"
-            } else {
-                "inside the sweep"
-            };
-            let _ = writeln!(
-                md,
-                "| {side} | {} | {c} | {tps:.0} | {last} | {edge} |",
-                w.name()
-            );
-        }
+    let mut row = |side: String, w: Workload, points: Vec<(usize, f64)>| {
+        let Some(&(best_clients, best_tps)) = points.iter().max_by(|a, b| a.1.total_cmp(&b.1))
+        else {
+            return;
+        };
+        let last = points.iter().map(|p| p.0).max().unwrap_or(best_clients);
+        let _ = writeln!(
+            md,
+            "| {side} | {} | {best_clients} | {best_tps:.0} | {last} | {} |",
+            w.name(),
+            peak_place(&points, best_clients)
+        );
     };
     for path in [PathKind::InProcess, PathKind::Http] {
         for w in Workload::ALL {
-            let mine = r
+            let points = r
                 .runs
                 .iter()
-                .filter(|x| x.path == path && x.workload == w && x.processes <= 1);
-            let last = mine.map(|x| x.clients).max();
-            let b = best(&r.runs, path, w).map(|b| (b.tps, b.clients));
-            row(format!("payrail {}", path.name()), w, b, last);
+                .filter(|x| x.path == path && x.workload == w && x.processes <= 1)
+                .map(|x| (x.clients, x.tps))
+                .collect();
+            row(format!("payrail {}", path.name()), w, points);
         }
     }
     for w in Workload::ALL {
-        let last = r
+        let points = r
             .peer
             .iter()
-            .filter(|p| p.workload == w && p.tps.is_some())
-            .map(|p| p.clients)
-            .max();
-        row("peer".into(), w, peer_best(&r.peer, w), last);
+            .filter(|p| p.workload == w)
+            .filter_map(|p| Some((p.clients, p.tps?)))
+            .collect();
+        row("peer".into(), w, points);
+    }
+}
+
+/// Where the best point of a sweep's `points` (clients, tps, in the order
+/// measured) lies: inside the sweep, or at its end with throughput still
+/// rising (the extension rule would have gone on: a cap stopped it).
+fn peak_place(points: &[(usize, f64)], best_clients: usize) -> &'static str {
+    let last = points.last().map(|p| p.0);
+    if last != Some(best_clients) {
+        "inside the sweep"
+    } else if crate::sweep::next_clients(points, usize::MAX, usize::MAX).is_some() {
+        "last point, still rising by 5%: capped, the peak may lie further"
+    } else {
+        "last point, but within 5% of the one before: about the peak"
     }
 }
 
@@ -1147,6 +1160,16 @@ mod tests {
             peer_clients: 16,
             peer_tps: theirs,
         }
+    }
+
+    #[test]
+    fn the_peak_is_placed_in_its_sweep() {
+        let inside = [(16, 1000.0), (32, 1200.0), (64, 1100.0)];
+        assert_eq!(peak_place(&inside, 32), "inside the sweep");
+        let rising = [(16, 1000.0), (32, 1200.0)];
+        assert!(peak_place(&rising, 32).contains("capped"));
+        let flat = [(16, 1000.0), (32, 1020.0)];
+        assert!(peak_place(&flat, 32).contains("about the peak"));
     }
 
     #[test]
