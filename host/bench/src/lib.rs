@@ -349,6 +349,22 @@ struct HeadToHead<'a> {
     pool_size: usize,
 }
 
+/// The peer's side of a head-to-head round: a fresh database, then each
+/// `(workload, _, peer clients)` of `pairs`.
+async fn peer_round(
+    h: &HeadToHead<'_>,
+    args: &BenchArgs,
+    pairs: &[(Workload, usize, usize)],
+) -> Result<Vec<peer::PeerPoint>> {
+    let (secs, accounts) = (args.secs, args.accounts);
+    peer::setup(h.script, h.admin_url, accounts).await?;
+    let mut points = Vec::new();
+    for &(w, _, clients) in pairs {
+        points.push(peer::run_point(h.script, h.admin_url, secs, w, clients, accounts).await?);
+    }
+    Ok(points)
+}
+
 /// What the same-load phase needs of the server besides the bench.
 struct SameLoad<'a> {
     ctx: &'a Context,
@@ -569,28 +585,18 @@ impl Bench<'_> {
                 Some((w, ours, theirs))
             })
             .collect();
-        let (secs, accounts) = (self.args.secs, self.args.accounts);
-        let peer_round = async || -> Result<Vec<peer::PeerPoint>> {
-            peer::setup(h.script, h.admin_url, accounts).await?;
-            let mut points = Vec::new();
-            for &(w, _, clients) in &pairs {
-                points.push(
-                    peer::run_point(h.script, h.admin_url, secs, w, clients, accounts).await?,
-                );
-            }
-            Ok(points)
-        };
+        let args = self.args;
         let mut out = Vec::new();
         let mut violations = Vec::new();
         for round in 1..=self.args.paired_rounds {
             // odd rounds: the peer first; even rounds: payrail first
             let peer_first = round % 2 == 1;
             let (ours, theirs) = if peer_first {
-                let theirs = peer_round().await?;
+                let theirs = peer_round(h, args, &pairs).await?;
                 (self.paired_points(h, &pairs).await?, theirs)
             } else {
                 let ours = self.paired_points(h, &pairs).await?;
-                (ours, peer_round().await?)
+                (ours, peer_round(h, args, &pairs).await?)
             };
             violations.extend(
                 ours.1
