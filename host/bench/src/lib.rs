@@ -1,33 +1,43 @@
 //! `payrail-bench` (also run as `payrail bench`): the standard benchmark
-//! (issue 6). A crate of its own so the server library carries neither the
-//! load generators nor their HTTP client; it uses the library as any
-//! embedder would, plus `payrail serve` children for the HTTP path.
+//! (issue 6, extended by issue 20). A crate of its own so the server
+//! library carries neither the load generators nor their HTTP client; it
+//! uses the library as any embedder would, plus `payrail serve` children
+//! for the HTTP path.
 //!
-//! On a fresh database per path it runs two workloads, `uniform` (random transfers
-//! among `--accounts` customers, pipeline `limits`) and `hot_fee` (the same
-//! plus `fee`, crediting one fee account on every payment), over two paths,
+//! On a fresh database per path it runs three workloads, `uniform` (random
+//! transfers among `--accounts` customers, pipeline `limits`), `hot_fee`
+//! (the same plus `fee`, crediting one fee account on every payment) and
+//! `spread_fee` (the fee spread over 64 fee accounts), over two paths,
 //! reported separately: in-process (`Processor::pay` from tasks) and HTTP
 //! (keep-alive clients POSTing to a real `payrail serve` child on a real
 //! socket). For each it sweeps `--concurrency` (closed loop, `--secs` per
-//! point), then paces a run at 80% of the peak to read the latency there.
+//! point; the default list extends while throughput rises), then paces
+//! runs at 80% and 50% of the peak to read the latency there. Every
+//! closed-loop point also reads the machine's CPU per payment by component
+//! (`cpu.rs`) and its WAL per payment by table (`wal.rs`).
 //! With `--serve-processes N` it repeats the best HTTP point over N serve
 //! processes. Then the PL/pgSQL peer (`bench/baseline/run.sh`) runs with
-//! the same client counts on the same Postgres and once paced at 80% of
-//! its best, then `--paired-rounds`
+//! the same client counts on the same Postgres, one point per call, and
+//! once paced at 80% of its best; payrail is paced at that same rate on
+//! each path (fresh databases); then `--paired-rounds`
 //! head-to-head rounds alternate the peer and payrail in-process at their
 //! best client counts, and `payrail audit` checks each bench database
 //! before it is dropped or at the end. Durability is the server's own (nothing is set; the
-//! report shows `synchronous_commit` and `fsync`).
+//! report shows `synchronous_commit` and `fsync`, and the commit flush
+//! latency).
 //!
 //! The report goes to `--out`: `report.md`, `report.json`,
 //! `throughput.svg`, `latency.svg` and the serve children's logs.
 
 pub mod chart;
+pub mod cpu;
 pub mod driver;
 pub mod http;
 pub mod peer;
 pub mod report;
+pub mod sweep;
 pub mod sys;
+pub mod wal;
 pub mod workload;
 pub mod writes;
 
@@ -85,14 +95,21 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     pub secs: u64,
     /// Concurrent clients to sweep, comma-separated (payrail clients and
-    /// pgbench clients alike).
-    #[arg(long, value_delimiter = ',', default_values_t = [8, 16, 32, 64])]
+    /// pgbench clients alike). With the default list the sweep goes on
+    /// past its last count, doubling, while throughput still rose by 5% at
+    /// the last point (up to 512 clients, and the server's free
+    /// connections for the peer); a list given explicitly is measured as
+    /// given.
+    #[arg(long, value_delimiter = ',', default_values_t = sweep::DEFAULT_CONCURRENCY)]
     pub concurrency: Vec<usize>,
+    /// Keep to the default client counts (no extension of the sweep).
+    #[arg(long)]
+    pub no_extend: bool,
     /// Customer accounts.
     #[arg(long, default_value_t = 100_000)]
     pub accounts: usize,
     /// Workloads to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values = ["uniform", "hot_fee"])]
+    #[arg(long, value_delimiter = ',', default_values = ["uniform", "hot_fee", "spread_fee"])]
     pub workloads: Vec<Workload>,
     /// Paths to drive payrail over, comma-separated.
     #[arg(long, value_delimiter = ',', default_values = ["in-process", "http"])]
@@ -195,6 +212,13 @@ impl BenchArgs {
         Ok(())
     }
 
+    /// Whether sweeps go on past the last client count (see
+    /// `--concurrency`): only the default list extends, so an explicit
+    /// list (a CI smoke run's) costs what it says.
+    pub fn extends_sweep(&self) -> bool {
+        !self.no_extend && self.concurrency == sweep::DEFAULT_CONCURRENCY
+    }
+
     /// The database of the head-to-head rounds.
     fn head_to_head_database(&self) -> String {
         format!("{}{HEAD_TO_HEAD_SUFFIX}", self.database)
@@ -204,7 +228,8 @@ impl BenchArgs {
     fn estimate_secs(&self) -> u64 {
         let points = self.concurrency.len() as u64;
         let w = self.workloads.len() as u64;
-        let per_path = w * (self.warmup_secs + (points + 1) * self.secs);
+        // the sweep, then paced at 80% and 50% of the peak
+        let per_path = w * (self.warmup_secs + (points + 2) * self.secs);
         let scale = if self.serve_processes > 1 {
             w * self.secs
         } else {
@@ -213,8 +238,11 @@ impl BenchArgs {
         let peer = if self.skip_baseline {
             0
         } else {
-            // the sweep of both workloads, then one paced run per workload
-            2 * points * self.secs + w * self.secs
+            // the sweep, one paced run per workload, then payrail paced at
+            // the peer's rate on each path (with a setup)
+            w * points * self.secs
+                + w * self.secs
+                + self.paths.len() as u64 * (self.warmup_secs + self.secs + 15)
         };
         let paired = if self.skip_baseline || !self.paths.contains(&PathKind::InProcess) {
             0
@@ -241,6 +269,29 @@ struct Before {
 }
 
 impl Hosts<'_> {
+    /// `payrail serve` processes (0: in-process).
+    fn processes(&self) -> usize {
+        match self {
+            Hosts::Current => 0,
+            Hosts::Children(c, _) => c.len(),
+        }
+    }
+
+    /// The CPU split of run `r` between two snapshots.
+    fn cpu_split(
+        &self,
+        before: &cpu::Snapshot,
+        after: &cpu::Snapshot,
+        host: &HostReadings,
+        r: &RunResult,
+    ) -> cpu::CpuSplit {
+        let side = match self {
+            Hosts::Current => cpu::Side::InProcess,
+            Hosts::Children(..) => cpu::Side::Http { host: host.cpu },
+        };
+        cpu::CpuSplit::of(side, before, after, r.payments, r.plugin.cpu_per_payment_us)
+    }
+
     fn cpu(&self) -> Option<Duration> {
         match self {
             Hosts::Current => sys::cpu_time(Proc::Current),
@@ -298,6 +349,30 @@ struct HeadToHead<'a> {
     pool_size: usize,
 }
 
+/// The peer's side of a head-to-head round: a fresh database, then each
+/// `(workload, _, peer clients)` of `pairs`.
+async fn peer_round(
+    h: &HeadToHead<'_>,
+    args: &BenchArgs,
+    pairs: &[(Workload, usize, usize)],
+) -> Result<Vec<peer::PeerPoint>> {
+    let (secs, accounts) = (args.secs, args.accounts);
+    peer::setup(h.script, h.admin_url, accounts).await?;
+    let mut points = Vec::new();
+    for &(w, _, clients) in pairs {
+        points.push(peer::run_point(h.script, h.admin_url, secs, w, clients, accounts).await?);
+    }
+    Ok(points)
+}
+
+/// What the same-load phase needs of the server besides the bench.
+struct SameLoad<'a> {
+    ctx: &'a Context,
+    admin: &'a tokio_postgres::Client,
+    settings: ProcessorSettings,
+    pool_size: usize,
+}
+
 /// One audit violation as the report lists it.
 fn violation_text(v: &audit::Violation) -> String {
     format!("{}: {}", v.check, v.detail)
@@ -310,12 +385,16 @@ struct Bench<'a> {
     runs: u64,
     /// A connection to the server's `postgres` database, for its counters.
     admin: &'a tokio_postgres::Client,
+    /// The URL of the database payrail runs on now (for its WAL by table).
+    url: String,
+    /// That database's name (for its growth).
+    database: String,
 }
 
 impl Bench<'_> {
     /// The server's write counters for the bench database.
     async fn writes(&self) -> Option<writes::Counters> {
-        writes::read(self.admin, &self.args.database).await
+        writes::read(self.admin, &self.database).await
     }
 
     /// A key prefix and seed unique to the next run.
@@ -348,7 +427,7 @@ impl Bench<'_> {
         .await
     }
 
-    /// Warm-up, the concurrency sweep and the paced run of one path.
+    /// Warm-up, the concurrency sweep and the paced runs of one path.
     async fn measure_path(
         &mut self,
         target: &Target,
@@ -357,10 +436,6 @@ impl Bench<'_> {
         runs: &mut Vec<RunResult>,
         at_load: &mut Vec<RunResult>,
     ) -> Result<()> {
-        let processes = match hosts {
-            Hosts::Current => 0,
-            Hosts::Children(c, _) => c.len(),
-        };
         for &workload in &self.args.workloads {
             if self.args.warmup_secs > 0 {
                 self.closed(
@@ -371,58 +446,118 @@ impl Bench<'_> {
                 )
                 .await?;
             }
-            for &clients in &self.args.concurrency {
-                let before = hosts.before().await?;
-                let written = self.writes().await;
-                let s = self
-                    .closed(target, workload, clients, self.args.secs)
+            let mut counts = self.args.concurrency.clone();
+            let mut i = 0;
+            while let Some(&clients) = counts.get(i) {
+                let r = self
+                    .closed_point(target, path, hosts, workload, clients)
                     .await?;
-                let host = hosts.after(&before).await?;
-                let mut r = RunResult::new(
-                    path, workload, clients, processes, s.samples, s.elapsed, host,
-                );
-                r.writes = writes::per_payment(written, self.writes().await, r.payments);
-                print_run(&r);
                 runs.push(r);
+                i += 1;
+                if i == counts.len() && self.args.extends_sweep() {
+                    let points: Vec<(usize, f64)> = runs
+                        .iter()
+                        .filter(|r| r.path == path && r.workload == workload)
+                        .map(|r| (r.clients, r.tps))
+                        .collect();
+                    counts.extend(sweep::next_clients(&points, MAX_CLIENTS, MAX_POINTS));
+                }
             }
             let peak = report::best(runs, path, workload)
                 .map(|r| r.tps)
                 .unwrap_or(0.0);
-            if peak < 1.0 {
-                continue;
+            // P3 reads the latency at 80% of the peak, and at 50% for a
+            // second, lighter point (on the database the sweep grew)
+            for fraction in [LOAD_FRACTION, report::LOW_LOAD_FRACTION] {
+                if peak * fraction < 1.0 {
+                    continue;
+                }
+                let mut r = self
+                    .paced_point(target, path, hosts, workload, peak * fraction)
+                    .await?;
+                r.load_fraction = Some(fraction);
+                at_load.push(r);
             }
-            let rate = peak * LOAD_FRACTION;
-            let max_in_flight = self.max_clients().saturating_mul(2).clamp(64, MAX_CLIENTS);
-            let (prefix, seed) = self.next_run();
-            let before = hosts.before().await?;
-            let written = self.writes().await;
-            let s = driver::rate_limited(
-                target,
-                workload,
-                self.args.accounts,
-                rate,
-                max_in_flight,
-                Duration::from_secs(self.args.secs),
-                seed,
-                &prefix,
-            )
-            .await?;
-            let host = hosts.after(&before).await?;
-            let mut r = RunResult::new(
-                path,
-                workload,
-                max_in_flight,
-                processes,
-                s.samples,
-                s.elapsed,
-                host,
-            );
-            r.target_tps = Some(rate);
-            r.writes = writes::per_payment(written, self.writes().await, r.payments);
-            print_run(&r);
-            at_load.push(r);
         }
         Ok(())
+    }
+
+    /// One closed-loop point: the run and what it cost (host, CPU split,
+    /// writes, WAL by table).
+    async fn closed_point(
+        &mut self,
+        target: &Target,
+        path: PathKind,
+        hosts: &Hosts<'_>,
+        workload: Workload,
+        clients: usize,
+    ) -> Result<RunResult> {
+        let before = hosts.before().await?;
+        let written = self.writes().await;
+        let cpu_before = cpu::Snapshot::take();
+        let s = self
+            .closed(target, workload, clients, self.args.secs)
+            .await?;
+        let cpu_after = cpu::Snapshot::take();
+        let host = hosts.after(&before).await?;
+        let mut r = RunResult::new(
+            path,
+            workload,
+            clients,
+            hosts.processes(),
+            s.samples,
+            s.elapsed,
+            host,
+        );
+        let after = self.writes().await;
+        r.writes = writes::per_payment(written, after, r.payments);
+        r.cpu = Some(hosts.cpu_split(&cpu_before, &cpu_after, &host, &r));
+        r.wal = wal_by_table(&self.url, written, after, r.writes).await;
+        print_run(&r);
+        Ok(r)
+    }
+
+    /// One paced run at `rate` payments/s.
+    async fn paced_point(
+        &mut self,
+        target: &Target,
+        path: PathKind,
+        hosts: &Hosts<'_>,
+        workload: Workload,
+        rate: f64,
+    ) -> Result<RunResult> {
+        let max_in_flight = self.max_clients().saturating_mul(2).clamp(64, MAX_CLIENTS);
+        let (prefix, seed) = self.next_run();
+        let before = hosts.before().await?;
+        let written = self.writes().await;
+        let cpu_before = cpu::Snapshot::take();
+        let s = driver::rate_limited(
+            target,
+            workload,
+            self.args.accounts,
+            rate,
+            max_in_flight,
+            Duration::from_secs(self.args.secs),
+            seed,
+            &prefix,
+        )
+        .await?;
+        let cpu_after = cpu::Snapshot::take();
+        let host = hosts.after(&before).await?;
+        let mut r = RunResult::new(
+            path,
+            workload,
+            max_in_flight,
+            hosts.processes(),
+            s.samples,
+            s.elapsed,
+            host,
+        );
+        r.target_tps = Some(rate);
+        r.writes = writes::per_payment(written, self.writes().await, r.payments);
+        r.cpu = Some(hosts.cpu_split(&cpu_before, &cpu_after, &host, &r));
+        print_run(&r);
+        Ok(r)
     }
 
     /// The head-to-head phase: `--paired-rounds` rounds, each running the
@@ -450,25 +585,18 @@ impl Bench<'_> {
                 Some((w, ours, theirs))
             })
             .collect();
-        let mut peer_clients: Vec<usize> = pairs.iter().map(|p| p.2).collect();
-        peer_clients.sort_unstable();
-        peer_clients.dedup();
-        let (secs, accounts) = (self.args.secs, self.args.accounts);
-        let peer_round = async || -> Result<Vec<peer::PeerPoint>> {
-            let free = peer::free_connections(h.admin).await?;
-            peer::run(h.script, h.admin_url, secs, &peer_clients, accounts, free).await
-        };
+        let args = self.args;
         let mut out = Vec::new();
         let mut violations = Vec::new();
         for round in 1..=self.args.paired_rounds {
             // odd rounds: the peer first; even rounds: payrail first
             let peer_first = round % 2 == 1;
             let (ours, theirs) = if peer_first {
-                let theirs = peer_round().await?;
+                let theirs = peer_round(h, args, &pairs).await?;
                 (self.paired_points(h, &pairs).await?, theirs)
             } else {
                 let ours = self.paired_points(h, &pairs).await?;
-                (ours, peer_round().await?)
+                (ours, peer_round(h, args, &pairs).await?)
             };
             violations.extend(
                 ours.1
@@ -546,6 +674,133 @@ impl Bench<'_> {
         drop(target);
         let violations = audit::run(&mut pool.get().await?).await?;
         Ok((points, violations.iter().map(violation_text).collect()))
+    }
+
+    /// P3 at the same offered load: payrail's uniform workload paced at
+    /// `rate` (80% of the peer's best uniform tps: the rate of the peer's
+    /// own paced run) on each path, each on a fresh database after a
+    /// warm-up. Returns the runs and the databases' audit violations.
+    async fn same_load(
+        &mut self,
+        h: &SameLoad<'_>,
+        rate: f64,
+    ) -> Result<(Vec<RunResult>, Vec<String>)> {
+        let name = self.args.head_to_head_database();
+        let (pool_size, accounts) = (h.pool_size, self.args.accounts);
+        let mut out = Vec::new();
+        let mut violations = Vec::new();
+        for &path in &self.args.paths {
+            let (url, pool) = fresh_database(h.ctx, h.admin, &name, pool_size, accounts).await?;
+            self.url = url.clone();
+            self.database = name.clone();
+            let w = Workload::Uniform;
+            let warmup = (self.args.concurrency[0], self.args.warmup_secs);
+            let r = if path == PathKind::InProcess {
+                let p = Processor::new(pool.clone(), h.ctx.engine.clone(), h.settings);
+                let target = Target::InProcess(Box::new(p));
+                if warmup.1 > 0 {
+                    self.closed(&target, w, warmup.0, warmup.1).await?;
+                }
+                self.paced_point(&target, path, &Hosts::Current, w, rate)
+                    .await?
+            } else {
+                let secret =
+                    apikeys::create(&pool.get().await?, DEFAULT_TENANT, &[Scope::Payments])
+                        .await?
+                        .secret;
+                let children = start_children(1, &url, pool_size, &self.args.out).await?;
+                let base = vec![children[0].base_url.clone()];
+                let client = Arc::new(HttpTarget::new(base, secret, MAX_CLIENTS)?);
+                let target = Target::Http(client.clone());
+                let hosts = Hosts::Children(&children, &client);
+                let mut measure = async || -> Result<RunResult> {
+                    if warmup.1 > 0 {
+                        self.closed(&target, w, warmup.0, warmup.1).await?;
+                    }
+                    self.paced_point(&target, path, &hosts, w, rate).await
+                };
+                let r = measure().await;
+                stop_children(children).await;
+                r?
+            };
+            out.push(r);
+            let found = audit::run(&mut pool.get().await?).await?;
+            violations.extend(
+                found
+                    .iter()
+                    .map(|v| format!("same-load phase: {}", violation_text(v))),
+            );
+        }
+        h.admin
+            .batch_execute(&format!("drop database if exists {name} with (force)"))
+            .await?;
+        self.database = self.args.database.clone();
+        Ok((out, violations))
+    }
+
+    /// The peer's sweep on a fresh database of its own: every workload
+    /// over the client counts (extended as payrail's are, up to the
+    /// server's free connections), with each point's CPU split, writes and
+    /// WAL by table.
+    async fn peer_sweep(
+        &self,
+        script: &std::path::Path,
+        admin_url: &str,
+        url: &str,
+    ) -> Result<Vec<peer::PeerPoint>> {
+        println!("peer     {} setting up", script.display());
+        peer::setup(script, admin_url, self.args.accounts).await?;
+        let free = peer::free_connections(self.admin).await?;
+        let cap = usize::try_from(free).unwrap_or(0).min(MAX_CLIENTS);
+        let peer_url = db::url_with_database(url, peer::DATABASE);
+        let mut points: Vec<peer::PeerPoint> = Vec::new();
+        for &workload in &self.args.workloads {
+            let mut counts = self.args.concurrency.clone();
+            let mut i = 0;
+            while let Some(&clients) = counts.get(i) {
+                i += 1;
+                points.push(if clients > cap {
+                    let note = peer::does_not_fit(clients, free);
+                    peer::PeerPoint::skipped(workload, clients, note)
+                } else {
+                    self.peer_point(script, admin_url, &peer_url, workload, clients)
+                        .await?
+                });
+                if i == counts.len() && self.args.extends_sweep() {
+                    let measured: Vec<(usize, f64)> = points
+                        .iter()
+                        .filter(|p| p.workload == workload)
+                        .filter_map(|p| Some((p.clients, p.tps?)))
+                        .collect();
+                    counts.extend(sweep::next_clients(&measured, cap, MAX_POINTS));
+                }
+            }
+        }
+        Ok(points)
+    }
+
+    /// One point of the peer and what it cost.
+    async fn peer_point(
+        &self,
+        script: &std::path::Path,
+        admin_url: &str,
+        peer_url: &str,
+        workload: Workload,
+        clients: usize,
+    ) -> Result<peer::PeerPoint> {
+        let written = writes::read(self.admin, peer::DATABASE).await;
+        let cpu_before = cpu::Snapshot::take();
+        let (secs, accounts) = (self.args.secs, self.args.accounts);
+        let mut p = peer::run_point(script, admin_url, secs, workload, clients, accounts).await?;
+        let cpu_after = cpu::Snapshot::take();
+        let after = writes::read(self.admin, peer::DATABASE).await;
+        if let Some(n) = p.transactions.filter(|_| p.tps.is_some()) {
+            let side = cpu::Side::Peer;
+            p.cpu = Some(cpu::CpuSplit::of(side, &cpu_before, &cpu_after, n, None));
+            p.writes = writes::per_payment(written, after, n);
+            p.wal = wal_by_table(peer_url, written, after, p.writes).await;
+        }
+        Ok(p)
     }
 
     fn max_clients(&self) -> usize {
@@ -677,6 +932,34 @@ async fn fresh_database(
     Ok((url, pool))
 }
 
+/// WAL per payment by table of a run between the counters `before` and
+/// `after`, read on the run's database at `url`; `None`, with a warning,
+/// where the server cannot tell (no `pg_walinspect`: Postgres before 15,
+/// or not a superuser).
+async fn wal_by_table(
+    url: &str,
+    before: Option<writes::Counters>,
+    after: Option<writes::Counters>,
+    per_payment: Option<writes::PerPayment>,
+) -> Option<wal::WalByTable> {
+    let (b, a, per) = (before?, after?, per_payment?);
+    let read = async || -> Result<(std::collections::BTreeMap<String, u64>, u64)> {
+        let c = admin_client(url).await?;
+        let start = u64::try_from(b.wal_bytes).unwrap_or(0);
+        wal::by_column(&c, start, u64::try_from(a.wal_bytes).unwrap_or(0)).await
+    };
+    match read().await {
+        Ok((columns, window_bytes)) => Some(wal::WalByTable {
+            window_bytes,
+            tables: wal::shares(&columns, per.wal_bytes),
+        }),
+        Err(e) => {
+            eprintln!("warning: WAL by table not read: {e}");
+            None
+        }
+    }
+}
+
 async fn admin_client(url: &str) -> Result<tokio_postgres::Client> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
@@ -804,11 +1087,22 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         idle_call.median_us, idle_call.median_cpu_us, idle_call.calls
     );
 
+    let flush_latency_us = match admin_client(&url).await {
+        Ok(c) => wal::flush_latency_us(&c).await.ok(),
+        Err(_) => None,
+    };
+    if let Some(f) = flush_latency_us {
+        println!(
+            "machine  commit flush latency: {f:.0} µs (synchronous_commit on minus off, median)"
+        );
+    }
     let mut bench = Bench {
         args,
         seed,
         runs: 0,
         admin: &admin,
+        url: url.clone(),
+        database: args.database.clone(),
     };
     let mut runs = Vec::new();
     let mut at_load = Vec::new();
@@ -848,6 +1142,7 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
             drop(pool);
             (url, pool) =
                 fresh_database(ctx, &admin, &args.database, pool_size, args.accounts).await?;
+            bench.url = url.clone();
         }
         let secret = apikeys::create(&pool.get().await?, DEFAULT_TENANT, &[Scope::Payments])
             .await?
@@ -926,24 +1221,29 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
 
     let peer_points = match &peer_script {
         None => Vec::new(),
-        Some(script) => {
-            let free = peer::free_connections(&admin).await?;
-            peer::run(
-                script,
-                &admin_url,
-                args.secs,
-                &args.concurrency,
-                args.accounts,
-                free,
-            )
-            .await?
-        }
+        Some(script) => bench.peer_sweep(script, &admin_url, &ctx.url).await?,
     };
 
     let peer_at_load = if peer_points.is_empty() {
         Vec::new()
     } else {
         peer_paced(args, &ctx.url, &admin, &peer_points).await?
+    };
+
+    let peer_uniform = report::peer_best(&peer_points, Workload::Uniform);
+    let same_load = match peer_uniform {
+        Some((tps, _)) if tps * LOAD_FRACTION >= 1.0 => {
+            let h = SameLoad {
+                ctx,
+                admin: &admin,
+                settings,
+                pool_size,
+            };
+            let (runs, v) = bench.same_load(&h, tps * LOAD_FRACTION).await?;
+            earlier_violations.extend(v);
+            runs
+        }
+        _ => Vec::new(),
     };
 
     let (paired, paired_violations) = match &peer_script {
@@ -1000,6 +1300,9 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         paired,
         runs,
         at_load,
+        same_load,
+        flush_latency_us,
+        sweep_extended: args.extends_sweep(),
         peer: peer_points,
         peer_at_load,
         scale_out,
@@ -1100,6 +1403,12 @@ fn notes(args: &BenchArgs, pool_size: usize) -> Vec<String> {
         ),
         "Durability: the server's own settings, read and reported, never changed by the bench.".into(),
         "WAL / DB growth: the server's WAL position (all of its databases) and the run's database size (`pg_database_size`) after the run minus before, per completed payment; a run that triggers a checkpoint writes full-page images on top, and vacuumed space is reused, so compare runs of the same length.".into(),
+        format!(
+            "WAL by table: decoded with pg_walinspect over at most the first {} MiB of each point's WAL, not the whole point; the shares found there are applied to the point's WAL per payment.",
+            wal::WAL_WINDOW_BYTES / (1024 * 1024)
+        ),
+        "CPU per payment: /proc of the whole machine, so anything else running on it counts in the machine's column (and nowhere else); the peer's load generator column includes its per-point script (bash, python3 for the URL).".into(),
+        "The paced runs at 80% and 50% of the own peak run on the database the sweep grew; the runs at the peer's rate (P3) each start on a fresh database after a warm-up.".into(),
     ]
 }
 

@@ -1,6 +1,8 @@
 //! The peer: `bench/baseline/run.sh` (the same payments as a PL/pgSQL
 //! function, driven by pgbench) on the same Postgres, same client counts.
 
+use crate::cpu::CpuSplit;
+use crate::wal::WalByTable;
 use crate::workload::{Percentiles, Workload};
 use crate::writes::PerPayment;
 use payrail::error::{Error, Result};
@@ -25,9 +27,37 @@ pub struct PeerPoint {
     pub clients: usize,
     /// What pgbench reported; `None` if it failed or was skipped.
     pub tps: Option<f64>,
+    /// Transactions pgbench completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transactions: Option<u64>,
     /// Why there is no number.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The machine's CPU per transaction by component (set by the caller).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuSplit>,
+    /// What the point wrote per transaction (set by the caller).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes: Option<PerPayment>,
+    /// WAL per transaction by table (set by the caller).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalByTable>,
+}
+
+impl PeerPoint {
+    /// A point not measured, and why.
+    pub fn skipped(workload: Workload, clients: usize, note: String) -> PeerPoint {
+        PeerPoint {
+            workload,
+            clients,
+            tps: None,
+            transactions: None,
+            note: Some(note),
+            cpu: None,
+            writes: None,
+            wal: None,
+        }
+    }
 }
 
 /// The peer's script in this repository (`bench/baseline/run.sh`).
@@ -58,58 +88,66 @@ pub async fn free_connections(client: &tokio_postgres::Client) -> Result<i64> {
     Ok(row.get::<_, i64>(0) - RESERVED_CONNECTIONS)
 }
 
-/// Runs the script once for all `clients` counts that fit in `free`
-/// connections, `secs` per point, on the server of `admin_url` (it creates
-/// its own database [`DATABASE`] there). Counts that do not fit are
-/// reported with a note instead of a number.
-pub async fn run(
+/// The note of a point whose clients do not fit in `free` connections.
+pub fn does_not_fit(clients: usize, free: i64) -> String {
+    format!(
+        "skipped: {clients} pgbench connections do not fit in the server's free connections ({free} after a reserve of {RESERVED_CONNECTIONS})"
+    )
+}
+
+/// The script's command for `accounts` accounts on the server of
+/// `admin_url`, `secs` per point.
+fn command(script: &Path, admin_url: &str, secs: u64, accounts: usize) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg(script)
+        .arg(admin_url)
+        .arg(secs.to_string())
+        .env("N_ACCOUNTS", accounts.to_string())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// (Re)creates the peer's database [`DATABASE`] with `accounts` accounts
+/// (the script with `SETUP_ONLY=1`), so no point's CPU holds the setup.
+pub async fn setup(script: &Path, admin_url: &str, accounts: usize) -> Result<()> {
+    let mut cmd = command(script, admin_url, 1, accounts);
+    cmd.env("SETUP_ONLY", "1");
+    let what = format!("baseline setup {}", script.display());
+    output_within(&mut cmd, Duration::from_secs(600), &what).await?;
+    Ok(())
+}
+
+/// One point of the peer on the database [`setup`] made: the script for
+/// `workload` with `clients` pgbench clients for `secs`.
+pub async fn run_point(
     script: &Path,
     admin_url: &str,
     secs: u64,
-    clients: &[usize],
+    workload: Workload,
+    clients: usize,
     accounts: usize,
-    free: i64,
-) -> Result<Vec<PeerPoint>> {
-    let (fit, skipped): (Vec<usize>, Vec<usize>) =
-        clients.iter().partition(|&&c| (c as i64) <= free);
-    let mut points = Vec::new();
-    if !fit.is_empty() {
-        println!(
-            "peer     {} clients={:?} {secs} s each",
-            script.display(),
-            fit
-        );
-        let mut cmd = tokio::process::Command::new("bash");
-        cmd.arg(script)
-            .arg(admin_url)
-            .arg(secs.to_string())
-            .args(fit.iter().map(|c| c.to_string()))
-            .env("N_ACCOUNTS", accounts.to_string())
-            .kill_on_drop(true);
-        // the script's own setup (100k accounts) plus its pgbench runs
-        let limit = Duration::from_secs(600 + 2 * secs * 2 * fit.len() as u64);
-        let what = format!("baseline {}", script.display());
-        let stdout = output_within(&mut cmd, limit, &what).await?;
-        for line in stdout.lines() {
-            println!("{line}");
-            if let Some(p) = parse_line(line) {
-                points.push(p);
-            }
-        }
+) -> Result<PeerPoint> {
+    let mut cmd = command(script, admin_url, secs, accounts);
+    cmd.arg(clients.to_string())
+        .env("KEEP_DATABASE", "1")
+        .env("WORKLOADS", workload.name());
+    let limit = Duration::from_secs(60 + 2 * secs);
+    let what = format!("baseline {}", script.display());
+    let stdout = output_within(&mut cmd, limit, &what).await?;
+    for line in stdout.lines() {
+        println!("{line}");
     }
-    for c in skipped {
-        for workload in [Workload::Uniform, Workload::HotFee] {
-            points.push(PeerPoint {
+    Ok(stdout
+        .lines()
+        .find_map(parse_line)
+        .filter(|p| p.workload == workload && p.clients == clients)
+        .unwrap_or_else(|| {
+            PeerPoint::skipped(
                 workload,
-                clients: c,
-                tps: None,
-                note: Some(format!(
-                    "skipped: {c} pgbench connections do not fit in the server's free connections ({free} after a reserve of {RESERVED_CONNECTIONS})"
-                )),
-            });
-        }
-    }
-    Ok(points)
+                clients,
+                format!("the script printed no result: {stdout}"),
+            )
+        }))
 }
 
 /// The statement `run.sh` has pgbench run per payment, as the script
@@ -119,14 +157,16 @@ pub async fn run(
 const TRANSFER_SQL: &str = r"\set src random(2, $n_accounts)
 \set dst random(2, $n_accounts)
 \set amt random(100, 100000)
-select baseline.transfer(:client_id || '-' || :src || '-' || random()::text, :src, (case when :dst = :src then 2 + (:src % ($n_accounts - 2)) + 1 else :dst end)::bigint, :amt, $fee);
+select baseline.transfer(:client_id || '-' || :src || '-' || random()::text, :src, (case when :dst = :src then 2 + (:src % ($n_accounts - 2)) + 1 else :dst end)::bigint, :amt, $fee, $fee_account);
 ";
 
-/// The fee `run.sh` passes for `workload` (0: no fee step).
-fn fee(workload: Workload) -> u32 {
+/// The fee `run.sh` passes for `workload` (0: no fee step) and the fee
+/// account's expression (`:src` is pgbench's variable).
+fn fee(workload: Workload) -> (u32, &'static str) {
     match workload {
-        Workload::Uniform => 0,
-        Workload::HotFee => 29,
+        Workload::Uniform => (0, "1"),
+        Workload::HotFee => (29, "1"),
+        Workload::SpreadFee => (29, "-(1 + :src % 64)"),
     }
 }
 
@@ -178,7 +218,8 @@ pub async fn paced(
     let script = work_dir.join(format!("{}.sql", workload.name()));
     let sql = TRANSFER_SQL
         .replace("$n_accounts", &accounts.to_string())
-        .replace("$fee", &fee(workload).to_string());
+        .replace("$fee_account", fee(workload).1)
+        .replace("$fee", &fee(workload).0.to_string());
     std::fs::write(&script, sql)
         .map_err(|e| Error::Setup(format!("cannot write {}: {e}", script.display())))?;
     let prefix = work_dir.join("txn");
@@ -319,21 +360,17 @@ fn parse_line(line: &str) -> Option<PeerPoint> {
     if !line.starts_with("baseline ") {
         return None;
     }
-    let workload = match field("workload=")?.as_str() {
-        "uniform" => Workload::Uniform,
-        "hot_fee" => Workload::HotFee,
-        _ => return None,
-    };
+    let workload = Workload::from_name(&field("workload=")?)?;
     let clients = field("clients=")?.parse().ok()?;
     let tps_text = field("tps=")?;
     let tps = tps_text.parse::<f64>().ok();
     Some(PeerPoint {
-        workload,
-        clients,
         tps,
+        transactions: field("transactions=").and_then(|t| t.parse().ok()),
         note: tps
             .is_none()
             .then(|| format!("pgbench failed (tps={tps_text})")),
+        ..PeerPoint::skipped(workload, clients, String::new())
     })
 }
 
@@ -345,9 +382,16 @@ mod tests {
     fn parses_the_scripts_lines() {
         let p = parse_line("baseline workload=hot_fee clients=8 tps=2712.5").unwrap();
         assert_eq!(
-            (p.workload, p.clients, p.tps),
-            (Workload::HotFee, 8, Some(2712.5))
+            (p.workload, p.clients, p.tps, p.transactions),
+            (Workload::HotFee, 8, Some(2712.5), None)
         );
+        let p = parse_line("baseline workload=spread_fee clients=4 tps=10.0 transactions=100");
+        let p = p.unwrap();
+        assert_eq!(
+            (p.workload, p.transactions),
+            (Workload::SpreadFee, Some(100))
+        );
+        assert!(p.note.is_none());
         let e = parse_line("baseline workload=uniform clients=64 tps=error").unwrap();
         assert!(e.tps.is_none() && e.note.is_some());
         assert!(parse_line("something else").is_none());
@@ -359,11 +403,16 @@ mod tests {
         for line in TRANSFER_SQL.lines() {
             assert!(script.contains(line), "run.sh no longer has: {line}");
         }
-        assert!(
-            script.contains(r#"for fee in 0 29; do"#),
-            "run.sh's fees moved"
-        );
-        assert_eq!((fee(Workload::Uniform), fee(Workload::HotFee)), (0, 29));
+        for w in Workload::ALL {
+            let (permille, account) = fee(w);
+            assert!(
+                script.contains(&format!("fee={permille}")),
+                "run.sh's fees moved"
+            );
+            assert!(script.contains(account), "run.sh's fee accounts moved");
+        }
+        assert!(script.contains("fee=29; fee_account=1"));
+        assert!(script.contains("uniform) fee=0"));
     }
 
     #[tokio::test]

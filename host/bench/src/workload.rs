@@ -1,10 +1,14 @@
 //! The two workloads of the standard benchmark, the data they run on, and
 //! what one run measures.
 //!
-//! Both workloads are random transfers between distinct customer accounts
+//! All workloads are random transfers between distinct customer accounts
 //! (uniformly chosen), as the peer baseline makes them: `uniform` runs the
 //! pipeline `limits`; `hot_fee` runs `limits` + `fee`, so every payment also
-//! credits the one fee account (the hot row).
+//! credits the one fee account (the hot row); `spread_fee` runs the same
+//! with the fee credited to one of [`SPREAD_FEE_ACCOUNTS`] fee accounts,
+//! chosen by the fee plugin from a hash of the source account: the same
+//! work as `hot_fee` without the hot row, so the two compare the cost of
+//! the hot row alone.
 
 use payrail::db::Pool;
 use payrail::engine::PluginEngine;
@@ -21,6 +25,8 @@ use std::time::Duration;
 
 /// The account every `hot_fee` payment credits.
 pub const FEE_ACCOUNT: &str = "fees";
+/// Fee accounts of `spread_fee` (the peer's script spreads over as many).
+pub const SPREAD_FEE_ACCOUNTS: usize = 64;
 /// Opening balance of each customer: large enough that no run overdraws.
 const OPENING_BALANCE: i64 = 1_000_000_000;
 /// Amounts are drawn from this range (minor units), as in the baseline.
@@ -38,6 +44,10 @@ pub enum Workload {
     /// Transfers with `limits` + `fee` (one hot fee account).
     #[value(name = "hot_fee")]
     HotFee,
+    /// Transfers with `limits` + `fee` over [`SPREAD_FEE_ACCOUNTS`] fee
+    /// accounts (no hot row).
+    #[value(name = "spread_fee")]
+    SpreadFee,
 }
 
 impl Workload {
@@ -46,8 +56,23 @@ impl Workload {
         match self {
             Workload::Uniform => "uniform",
             Workload::HotFee => "hot_fee",
+            Workload::SpreadFee => "spread_fee",
         }
     }
+
+    /// Every workload, in the report's order.
+    pub const ALL: [Workload; 3] = [Workload::Uniform, Workload::HotFee, Workload::SpreadFee];
+
+    /// The workload named `name` (as [`Workload::name`] gives it).
+    pub fn from_name(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
+}
+
+/// Id of `spread_fee`'s fee account `i` (as the fee plugin's `spread`
+/// names them).
+pub fn spread_fee_account(i: usize) -> String {
+    format!("{FEE_ACCOUNT}{i}")
 }
 
 /// Id of customer account `i`.
@@ -56,7 +81,7 @@ pub fn customer(i: usize) -> String {
 }
 
 /// Migrates a fresh database, deploys the sample plugins, opens the fee
-/// account and `accounts` customers, and sets both workloads' pipelines.
+/// accounts and `accounts` customers, and sets every workload's pipeline.
 pub async fn setup(pool: &Pool, engine: &Arc<PluginEngine>, accounts: usize) -> Result<()> {
     let mut c = pool.get().await?;
     payrail::db::migrate::migrate(&mut c).await?;
@@ -68,7 +93,11 @@ pub async fn setup(pool: &Pool, engine: &Arc<PluginEngine>, accounts: usize) -> 
         opening_balance,
         metadata: Default::default(),
     };
-    ledger::create_accounts(&mut c, DEFAULT_TENANT, &[new(FEE_ACCOUNT.into(), 0)]).await?;
+    let fee_accounts: Vec<NewAccount> = std::iter::once(FEE_ACCOUNT.to_string())
+        .chain((0..SPREAD_FEE_ACCOUNTS).map(spread_fee_account))
+        .map(|id| new(id, 0))
+        .collect();
+    ledger::create_accounts(&mut c, DEFAULT_TENANT, &fee_accounts).await?;
     let mut start = 0;
     while start < accounts {
         let end = (start + MAX_ACCOUNTS_PER_CALL).min(accounts);
@@ -99,12 +128,29 @@ pub async fn setup(pool: &Pool, engine: &Arc<PluginEngine>, accounts: usize) -> 
         std::slice::from_ref(&limits),
     )
     .await?;
+    let spread_fee = StepSpec {
+        config: serde_json::json!({
+            "fee_account": FEE_ACCOUNT,
+            "spread": SPREAD_FEE_ACCOUNTS,
+            "percent_bps": 290,
+            "min": 1,
+        }),
+        ..fee.clone()
+    };
     registry::set_pipeline(
         &c,
         engine,
         DEFAULT_TENANT,
         Workload::HotFee.name(),
-        &[limits, fee],
+        &[limits.clone(), fee],
+    )
+    .await?;
+    registry::set_pipeline(
+        &c,
+        engine,
+        DEFAULT_TENANT,
+        Workload::SpreadFee.name(),
+        &[limits, spread_fee],
     )
     .await?;
     Ok(())
@@ -343,5 +389,15 @@ mod tests {
             assert!(AMOUNTS.contains(&r.amount));
         }
         assert!(RequestGen::new(Workload::Uniform, 1, 7).is_err());
+    }
+
+    #[test]
+    fn workloads_by_name() {
+        for w in Workload::ALL {
+            assert_eq!(Workload::from_name(w.name()), Some(w));
+        }
+        assert_eq!(Workload::from_name("spread_fee"), Some(Workload::SpreadFee));
+        assert_eq!(Workload::from_name("hot"), None);
+        assert_eq!(spread_fee_account(63), "fees63");
     }
 }

@@ -10,6 +10,13 @@
 //! percent), `fixed` and `min` default to 0; `max` defaults to no maximum.
 //! All must be non-negative and `min <= max`. Unknown keys are rejected.
 //!
+//! `spread` (1 to [`MAX_SPREAD`], default none) spreads the fee over that
+//! many fee accounts instead of one hot row: `fee_account` followed by
+//! `fnv1a(source) % spread` (`"fees"`, 64: `fees0` .. `fees63`), so a given
+//! source always pays into the same fee account (the same input gives the
+//! same output). A count, not a list of ids: the config is part of every
+//! call's journaled input, and 64 ids would add some 600 bytes to each.
+//!
 //! The fee is
 //! `clamp(fixed + round_half_up(amount * percent_bps / 10000), min, max)`,
 //! computed in `i128`.
@@ -32,12 +39,18 @@ use serde::{Deserialize, Serialize};
 /// The fee rule (exported as the component's `evaluate`).
 pub struct Fee;
 
+/// Most fee accounts `spread` may name (the bench spreads over 64).
+pub const MAX_SPREAD: u32 = 1024;
+
 /// Step config of the fee rule.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeeConfig {
-    /// Account credited with the fee.
+    /// Account credited with the fee (with `spread`: the ids' prefix).
     pub fee_account: String,
+    /// Fee accounts the fee is spread over, one per payment by its source.
+    #[serde(default)]
+    pub spread: Option<u32>,
     /// Percentage part in basis points of the amount.
     #[serde(default)]
     pub percent_bps: i64,
@@ -58,6 +71,11 @@ impl FeeConfig {
         if self.fee_account.is_empty() {
             return bad("fee_account must not be empty".into());
         }
+        if let Some(n) = self.spread
+            && !(1..=MAX_SPREAD).contains(&n)
+        {
+            return bad(format!("spread must be 1 to {MAX_SPREAD}, got {n}"));
+        }
         for (name, v) in [
             ("percent_bps", self.percent_bps),
             ("fixed", self.fixed),
@@ -74,6 +92,30 @@ impl FeeConfig {
         }
         Ok(())
     }
+}
+
+impl FeeConfig {
+    /// The account credited for a payment from `source`: `fee_account`,
+    /// or with `spread` one of its numbered accounts chosen by a hash of
+    /// `source`. FNV-1a, not the std hasher: its output is fixed by its
+    /// definition, so a replay or another build of the plugin picks the
+    /// same account.
+    pub fn account_for(&self, source: &str) -> std::borrow::Cow<'_, str> {
+        match self.spread {
+            Some(n) if n > 0 => {
+                let i = fnv1a(source.as_bytes()) % u64::from(n);
+                format!("{}{i}", self.fee_account).into()
+            }
+            _ => self.fee_account.as_str().into(),
+        }
+    }
+}
+
+/// 64-bit FNV-1a of `bytes`.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The `fee.charged` event payload. Serialized straight from borrowed
@@ -113,8 +155,9 @@ impl Rule for Fee {
         if fee <= 0 {
             return Ok(approve().into());
         }
+        let account = cfg.account_for(&p.source);
         let payload = FeeCharged {
-            account: &cfg.fee_account,
+            account: &account,
             currency: &p.currency,
             fee,
             payment: &p.id,
@@ -123,7 +166,7 @@ impl Rule for Fee {
             serde_json::to_string(&payload).map_err(|e| error("fee_payload", e.to_string()))?;
         Ok(approve()
             .posting(&p.source, -fee, &p.currency)
-            .posting(&cfg.fee_account, fee, &p.currency)
+            .posting(account.into_owned(), fee, &p.currency)
             .annotation("fee", fee.to_string())
             .event("fee.charged", payload)
             .into())
@@ -247,11 +290,41 @@ mod tests {
             json!({"fee_account": "fees", "fixed": -1}),
             json!({"fee_account": "fees", "min": 10, "max": 5}),
             json!({"fee_account": ""}),
+            json!({"fee_account": "fees", "spread": 0}),
+            json!({"fee_account": "fees", "spread": MAX_SPREAD + 1}),
+            json!({"fee_account": "fees", "spread": -1}),
         ] {
             let e = run(10_000, cfg.clone()).unwrap_err();
             assert_eq!(e.code, "invalid_config", "{cfg}");
         }
         let e = run(10_000, json!({})).unwrap_err();
         assert!(e.message.contains("fee_account"), "{}", e.message);
+    }
+
+    #[test]
+    fn fee_accounts_spread_by_source_deterministically() {
+        let accounts: Vec<String> = (0..64).map(|i| format!("fees{i}")).collect();
+        let cfg = || json!({"fee_account": "fees", "spread": 64, "percent_bps": 290, "min": 1});
+        let credited = |source: &str| {
+            let input = InputBuilder::new()
+                .source(source)
+                .balance(source, 1_000_000)
+                .amount(10_000)
+                .config_json(cfg())
+                .build();
+            let d = Fee::evaluate(input).unwrap();
+            let by = postings_by_account(&d);
+            assert_eq!(by.get(source), Some(&-290), "{by:?}");
+            let (fee_account, fee) = by.iter().find(|(a, _)| a.as_str() != source).unwrap();
+            assert_eq!(*fee, 290);
+            fee_account.clone()
+        };
+        assert_eq!(credited("a1"), credited("a1"), "same input, same account");
+        let used: std::collections::BTreeSet<String> =
+            (0..1000).map(|i| credited(&format!("a{i}"))).collect();
+        assert!(used.len() > 48, "spread over the accounts: {}", used.len());
+        assert!(used.iter().all(|a| accounts.contains(a)));
+        // FNV-1a's published test vector: the choice is fixed by definition
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }
