@@ -155,6 +155,12 @@ pub struct Figure {
     pub valgrind: String,
 }
 
+/// Instance slots of the yardstick's engine. One client calls one plugin
+/// at a time; and valgrind cannot map the address space the default
+/// pool reserves (~8 GiB per linear memory, four memories per slot: 1 TiB
+/// at the default slot count, where valgrind's limit is 128 GiB).
+const INSTANCE_SLOTS: u32 = 2;
+
 /// The engine of every yardstick process, from the built-in defaults
 /// alone: the environment must not change what is counted. Slow calls keep
 /// their priority: under valgrind a call is ~50x slower and would cross
@@ -162,6 +168,7 @@ pub struct Figure {
 fn engine() -> Result<Arc<PluginEngine>> {
     let mut config = Config::load(None, |_| None)?.engine();
     config.slow_calls = SlowCalls::OFF;
+    config.max_concurrent_instances = INSTANCE_SLOTS;
     let engine = PluginEngine::new(config)
         .map_err(|e| Error::Setup(format!("cannot create the wasm engine: {e:#}")))?
         .with_default_artifact_cache();
