@@ -419,10 +419,7 @@ async fn yardstick_instructions_per_payment_within_10_percent_of_recorded() {
     if std::env::var("PAYRAIL_YARDSTICK_RECORD").as_deref() == Ok("1") {
         recorded.record(&figures);
         recorded.save(path).unwrap();
-        println!(
-            "yardstick  recorded in {}: {figures:?}",
-            path.display()
-        );
+        println!("yardstick  recorded in {}: {figures:?}", path.display());
         let _ = std::fs::remove_dir_all(&out);
         return;
     }
@@ -438,10 +435,7 @@ async fn yardstick_instructions_per_payment_within_10_percent_of_recorded() {
         }
     }
     let _ = std::fs::remove_dir_all(&out);
-    println!(
-        "yardstick took {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("yardstick took {:.0} s", started.elapsed().as_secs_f64());
     assert!(
         failures.is_empty(),
         "the host's instructions per payment rose: {failures:#?}"

@@ -103,13 +103,13 @@ impl YardstickArgs {
         if self.workloads.is_empty() {
             return Err(invalid("give at least one workload".into()));
         }
-        if let Some(n) = self.measured {
-            if !(1..=MAX_PAYMENTS + WARMUP_PAYMENTS).contains(&n) || self.workloads.len() != 1 {
-                return Err(invalid(
-                    "--measured takes 1 to MAX_PAYMENTS + WARMUP_PAYMENTS payments and one workload"
-                        .into(),
-                ));
-            }
+        let measured_ok =
+            |n: u64| (1..=MAX_PAYMENTS + WARMUP_PAYMENTS).contains(&n) && self.workloads.len() == 1;
+        if self.measured.is_some_and(|n| !measured_ok(n)) {
+            return Err(invalid(format!(
+                "--measured takes 1 to {} payments and one workload",
+                MAX_PAYMENTS + WARMUP_PAYMENTS
+            )));
         }
         let name_ok = self.database.len() <= 63 - LONGEST_SUFFIX.len()
             && self.database.starts_with(DATABASE_PREFIX)
@@ -186,7 +186,9 @@ pub async fn pay(url: &str, workload: Workload, database: &str, payments: u64) -
     let mut requests = RequestGen::new(workload, ACCOUNTS, SEED)?;
     for n in 0..payments {
         let req = requests.next_request();
-        let outcome = processor.pay(DEFAULT_TENANT, &format!("y{n}"), &req).await?;
+        let outcome = processor
+            .pay(DEFAULT_TENANT, &format!("y{n}"), &req)
+            .await?;
         if outcome.response.status != PaymentStatus::Approved {
             // a decline runs less code: the figure would not be comparable
             return Err(Error::Setup(format!(
@@ -320,8 +322,8 @@ async fn counted_run(
             log_path.display()
         )));
     }
-    let text = std::fs::read_to_string(&callgrind_out)
-        .map_err(|e| io_error("read", &callgrind_out, e))?;
+    let text =
+        std::fs::read_to_string(&callgrind_out).map_err(|e| io_error("read", &callgrind_out, e))?;
     read_total(&text).ok_or_else(|| {
         Error::Setup(format!(
             "no summary or totals line in {}",
@@ -415,8 +417,13 @@ pub async fn run(url: &str, args: &YardstickArgs) -> Result<i32> {
     let recorded = Recorded::load(Path::new(RECORDED_FILE)).ok();
     for f in &figures {
         println!("{}", serde_json::to_string(f).expect("a figure serializes"));
-        let was = recorded.as_ref().and_then(|r| r.figure(&f.profile, &f.workload));
-        eprintln!("yardstick  {}", judge(was, f.instructions_per_payment).line(f));
+        let was = recorded
+            .as_ref()
+            .and_then(|r| r.figure(&f.profile, &f.workload));
+        eprintln!(
+            "yardstick  {}",
+            judge(was, f.instructions_per_payment).line(f)
+        );
     }
     Ok(0)
 }
@@ -540,7 +547,11 @@ impl Verdict {
                 f.profile
             ),
             Verdict::Within { recorded, change } => {
-                format!("{now}, recorded {recorded:.0} ({:+.1}%): within ±{:.0}%", change * 100.0, TOLERANCE * 100.0)
+                format!(
+                    "{now}, recorded {recorded:.0} ({:+.1}%): within ±{:.0}%",
+                    change * 100.0,
+                    TOLERANCE * 100.0
+                )
             }
             Verdict::Higher { recorded, change } => format!(
                 "{now}, recorded {recorded:.0} ({:+.1}%): more than {:.0}% over the recorded figure; if the extra work is deliberate, re-record: {RERECORD}",
@@ -594,7 +605,9 @@ pub async fn add_to_report(url: &str, out: &Path) -> Result<()> {
     );
     let mut rows = Vec::new();
     for f in &figures {
-        let was = recorded.as_ref().and_then(|r| r.figure(&f.profile, &f.workload));
+        let was = recorded
+            .as_ref()
+            .and_then(|r| r.figure(&f.profile, &f.workload));
         let verdict = judge(was, f.instructions_per_payment);
         println!("yardstick  {}", verdict.line(f));
         let vs = match verdict {
