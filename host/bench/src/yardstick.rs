@@ -521,9 +521,10 @@ pub fn judge(recorded: Option<f64>, measured: f64) -> Verdict {
         return Verdict::Unrecorded;
     };
     let change = measured / recorded - 1.0;
-    if change > TOLERANCE {
+    // as the guard is stated: over recorded × 1.10 fails
+    if measured > recorded * (1.0 + TOLERANCE) {
         Verdict::Higher { recorded, change }
-    } else if change < -TOLERANCE {
+    } else if measured < recorded * (1.0 - TOLERANCE) {
         Verdict::Lower { recorded, change }
     } else {
         Verdict::Within { recorded, change }
