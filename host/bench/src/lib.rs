@@ -130,7 +130,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Also count the host's instructions per payment with callgrind and
-    /// add them to the report (needs valgrind; about 3 minutes more): see
+    /// add them to the report (needs valgrind; 1-2 minutes more): see
     /// docs/performance.md, "The yardstick".
     #[arg(long)]
     pub yardstick: bool,
