@@ -8,7 +8,12 @@
 //! per path and workload. It is not a performance measurement (that is
 //! `payrail bench` itself, release build, full length); the numbers are
 //! printed so a failure shows how far off they were.
+//!
+//! Its second guard is the yardstick (docs/performance.md, "The
+//! yardstick"): the host's instructions per payment, counted by callgrind,
+//! may not rise more than 10% over the figure in bench/yardstick.json.
 
+use payrail_bench::yardstick;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,6 +29,11 @@ const MIN_RATIO_TO_PEER: f64 = 0.1;
 
 /// The whole bench must finish within this (it takes ~40-70 s).
 const TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The tests of this binary take turns: the smoke run measures
+/// throughput and wants the cores to itself, and the yardstick's two
+/// valgrind processes take both.
+static CORES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The peer's script: `$PAYRAIL_BASELINE`, else the repository's
 /// `bench/baseline/run.sh`.
@@ -123,6 +133,7 @@ fn peer_best(report: &serde_json::Value, workload: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bench_is_not_grossly_slower_than_the_peer() {
+    let _cores = CORES.lock().await;
     let Some(script) = baseline_script() else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -309,5 +320,124 @@ async fn bench_is_not_grossly_slower_than_the_peer() {
     assert!(
         failures.is_empty(),
         "gross throughput regression (below {MIN_RATIO_TO_PEER}x the peer): {failures:?}"
+    );
+}
+
+/// The yardstick's count must finish within this (it takes ~2 min in the
+/// debug build).
+const YARDSTICK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `valgrind --version`; valgrind installed with apt-get first when it is
+/// missing and this runs as root (CI: Debian, as root). Anything else fails
+/// the test: a guard that cannot count must not pass.
+fn ensure_valgrind() -> String {
+    if let Ok(v) = yardstick::valgrind_version() {
+        return v;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    assert!(
+        root,
+        "the yardstick needs valgrind: install it (apt-get install valgrind) or set {}",
+        yardstick::VALGRIND
+    );
+    for args in [&["update"][..], &["install", "-y", "valgrind"]] {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "apt-get {args:?} failed: the yardstick needs valgrind"
+        );
+    }
+    yardstick::valgrind_version().expect("valgrind runs once installed")
+}
+
+/// The host's instructions per payment (callgrind) for both workloads may
+/// not exceed the figures recorded in bench/yardstick.json for this build
+/// profile by more than 10%. `PAYRAIL_YARDSTICK_RECORD=1` records them
+/// instead (after a deliberate change, or to lock a gain in).
+#[tokio::test(flavor = "multi_thread")]
+async fn yardstick_instructions_per_payment_within_10_percent_of_recorded() {
+    let _cores = CORES.lock().await;
+    let valgrind = tokio::task::spawn_blocking(ensure_valgrind).await.unwrap();
+    let admin_url = admin_url().await;
+    let database = format!("payrail_bench_yardstick_{:08x}", rand::random::<u32>());
+    let out = std::env::temp_dir().join(&database);
+    let started = Instant::now();
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrail-bench"))
+        .args(["yardstick", "--database", &database])
+        .arg("--out")
+        .arg(&out)
+        .env("DATABASE_URL", &admin_url)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(YARDSTICK_TIMEOUT, run).await;
+
+    // its databases are ours alone: drop them whatever happened
+    let (c, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for workload in ["uniform", "hot_fee"] {
+        for run in ["short", "long"] {
+            c.batch_execute(&format!(
+                "drop database if exists {database}_{workload}_{run} with (force)"
+            ))
+            .await
+            .unwrap();
+        }
+    }
+
+    let output = output
+        .unwrap_or_else(|_| panic!("the yardstick took longer than {YARDSTICK_TIMEOUT:?}"))
+        .expect("run payrail-bench yardstick");
+    println!("{}", String::from_utf8_lossy(&output.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "payrail-bench yardstick failed ({}): its logs are in {}",
+        output.status,
+        out.display()
+    );
+    let figures: Vec<yardstick::Figure> = serde_json::from_str(
+        &std::fs::read_to_string(out.join("yardstick.json")).expect("yardstick.json written"),
+    )
+    .expect("yardstick.json holds the figures");
+    let workloads: Vec<&str> = figures.iter().map(|f| f.workload.as_str()).collect();
+    assert_eq!(workloads, ["uniform", "hot_fee"]);
+    for f in &figures {
+        assert_eq!(f.valgrind, valgrind);
+        assert!(f.instructions_per_payment > 0.0, "{f:?}");
+    }
+
+    let path = std::path::Path::new(yardstick::RECORDED_FILE);
+    let mut recorded = yardstick::Recorded::load(path).expect("bench/yardstick.json");
+    if std::env::var("PAYRAIL_YARDSTICK_RECORD").as_deref() == Ok("1") {
+        recorded.record(&figures);
+        recorded.save(path).unwrap();
+        println!("yardstick  recorded in {}: {figures:?}", path.display());
+        let _ = std::fs::remove_dir_all(&out);
+        return;
+    }
+    let mut failures = Vec::new();
+    for f in &figures {
+        let verdict = yardstick::judge(
+            recorded.figure(&f.profile, &f.workload),
+            f.instructions_per_payment,
+        );
+        println!("yardstick  {}", verdict.line(f));
+        if let yardstick::Verdict::Higher { .. } = verdict {
+            failures.push(verdict.line(f));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    println!("yardstick took {:.0} s", started.elapsed().as_secs_f64());
+    assert!(
+        failures.is_empty(),
+        "the host's instructions per payment rose: {failures:#?}"
     );
 }

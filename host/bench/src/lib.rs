@@ -40,6 +40,7 @@ pub mod sys;
 pub mod wal;
 pub mod workload;
 pub mod writes;
+pub mod yardstick;
 
 use clap::Args;
 use driver::{RunSamples, Target};
@@ -145,6 +146,11 @@ pub struct BenchArgs {
     /// payments).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Also count the host's instructions per payment with callgrind and
+    /// add them to the report (needs valgrind; 1-2 minutes more): see
+    /// docs/performance.md, "The yardstick".
+    #[arg(long)]
+    pub yardstick: bool,
 }
 
 fn invalid(msg: String) -> Error {
@@ -1025,6 +1031,10 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
         // before anything is measured, not after the in-process path
         payrail_binary()?;
     }
+    if args.yardstick {
+        // the yardstick runs last: fail before the bench if it cannot
+        yardstick::valgrind_version()?;
+    }
     let seed = args.seed.unwrap_or_else(rand::random);
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1312,6 +1322,9 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
     };
     report.targets = report::targets(&report);
     write_report(&report, &args.out)?;
+    if args.yardstick {
+        yardstick::add_to_report(&ctx.url, &args.out).await?;
+    }
     for r in &report.ratios {
         if let Some(x) = r.ratio {
             println!(
