@@ -356,6 +356,50 @@ fn ensure_valgrind() -> String {
     yardstick::valgrind_version().expect("valgrind runs once installed")
 }
 
+/// Drops the databases the yardstick made under `database` (it drops
+/// them itself unless it failed half-way): they are ours alone.
+async fn drop_yardstick_databases(admin_url: &str, database: &str) {
+    let (c, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for workload in ["uniform", "hot_fee"] {
+        for run in ["short", "long"] {
+            c.batch_execute(&format!(
+                "drop database if exists {database}_{workload}_{run} with (force)"
+            ))
+            .await
+            .unwrap();
+        }
+    }
+}
+
+/// With `PAYRAIL_YARDSTICK_RECORD=1`, writes `figures` to
+/// bench/yardstick.json; else compares them with it. Returns the figures
+/// more than 10% over the recorded ones, as lines for a person.
+fn judge_or_record(figures: &[yardstick::Figure]) -> Vec<String> {
+    let path = std::path::Path::new(yardstick::RECORDED_FILE);
+    let mut recorded = yardstick::Recorded::load(path).expect("bench/yardstick.json");
+    if std::env::var("PAYRAIL_YARDSTICK_RECORD").as_deref() == Ok("1") {
+        recorded.record(figures);
+        recorded.save(path).unwrap();
+        println!("yardstick  recorded in {}: {figures:?}", path.display());
+        return Vec::new();
+    }
+    let mut failures = Vec::new();
+    for f in figures {
+        let verdict = yardstick::judge(
+            recorded.figure(&f.profile, &f.workload),
+            f.instructions_per_payment,
+        );
+        println!("yardstick  {}", verdict.line(f));
+        if let yardstick::Verdict::Higher { .. } = verdict {
+            failures.push(verdict.line(f));
+        }
+    }
+    failures
+}
+
 /// The host's instructions per payment (callgrind) for both workloads may
 /// not exceed the figures recorded in bench/yardstick.json for this build
 /// profile by more than 10%. `PAYRAIL_YARDSTICK_RECORD=1` records them
@@ -376,22 +420,7 @@ async fn yardstick_instructions_per_payment_within_10_percent_of_recorded() {
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(YARDSTICK_TIMEOUT, run).await;
-
-    // its databases are ours alone: drop them whatever happened
-    let (c, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    for workload in ["uniform", "hot_fee"] {
-        for run in ["short", "long"] {
-            c.batch_execute(&format!(
-                "drop database if exists {database}_{workload}_{run} with (force)"
-            ))
-            .await
-            .unwrap();
-        }
-    }
-
+    drop_yardstick_databases(&admin_url, &database).await;
     let output = output
         .unwrap_or_else(|_| panic!("the yardstick took longer than {YARDSTICK_TIMEOUT:?}"))
         .expect("run payrail-bench yardstick");
@@ -414,27 +443,8 @@ async fn yardstick_instructions_per_payment_within_10_percent_of_recorded() {
         assert!(f.instructions_per_payment > 0.0, "{f:?}");
     }
 
-    let path = std::path::Path::new(yardstick::RECORDED_FILE);
-    let mut recorded = yardstick::Recorded::load(path).expect("bench/yardstick.json");
-    if std::env::var("PAYRAIL_YARDSTICK_RECORD").as_deref() == Ok("1") {
-        recorded.record(&figures);
-        recorded.save(path).unwrap();
-        println!("yardstick  recorded in {}: {figures:?}", path.display());
-        let _ = std::fs::remove_dir_all(&out);
-        return;
-    }
-    let mut failures = Vec::new();
-    for f in &figures {
-        let verdict = yardstick::judge(
-            recorded.figure(&f.profile, &f.workload),
-            f.instructions_per_payment,
-        );
-        println!("yardstick  {}", verdict.line(f));
-        if let yardstick::Verdict::Higher { .. } = verdict {
-            failures.push(verdict.line(f));
-        }
-    }
     let _ = std::fs::remove_dir_all(&out);
+    let failures = judge_or_record(&figures);
     println!("yardstick took {:.0} s", started.elapsed().as_secs_f64());
     assert!(
         failures.is_empty(),

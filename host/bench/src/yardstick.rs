@@ -64,7 +64,7 @@ const MAX_MEASURED_SECS: u64 = 900;
 /// is for the batch worker's lock-free reads.
 const POOL_SIZE: usize = 2;
 /// The longest suffix [`YardstickArgs::database`] gets.
-const LONGEST_SUFFIX: &str = "_hot_fee_short";
+const LONGEST_SUFFIX: &str = "_spread_fee_short";
 
 /// Options of `payrail-bench yardstick`.
 #[derive(Debug, Clone, Args)]
