@@ -136,6 +136,9 @@ pub struct Processor {
     /// Payments dropped before they ran because their caller had gone
     /// (shared like `retries`).
     skipped: Arc<std::sync::atomic::AtomicU64>,
+    /// Accounts plugins credited recently, per tenant: a batch reads them
+    /// once up front instead of pausing for each (see [`batch::Credited`]).
+    credited: Arc<batch::Credited>,
 }
 
 /// What the first flight of a payment's transaction says to do next.
@@ -205,6 +208,7 @@ impl Processor {
             batcher: None,
             retries: Arc::default(),
             deferrals: Arc::default(),
+            credited: Arc::default(),
             tenants: Arc::new(fair::TenantGates::new(settings.tenant_connections)),
             cpu: Arc::new(fair::CpuShares::new(settings.tenant_pipelines, slots)),
             skipped: Arc::default(),
