@@ -314,6 +314,11 @@ pub struct ProcessorConfig {
     /// How long a worker waits for more payments once it has one; 0 takes
     /// what is queued (`PAYRAIL_BATCH_WINDOW_US`).
     pub batch_window_us: u64,
+    /// Longest a caller waits for a commit the database has not confirmed
+    /// (a primary waiting for a synchronous standby that is gone) before it
+    /// is answered 503 `commit_unconfirmed`; meanwhile no new payment is
+    /// taken (`PAYRAIL_COMMIT_WAIT_MS`; docs/operations.md).
+    pub commit_wait_ms: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -326,6 +331,7 @@ impl Default for ProcessorConfig {
             batch_max_payments: d.batch.max_payments,
             batch_workers: d.batch.workers,
             batch_window_us: d.batch.window_us,
+            commit_wait_ms: d.commit_wait_ms,
         }
     }
 }
@@ -552,6 +558,9 @@ impl Config {
         if let Some(v) = get("PAYRAIL_BATCH_WINDOW_US") {
             self.processor.batch_window_us = parse_env("PAYRAIL_BATCH_WINDOW_US", &v)?;
         }
+        if let Some(v) = get("PAYRAIL_COMMIT_WAIT_MS") {
+            self.processor.commit_wait_ms = parse_env("PAYRAIL_COMMIT_WAIT_MS", &v)?;
+        }
         if let Some(v) = get("PAYRAIL_KEY_TTL_SECS") {
             self.idempotency.key_ttl_secs = parse_env("PAYRAIL_KEY_TTL_SECS", &v)?;
         }
@@ -612,16 +621,13 @@ impl Config {
         range("database.pool_size", self.database.pool_size, 1, 1000)?;
         self.validate_session()?;
         if let Some(url) = &self.database.url {
-            url.parse::<tokio_postgres::Config>().map_err(|e| {
-                invalid(format!(
-                    "database.url {:?} is not a valid postgres URL: {e}",
-                    redact_url(url)
-                ))
-            })?;
+            // the same parse as every connection's, TLS settings included
+            crate::db::Target::parse(url).map_err(|e| invalid(format!("database.url: {e}")))?;
         }
         self.validate_tenants()?;
         let p = &self.processor;
         range("processor.lock_timeout_ms", p.lock_timeout_ms, 1, 600_000)?;
+        range("processor.commit_wait_ms", p.commit_wait_ms, 100, 600_000)?;
         range(
             "processor.statement_timeout_ms",
             p.statement_timeout_ms,
@@ -1032,6 +1038,7 @@ impl Config {
                 0 => crate::processor::half_the_cores(),
                 n => n,
             },
+            commit_wait_ms: self.processor.commit_wait_ms,
         }
     }
 

@@ -53,6 +53,19 @@ pub enum Error {
     /// An account lock could not be had within `lock_timeout`; safe to retry.
     #[error("timed out waiting for an account lock; the request had no effect, retry it")]
     LockTimeout,
+    /// The server has not confirmed a commit within `processor.commit_wait_ms`
+    /// (a primary waiting for a synchronous standby that is gone, a server
+    /// that stopped answering): the payment may or may not be applied.
+    #[error(
+        "the database has not confirmed the commit; the payment may or may not be applied: retry with the same idempotency key"
+    )]
+    CommitUnconfirmed,
+    /// A commit is unconfirmed (above): no new payment is taken until
+    /// commits return.
+    #[error(
+        "the database is not confirming commits ({unconfirmed} waiting); the request was not started, retry later"
+    )]
+    CommitsStalled { unconfirmed: u64 },
     #[error("database error: {}", describe_db_error(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("database pool error: {0}")]
@@ -131,6 +144,8 @@ impl Error {
             Error::Plugin { fault, .. } => fault.code(),
             Error::PluginLoad(_) => "plugin_invalid",
             Error::LockTimeout => "lock_timeout",
+            Error::CommitUnconfirmed => "commit_unconfirmed",
+            Error::CommitsStalled { .. } => "commits_stalled",
             Error::Db(_) | Error::Pool(_) => "database_error",
             Error::Setup(_) => "database_setup",
             Error::UnknownStored { .. } => "unknown_stored_value",

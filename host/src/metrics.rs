@@ -419,6 +419,20 @@ impl Metrics {
             "payments dropped before they ran because their caller had gone (timeout, disconnect)",
             processor.payments_skipped,
         );
+        simple(
+            &mut out,
+            "payrail_commits_unconfirmed",
+            "gauge",
+            "commits waiting past processor.commit_wait_ms for the database (a primary waiting for a synchronous standby): while above 0 no new payment is taken and /readyz answers 503",
+            processor.commits_unconfirmed,
+        );
+        simple(
+            &mut out,
+            "payrail_commits_stalled_total",
+            "counter",
+            "commits that went past processor.commit_wait_ms; their callers were answered 503 commit_unconfirmed",
+            processor.commits_stalled,
+        );
         let t = &self.tenancy;
         for (name, help, v) in [
             (
@@ -553,6 +567,8 @@ mod tests {
                 transaction_retries: 3,
                 batch_deferrals: 5,
                 payments_skipped: 7,
+                commits_unconfirmed: 1,
+                commits_stalled: 2,
             },
         );
         assert!(text.contains(
@@ -564,6 +580,8 @@ mod tests {
         assert!(text.contains("payrail_transaction_retries_total 3"));
         assert!(text.contains("payrail_batch_deferrals_total 5"));
         assert!(text.contains("payrail_payments_skipped_total 7"));
+        assert!(text.contains("payrail_commits_unconfirmed 1"));
+        assert!(text.contains("payrail_commits_stalled_total 2"));
         assert!(text.contains("payrail_plugin_fuel_used_count{digest=\"abababababab\"} 1"));
         assert!(text.contains(
             "payrail_plugin_call_duration_seconds_bucket{digest=\"abababababab\",le=\"0.00005\"} 1"

@@ -73,9 +73,22 @@ impl TestDb {
         db
     }
 
+    /// Creates and migrates a fresh database on the server at `admin_url`
+    /// (a cluster a test runs itself).
+    pub async fn new_on(admin_url: String) -> TestDb {
+        let db = TestDb::unmigrated_on(admin_url).await;
+        let mut c = db.pool.get().await.expect("connect");
+        db::migrate::migrate(&mut c).await.expect("migrate");
+        drop(c);
+        db
+    }
+
     /// Creates a fresh, empty database (no schema): for migration tests.
     pub async fn unmigrated() -> TestDb {
-        let admin_url = admin_url().await;
+        TestDb::unmigrated_on(admin_url().await).await
+    }
+
+    async fn unmigrated_on(admin_url: String) -> TestDb {
         let now = unix_now();
         let name = format!("payrail_test_{now}_{:08x}", rand::random::<u32>());
         drop_stale(&admin_url, now).await;

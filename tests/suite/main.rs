@@ -30,4 +30,6 @@ mod payments;
 mod platform;
 mod plugin_faults;
 mod plugin_tools;
+mod postgres_tls;
 mod python_plugin;
+mod replication;

@@ -41,9 +41,14 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "Database unreachable or migrations pending", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unreachable, migrations pending, or commits not confirmed", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
+    // a server that stopped confirming commits (a primary waiting for a
+    // synchronous standby) still answers queries: ask the processor first
+    if let Err(e) = st.processor.commits_check() {
+        return Err(e.into());
+    }
     let check = async {
         let client = st.pool.get().await.map_err(crate::Error::from)?;
         migrate::is_current(&client).await

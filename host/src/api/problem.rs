@@ -147,6 +147,12 @@ fn db_error(e: &Error) -> ApiError {
             "the database took too long; the request had no effect, retry it",
             1,
         ),
+        // a demoted primary (a failover under way): nothing was written
+        Some(s) if *s == SqlState::READ_ONLY_SQL_TRANSACTION => ApiError::unavailable(
+            "database_unavailable",
+            "the database is read-only (a failover under way?); the request had no effect, retry it",
+            1,
+        ),
         Some(s) if s.code().starts_with("08") || s.code().starts_with("57") => {
             ApiError::unavailable(
                 "database_unavailable",
@@ -187,6 +193,9 @@ impl From<Error> for ApiError {
             Error::PluginLoad(LoadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::PluginLoad(_) => StatusCode::BAD_REQUEST,
             Error::LockTimeout => return ApiError::unavailable(&code, e.to_string(), 1),
+            Error::CommitUnconfirmed | Error::CommitsStalled { .. } => {
+                return ApiError::unavailable(&code, e.to_string(), 2);
+            }
             Error::Db(_) => return db_error(&e),
             Error::Pool(_) => {
                 // the pool's error can carry the server's message: logged only

@@ -2,6 +2,7 @@
 //! a local cluster the host runs itself), the connection pool, migrations.
 
 pub mod migrate;
+pub mod tls;
 
 /// The local cluster (its own crate, `host/embedded-pg`): re-exported for
 /// callers of [`local_cluster`], which returns its [`embedded::LocalPostgres`].
@@ -9,7 +10,7 @@ pub use payrail_embedded_pg as embedded;
 
 use crate::error::{Error, Result};
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
-use tokio_postgres::NoTls;
+pub use tls::Target;
 
 /// Connection pool shared by the processor and the API.
 pub type Pool = deadpool_postgres::Pool;
@@ -33,15 +34,12 @@ pub struct SessionSettings {
 }
 
 impl SessionSettings {
-    /// `url` parsed, with these settings appended to its `options` (so they
-    /// win over the same settings in the URL).
-    pub fn apply(&self, url: &str) -> Result<tokio_postgres::Config> {
-        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
-            Error::Setup(format!(
-                "{} is not a valid postgres URL: {e}",
-                crate::redact::redact_url(url)
-            ))
-        })?;
+    /// `url` parsed (with its TLS settings, [`tls`]), with these settings
+    /// appended to its `options` (so they win over the same settings in the
+    /// URL).
+    pub fn apply(&self, url: &str) -> Result<Target> {
+        let mut target = Target::parse(url)?;
+        let pg = &mut target.config;
         let mut options = pg.get_options().unwrap_or("").to_string();
         if !options.is_empty() {
             options.push(' ');
@@ -51,16 +49,14 @@ impl SessionSettings {
             self.statement_timeout_ms, self.idle_in_transaction_timeout_ms
         ));
         pg.options(&options);
-        Ok(pg)
+        Ok(target)
     }
 }
 
 /// One connection outside the pool, with `settings` applied; its driver
 /// task runs until the client is dropped.
 pub async fn connect(url: &str, settings: &SessionSettings) -> Result<tokio_postgres::Client> {
-    let (client, conn) = settings.apply(url)?.connect(NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
+    settings.apply(url)?.connect().await
 }
 
 /// Returns `explicit` if given, else `$DATABASE_URL`, else starts (or finds)
@@ -96,11 +92,10 @@ pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<(
         name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
         "database names are plain identifiers"
     );
-    let (client, conn) = SessionSettings::default()
+    let client = SessionSettings::default()
         .apply(admin_url)?
-        .connect(NoTls)
+        .connect()
         .await?;
-    let conn = tokio::spawn(conn);
     let exists = client
         .query_opt("select 1 from pg_database where datname = $1", &[&name])
         .await?
@@ -114,8 +109,6 @@ pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<(
     {
         return Err(e.into());
     }
-    drop(client);
-    let _ = conn.await;
     Ok(())
 }
 
@@ -129,10 +122,10 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool> {
 /// A pool whose every connection starts with `settings`.
 pub fn pool_with(url: &str, max_size: usize, settings: &SessionSettings) -> Result<Pool> {
     assert!(max_size > 0, "pool size must be positive");
-    let pg = settings.apply(url)?;
+    let target = settings.apply(url)?;
     let mgr = Manager::from_config(
-        pg,
-        NoTls,
+        target.config,
+        target.tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

@@ -527,11 +527,11 @@ impl Processor {
     async fn batch_once(&self, tenant: &str, jobs: &[Job], shard: i16) -> Result<Vec<Outcome>> {
         // One of the tenant's connections (docs/tenancy.md).
         let mut conn = self.tenant_connection(tenant).await?;
-        let client = &mut conn.client;
-        let result = self.batch_in(client, tenant, jobs, shard).await;
-        if result.is_err() {
+        let result = self.batch_in(&mut conn.client, tenant, jobs, shard).await;
+        if let Err(e) = &result {
             // Wait for the queued ROLLBACK (see `pay_single`).
-            let _ = client.simple_query("").await;
+            let _ = conn.client.simple_query("").await;
+            conn.discard_if_read_only(e);
         }
         result
     }
@@ -571,7 +571,7 @@ impl Processor {
             .collect();
         self.write_batch(&tx, &batch, &book, &slots, &responses, shard)
             .await?;
-        tx.commit().await?;
+        self.commits.commit(tx).await?;
         tracing::debug!(payments = jobs.len(), "payment batch committed");
         Ok(slots
             .into_iter()

@@ -42,6 +42,21 @@ pub(crate) struct TenantConnection {
     _permit: OwnedSemaphorePermit,
 }
 
+impl TenantConnection {
+    /// After a failed transaction: closes the connection instead of
+    /// returning it to the pool when the server behind it can no longer
+    /// take payments. A primary demoted in a failover may keep its sessions
+    /// and answer them read-only (SQLSTATE 25006); the pool would hand them
+    /// out again, and `target_session_attrs=read-write` only applies to new
+    /// connections, which then find the new primary.
+    pub(crate) fn discard_if_read_only(self, e: &crate::Error) {
+        if e.sqlstate() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) {
+            tracing::warn!("a pooled connection answers read-only (a demoted primary?): closed");
+            drop(deadpool_postgres::Object::take(self.client));
+        }
+    }
+}
+
 /// Counts a wait as skipped unless it completed (the caller's future was
 /// dropped while waiting: its request timed out or the client went away).
 struct Waiting<'a> {

@@ -368,6 +368,7 @@ impl Processor {
     ) -> Result<PayOutcome> {
         validate_key(key)?;
         let id = parse_payment_id(payment)?;
+        self.commits.check_accepting()?;
         let once = || self.transition_once(tenant, key, id, t);
         let attempts = self.settings().max_attempts;
         match processor::retry::run(attempts, |e| self.retrying(e), once).await {
@@ -422,7 +423,7 @@ impl Processor {
         // rolls back only when its connection is next used).
         match self.resolve_in(&tx, tenant, key, id, t, started).await {
             Ok(out) => {
-                tx.commit().await?;
+                self.commits.commit(tx).await?;
                 tracing::debug!(payment = %id, status = out.response.status.as_str(), "hold resolved");
                 Ok(out)
             }

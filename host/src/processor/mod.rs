@@ -16,6 +16,7 @@
 //! pass the keys of a whole batch and keep one global lock order.
 
 mod batch;
+mod commit;
 pub(crate) mod fair;
 pub mod holds;
 mod idempotency;
@@ -74,6 +75,10 @@ pub struct ProcessorSettings {
     /// tenant whose calls ran slow: the cores its plugins may burn
     /// (`tenants.max_running_pipelines`; see `fair::CpuShares`).
     pub tenant_pipelines: usize,
+    /// Longest a caller waits for a commit the server has not confirmed
+    /// before it is answered `commit_unconfirmed` (`processor.commit_wait_ms`;
+    /// see `commit`).
+    pub commit_wait_ms: u64,
 }
 
 /// Half the cores (at least one): the default of
@@ -93,6 +98,7 @@ impl Default for ProcessorSettings {
             batch: BatchSettings::default(),
             tenant_connections: 4,
             tenant_pipelines: half_the_cores(),
+            commit_wait_ms: 5_000,
         }
     }
 }
@@ -139,6 +145,8 @@ pub struct Processor {
     /// Accounts plugins credited recently, per tenant: a batch reads them
     /// once up front instead of pausing for each (see [`batch::Credited`]).
     credited: Arc<batch::Credited>,
+    /// Commits bounded for their callers (see `commit`).
+    commits: Arc<commit::Commits>,
 }
 
 /// What the first flight of a payment's transaction says to do next.
@@ -194,6 +202,10 @@ pub struct ProcessorCounts {
     pub batch_deferrals: u64,
     /// See [`Processor::payments_skipped`].
     pub payments_skipped: u64,
+    /// See [`Processor::commits_unconfirmed`].
+    pub commits_unconfirmed: u64,
+    /// Commits that went past `commit_wait_ms`, since start.
+    pub commits_stalled: u64,
 }
 
 impl Processor {
@@ -202,6 +214,7 @@ impl Processor {
         assert!(settings.max_attempts >= 1, "at least one attempt");
         let slots = engine.config().max_concurrent_instances as usize;
         let mut processor = Processor {
+            commits: Arc::new(commit::Commits::new(pool.clone(), settings.commit_wait_ms)),
             pool,
             engine,
             settings,
@@ -289,7 +302,21 @@ impl Processor {
             transaction_retries: self.transaction_retries(),
             batch_deferrals: self.batch_deferrals(),
             payments_skipped: self.payments_skipped(),
+            commits_unconfirmed: self.commits.unconfirmed(),
+            commits_stalled: self.commits.stalled_total(),
         }
+    }
+
+    /// Commits now waiting past `commit_wait_ms` for the server (0 when
+    /// commits flow): while not 0 no new payment is taken and `/readyz`
+    /// answers 503 (see `commit`).
+    pub fn commits_unconfirmed(&self) -> u64 {
+        self.commits.unconfirmed()
+    }
+
+    /// `Err(CommitsStalled)` while a commit is unconfirmed (`/readyz`).
+    pub fn commits_check(&self) -> Result<()> {
+        self.commits.check_accepting()
     }
 
     /// The connection pool.
@@ -316,11 +343,32 @@ impl Processor {
     /// `batch`): same guarantees, one transaction for many payments.
     pub async fn pay(&self, tenant: &str, key: &str, req: &PaymentRequest) -> Result<PayOutcome> {
         validate_request(key, req)?;
+        self.commits.check_accepting()?;
         match &self.batcher {
             Some(queue) if req.capture.is_automatic() => {
-                batch::submit(queue, tenant, key, req).await
+                // the batch keeps its transaction: only the wait is bounded
+                self.commits
+                    .answer(batch::submit(queue, tenant, key, req))
+                    .await
             }
-            _ => self.pay_single(tenant, key, req).await,
+            _ => {
+                // a task of its own, so that answering early leaves the
+                // transaction running to its end
+                let (p, t, k, r) = (
+                    self.clone(),
+                    tenant.to_string(),
+                    key.to_string(),
+                    req.clone(),
+                );
+                let run = tokio::spawn(async move { p.pay_single(&t, &k, &r).await });
+                self.commits
+                    .answer(async {
+                        run.await.unwrap_or_else(|e| {
+                            Err(Error::Setup(format!("a payment task failed: {e}")))
+                        })
+                    })
+                    .await
+            }
         }
     }
 
@@ -348,13 +396,13 @@ impl Processor {
 
     async fn pay_once(&self, tenant: &str, key: &str, req: &PaymentRequest) -> Result<PayOutcome> {
         let mut conn = self.tenant_connection(tenant).await?;
-        let client = &mut conn.client;
-        let result = self.pay_in(client, tenant, key, req).await;
-        if result.is_err() {
+        let result = self.pay_in(&mut conn.client, tenant, key, req).await;
+        if let Err(e) = &result {
             // A dropped transaction only queues its ROLLBACK; wait for it,
             // so the key's claim and try-lock are gone before the caller
             // sees the error and retries.
-            let _ = client.simple_query("").await;
+            let _ = conn.client.simple_query("").await;
+            conn.discard_if_read_only(e);
         }
         result
     }
@@ -418,7 +466,7 @@ impl Processor {
         };
         self.write_one(&tx, &at, &response, &decided.deltas, &accounts)
             .await?;
-        tx.commit().await?;
+        self.commits.commit(tx).await?;
         tracing::debug!(payment = %id, status = decided.status.as_str(), "payment committed");
         Ok(PayOutcome {
             response,

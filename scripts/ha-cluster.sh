@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# A Postgres primary with a synchronous standby, managed by pg_auto_failover,
+# on free local ports: for the failover tests and for trying payrail on an HA
+# cluster (docs/operations.md, "Running on an HA cluster").
+#
+#   scripts/ha-cluster.sh start DIR   # monitor + node1 (primary) + node2 (standby)
+#   scripts/ha-cluster.sh uri DIR     # the multi-host URL payrail connects with
+#   scripts/ha-cluster.sh state DIR   # each node's state as the monitor sees it
+#   scripts/ha-cluster.sh kill DIR N  # SIGKILL node N's keeper and postmaster
+#   scripts/ha-cluster.sh rejoin DIR N  # restart node N's keeper (rejoins as standby)
+#   scripts/ha-cluster.sh stop DIR    # stop everything (DIR stays)
+#
+# Installs pg_auto_failover from Debian's packages when it is missing. Runs
+# the servers as the postgres user when run as root. The monitor's health
+# checks are tightened so that a dead primary is replaced in seconds, not the
+# default half minute (see "Failover timing" in docs/operations.md).
+set -euo pipefail
+
+cmd=${1:?usage: ha-cluster.sh start|uri|state|kill|rejoin|stop DIR [N]}
+dir=${2:?usage: ha-cluster.sh $cmd DIR}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+
+# The command prefix that runs a program as the servers' user.
+pg_user=()
+if [ "$(id -u)" = 0 ]; then pg_user=(runuser -u postgres --); fi
+as_pg() {
+    "${pg_user[@]}" env PATH="$PGBIN:$PATH" XDG_CONFIG_HOME="$dir/.config" XDG_DATA_HOME="$dir/.local" "$@"
+}
+
+ensure_installed() {
+    if ! command -v pg_autoctl >/dev/null || [ ! -e /usr/lib/postgresql/15/lib/pgautofailover.so ]; then
+        echo "installing pg_auto_failover (Debian: postgresql-15-auto-failover)" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15-auto-failover pg-auto-failover-cli >&2 \
+            || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15-auto-failover pg-auto-failover-cli >&2; }
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+monitor_uri() { echo "postgres://autoctl_node@127.0.0.1:$(cat "$dir/monitor.port")/pg_auto_failover?sslmode=disable"; }
+
+# Runs node $1's keeper in the background in a session of its own (so that
+# `kill` takes the keeper and every process it started), logging to DIR/$1.log.
+run_keeper() {
+    setsid "${pg_user[@]}" env PATH="$PGBIN:$PATH" XDG_CONFIG_HOME="$dir/.config" \
+        XDG_DATA_HOME="$dir/.local" pg_autoctl run --pgdata "$dir/$1" >>"$dir/$1.log" 2>&1 </dev/null &
+    echo $! >"$dir/$1.keeper"
+}
+
+wait_state() { # node, goal state, seconds
+    local deadline=$((SECONDS + $3))
+    until as_pg pg_autoctl show state --pgdata "$dir/monitor" 2>/dev/null | awk -F'|' -v n="$1" -v s="$2" '{for (i = 1; i <= NF; i++) gsub(/ /, "", $i)} $1 == n && $6 == s && $7 == s {found=1} END {exit !found}'; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "node $1 did not reach $2 within $3 s" >&2
+            as_pg pg_autoctl show state --pgdata "$dir/monitor" >&2 || true
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+start() {
+    ensure_installed
+    mkdir -p "$dir"
+    chmod 0777 "$dir"
+    local pm; pm=$(free_port); echo "$pm" >"$dir/monitor.port"
+    as_pg pg_autoctl create monitor --pgdata "$dir/monitor" --pgport "$pm" \
+        --hostname 127.0.0.1 --auth trust --no-ssl >"$dir/monitor.log" 2>&1
+    run_keeper monitor
+    local deadline=$((SECONDS + 60))
+    until as_pg "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$pm"; do
+        [ $SECONDS -lt $deadline ] || { echo "monitor did not start" >&2; exit 1; }
+        sleep 0.2
+    done
+    # a dead node is noticed after about 2-3 s instead of 20-30 s
+    local sql=()
+    for setting in health_check_period=1000 health_check_timeout=1000 health_check_max_retries=1 \
+        health_check_retry_delay=500 node_considered_unhealthy_timeout=2000 primary_demote_timeout=5000; do
+        sql+=(-c "alter system set pgautofailover.${setting%%=*} = ${setting#*=}")
+    done
+    as_pg psql -X -q -h 127.0.0.1 -p "$pm" -d pg_auto_failover "${sql[@]}" -c "select pg_reload_conf()" >/dev/null
+    for n in 1 2; do
+        local port; port=$(free_port); echo "$port" >"$dir/node$n.port"
+        as_pg pg_autoctl create postgres --pgdata "$dir/node$n" --pgport "$port" \
+            --hostname 127.0.0.1 --name "node$n" --auth trust --no-ssl \
+            --monitor "$(monitor_uri)" >"$dir/node$n.log" 2>&1
+        as_pg pg_autoctl config set --pgdata "$dir/node$n" timeout.network_partition_timeout 5 >/dev/null
+        run_keeper "node$n"
+        if [ $n = 1 ]; then wait_state node1 single 120; else wait_state node2 secondary 180; fi
+    done
+    wait_state node1 primary 60
+    # clients on the server's TCP port: trust for this throwaway cluster
+    uri
+}
+
+uri() {
+    echo "postgres://postgres@127.0.0.1:$(cat "$dir/node1.port"),127.0.0.1:$(cat "$dir/node2.port")/postgres?target_session_attrs=read-write&sslmode=disable"
+}
+
+state() { as_pg pg_autoctl show state --pgdata "$dir/monitor"; }
+
+kill_node() {
+    local n=${1:?node number} sid pid
+    sid=$(cat "$dir/node$n.keeper" 2>/dev/null || true)
+    pid=$(head -1 "$dir/node$n/postmaster.pid" 2>/dev/null || true)
+    [ -n "$sid" ] && pkill -KILL -s "$sid" 2>/dev/null || true
+    [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+    return 0
+}
+
+stop() {
+    local sid pid
+    for n in node1 node2 monitor; do
+        sid=$(cat "$dir/$n.keeper" 2>/dev/null || true)
+        [ -n "$sid" ] && pkill -KILL -s "$sid" 2>/dev/null || true
+        pid=$(head -1 "$dir/$n/postmaster.pid" 2>/dev/null || true)
+        [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+    done
+    return 0
+}
+
+case "$cmd" in
+    start) start ;;
+    uri) uri ;;
+    state) state ;;
+    kill) kill_node "${3:?node number}" ;;
+    rejoin) run_keeper "node${3:?node number}" ;;
+    stop) stop ;;
+    *) echo "unknown command $cmd" >&2; exit 2 ;;
+esac

@@ -1,0 +1,207 @@
+//! TLS to Postgres (`host/src/db/tls.rs`): a throwaway cluster with
+//! `ssl=on` and a certificate from a CA generated here. The attacks first:
+//! a server whose certificate another CA signed, and one reached by a name
+//! its certificate does not carry, are refused under `verify-full`; then
+//! what each mode accepts.
+
+use payrail::db::{self, SessionSettings};
+use payrail_embedded_pg::{self as embedded, LocalPostgres};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`{name}.crt`, `{name}.key`) in `dir`.
+fn make_ca(dir: &Path, name: &str) {
+    let key = format!("{name}.key");
+    let crt = format!("{name}.crt");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+}
+
+/// `server.crt`/`server.key` for 127.0.0.1 only (no DNS name), signed by `ca`.
+fn make_server_cert(dir: &Path, ca: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=payrail-test-db",
+        ],
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+}
+
+/// The server's files go into its data directory, owned by the user the
+/// server runs as (postgres when the tests run as root).
+fn install_for_server(pg: &LocalPostgres, certs: &Path) {
+    let owner = std::fs::metadata(&pg.data_dir).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    for f in ["server.crt", "server.key"] {
+        let to = pg.data_dir.join(f);
+        std::fs::copy(certs.join(f), &to).unwrap();
+        std::os::unix::fs::chown(&to, Some(owner.uid()), Some(owner.gid())).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+async fn sql(url: &str, q: &str) -> Result<String, String> {
+    let client = db::connect(url, &SessionSettings::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let rows = client.simple_query(q).await.map_err(|e| e.to_string())?;
+    Ok(rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+const ENCRYPTED: &str = "select ssl::text from pg_stat_ssl where pid = pg_backend_pid()";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_verify_full_connects_and_refuses_a_wrong_ca_or_host_name() {
+    let root = PathBuf::from(format!("/tmp/payrail-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("certs")).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let certs = root.join("certs");
+    make_ca(&certs, "ca");
+    make_ca(&certs, "other-ca");
+    make_server_cert(&certs, "ca");
+    let data = root.join("data");
+    let pg = tokio::task::spawn_blocking(move || embedded::start_throwaway(&data))
+        .await
+        .unwrap()
+        .expect("a throwaway cluster");
+    struct Stop(LocalPostgres, PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.stop(true);
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _stop = Stop(pg.clone(), root.clone());
+    install_for_server(&pg, &certs);
+    let plain = format!("{}?sslmode=disable", pg.url());
+    sql(&plain, "alter system set ssl = on").await.unwrap();
+    sql(&plain, "select pg_reload_conf()").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let ca = certs.join("ca.crt");
+    let other = certs.join("other-ca.crt");
+    let with = |mode: &str, root: Option<&Path>| {
+        let mut url = format!("{}?sslmode={mode}", pg.url());
+        if let Some(r) = root {
+            url.push_str(&format!("&sslrootcert={}", r.display()));
+        }
+        url
+    };
+
+    // the attacks: another CA's certificate, a name the certificate lacks
+    let e = sql(&with("verify-full", Some(&other)), ENCRYPTED)
+        .await
+        .unwrap_err();
+    assert!(e.contains("certificate"), "wrong CA refused with: {e}");
+    let by_name = with("verify-full", Some(&ca)).replace("127.0.0.1", "localhost");
+    let e = sql(&by_name, ENCRYPTED).await.unwrap_err();
+    assert!(
+        e.contains("certificate"),
+        "wrong host name refused with: {e}"
+    );
+    let e = sql(&with("verify-ca", Some(&other)), ENCRYPTED)
+        .await
+        .unwrap_err();
+    assert!(e.contains("certificate"), "verify-ca checks the chain: {e}");
+
+    // what each mode accepts
+    assert_eq!(
+        sql(&with("verify-full", Some(&ca)), ENCRYPTED)
+            .await
+            .unwrap(),
+        "true"
+    );
+    let by_name_ca = with("verify-ca", Some(&ca)).replace("127.0.0.1", "localhost");
+    assert_eq!(
+        sql(&by_name_ca, ENCRYPTED).await.unwrap(),
+        "true",
+        "verify-ca skips the name"
+    );
+    assert_eq!(
+        sql(&with("require", None), ENCRYPTED).await.unwrap(),
+        "true"
+    );
+    assert_eq!(
+        sql(&pg.url(), ENCRYPTED).await.unwrap(),
+        "true",
+        "prefer encrypts when offered"
+    );
+    assert_eq!(sql(&plain, ENCRYPTED).await.unwrap(), "false");
+
+    // a pool (what `payrail serve` runs on) over verify-full
+    let pool = db::pool(&with("verify-full", Some(&ca)), 2).unwrap();
+    let client = pool.get().await.unwrap();
+    let row = client.query_one(ENCRYPTED, &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "true");
+}

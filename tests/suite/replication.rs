@@ -1,0 +1,364 @@
+//! A primary whose synchronous standby goes away under load
+//! (`host/src/processor/commit.rs`). The attack: commits that wait for a
+//! standby that is gone must neither be acknowledged (a timer cancelling the
+//! wait makes Postgres report success for a commit no standby has) nor hang
+//! the callers; new payments are refused until commits flow, and everything
+//! resumes on its own when the standby is back. Every acknowledged payment
+//! is in the ledger exactly once.
+
+use crate::common::{TestDb, transfer};
+use payrail::Error;
+use payrail::model::DEFAULT_TENANT;
+use payrail::processor::ProcessorSettings;
+use payrail_embedded_pg::{self as embedded, LocalPostgres};
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// `bin` of the server's binaries, run as the user the servers run as.
+fn as_server_user(pg: &LocalPostgres, bin: &str) -> Command {
+    let path = pg.bin_dir.join(bin);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn run_ok(mut c: Command, what: &str) {
+    let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A streaming standby of `primary` in `dir`, started on a free port.
+#[derive(Clone)]
+struct Standby {
+    primary: LocalPostgres,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Standby {
+    fn create(primary: &LocalPostgres, dir: &Path) -> Standby {
+        // the embedded cluster's password file is its creator's (root here):
+        // the backup reads every file of the data directory
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(&primary.data_dir).unwrap();
+        let secret = primary.data_dir.join("payrail.password");
+        std::os::unix::fs::chown(&secret, Some(owner.uid()), Some(owner.gid())).unwrap();
+        let mut c = as_server_user(primary, "pg_basebackup");
+        c.arg("-D")
+            .arg(dir)
+            .args(["-X", "stream", "-R", "-d"])
+            .arg(format!(
+                "host={} port={} user=postgres application_name=standby1",
+                primary.data_dir.display(),
+                primary.port
+            ));
+        run_ok(c, "pg_basebackup");
+        let standby = Standby {
+            primary: primary.clone(),
+            dir: dir.to_path_buf(),
+            port: free_port(),
+        };
+        standby.start();
+        standby
+    }
+
+    fn start(&self) {
+        let mut c = as_server_user(&self.primary, "pg_ctl");
+        c.arg("start").arg("-w").arg("-D").arg(&self.dir).arg("-l");
+        c.arg(self.dir.with_extension("log")).arg("-o").arg(format!(
+            "-p {} -k {} -c listen_addresses=''",
+            self.port,
+            self.dir.display()
+        ));
+        run_ok(c, "pg_ctl start (standby)");
+    }
+
+    /// SIGKILL of the standby's postmaster (its children exit with it).
+    fn kill(&self) {
+        let pid = std::fs::read_to_string(self.dir.join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim();
+        run_ok(
+            {
+                let mut c = Command::new("kill");
+                c.args(["-KILL", pid]);
+                c
+            },
+            "kill the standby",
+        );
+        // its postmaster.pid stays: wait until the process is gone
+        let gone = Path::new("/proc").join(pid);
+        let until = Instant::now() + Duration::from_secs(10);
+        while gone.exists() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // children linger a moment after the postmaster
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    fn stop(&self) {
+        let mut c = as_server_user(&self.primary, "pg_ctl");
+        c.args(["stop", "-m", "immediate", "-D"]).arg(&self.dir);
+        let _ = c.output();
+    }
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Seen {
+    /// key -> (payment id, when acknowledged)
+    acked: HashMap<String, (String, Instant)>,
+    unconfirmed: usize,
+    stalled: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_synchronous_standby_stalls_commits_visibly_and_nothing_is_acknowledged_unreplicated()
+ {
+    let root = PathBuf::from(format!("/tmp/payrail-repl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let data = root.join("primary");
+    let primary = tokio::task::spawn_blocking(move || embedded::start_throwaway(&data))
+        .await
+        .unwrap()
+        .expect("primary");
+    let standby = Standby::create(&primary, &root.join("standby"));
+    struct Stop(LocalPostgres, PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.stop(true);
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _stop = Stop(primary.clone(), root.clone());
+    let db = TestDb::new_on(primary.url()).await;
+    {
+        let c = db.pool.get().await.unwrap();
+        c.batch_execute("alter system set synchronous_standby_names = 'standby1'")
+            .await
+            .unwrap();
+        c.batch_execute("select pg_reload_conf()").await.unwrap();
+    }
+    db.samples().await;
+    const ACCOUNTS: usize = 20;
+    for i in 0..ACCOUNTS {
+        db.account(&format!("a{i}"), 1_000_000).await;
+    }
+    // the statement timeout is shorter than the time the standby is gone:
+    // it must not cut a commit's wait short (Postgres stops it before the
+    // commit; a cancel would acknowledge an unreplicated commit)
+    let processor = db.processor_with(ProcessorSettings {
+        commit_wait_ms: 1_000,
+        statement_timeout_ms: 2_000,
+        ..ProcessorSettings::default()
+    });
+    wait_for_sync_standby(&db).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut clients = Vec::new();
+    for client in 0..8 {
+        let (p, stop, seen) = (processor.clone(), stop.clone(), seen.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let key = format!("c{client}-{n}");
+                let req = transfer(
+                    &format!("a{}", (client * 7 + n) % ACCOUNTS),
+                    &format!("a{}", (client * 3 + n + 1) % ACCOUNTS),
+                    1,
+                );
+                // the same key until acknowledged: the client's retry
+                loop {
+                    match p.pay(DEFAULT_TENANT, &key, &req).await {
+                        Ok(out) => {
+                            let mut s = seen.lock().unwrap();
+                            s.acked
+                                .insert(key.clone(), (out.response.id, Instant::now()));
+                            break;
+                        }
+                        Err(e) => {
+                            {
+                                let mut s = seen.lock().unwrap();
+                                match e {
+                                    Error::CommitUnconfirmed => s.unconfirmed += 1,
+                                    Error::CommitsStalled { .. } => s.stalled += 1,
+                                    _ => {}
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                n += 1;
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_kill = seen.lock().unwrap().acked.len();
+    assert!(
+        before_kill > 10,
+        "payments flow with the standby: {before_kill}"
+    );
+    let killed = {
+        let s = standby.clone();
+        tokio::task::spawn_blocking(move || s.kill()).await.unwrap();
+        Instant::now()
+    };
+    // the stall is visible: callers answered, no new payments taken
+    let until = Instant::now() + Duration::from_secs(10);
+    while processor.commits_unconfirmed() == 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        processor.commits_unconfirmed() > 0,
+        "a stalled commit is counted"
+    );
+    assert!(matches!(
+        processor.commits_check(),
+        Err(Error::CommitsStalled { .. })
+    ));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let restarted = Instant::now();
+    {
+        let s = seen.lock().unwrap();
+        assert!(
+            s.unconfirmed > 0,
+            "callers of the stalled commit were answered"
+        );
+        assert!(s.stalled > 0, "new payments were refused while stalled");
+        // a commit confirmed just before the kill may be acknowledged a
+        // moment after it; nothing later while the standby is gone
+        let window = killed + Duration::from_millis(500)..restarted;
+        let during: Vec<_> = s
+            .acked
+            .iter()
+            .filter(|(_, (_, at))| window.contains(at))
+            .collect();
+        assert!(
+            during.is_empty(),
+            "acknowledged without a standby: {during:?}"
+        );
+    }
+    let s = standby.clone();
+    tokio::task::spawn_blocking(move || s.start())
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while processor.commits_unconfirmed() > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        processor.commits_unconfirmed(),
+        0,
+        "commits resume with the standby"
+    );
+    let resumed_at = seen.lock().unwrap().acked.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        tokio::time::timeout(Duration::from_secs(60), c)
+            .await
+            .expect("clients finish")
+            .unwrap();
+    }
+    standby.stop();
+
+    let s = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(
+        s.acked.len() > resumed_at,
+        "payments flow again after the stall"
+    );
+    let c = db.pool.get().await.unwrap();
+    let rows = c
+        .query(
+            "select id::text, idempotency_key from payrail.payments",
+            &[],
+        )
+        .await
+        .unwrap();
+    let in_ledger: HashMap<String, String> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(1), r.get::<_, String>(0)))
+        .collect();
+    assert_eq!(rows.len(), in_ledger.len(), "no key applied twice");
+    for (key, (id, _)) in &s.acked {
+        assert_eq!(
+            in_ledger.get(key),
+            Some(id),
+            "acknowledged {key} is in the ledger"
+        );
+    }
+    assert_eq!(
+        in_ledger.len(),
+        s.acked.len(),
+        "nothing applied that was not acknowledged"
+    );
+    assert!(db.audit().await.is_empty(), "the audit passes");
+    eprintln!(
+        "acknowledged {} ({} before the kill), callers answered commit_unconfirmed {} times, refused {} times",
+        s.acked.len(),
+        before_kill,
+        s.unconfirmed,
+        s.stalled
+    );
+}
+
+/// Until the primary reports its standby as synchronous.
+async fn wait_for_sync_standby(db: &TestDb) {
+    let c = db.pool.get().await.unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = c
+            .query_one(
+                "select count(*) from pg_stat_replication where sync_state = 'sync'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "the standby never became synchronous"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
