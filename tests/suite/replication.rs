@@ -1,3 +1,5 @@
+//! Replication and backups, on clusters of the test's own.
+//!
 //! A primary whose synchronous standby goes away under load
 //! (`host/src/processor/commit.rs`). The attack: commits that wait for a
 //! standby that is gone must neither be acknowledged (a timer cancelling the
@@ -8,6 +10,7 @@
 
 use crate::common::{TestDb, transfer};
 use payrail::Error;
+use payrail::db::{self, SessionSettings};
 use payrail::model::DEFAULT_TENANT;
 use payrail::processor::ProcessorSettings;
 use payrail_embedded_pg::{self as embedded, LocalPostgres};
@@ -57,6 +60,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The embedded cluster's password file is its creator's (root here); a
+/// base backup reads every file of the data directory.
+fn backup_readable(pg: &LocalPostgres) {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(&pg.data_dir).unwrap();
+    let secret = pg.data_dir.join("payrail.password");
+    std::os::unix::fs::chown(&secret, Some(owner.uid()), Some(owner.gid())).unwrap();
+}
+
 /// A streaming standby of `primary` in `dir`, started on a free port.
 #[derive(Clone)]
 struct Standby {
@@ -67,12 +79,7 @@ struct Standby {
 
 impl Standby {
     fn create(primary: &LocalPostgres, dir: &Path) -> Standby {
-        // the embedded cluster's password file is its creator's (root here):
-        // the backup reads every file of the data directory
-        use std::os::unix::fs::MetadataExt;
-        let owner = std::fs::metadata(&primary.data_dir).unwrap();
-        let secret = primary.data_dir.join("payrail.password");
-        std::os::unix::fs::chown(&secret, Some(owner.uid()), Some(owner.gid())).unwrap();
+        backup_readable(primary);
         let mut c = as_server_user(primary, "pg_basebackup");
         c.arg("-D")
             .arg(dir)
@@ -361,4 +368,222 @@ async fn wait_for_sync_standby(db: &TestDb) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Base backup plus WAL archive, restored to a named point in time into a
+/// new cluster: the payments before the point are there, none after, and
+/// `payrail audit` and `payrail replay` pass on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_backup_and_the_wal_archive_restore_to_a_point_in_time() {
+    let root = PathBuf::from(format!("/tmp/payrail-pitr-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let data = root.join("primary");
+    let primary = tokio::task::spawn_blocking(move || embedded::start_throwaway(&data))
+        .await
+        .unwrap()
+        .expect("primary");
+    struct Stop(Vec<(LocalPostgres, PathBuf)>, PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0[0].0.stop(true);
+            for (pg, dir) in &self.0[1..] {
+                let mut c = as_server_user(pg, "pg_ctl");
+                c.args(["stop", "-m", "immediate", "-D"]).arg(dir);
+                let _ = c.output();
+            }
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let mut stop = Stop(
+        vec![(primary.clone(), primary.data_dir.clone())],
+        root.clone(),
+    );
+    let archive = root.join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let admin = db::connect(&primary.url(), &SessionSettings::default())
+        .await
+        .unwrap();
+    admin
+        .batch_execute("alter system set archive_mode = on")
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "alter system set archive_command = 'test ! -f {0}/%f && cp %p {0}/%f'",
+            archive.display()
+        ))
+        .await
+        .unwrap();
+    drop(admin);
+    let p = primary.clone();
+    tokio::task::spawn_blocking(move || {
+        p.stop(false).unwrap();
+        p.start().unwrap();
+    })
+    .await
+    .unwrap();
+    backup_readable(&primary);
+    let base = root.join("base");
+    let mut c = as_server_user(&primary, "pg_basebackup");
+    c.arg("-D")
+        .arg(&base)
+        .args(["-X", "stream", "-d"])
+        .arg(format!(
+            "host={} port={} user=postgres",
+            primary.data_dir.display(),
+            primary.port
+        ));
+    run_ok(c, "pg_basebackup");
+
+    let db = TestDb::new_on(primary.url()).await;
+    db.samples().await;
+    for i in 0..4 {
+        db.account(&format!("a{i}"), 1_000_000).await;
+    }
+    let p = db.processor();
+    let pay = |n: usize| {
+        let p = p.clone();
+        async move {
+            for i in 0..n {
+                let key = format!("k{}-{i}", rand::random::<u32>());
+                p.pay(
+                    DEFAULT_TENANT,
+                    &key,
+                    &transfer(&format!("a{}", i % 4), &format!("a{}", (i + 1) % 4), 1),
+                )
+                .await
+                .unwrap();
+            }
+        }
+    };
+    pay(60).await;
+    let c = db.pool.get().await.unwrap();
+    let before: Vec<String> = ids(&c).await;
+    let point: String = c
+        .query_one(
+            "select pg_walfile_name(pg_create_restore_point('payrail-test'))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    pay(40).await;
+    assert_eq!(ids(&c).await.len(), before.len() + 40);
+    c.batch_execute("select pg_switch_wal()").await.unwrap();
+    // until the segment holding the restore point is archived
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last: Option<String> = c
+            .query_one("select last_archived_wal from pg_stat_archiver", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if last.is_some_and(|l| l.as_str() >= point.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the archiver did not archive {point}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // restore into a new cluster on another port
+    let restored = root.join("restored");
+    run_ok(
+        {
+            let mut c = Command::new("cp");
+            c.arg("-a").arg(&base).arg(&restored);
+            c
+        },
+        "copy the base backup",
+    );
+    std::fs::write(restored.join("recovery.signal"), "").unwrap();
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(restored.join("postgresql.auto.conf"))
+        .unwrap();
+    use std::io::Write;
+    writeln!(
+        conf,
+        "restore_command = 'cp {}/%f %p'\nrecovery_target_name = 'payrail-test'\n\
+         recovery_target_action = 'promote'\narchive_mode = off",
+        archive.display()
+    )
+    .unwrap();
+    drop(conf);
+    let port = free_port();
+    let mut start = as_server_user(&primary, "pg_ctl");
+    start
+        .arg("start")
+        .arg("-w")
+        .arg("-D")
+        .arg(&restored)
+        .arg("-l");
+    start
+        .arg(restored.with_extension("log"))
+        .arg("-o")
+        .arg(format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1",
+            restored.display()
+        ));
+    run_ok(start, "pg_ctl start (restored)");
+    stop.0.push((primary.clone(), restored.clone()));
+    let url = db
+        .url
+        .replace(&format!(":{}/", primary.port), &format!(":{port}/"));
+    let r = db::connect(&url, &SessionSettings::default())
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while r
+        .query_one("select pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(
+            Instant::now() < until,
+            "the restored cluster never left recovery"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ids(&r).await,
+        before,
+        "exactly the payments before the restore point"
+    );
+    let bin = env!("CARGO_BIN_EXE_payrail");
+    for args in [
+        &["audit"][..],
+        &["replay", "--since", "2000-01-01", "--until", "2100-01-01"][..],
+    ] {
+        let out = Command::new(bin)
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "payrail {args:?} on the restored ledger: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The payments' ids, sorted.
+async fn ids(c: &tokio_postgres::Client) -> Vec<String> {
+    let mut ids: Vec<String> = c
+        .query("select id::text from payrail.payments", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    ids.sort();
+    ids
 }
