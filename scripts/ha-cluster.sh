@@ -6,8 +6,9 @@
 #   scripts/ha-cluster.sh start DIR   # monitor + node1 (primary) + node2 (standby)
 #   scripts/ha-cluster.sh uri DIR     # the multi-host URL payrail connects with
 #   scripts/ha-cluster.sh state DIR   # each node's state as the monitor sees it
-#   scripts/ha-cluster.sh kill DIR N  # SIGKILL node N's keeper and postmaster
+#   scripts/ha-cluster.sh kill DIR N  # SIGKILL node N's keeper and all its server's processes
 #   scripts/ha-cluster.sh rejoin DIR N  # restart node N's keeper (rejoins as standby)
+#   scripts/ha-cluster.sh async DIR   # asynchronous replication (no node in the quorum)
 #   scripts/ha-cluster.sh stop DIR    # stop everything (DIR stays)
 #
 # Installs pg_auto_failover from Debian's packages when it is missing. Runs
@@ -16,7 +17,7 @@
 # default half minute (see "Failover timing" in docs/operations.md).
 set -euo pipefail
 
-cmd=${1:?usage: ha-cluster.sh start|uri|state|kill|rejoin|stop DIR [N]}
+cmd=${1:?usage: ha-cluster.sh start|uri|state|kill|rejoin|async|stop DIR [N]}
 dir=${2:?usage: ha-cluster.sh $cmd DIR}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
@@ -101,24 +102,59 @@ uri() {
 
 state() { as_pg pg_autoctl show state --pgdata "$dir/monitor"; }
 
-kill_node() {
-    local n=${1:?node number} sid pid
-    sid=$(cat "$dir/node$n.keeper" 2>/dev/null || true)
-    pid=$(head -1 "$dir/node$n/postmaster.pid" 2>/dev/null || true)
+# SIGKILL of one server (node1, node2, monitor) and its keeper.
+kill_server() {
+    local sid pid
+    sid=$(cat "$dir/$1.keeper" 2>/dev/null || true)
+    pid=$(head -1 "$dir/$1/postmaster.pid" 2>/dev/null || true)
+    # the server's processes too, not only the postmaster: a backend whose
+    # postmaster died keeps serving its connection until it next waits. The
+    # postmaster first (its children are found by parent), then the keeper.
+    if [ -n "$pid" ]; then
+        kill -STOP "$pid" 2>/dev/null || true
+        pkill -KILL -P "$pid" 2>/dev/null || true
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
     [ -n "$sid" ] && pkill -KILL -s "$sid" 2>/dev/null || true
-    [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
     return 0
 }
 
+kill_node() { kill_server "node${1:?node number}"; }
+
 stop() {
-    local sid pid
-    for n in node1 node2 monitor; do
-        sid=$(cat "$dir/$n.keeper" 2>/dev/null || true)
-        [ -n "$sid" ] && pkill -KILL -s "$sid" 2>/dev/null || true
-        pid=$(head -1 "$dir/$n/postmaster.pid" 2>/dev/null || true)
-        [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+    for n in node1 node2 monitor; do kill_server "$n"; done
+}
+
+# Restarts a killed node's keeper; it rejoins as a standby (pg_rewind). The
+# data directory of a killed server needs crash recovery before pg_rewind;
+# pg_auto_failover 2.0 and pg_rewind 15 race each other doing it (`lock file
+# "postmaster.pid" already exists`, then a full pg_basebackup behind a spread
+# checkpoint, minutes), so it is done here first, in single-user mode: no
+# client can reach the old primary while it recovers.
+rejoin() {
+    local n=$1 deadline=$((SECONDS + 30))
+    until as_pg postgres --single -D "$dir/node$n" template1 </dev/null >>"$dir/node$n.log" 2>&1; do
+        # the killed postmaster's children may still hold its shared memory
+        [ $SECONDS -lt $deadline ] || { echo "node$n: crash recovery failed" >&2; exit 1; }
+        sleep 0.5
     done
-    return 0
+    run_keeper "node$n"
+}
+
+# Takes every node out of the replication quorum: the primary no longer
+# waits for a standby (synchronous_standby_names is emptied by the monitor).
+make_async() {
+    for n in 1 2; do
+        as_pg pg_autoctl set node replication-quorum false --pgdata "$dir/node$n" >/dev/null 2>&1
+    done
+    local deadline=$((SECONDS + 30)) port
+    for n in 1 2; do
+        port=$(cat "$dir/node$n.port")
+        until [ -z "$(as_pg psql -X -At -h 127.0.0.1 -p "$port" -d postgres -c 'show synchronous_standby_names' 2>/dev/null)" ]; do
+            [ $SECONDS -lt $deadline ] || { echo "node$n still synchronous" >&2; exit 1; }
+            sleep 0.5
+        done
+    done
 }
 
 case "$cmd" in
@@ -126,7 +162,8 @@ case "$cmd" in
     uri) uri ;;
     state) state ;;
     kill) kill_node "${3:?node number}" ;;
-    rejoin) run_keeper "node${3:?node number}" ;;
+    rejoin) rejoin "${3:?node number}" ;;
+    async) make_async ;;
     stop) stop ;;
     *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac

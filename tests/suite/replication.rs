@@ -160,7 +160,6 @@ async fn a_lost_synchronous_standby_stalls_commits_visibly_and_nothing_is_acknow
         .await
         .unwrap()
         .expect("primary");
-    let standby = Standby::create(&primary, &root.join("standby"));
     struct Stop(LocalPostgres, PathBuf);
     impl Drop for Stop {
         fn drop(&mut self) {
@@ -169,6 +168,7 @@ async fn a_lost_synchronous_standby_stalls_commits_visibly_and_nothing_is_acknow
         }
     }
     let _stop = Stop(primary.clone(), root.clone());
+    let standby = Standby::create(&primary, &root.join("standby"));
     let db = TestDb::new_on(primary.url()).await;
     {
         let c = db.pool.get().await.unwrap();
@@ -535,7 +535,10 @@ async fn a_base_backup_and_the_wal_archive_restore_to_a_point_in_time() {
     let url = db
         .url
         .replace(&format!(":{}/", primary.port), &format!(":{port}/"));
-    let r = db::connect(&url, &SessionSettings::default())
+    // the server answers once consistent, before it has replayed the test
+    // database's creation: wait in `postgres` until recovery ends
+    let server = db::url_with_database(&url, "postgres");
+    let r = db::connect(&server, &SessionSettings::default())
         .await
         .unwrap();
     let until = Instant::now() + Duration::from_secs(60);
@@ -551,6 +554,9 @@ async fn a_base_backup_and_the_wal_archive_restore_to_a_point_in_time() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let r = db::connect(&url, &SessionSettings::default())
+        .await
+        .unwrap();
     assert_eq!(
         ids(&r).await,
         before,

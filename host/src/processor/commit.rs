@@ -92,6 +92,30 @@ impl Commits {
         done.map_err(Error::from)
     }
 
+    /// `task`'s result, or `commit_unconfirmed` as soon as a commit of this
+    /// process stalls; then the task is left to run to its end (its
+    /// transaction may be the stalled one). Dropped before either, the
+    /// task is aborted.
+    pub(crate) async fn answer_task<T>(
+        &self,
+        task: tokio::task::JoinHandle<Result<T>>,
+    ) -> Result<T> {
+        let mut task = AbortOnDrop(Some(task));
+        let mut stalls = self.stalls.subscribe();
+        let running = task.0.as_mut().expect("set above");
+        tokio::select! {
+            biased;
+            done = running => {
+                task.0 = None;
+                done.unwrap_or_else(|e| Err(Error::Setup(format!("a payment task failed: {e}"))))
+            }
+            _ = stalls.changed() => {
+                drop(task.0.take()); // detached, not aborted
+                Err(Error::CommitUnconfirmed)
+            }
+        }
+    }
+
     /// `answer`'s result, or `commit_unconfirmed` as soon as a commit of
     /// this process stalls. `answer` must not own a transaction (dropping
     /// it must leave the work running): a reply channel, a spawned task.
@@ -104,6 +128,19 @@ impl Commits {
             biased;
             done = answer => done,
             _ = stalls.changed() => Err(Error::CommitUnconfirmed),
+        }
+    }
+}
+
+/// A spawned payment that is aborted when its caller goes away (as the
+/// payment would be if it ran in the caller's own future: a queued one is
+/// skipped, not run), unless [`Commits::answer_task`] detached it.
+struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
         }
     }
 }

@@ -361,13 +361,7 @@ impl Processor {
                     req.clone(),
                 );
                 let run = tokio::spawn(async move { p.pay_single(&t, &k, &r).await });
-                self.commits
-                    .answer(async {
-                        run.await.unwrap_or_else(|e| {
-                            Err(Error::Setup(format!("a payment task failed: {e}")))
-                        })
-                    })
-                    .await
+                self.commits.answer_task(run).await
             }
         }
     }
