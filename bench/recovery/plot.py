@@ -3,8 +3,9 @@
 
 Input: `kind,milliseconds` lines, as the chaos and failover tests append them
 to $PAYRAIL_RECOVERY_OUT (tests/chaos.rs, `record_recoveries`). Output: an
-SVG (log-scale time axis, a dot per recovery, the median marked) and a
-Markdown table, in OUT_DIR. Standard library only.
+SVG (log-scale time axis, a dot per recovery, the median marked) and the
+raw times in OUT_DIR; the Markdown table is printed, for the report beside
+them. Standard library only.
 
     PAYRAIL_RECOVERY_OUT=/tmp/r.csv cargo test --test chaos -- --test-threads 1
     python3 bench/recovery/plot.py /tmp/r.csv bench/reports/recovery-YYYY-MM-DD
@@ -16,11 +17,11 @@ from collections import defaultdict
 from pathlib import Path
 
 LABELS = {
-    "chaos-host": "payrail host killed (SIGKILL), restarted",
-    "chaos-postgres": "Postgres crash-restart (immediate stop, start)",
-    "chaos-drain": "last host kill to outbox drained",
-    "failover": "primary killed, synchronous standby promoted",
-    "failover-async": "primary killed, asynchronous standby promoted",
+    "chaos-host": "host SIGKILLed: next payment acknowledged",
+    "chaos-postgres": "Postgres crash-restart: next payment",
+    "chaos-drain": "last host kill: outbox drained",
+    "failover": "primary killed, sync standby promoted: next payment",
+    "failover-async": "primary killed, async standby promoted: next payment",
 }
 ORDER = list(LABELS)
 
@@ -37,8 +38,8 @@ def read(path):
 
 def svg(data):
     kinds = [k for k in ORDER if k in data] + sorted(k for k in data if k not in ORDER)
-    left, right, top, row = 330, 40, 40, 46
-    width = 960
+    left, right, top, row = 430, 40, 40, 46
+    width = 1080
     height = top + row * len(kinds) + 50
     lo, hi = 1, 100_000  # 1 ms .. 100 s
     span = width - left - right
@@ -51,8 +52,8 @@ def svg(data):
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         'font-family="sans-serif" font-size="13">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{left}" y="22" font-size="15">Recovery time: from the fault to the next '
-        "acknowledged payment (log scale)</text>",
+        f'<text x="{left}" y="22" font-size="15">Recovery time after each fault, log scale '
+        "(red: the median)</text>",
     ]
     for decade in range(0, 6):
         ms = 10**decade
@@ -100,7 +101,6 @@ def main():
     picture, kinds = svg(data)
     (out / "recovery.svg").write_text(picture)
     (out / "recovery.csv").write_text(Path(sys.argv[1]).read_text())
-    (out / "table.md").write_text(table(data, kinds) + "\n")
     print(table(data, kinds))
 
 

@@ -593,3 +593,80 @@ async fn ids(c: &tokio_postgres::Client) -> Vec<String> {
     ids.sort();
     ids
 }
+
+/// A demoted primary may keep its sessions and answer them read-only: the
+/// pool must close such a connection, not hand it out again
+/// (`TenantConnection::discard_if_read_only`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_answers_read_only_is_closed_not_pooled() {
+    let root = PathBuf::from(format!("/tmp/payrail-readonly-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let data = root.join("pg");
+    let pg = tokio::task::spawn_blocking(move || embedded::start_throwaway(&data))
+        .await
+        .unwrap()
+        .expect("cluster");
+    struct Stop(LocalPostgres, PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.stop(true);
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _stop = Stop(pg.clone(), root.clone());
+    let db = TestDb::new_on(pg.url()).await;
+    db.samples().await;
+    db.account("a", 1_000).await;
+    db.account("b", 0).await;
+    let p = db.processor();
+    p.pay(DEFAULT_TENANT, "before", &transfer("a", "b", 1))
+        .await
+        .expect("a payment on the primary");
+    assert!(db.pool.status().size > 0, "connections are pooled");
+    // the server turns read-only under its open sessions, as a demoted
+    // primary that kept them
+    let admin = db::connect(&pg.url(), &SessionSettings::default())
+        .await
+        .unwrap();
+    admin
+        .batch_execute("alter system set default_transaction_read_only = on")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("select pg_reload_conf()")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..4 {
+        let e = p
+            .pay(DEFAULT_TENANT, &format!("ro-{i}"), &transfer("a", "b", 1))
+            .await
+            .expect_err("a read-only server takes no payment");
+        assert_eq!(
+            e.sqlstate(),
+            Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
+            "{e}"
+        );
+    }
+    // the test's own helpers hold none: every connection the processor used
+    // answered read-only and was closed
+    assert_eq!(
+        db.pool.status().size,
+        0,
+        "no read-only connection stays pooled"
+    );
+    admin
+        .batch_execute("alter system reset default_transaction_read_only")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("select pg_reload_conf()")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.pay(DEFAULT_TENANT, "after", &transfer("a", "b", 1))
+        .await
+        .expect("payments resume on new connections");
+}
