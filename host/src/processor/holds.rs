@@ -369,6 +369,20 @@ impl Processor {
         validate_key(key)?;
         let id = parse_payment_id(payment)?;
         self.commits.check_accepting()?;
+        // a task of its own, as `pay` runs a single payment: answered early
+        // when a commit stalls, the transaction left to end
+        let (p, tenant, key) = (self.clone(), tenant.to_string(), key.to_string());
+        let run = tokio::spawn(async move { p.transition_retried(&tenant, &key, id, t).await });
+        self.commits.answer_task(run).await
+    }
+
+    async fn transition_retried(
+        &self,
+        tenant: &str,
+        key: &str,
+        id: Uuid,
+        t: Transition,
+    ) -> Result<PayOutcome> {
         let once = || self.transition_once(tenant, key, id, t);
         let attempts = self.settings().max_attempts;
         match processor::retry::run(attempts, |e| self.retrying(e), once).await {
