@@ -273,6 +273,36 @@ async fn undelivered(db: &TestDb) -> Option<i64> {
     .map(|r| r.get(0))
 }
 
+/// Database `name` on the server of `admin_url`, migrated, with the sample
+/// pipeline, the accounts the clients pay between, and a payments key.
+async fn ledger(admin_url: &str, name: &str) -> (TestDb, String) {
+    db::create_database_if_missing(admin_url, name)
+        .await
+        .unwrap();
+    let url = db::url_with_database(admin_url, name);
+    let pool = db::pool(&url, 4).unwrap();
+    db::migrate::migrate(&mut pool.get().await.unwrap())
+        .await
+        .unwrap();
+    let tdb = TestDb {
+        url,
+        admin_url: admin_url.to_string(),
+        name: name.into(),
+        pool,
+    };
+    tdb.samples().await;
+    for i in 0..ACCOUNTS {
+        tdb.account(&format!("a{i}"), OPENING).await;
+    }
+    let c = tdb.pool.get().await.unwrap();
+    let api_key = apikeys::create(&c, "default", &[Scope::Payments])
+        .await
+        .unwrap()
+        .secret;
+    drop(c);
+    (tdb, api_key)
+}
+
 /// What the ledger checks found.
 struct LedgerSummary {
     approved: usize,
@@ -476,31 +506,8 @@ async fn chaos_kill9_hosts_and_postgres_lose_and_duplicate_nothing() {
             .expect("throwaway postgres")
     };
     let pg = Arc::new(pg);
-    db::create_database_if_missing(&pg.url(), "chaos")
-        .await
-        .unwrap();
-    let url = pg.url_for("chaos");
-    let pool = db::pool(&url, 8).unwrap();
-    db::migrate::migrate(&mut pool.get().await.unwrap())
-        .await
-        .unwrap();
-    let tdb = TestDb {
-        url: url.clone(),
-        admin_url: pg.url(),
-        name: "chaos".into(),
-        pool,
-    };
-    tdb.samples().await;
-    for i in 0..ACCOUNTS {
-        tdb.account(&format!("a{i}"), OPENING).await;
-    }
-    let api_key = {
-        let c = tdb.pool.get().await.unwrap();
-        apikeys::create(&c, "default", &[Scope::Payments])
-            .await
-            .unwrap()
-            .secret
-    };
+    let (tdb, api_key) = ledger(&pg.url(), "chaos").await;
+    let url = tdb.url.clone();
 
     // sinks: a webhook receiver failing 3% of requests, a NATS stream
     let rx = Receiver::start().await;
@@ -927,31 +934,8 @@ async fn failover_run(synchronous: bool) -> FailoverRun {
     if !synchronous {
         ha(&["async", &cluster]);
     }
-    db::create_database_if_missing(&uri, "failover")
-        .await
-        .unwrap();
-    let url = db::url_with_database(&uri, "failover");
-    let pool = db::pool(&url, 4).unwrap();
-    db::migrate::migrate(&mut pool.get().await.unwrap())
-        .await
-        .unwrap();
-    let tdb = TestDb {
-        url: url.clone(),
-        admin_url: uri.clone(),
-        name: "failover".into(),
-        pool,
-    };
-    tdb.samples().await;
-    for i in 0..ACCOUNTS {
-        tdb.account(&format!("a{i}"), OPENING).await;
-    }
-    let api_key = {
-        let c = tdb.pool.get().await.unwrap();
-        apikeys::create(&c, "default", &[Scope::Payments])
-            .await
-            .unwrap()
-            .secret
-    };
+    let (tdb, api_key) = ledger(&uri, "failover").await;
+    let url = tdb.url.clone();
     let rx = Receiver::start().await;
     let config = dir.join("payrail.toml");
     std::fs::write(

@@ -11,6 +11,9 @@ use payrail::ledger::{self, NewAccount};
 use payrail::model::{DEFAULT_TENANT, PaymentRequest};
 use payrail::processor::{Processor, ProcessorSettings};
 use payrail::registry::{self, StepSpec};
+use payrail_embedded_pg::{self as embedded, LocalPostgres};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -267,5 +270,65 @@ pub fn transfer(from: &str, to: &str, amount: i64) -> PaymentRequest {
         metadata: Default::default(),
         capture: Default::default(),
         hold_ttl_secs: None,
+    }
+}
+
+/// A Postgres cluster of a test's own: initdb and a free port, in
+/// `/tmp/payrail-{name}-{pid}/primary`. The folder is open to the server's
+/// user (a test makes standbys and restores there). Dropped: every server
+/// in it is stopped (immediate) and the folder removed.
+pub struct OwnCluster {
+    pub pg: LocalPostgres,
+    pub root: PathBuf,
+    /// Data directories of more servers the test started in `root`.
+    pub extra: Vec<PathBuf>,
+}
+
+impl OwnCluster {
+    pub async fn start(name: &str) -> OwnCluster {
+        use std::os::unix::fs::PermissionsExt;
+        let root = PathBuf::from(format!("/tmp/payrail-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let data = root.join("primary");
+        let pg = tokio::task::spawn_blocking(move || embedded::start_throwaway(&data))
+            .await
+            .unwrap()
+            .expect("a cluster of the test's own");
+        OwnCluster {
+            pg,
+            root,
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = self.pg.stop(true);
+        for dir in &self.extra {
+            let mut c = server_command(&self.pg, "pg_ctl");
+            c.args(["stop", "-m", "immediate", "-D"]).arg(dir);
+            let _ = c.output();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// One of `pg`'s server binaries (`pg_ctl`, `pg_basebackup`, ...), run as
+/// the user its servers run as (postgres when the tests run as root).
+pub fn server_command(pg: &LocalPostgres, bin: &str) -> Command {
+    let path = pg.bin_dir.join(bin);
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
     }
 }

@@ -4,10 +4,11 @@
 //! its certificate does not carry, are refused under `verify-full`; then
 //! what each mode accepts.
 
+use crate::common::OwnCluster;
 use payrail::db::{self, SessionSettings};
-use payrail_embedded_pg::{self as embedded, LocalPostgres};
+use payrail_embedded_pg::LocalPostgres;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -122,28 +123,14 @@ const ENCRYPTED: &str = "select ssl::text from pg_stat_ssl where pid = pg_backen
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslmode_verify_full_connects_and_refuses_a_wrong_ca_or_host_name() {
-    let root = PathBuf::from(format!("/tmp/payrail-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(root.join("certs")).unwrap();
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let certs = root.join("certs");
+    let cluster = OwnCluster::start("tls").await;
+    let pg = &cluster.pg;
+    let certs = cluster.root.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
     make_ca(&certs, "ca");
     make_ca(&certs, "other-ca");
     make_server_cert(&certs, "ca");
-    let data = root.join("data");
-    let pg = tokio::task::spawn_blocking(move || embedded::start_throwaway(&data))
-        .await
-        .unwrap()
-        .expect("a throwaway cluster");
-    struct Stop(LocalPostgres, PathBuf);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.stop(true);
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-    let _stop = Stop(pg.clone(), root.clone());
-    install_for_server(&pg, &certs);
+    install_for_server(pg, &certs);
     let plain = format!("{}?sslmode=disable", pg.url());
     sql(&plain, "alter system set ssl = on").await.unwrap();
     sql(&plain, "select pg_reload_conf()").await.unwrap();

@@ -8,12 +8,12 @@
 //! resumes on its own when the standby is back. Every acknowledged payment
 //! is in the ledger exactly once.
 
-use crate::common::{TestDb, transfer};
+use crate::common::{OwnCluster, TestDb, server_command, transfer};
 use payrail::Error;
 use payrail::db::{self, SessionSettings};
 use payrail::model::DEFAULT_TENANT;
 use payrail::processor::ProcessorSettings;
-use payrail_embedded_pg::{self as embedded, LocalPostgres};
+use payrail_embedded_pg::LocalPostgres;
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -21,26 +21,6 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// `bin` of the server's binaries, run as the user the servers run as.
-fn as_server_user(pg: &LocalPostgres, bin: &str) -> Command {
-    let path = pg.bin_dir.join(bin);
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(path);
-        c
-    } else {
-        Command::new(path)
-    }
-}
 
 fn run_ok(mut c: Command, what: &str) {
     let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -80,7 +60,7 @@ struct Standby {
 impl Standby {
     fn create(primary: &LocalPostgres, dir: &Path) -> Standby {
         backup_readable(primary);
-        let mut c = as_server_user(primary, "pg_basebackup");
+        let mut c = server_command(primary, "pg_basebackup");
         c.arg("-D")
             .arg(dir)
             .args(["-X", "stream", "-R", "-d"])
@@ -100,7 +80,7 @@ impl Standby {
     }
 
     fn start(&self) {
-        let mut c = as_server_user(&self.primary, "pg_ctl");
+        let mut c = server_command(&self.primary, "pg_ctl");
         c.arg("start").arg("-w").arg("-D").arg(&self.dir).arg("-l");
         c.arg(self.dir.with_extension("log")).arg("-o").arg(format!(
             "-p {} -k {} -c listen_addresses=''",
@@ -133,7 +113,7 @@ impl Standby {
     }
 
     fn stop(&self) {
-        let mut c = as_server_user(&self.primary, "pg_ctl");
+        let mut c = server_command(&self.primary, "pg_ctl");
         c.args(["stop", "-m", "immediate", "-D"]).arg(&self.dir);
         let _ = c.output();
     }
@@ -151,24 +131,10 @@ struct Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_synchronous_standby_stalls_commits_visibly_and_nothing_is_acknowledged_unreplicated()
  {
-    let root = PathBuf::from(format!("/tmp/payrail-repl-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let data = root.join("primary");
-    let primary = tokio::task::spawn_blocking(move || embedded::start_throwaway(&data))
-        .await
-        .unwrap()
-        .expect("primary");
-    struct Stop(LocalPostgres, PathBuf);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.stop(true);
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-    let _stop = Stop(primary.clone(), root.clone());
-    let standby = Standby::create(&primary, &root.join("standby"));
+    let mut cluster = OwnCluster::start("repl").await;
+    let primary = cluster.pg.clone();
+    let standby = Standby::create(&primary, &cluster.root.join("standby"));
+    cluster.extra.push(standby.dir.clone());
     let db = TestDb::new_on(primary.url()).await;
     {
         let c = db.pool.get().await.unwrap();
@@ -375,31 +341,8 @@ async fn wait_for_sync_standby(db: &TestDb) {
 /// `payrail audit` and `payrail replay` pass on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_base_backup_and_the_wal_archive_restore_to_a_point_in_time() {
-    let root = PathBuf::from(format!("/tmp/payrail-pitr-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let data = root.join("primary");
-    let primary = tokio::task::spawn_blocking(move || embedded::start_throwaway(&data))
-        .await
-        .unwrap()
-        .expect("primary");
-    struct Stop(Vec<(LocalPostgres, PathBuf)>, PathBuf);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0[0].0.stop(true);
-            for (pg, dir) in &self.0[1..] {
-                let mut c = as_server_user(pg, "pg_ctl");
-                c.args(["stop", "-m", "immediate", "-D"]).arg(dir);
-                let _ = c.output();
-            }
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-    let mut stop = Stop(
-        vec![(primary.clone(), primary.data_dir.clone())],
-        root.clone(),
-    );
+    let mut cluster = OwnCluster::start("pitr").await;
+    let (primary, root) = (cluster.pg.clone(), cluster.root.clone());
     let archive = root.join("archive");
     std::fs::create_dir_all(&archive).unwrap();
     std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -427,7 +370,7 @@ async fn a_base_backup_and_the_wal_archive_restore_to_a_point_in_time() {
     .unwrap();
     backup_readable(&primary);
     let base = root.join("base");
-    let mut c = as_server_user(&primary, "pg_basebackup");
+    let mut c = server_command(&primary, "pg_basebackup");
     c.arg("-D")
         .arg(&base)
         .args(["-X", "stream", "-d"])
@@ -516,7 +459,7 @@ async fn a_base_backup_and_the_wal_archive_restore_to_a_point_in_time() {
     .unwrap();
     drop(conf);
     let port = free_port();
-    let mut start = as_server_user(&primary, "pg_ctl");
+    let mut start = server_command(&primary, "pg_ctl");
     start
         .arg("start")
         .arg("-w")
@@ -531,7 +474,7 @@ async fn a_base_backup_and_the_wal_archive_restore_to_a_point_in_time() {
             restored.display()
         ));
     run_ok(start, "pg_ctl start (restored)");
-    stop.0.push((primary.clone(), restored.clone()));
+    cluster.extra.push(restored.clone());
     let url = db
         .url
         .replace(&format!(":{}/", primary.port), &format!(":{port}/"));
@@ -599,23 +542,8 @@ async fn ids(c: &tokio_postgres::Client) -> Vec<String> {
 /// (`TenantConnection::discard_if_read_only`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_answers_read_only_is_closed_not_pooled() {
-    let root = PathBuf::from(format!("/tmp/payrail-readonly-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let data = root.join("pg");
-    let pg = tokio::task::spawn_blocking(move || embedded::start_throwaway(&data))
-        .await
-        .unwrap()
-        .expect("cluster");
-    struct Stop(LocalPostgres, PathBuf);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.stop(true);
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-    let _stop = Stop(pg.clone(), root.clone());
+    let cluster = OwnCluster::start("readonly").await;
+    let pg = &cluster.pg;
     let db = TestDb::new_on(pg.url()).await;
     db.samples().await;
     db.account("a", 1_000).await;
