@@ -43,11 +43,20 @@ free_port() {
 monitor_uri() { echo "postgres://autoctl_node@127.0.0.1:$(cat "$dir/monitor.port")/pg_auto_failover?sslmode=disable"; }
 
 # Runs node $1's keeper in the background in a session of its own (so that
-# `kill` takes the keeper and every process it started), logging to DIR/$1.log.
+# `kill` finds the keeper and every process it started), logging to
+# DIR/$1.log. The session leader writes its own pid: setsid forks when it
+# happens to be a process group leader, and `$!` would then be a process
+# that has already exited.
 run_keeper() {
-    setsid "${pg_user[@]}" env PATH="$PGBIN:$PATH" XDG_CONFIG_HOME="$dir/.config" \
+    rm -f "$dir/$1.keeper"
+    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' keeper "$dir/$1.keeper" \
+        "${pg_user[@]}" env PATH="$PGBIN:$PATH" XDG_CONFIG_HOME="$dir/.config" \
         XDG_DATA_HOME="$dir/.local" pg_autoctl run --pgdata "$dir/$1" >>"$dir/$1.log" 2>&1 </dev/null &
-    echo $! >"$dir/$1.keeper"
+    local deadline=$((SECONDS + 10))
+    until [ -s "$dir/$1.keeper" ]; do
+        [ $SECONDS -lt $deadline ] || { echo "the keeper of $1 did not start" >&2; exit 1; }
+        sleep 0.05
+    done
 }
 
 wait_state() { # node, goal state, seconds
@@ -102,19 +111,38 @@ uri() {
 
 state() { as_pg pg_autoctl show state --pgdata "$dir/monitor"; }
 
-# SIGKILL of one server (node1, node2, monitor) and its keeper.
+# Every process below $1, children first listed after their parent.
+descendants() {
+    local p
+    for p in $(pgrep -P "$1" 2>/dev/null); do
+        echo "$p"
+        descendants "$p"
+    done
+}
+
+# SIGKILL of a process and everything below it. All are stopped first, top
+# down, so that no supervisor among them restarts what was killed (the
+# keeper restarts Postgres within a second, and its services may leave the
+# keeper's session).
+kill_tree() {
+    local all p
+    [ -n "$1" ] && kill -0 "$1" 2>/dev/null || return 0
+    kill -STOP "$1" 2>/dev/null || true
+    all="$1 $(descendants "$1")"
+    for p in $all; do kill -STOP "$p" 2>/dev/null || true; done
+    for p in $all; do kill -KILL "$p" 2>/dev/null || true; done
+}
+
+# SIGKILL of one server (node1, node2, monitor) and its keeper: the
+# keeper's whole tree, the postmaster's (a backend whose postmaster died
+# keeps serving its connection until it next waits), and the keeper's
+# session for anything that left the tree.
 kill_server() {
     local sid pid
     sid=$(cat "$dir/$1.keeper" 2>/dev/null || true)
     pid=$(head -1 "$dir/$1/postmaster.pid" 2>/dev/null || true)
-    # the server's processes too, not only the postmaster: a backend whose
-    # postmaster died keeps serving its connection until it next waits. The
-    # postmaster first (its children are found by parent), then the keeper.
-    if [ -n "$pid" ]; then
-        kill -STOP "$pid" 2>/dev/null || true
-        pkill -KILL -P "$pid" 2>/dev/null || true
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
+    kill_tree "$sid"
+    kill_tree "$pid"
     [ -n "$sid" ] && pkill -KILL -s "$sid" 2>/dev/null || true
     return 0
 }
