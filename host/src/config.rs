@@ -1187,6 +1187,22 @@ path = "/tmp/x.jsonl"
     }
 
     #[test]
+    fn the_commit_wait_and_the_database_tls_settings_are_checked() {
+        let mut c = Config::default();
+        c.apply_env(env(&[("PAYRAIL_COMMIT_WAIT_MS", "2000")]))
+            .unwrap();
+        assert_eq!(c.processor().commit_wait_ms, 2000);
+        c.validate().unwrap();
+        c.processor.commit_wait_ms = 0;
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("processor.commit_wait_ms"), "{e}");
+        let mut c = Config::default();
+        c.database.url = Some("postgres://u@h/db?sslmode=verify-full".into());
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("need sslrootcert"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_setting() {
         let e = Config::from_toml("[server]\nlisen = \"x\"").unwrap_err();
         assert!(e.contains("unknown field `lisen`"), "{e}");

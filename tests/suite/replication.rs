@@ -558,15 +558,11 @@ async fn a_connection_that_answers_read_only_is_closed_not_pooled() {
     let admin = db::connect(&pg.url(), &SessionSettings::default())
         .await
         .unwrap();
-    admin
-        .batch_execute("alter system set default_transaction_read_only = on")
-        .await
-        .unwrap();
-    admin
-        .batch_execute("select pg_reload_conf()")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    reconfigure(
+        &admin,
+        "alter system set default_transaction_read_only = on",
+    )
+    .await;
     for i in 0..4 {
         let e = p
             .pay(DEFAULT_TENANT, &format!("ro-{i}"), &transfer("a", "b", 1))
@@ -585,16 +581,19 @@ async fn a_connection_that_answers_read_only_is_closed_not_pooled() {
         0,
         "no read-only connection stays pooled"
     );
-    admin
-        .batch_execute("alter system reset default_transaction_read_only")
+    reconfigure(&admin, "alter system reset default_transaction_read_only").await;
+    p.pay(DEFAULT_TENANT, "after", &transfer("a", "b", 1))
         .await
-        .unwrap();
+        .expect("payments resume on new connections");
+}
+
+/// `alter system ...`, then the server reloads its configuration (every
+/// session takes it at its next command).
+async fn reconfigure(admin: &tokio_postgres::Client, alter: &str) {
+    admin.batch_execute(alter).await.unwrap();
     admin
         .batch_execute("select pg_reload_conf()")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    p.pay(DEFAULT_TENANT, "after", &transfer("a", "b", 1))
-        .await
-        .expect("payments resume on new connections");
 }

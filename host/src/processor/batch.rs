@@ -287,11 +287,12 @@ impl Credited {
         debug_assert!(known.len() <= MAX_CREDITED_PER_TENANT);
     }
 
-    /// The accounts remembered for `tenant`.
-    fn of(&self, tenant: &str) -> Vec<String> {
+    /// The accounts remembered for `tenant` that `wanted` keeps, copied
+    /// under the lock (only those: most batches already hold them all).
+    fn of(&self, tenant: &str, wanted: impl Fn(&str) -> bool) -> Vec<String> {
         self.lock()
             .get(tenant)
-            .map(|k| k.iter().cloned().collect())
+            .map(|k| k.iter().filter(|id| wanted(id)).cloned().collect())
             .unwrap_or_default()
     }
 }
@@ -755,12 +756,9 @@ impl Processor {
         tenant: &str,
         book: &mut Book,
     ) -> Result<()> {
-        let ids: Vec<String> = self
-            .credited
-            .of(tenant)
-            .into_iter()
-            .filter(|id| !book.accounts.contains_key(id) && !book.asked.contains(id))
-            .collect();
+        let ids = self.credited.of(tenant, |id| {
+            !book.accounts.contains_key(id) && !book.asked.contains(id)
+        });
         if !ids.is_empty() {
             let rows = ledger::read_accounts(tx, tenant, &ids).await?;
             book.add(rows, &ids, false);
@@ -1100,10 +1098,13 @@ mod tests {
         let ids = |r: std::ops::Range<usize>| r.map(|i| format!("fees{i}")).collect::<Vec<_>>();
         c.remember("t1", &ids(0..10));
         c.remember("t1", &ids(5..15)); // 5..10 already known: not twice
-        assert_eq!(c.of("t1"), ids(0..15));
-        assert!(c.of("t2").is_empty(), "tenants do not see each other's");
+        assert_eq!(c.of("t1", |_| true), ids(0..15));
+        assert!(
+            c.of("t2", |_| true).is_empty(),
+            "tenants do not see each other's"
+        );
         c.remember("t1", &ids(15..MAX_CREDITED_PER_TENANT + 20));
-        let kept = c.of("t1");
+        let kept = c.of("t1", |_| true);
         assert_eq!(kept.len(), MAX_CREDITED_PER_TENANT);
         assert_eq!(
             kept,

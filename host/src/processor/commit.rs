@@ -101,19 +101,17 @@ impl Commits {
         task: tokio::task::JoinHandle<Result<T>>,
     ) -> Result<T> {
         let mut task = AbortOnDrop(Some(task));
-        let mut stalls = self.stalls.subscribe();
         let running = task.0.as_mut().expect("set above");
-        tokio::select! {
-            biased;
-            done = running => {
-                task.0 = None;
-                done.unwrap_or_else(|e| Err(Error::Setup(format!("a payment task failed: {e}"))))
-            }
-            _ = stalls.changed() => {
-                drop(task.0.take()); // detached, not aborted
-                Err(Error::CommitUnconfirmed)
-            }
-        }
+        let result = self
+            .answer(async {
+                running
+                    .await
+                    .unwrap_or_else(|e| Err(Error::Setup(format!("a payment task failed: {e}"))))
+            })
+            .await;
+        // finished, or left to end its stalled transaction: not aborted
+        drop(task.0.take());
+        result
     }
 
     /// `answer`'s result, or `commit_unconfirmed` as soon as a commit of
