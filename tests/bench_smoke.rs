@@ -389,7 +389,7 @@ fn judge_or_record(figures: &[yardstick::Figure]) -> Vec<String> {
     let mut failures = Vec::new();
     for f in figures {
         let verdict = yardstick::judge(
-            recorded.figure(&f.profile, &f.workload),
+            recorded.figure(&f.profile, &f.key()),
             f.instructions_per_payment,
         );
         println!("yardstick  {}", verdict.line(f));
@@ -400,8 +400,8 @@ fn judge_or_record(figures: &[yardstick::Figure]) -> Vec<String> {
     failures
 }
 
-/// The host's instructions per payment (callgrind) for both workloads may
-/// not exceed the figures recorded in bench/yardstick.json for this build
+/// The host's instructions per payment (callgrind) for both workloads, in
+/// process and over HTTP (`payrail serve` counted), may not exceed the figures recorded in bench/yardstick.json for this build
 /// profile by more than 10%. `PAYRAIL_YARDSTICK_RECORD=1` records them
 /// instead (after a deliberate change, or to lock a gain in).
 #[tokio::test(flavor = "multi_thread")]
@@ -414,6 +414,8 @@ async fn yardstick_instructions_per_payment_within_10_percent_of_recorded() {
     let started = Instant::now();
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrail-bench"))
         .args(["yardstick", "--database", &database])
+        .args(["--paths", "in-process,http"])
+        .env("PAYRAIL_BIN", payrail_binary())
         .arg("--out")
         .arg(&out)
         .env("DATABASE_URL", &admin_url)
@@ -436,8 +438,8 @@ async fn yardstick_instructions_per_payment_within_10_percent_of_recorded() {
         &std::fs::read_to_string(out.join("yardstick.json")).expect("yardstick.json written"),
     )
     .expect("yardstick.json holds the figures");
-    let workloads: Vec<&str> = figures.iter().map(|f| f.workload.as_str()).collect();
-    assert_eq!(workloads, ["uniform", "hot_fee"]);
+    let keys: Vec<String> = figures.iter().map(|f| f.key()).collect();
+    assert_eq!(keys, ["uniform", "hot_fee", "http_uniform", "http_hot_fee"]);
     for f in &figures {
         assert_eq!(f.valgrind, valgrind);
         assert!(f.instructions_per_payment > 0.0, "{f:?}");

@@ -54,8 +54,20 @@ impl Histogram {
     }
 }
 
-/// Label values, rendered in order with the metric's label names.
-type Labels = Vec<String>;
+/// Label values joined by [`SEP`], rendered in order with the metric's
+/// label names. One string, so a series is found by a `&str` built in a
+/// reused buffer: recording a known series allocates nothing.
+type Labels = Box<str>;
+
+/// Separates label values in a [`Labels`] key. Label values are route
+/// templates, methods, status and error codes, payment statuses and digest
+/// prefixes: none holds a control character.
+const SEP: char = '\u{1f}';
+
+thread_local! {
+    /// The key of the series being looked up (see [`Family::get`]).
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
 
 #[derive(Debug)]
 struct Family<T> {
@@ -71,13 +83,31 @@ impl<T> Default for Family<T> {
 }
 
 impl<T> Family<T> {
-    fn get(&mut self, labels: Labels, new: impl FnOnce() -> T) -> &mut T {
-        let labels = if self.series.len() >= MAX_SERIES && !self.series.contains_key(&labels) {
-            vec!["other".to_string(); labels.len()]
+    /// The series of label `values`, created by `new` if missing (folded
+    /// into `other` past [`MAX_SERIES`]).
+    fn get(&mut self, values: &[&str], new: impl FnOnce() -> T) -> &mut T {
+        let known = KEY.with_borrow_mut(|key| {
+            key.clear();
+            for (i, v) in values.iter().enumerate() {
+                debug_assert!(!v.contains(SEP), "label value {v:?} holds the separator");
+                if i > 0 {
+                    key.push(SEP);
+                }
+                key.push_str(v);
+            }
+            self.series.contains_key(key.as_str())
+        });
+        if known {
+            return KEY
+                .with_borrow(|key| self.series.get_mut(key.as_str()))
+                .expect("the series was just found");
+        }
+        let key: Labels = if self.series.len() >= MAX_SERIES {
+            vec!["other"; values.len()].join(&SEP.to_string()).into()
         } else {
-            labels
+            KEY.with_borrow(|key| key.as_str().into())
         };
-        self.series.entry(labels).or_insert_with(new)
+        self.series.entry(key).or_insert_with(new)
     }
 }
 
@@ -87,7 +117,8 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn label_text(names: &[&str], values: &[String], extra: Option<(&str, String)>) -> String {
+fn label_text(names: &[&str], values: &str, extra: Option<(&str, String)>) -> String {
+    let values = values.split(SEP);
     let mut parts: Vec<String> = names
         .iter()
         .zip(values)
@@ -180,18 +211,17 @@ pub struct PoolGauges {
 
 impl Metrics {
     /// Records one answered request.
-    pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    /// `status` is the numeric code (`StatusCode::as_str`).
+    pub fn request(&self, method: &str, route: &str, status: &str, seconds: f64) {
         *self
             .requests
             .lock()
             .expect("metrics lock")
-            .get(vec![method.into(), route.into(), status.to_string()], || 0) += 1;
+            .get(&[method, route, status], || 0) += 1;
         self.latency
             .lock()
             .expect("metrics lock")
-            .get(vec![method.into(), route.into()], || {
-                Histogram::new(LATENCY_BUCKETS)
-            })
+            .get(&[method, route], || Histogram::new(LATENCY_BUCKETS))
             .observe(seconds);
     }
 
@@ -204,7 +234,7 @@ impl Metrics {
                 .payments
                 .lock()
                 .expect("metrics lock")
-                .get(vec![status.into()], || 0) += 1;
+                .get(&[status], || 0) += 1;
         }
     }
 
@@ -214,27 +244,27 @@ impl Metrics {
             .payment_errors
             .lock()
             .expect("metrics lock")
-            .get(vec![code.into()], || 0) += 1;
+            .get(&[code], || 0) += 1;
     }
 
     /// Records one plugin call: fuel, wall-clock and CPU time, by digest.
     pub fn plugin_call(&self, call: &CallStat) {
-        let d = call.digest.get(..12).unwrap_or(&call.digest).to_string();
+        let d = call.digest.get(..12).unwrap_or(&call.digest);
         self.plugin_fuel
             .lock()
             .expect("metrics lock")
-            .get(vec![d.clone()], || Histogram::new(FUEL_BUCKETS))
+            .get(&[d], || Histogram::new(FUEL_BUCKETS))
             .observe(call.fuel_used as f64);
         self.plugin_duration
             .lock()
             .expect("metrics lock")
-            .get(vec![d.clone()], || Histogram::new(PLUGIN_BUCKETS))
+            .get(&[d], || Histogram::new(PLUGIN_BUCKETS))
             .observe(call.duration.as_secs_f64());
         if let Some(cpu) = call.cpu {
             self.plugin_cpu
                 .lock()
                 .expect("metrics lock")
-                .get(vec![d], || Histogram::new(PLUGIN_BUCKETS))
+                .get(&[d], || Histogram::new(PLUGIN_BUCKETS))
                 .observe(cpu.as_secs_f64());
         }
     }
@@ -245,7 +275,7 @@ impl Metrics {
         self.lock_wait
             .lock()
             .expect("metrics lock")
-            .get(vec![], || Histogram::new(LATENCY_BUCKETS))
+            .get(&[], || Histogram::new(LATENCY_BUCKETS))
             .observe(seconds);
     }
 
@@ -544,8 +574,8 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let m = Metrics::default();
-        m.request("GET", "/v1/accounts/{id}", 200, 0.003);
-        m.request("GET", "/v1/accounts/{id}", 200, 0.2);
+        m.request("GET", "/v1/accounts/{id}", "200", 0.003);
+        m.request("GET", "/v1/accounts/{id}", "200", 0.2);
         m.payment("approved", false);
         m.payment("approved", true);
         m.plugin_call(&CallStat {

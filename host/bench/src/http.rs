@@ -49,25 +49,32 @@ impl ServeChild {
         batch_workers: Option<usize>,
         log: &Path,
     ) -> Result<ServeChild> {
-        let stderr = std::fs::File::create(log)
-            .map_err(|e| Error::Setup(format!("cannot create {}: {e}", log.display())))?;
         let mut cmd = Command::new(exe);
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .env("DATABASE_URL", url)
-            .env("PAYRAIL_POOL_SIZE", pool_size.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true);
+            .env("PAYRAIL_POOL_SIZE", pool_size.to_string());
         if std::env::var_os("PAYRAIL_LOG").is_none() {
             cmd.env("PAYRAIL_LOG", "warn");
         }
         if let Some(workers) = batch_workers {
             cmd.env("PAYRAIL_BATCH_WORKERS", workers.to_string());
         }
+        ServeChild::spawn(cmd, log).await
+    }
+
+    /// Starts `cmd`, a command that runs `payrail serve --listen
+    /// 127.0.0.1:0` (directly or under a wrapper such as valgrind), with
+    /// its stderr to `log`, and waits until it prints its address.
+    pub async fn spawn(mut cmd: Command, log: &Path) -> Result<ServeChild> {
+        let stderr = std::fs::File::create(log)
+            .map_err(|e| Error::Setup(format!("cannot create {}: {e}", log.display())))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true);
         let mut child = cmd
             .spawn()
-            .map_err(|e| Error::Setup(format!("cannot start {} serve: {e}", exe.display())))?;
+            .map_err(|e| Error::Setup(format!("cannot start payrail serve: {e}")))?;
         let pid = child
             .id()
             .ok_or_else(|| Error::Setup("payrail serve exited at once".into()))?;

@@ -20,8 +20,11 @@
 //! [`TOLERANCE`]. See docs/performance.md, "The yardstick".
 
 use crate::DATABASE_PREFIX;
+use crate::http::{HttpTarget, ServeChild};
+use crate::report::PathKind;
 use crate::workload::{self, RequestGen, Workload};
 use clap::Args;
+use payrail::apikeys::{self, Scope};
 use payrail::config::Config;
 use payrail::db;
 use payrail::engine::{PluginEngine, SlowCalls};
@@ -72,6 +75,12 @@ pub struct YardstickArgs {
     /// Workloads to count, comma-separated.
     #[arg(long, value_delimiter = ',', default_values = ["uniform", "hot_fee"])]
     pub workloads: Vec<Workload>,
+    /// Paths to count, comma-separated: `in-process` (the bench process
+    /// paying through `Processor::pay`) and `http` (`payrail serve` under
+    /// callgrind, paid over loopback HTTP by this process, which is not
+    /// counted).
+    #[arg(long, value_delimiter = ',', default_values = ["in-process"])]
+    pub paths: Vec<PathKind>,
     /// Payments counted per workload (the long run's payments past the
     /// short run's).
     #[arg(long, default_value_t = DEFAULT_PAYMENTS)]
@@ -100,8 +109,8 @@ impl YardstickArgs {
         if !(1..=MAX_PAYMENTS).contains(&self.payments) {
             return Err(invalid(format!("--payments must be 1 to {MAX_PAYMENTS}")));
         }
-        if self.workloads.is_empty() {
-            return Err(invalid("give at least one workload".into()));
+        if self.workloads.is_empty() || self.paths.is_empty() {
+            return Err(invalid("give at least one workload and one path".into()));
         }
         let measured_ok =
             |n: u64| (1..=MAX_PAYMENTS + WARMUP_PAYMENTS).contains(&n) && self.workloads.len() == 1;
@@ -142,6 +151,9 @@ pub fn profile() -> &'static str {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Figure {
     pub workload: String,
+    /// `in-process` or `http` (older records lack it: in-process).
+    #[serde(default = "in_process")]
+    pub path: String,
     pub profile: String,
     /// `(Ir(long) - Ir(short)) / payments`.
     pub instructions_per_payment: f64,
@@ -153,6 +165,26 @@ pub struct Figure {
     pub long_run_instructions: u64,
     /// `valgrind --version`.
     pub valgrind: String,
+}
+
+fn in_process() -> String {
+    PathKind::InProcess.name().into()
+}
+
+impl Figure {
+    /// Its name in `bench/yardstick.json`: the workload in-process,
+    /// `http_{workload}` over HTTP.
+    pub fn key(&self) -> String {
+        figure_key(&self.path, &self.workload)
+    }
+}
+
+fn figure_key(path: &str, workload: &str) -> String {
+    if path == PathKind::InProcess.name() {
+        workload.to_string()
+    } else {
+        format!("{path}_{workload}")
+    }
 }
 
 /// Instance slots of the yardstick's engine. One client calls one plugin
@@ -276,63 +308,181 @@ async fn fresh_database(
     set_up
 }
 
-/// Runs this executable's measured mode under callgrind: `payments`
-/// payments of `workload` on `database`. Returns callgrind's total.
-async fn counted_run(
-    url: &str,
+/// The configuration of the counted `payrail serve`: the yardstick's
+/// engine and processor settings, and nothing that runs on a timer (no
+/// relay, the reaper and the key cache at their longest), so the count
+/// follows the payments, not the wall clock valgrind stretches.
+const SERVE_CONFIG: &str = "\
+[server]
+api_key_cache_ms = 60000
+[database]
+pool_size = 2
+[plugins]
+max_concurrent_instances = 2
+[tenants]
+plugin_thread_nice = 0
+max_running_pipelines = 1
+[idempotency]
+reaper_interval_secs = 86400
+[outbox]
+relay = false
+";
+
+/// `url` with `sslmode=disable` unless it sets a mode: whether the
+/// server offers TLS is the server's configuration, and encrypting every
+/// query is host work the count would carry (about 10% of a payment's
+/// instructions) on one machine and not on another.
+fn without_tls(url: &str) -> String {
+    if url.contains("sslmode=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&sslmode=disable")
+    } else {
+        format!("{url}?sslmode=disable")
+    }
+}
+
+/// One counted process: `payments` payments of `workload` on `database`
+/// of the server at `url`, its files in `out`.
+struct Run<'a> {
+    url: &'a str,
     workload: Workload,
-    database: &str,
+    database: String,
     payments: u64,
-    out: &Path,
-) -> Result<u64> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::Setup(format!("cannot find the payrail-bench executable: {e}")))?;
-    let callgrind_out = out.join(format!("{}-{payments}.callgrind", workload.name()));
-    let log_path = out.join(format!("{}-{payments}.log", workload.name()));
-    let log = std::fs::File::create(&log_path).map_err(|e| io_error("create", &log_path, e))?;
-    let log_too = log
-        .try_clone()
-        .map_err(|e| io_error("open", &log_path, e))?;
-    let mut child = tokio::process::Command::new(valgrind_exe())
-        .arg("--tool=callgrind")
-        .arg("--fair-sched=yes")
-        .arg(format!("--callgrind-out-file={}", callgrind_out.display()))
-        .arg(exe)
-        .args(["yardstick", "--measured", &payments.to_string()])
-        .args(["--workloads", workload.name(), "--database", database])
-        .env("DATABASE_URL", url)
-        // the log filter changes the code run: fixed (warnings only)
-        .env_remove("PAYRAIL_LOG")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_too)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Error::Setup(format!("cannot start valgrind: {e}")))?;
-    let waited = tokio::time::timeout(Duration::from_secs(MAX_MEASURED_SECS), child.wait()).await;
-    let status = match waited {
-        Ok(status) => status.map_err(|e| Error::Setup(format!("valgrind: {e}")))?,
-        Err(_) => {
+    out: &'a Path,
+}
+
+impl Run<'_> {
+    fn file(&self, path: PathKind, ext: &str) -> PathBuf {
+        let stem = figure_key(path.name(), self.workload.name());
+        self.out.join(format!("{stem}-{}.{ext}", self.payments))
+    }
+
+    /// `valgrind --tool=callgrind exe`, its environment cleared of
+    /// payrail's settings (they would change the code counted), logs at
+    /// `warn`.
+    fn valgrind(&self, path: PathKind, exe: &Path) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(valgrind_exe());
+        cmd.arg("--tool=callgrind")
+            .arg("--fair-sched=yes")
+            .arg(format!(
+                "--callgrind-out-file={}",
+                self.file(path, "callgrind").display()
+            ))
+            .arg(exe);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PAYRAIL_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("PAYRAIL_LOG", "warn").kill_on_drop(true);
+        cmd
+    }
+
+    /// callgrind's total, from the output file of the process that ended.
+    fn total(&self, path: PathKind) -> Result<u64> {
+        let file = self.file(path, "callgrind");
+        let text = std::fs::read_to_string(&file).map_err(|e| io_error("read", &file, e))?;
+        read_total(&text)
+            .ok_or_else(|| Error::Setup(format!("no summary or totals line in {}", file.display())))
+    }
+
+    /// This executable's measured mode under callgrind. Returns the total.
+    async fn in_process(self) -> Result<u64> {
+        let exe = std::env::current_exe()
+            .map_err(|e| Error::Setup(format!("cannot find the payrail-bench executable: {e}")))?;
+        let log_path = self.file(PathKind::InProcess, "log");
+        let log = std::fs::File::create(&log_path).map_err(|e| io_error("create", &log_path, e))?;
+        let log_too = log
+            .try_clone()
+            .map_err(|e| io_error("open", &log_path, e))?;
+        let mut child = self
+            .valgrind(PathKind::InProcess, &exe)
+            .args(["yardstick", "--measured", &self.payments.to_string()])
+            .args([
+                "--workloads",
+                self.workload.name(),
+                "--database",
+                &self.database,
+            ])
+            .env("DATABASE_URL", self.url)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_too)
+            .spawn()
+            .map_err(|e| Error::Setup(format!("cannot start valgrind: {e}")))?;
+        let waited = tokio::time::timeout(Duration::from_secs(MAX_MEASURED_SECS), child.wait());
+        let status = match waited.await {
+            Ok(status) => status.map_err(|e| Error::Setup(format!("valgrind: {e}")))?,
+            Err(_) => {
+                return Err(Error::Setup(format!(
+                    "the measured process ran longer than {MAX_MEASURED_SECS} s under valgrind: see {}",
+                    log_path.display()
+                )));
+            }
+        };
+        if !status.success() {
             return Err(Error::Setup(format!(
-                "the measured process ran longer than {MAX_MEASURED_SECS} s under valgrind: see {}",
+                "the measured process failed ({status}): see {}",
                 log_path.display()
             )));
         }
-    };
-    if !status.success() {
-        return Err(Error::Setup(format!(
-            "the measured process failed ({status}): see {}",
-            log_path.display()
-        )));
+        self.total(PathKind::InProcess)
     }
-    let text =
-        std::fs::read_to_string(&callgrind_out).map_err(|e| io_error("read", &callgrind_out, e))?;
-    read_total(&text).ok_or_else(|| {
-        Error::Setup(format!(
-            "no summary or totals line in {}",
-            callgrind_out.display()
-        ))
-    })
+
+    /// `payrail serve` under callgrind, paid over loopback HTTP by this
+    /// process (not counted), one request at a time, then stopped with
+    /// SIGTERM. Returns the server's total.
+    async fn http(self) -> Result<u64> {
+        let db_url = db::url_with_database(self.url, &self.database);
+        let secret = {
+            let pool = db::pool(&db_url, 1)?;
+            let key = apikeys::create(&pool.get().await?, DEFAULT_TENANT, &[Scope::Payments]).await;
+            pool.close();
+            key?.secret
+        };
+        let config = self.file(PathKind::Http, "toml");
+        std::fs::write(&config, SERVE_CONFIG).map_err(|e| io_error("write", &config, e))?;
+        let mut cmd = self.valgrind(PathKind::Http, &crate::payrail_binary()?);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .env("DATABASE_URL", &db_url);
+        let log = self.file(PathKind::Http, "log");
+        let server = ServeChild::spawn(cmd, &log).await?;
+        let client = HttpTarget::new(vec![server.base_url.clone()], secret, 1)?;
+        let paid = tokio::time::timeout(Duration::from_secs(MAX_MEASURED_SECS), async {
+            let mut requests =
+                RequestGen::new(self.workload, ACCOUNTS, SEED).map_err(|e| e.to_string())?;
+            for n in 0..self.payments {
+                let req = requests.next_request();
+                match client.pay(0, &format!("y{n}"), &req).await {
+                    Ok(true) => {}
+                    Ok(false) => return Err(format!("yardstick payment {n} was declined")),
+                    Err(e) => return Err(format!("yardstick payment {n}: {e}")),
+                }
+            }
+            Ok(())
+        });
+        let paid = paid.await;
+        let stopped = server.stop().await;
+        match paid {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Setup(format!("{e}: see {}", log.display()))),
+            Err(_) => {
+                return Err(Error::Setup(format!(
+                    "the counted server took longer than {MAX_MEASURED_SECS} s: see {}",
+                    log.display()
+                )));
+            }
+        }
+        if !stopped {
+            return Err(Error::Setup(format!(
+                "the counted server did not exit cleanly on SIGTERM: see {}",
+                log.display()
+            )));
+        }
+        self.total(PathKind::Http)
+    }
 }
 
 /// One workload's figure: the short and the long run side by side (one
@@ -342,6 +492,7 @@ async fn measure_workload(
     url: &str,
     engine: &Arc<PluginEngine>,
     args: &YardstickArgs,
+    path: PathKind,
     workload: Workload,
     valgrind: &str,
 ) -> Result<Figure> {
@@ -350,9 +501,24 @@ async fn measure_workload(
     fresh_database(admin, url, &short_db, engine).await?;
     fresh_database(admin, url, &long_db, engine).await?;
     let long_payments = WARMUP_PAYMENTS + args.payments;
+    let run = |db: &str, payments: u64| {
+        let run = Run {
+            url,
+            workload,
+            database: db.to_string(),
+            payments,
+            out: &args.out,
+        };
+        async move {
+            match path {
+                PathKind::InProcess => run.in_process().await,
+                PathKind::Http => run.http().await,
+            }
+        }
+    };
     let counted = tokio::try_join!(
-        counted_run(url, workload, &short_db, WARMUP_PAYMENTS, &args.out),
-        counted_run(url, workload, &long_db, long_payments, &args.out),
+        run(&short_db, WARMUP_PAYMENTS),
+        run(&long_db, long_payments)
     );
     for db in [&short_db, &long_db] {
         admin
@@ -367,6 +533,7 @@ async fn measure_workload(
     }
     Ok(Figure {
         workload: workload.name().into(),
+        path: path.name().into(),
         profile: profile().into(),
         instructions_per_payment: (long - short) as f64 / args.payments as f64,
         payments: args.payments,
@@ -380,6 +547,7 @@ async fn measure_workload(
 /// figures to `{out}/yardstick.json`.
 pub async fn measure(url: &str, args: &YardstickArgs) -> Result<Vec<Figure>> {
     args.validate()?;
+    let url = &without_tls(url);
     let valgrind = valgrind_version()?;
     std::fs::create_dir_all(&args.out).map_err(|e| io_error("create", &args.out, e))?;
     // Set up natively with the measured processes' engine: it leaves the
@@ -388,18 +556,20 @@ pub async fn measure(url: &str, args: &YardstickArgs) -> Result<Vec<Figure>> {
     let engine = engine()?;
     let admin = admin_client(url).await?;
     let mut figures = Vec::new();
-    for &workload in &args.workloads {
-        let started = Instant::now();
-        let f = measure_workload(&admin, url, &engine, args, workload, &valgrind).await?;
-        eprintln!(
-            "yardstick  {} ({}): {:.0} instructions per payment over {} payments ({:.0} s)",
-            f.workload,
-            f.profile,
-            f.instructions_per_payment,
-            f.payments,
-            started.elapsed().as_secs_f64()
-        );
-        figures.push(f);
+    for &path in &args.paths {
+        for &workload in &args.workloads {
+            let started = Instant::now();
+            let f = measure_workload(&admin, url, &engine, args, path, workload, &valgrind).await?;
+            eprintln!(
+                "yardstick  {} ({}): {:.0} instructions per payment over {} payments ({:.0} s)",
+                f.key(),
+                f.profile,
+                f.instructions_per_payment,
+                f.payments,
+                started.elapsed().as_secs_f64()
+            );
+            figures.push(f);
+        }
     }
     let path = args.out.join("yardstick.json");
     let json = serde_json::to_string_pretty(&figures).expect("figures serialize");
@@ -422,7 +592,7 @@ pub async fn run(url: &str, args: &YardstickArgs) -> Result<i32> {
         println!("{}", serde_json::to_string(f).expect("a figure serializes"));
         let was = recorded
             .as_ref()
-            .and_then(|r| r.figure(&f.profile, &f.workload));
+            .and_then(|r| r.figure(&f.profile, &f.key()));
         eprintln!(
             "yardstick  {}",
             judge(was, f.instructions_per_payment).line(f)
@@ -497,7 +667,7 @@ impl Recorded {
             payments: first.payments,
             instructions_per_payment: figures
                 .iter()
-                .map(|f| (f.workload.clone(), f.instructions_per_payment.round()))
+                .map(|f| (f.key(), f.instructions_per_payment.round()))
                 .collect(),
             spread,
         };
@@ -543,7 +713,9 @@ impl Verdict {
     pub fn line(&self, f: &Figure) -> String {
         let now = format!(
             "{} ({}): {:.0} instructions per payment",
-            f.workload, f.profile, f.instructions_per_payment
+            f.key(),
+            f.profile,
+            f.instructions_per_payment
         );
         match *self {
             Verdict::Unrecorded => format!(
@@ -594,6 +766,12 @@ fn utc_date(t: std::time::SystemTime) -> String {
 pub async fn add_to_report(url: &str, out: &Path) -> Result<()> {
     let args = YardstickArgs {
         workloads: vec![Workload::Uniform, Workload::HotFee],
+        // over HTTP too when there is a `payrail` binary to count
+        paths: if crate::payrail_binary().is_ok() {
+            vec![PathKind::InProcess, PathKind::Http]
+        } else {
+            vec![PathKind::InProcess]
+        },
         payments: DEFAULT_PAYMENTS,
         database: DATABASE.into(),
         out: out.join("yardstick"),
@@ -605,13 +783,13 @@ pub async fn add_to_report(url: &str, out: &Path) -> Result<()> {
         "\n## The yardstick: host instructions per payment\n\n\
          callgrind, one client paying sequentially, the host process only \
          (docs/performance.md, \"The yardstick\").\n\n\
-         | workload | profile | instructions/payment | vs recorded |\n|---|---|---:|---|\n",
+         | path | workload | profile | instructions/payment | vs recorded |\n|---|---|---|---:|---|\n",
     );
     let mut rows = Vec::new();
     for f in &figures {
         let was = recorded
             .as_ref()
-            .and_then(|r| r.figure(&f.profile, &f.workload));
+            .and_then(|r| r.figure(&f.profile, &f.key()));
         let verdict = judge(was, f.instructions_per_payment);
         println!("yardstick  {}", verdict.line(f));
         let vs = match verdict {
@@ -623,8 +801,8 @@ pub async fn add_to_report(url: &str, out: &Path) -> Result<()> {
             }
         };
         md.push_str(&format!(
-            "| {} | {} | {:.0} | {vs} |\n",
-            f.workload, f.profile, f.instructions_per_payment
+            "| {} | {} | {} | {:.0} | {vs} |\n",
+            f.path, f.workload, f.profile, f.instructions_per_payment
         ));
         rows.push(serde_json::json!({"figure": f, "recorded": was}));
     }
@@ -662,12 +840,29 @@ mod tests {
     }
 
     #[test]
+    fn counts_without_tls_unless_the_url_asks() {
+        assert_eq!(
+            without_tls("postgres://h/db"),
+            "postgres://h/db?sslmode=disable"
+        );
+        assert_eq!(
+            without_tls("postgres://h/db?user=u"),
+            "postgres://h/db?user=u&sslmode=disable"
+        );
+        assert_eq!(
+            without_tls("postgres://h/db?sslmode=require"),
+            "postgres://h/db?sslmode=require"
+        );
+    }
+
+    #[test]
     fn dates_and_limits() {
         let t = std::time::UNIX_EPOCH + Duration::from_secs(1_796_083_200);
         assert_eq!(utc_date(t), "2026-12-01");
         assert_eq!(utc_date(std::time::UNIX_EPOCH), "1970-01-01");
         let mut args = YardstickArgs {
             workloads: vec![Workload::Uniform],
+            paths: vec![PathKind::InProcess],
             payments: DEFAULT_PAYMENTS,
             database: DATABASE.into(),
             out: PathBuf::from("x"),

@@ -220,11 +220,12 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
-                    let route = req
-                        .extensions()
-                        .get::<MatchedPath>()
-                        .map(|m| m.as_str().to_string())
-                        .unwrap_or_else(|| req.uri().path().chars().take(200).collect());
+                    // an unmatched path is the client's text: at most 200 bytes
+                    let path = req.uri().path();
+                    let route = req.extensions().get::<MatchedPath>().map_or_else(
+                        || &path[..path.floor_char_boundary(200)],
+                        MatchedPath::as_str,
+                    );
                     let request_id = req
                         .extensions()
                         .get::<request_id::RequestId>()
@@ -265,12 +266,10 @@ async fn method_not_allowed() -> ApiError {
 /// Load shedding, the request timeout and request metrics.
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    // owned for after the request is consumed: a `Method` of a standard
+    // verb and a `MatchedPath` (an `Arc<str>`) clone without allocating
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req
             .headers()
@@ -304,9 +303,9 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
         }
     };
     state.metrics.request(
-        &method,
-        &route,
-        response.status().as_u16(),
+        method.as_str(),
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        response.status().as_str(),
         start.elapsed().as_secs_f64(),
     );
     let mut response = response;

@@ -78,10 +78,13 @@ impl FrontDoor {
                 let full = self.per_tenant;
                 tenants.retain(|_, g| g.available_permits() < full);
             }
-            tenants
-                .entry(tenant.to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
-                .clone()
+            match tenants.get(tenant) {
+                Some(gate) => gate.clone(),
+                None => tenants
+                    .entry(tenant.to_string())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
+                    .clone(),
+            }
         };
         gate.try_acquire_owned().ok()
     }
