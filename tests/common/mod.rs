@@ -332,3 +332,86 @@ pub fn server_command(pg: &LocalPostgres, bin: &str) -> Command {
         Command::new(path)
     }
 }
+
+/// A `redis-server` of a test's own on a free port, keeping nothing on disk
+/// (as the machines' Redis): a test that restarts Redis must not restart
+/// the one other tests use. Killed when dropped.
+pub struct OwnRedis {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl OwnRedis {
+    pub fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        OwnRedis {
+            port,
+            child: Self::spawn(port),
+        }
+    }
+
+    fn spawn(port: u16) -> std::process::Child {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) runs");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, then a new server on the same port: every key is gone.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port);
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Redis the tests share: `REDIS_URL` (default
+/// `redis://127.0.0.1:6379`), or, when none answers there, one started for
+/// this test process and kept for its life. Tests keep apart by key prefix.
+pub fn redis_url() -> String {
+    static OWN: OnceLock<Option<std::sync::Mutex<OwnRedis>>> = OnceLock::new();
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let addr = url
+        .trim_start_matches("redis://")
+        .split(['/', '@'])
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .to_string();
+    let answers = std::net::TcpStream::connect(&addr).is_ok();
+    let own = OWN.get_or_init(|| (!answers).then(|| std::sync::Mutex::new(OwnRedis::start())));
+    match own {
+        Some(r) => r.lock().unwrap().url(),
+        None => url,
+    }
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix(name: &str) -> String {
+    format!("payrail-test:{name}:{:08x}:", rand::random::<u32>())
+}

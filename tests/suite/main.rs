@@ -24,6 +24,7 @@ mod embedded_pg;
 mod holds;
 mod hostile;
 mod layout;
+mod locks;
 mod migrations;
 mod outbox;
 mod payments;

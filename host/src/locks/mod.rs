@@ -7,6 +7,9 @@
 //! nothing. Callers pass every key of a whole batch at once; this module
 //! sorts and dedups them, which is what makes lock order global.
 
+pub mod file;
+pub mod redis;
+
 use deadpool_postgres::GenericClient;
 use sha2::{Digest, Sha256};
 
@@ -50,6 +53,37 @@ pub fn migrate_key() -> i64 {
     key_of(&[MIGRATE_NAMESPACE])
 }
 
+/// A fencing token of one account's lock: it grows with every acquisition
+/// of that account, so a write carrying an older token than one already
+/// written is from a holder whose lock was lost (docs/locking.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// The account's lock key ([`account_key`]).
+    pub key: i64,
+    /// The token, from 1 up.
+    pub token: i64,
+}
+
+/// Why a lock of a lock service (Redis, a lock directory) was not had.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another holder kept a lock past the wait bound: nothing was taken.
+    #[error("an account lock was held elsewhere for longer than the wait bound")]
+    Timeout,
+    /// The service failed (unreachable, an I/O error): nothing is held.
+    #[error("the lock service failed: {0}")]
+    Unavailable(String),
+}
+
+/// The pause before attempt `n` (from 0) to take locks held elsewhere:
+/// 1 ms doubling to 50 ms, with equal jitter, so waiters do not retry in
+/// step.
+fn backoff(n: u32) -> std::time::Duration {
+    let cap_us = 1_000u64.saturating_mul(1 << n.min(6)).min(50_000);
+    let half = cap_us / 2;
+    std::time::Duration::from_micros(half + rand::random::<u64>() % (half + 1))
+}
+
 /// Sorted, deduplicated lock keys for a set of accounts.
 pub fn sorted_keys<'a>(tenant: &str, accounts: impl IntoIterator<Item = &'a str>) -> Vec<i64> {
     let mut keys: Vec<i64> = accounts
@@ -84,6 +118,15 @@ mod tests {
         assert_ne!(account_key("a", "x"), account_key("b", "x"));
         assert_ne!(account_key("a", "bx"), account_key("ab", "x"));
         assert_eq!(account_key("t", "acc"), account_key("t", "acc"));
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        for n in 0..20 {
+            let b = backoff(n);
+            assert!(b <= std::time::Duration::from_millis(50), "{n}: {b:?}");
+            assert!(b >= std::time::Duration::from_micros(500), "{n}: {b:?}");
+        }
     }
 
     #[test]
