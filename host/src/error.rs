@@ -53,6 +53,15 @@ pub enum Error {
     /// An account lock could not be had within `lock_timeout`; safe to retry.
     #[error("timed out waiting for an account lock; the request had no effect, retry it")]
     LockTimeout,
+    /// A write under an external lock (Redis, lock files) found the account
+    /// written under a newer fencing token: this holder's lock was lost.
+    #[error(
+        "the lock of account {account:?} was lost (a newer holder wrote it); nothing was written, retry the request"
+    )]
+    LockLost { account: String },
+    /// The lock service (Redis, the lock directory) failed.
+    #[error("the account lock service is unavailable ({0}); nothing was written, retry later")]
+    LockUnavailable(String),
     /// The server has not confirmed a commit within `processor.commit_wait_ms`
     /// (a primary waiting for a synchronous standby that is gone, a server
     /// that stopped answering): the payment may or may not be applied.
@@ -89,6 +98,15 @@ pub enum Error {
     /// it): refused rather than shown as something else.
     #[error("{column} holds {value:?}, which this version of payrail does not know; upgrade it")]
     UnknownStored { column: &'static str, value: String },
+}
+
+impl From<crate::locks::LockError> for Error {
+    fn from(e: crate::locks::LockError) -> Error {
+        match e {
+            crate::locks::LockError::Timeout => Error::LockTimeout,
+            crate::locks::LockError::Unavailable(why) => Error::LockUnavailable(why),
+        }
+    }
 }
 
 impl From<crate::signing::SigningError> for Error {
@@ -144,6 +162,8 @@ impl Error {
             Error::Plugin { fault, .. } => fault.code(),
             Error::PluginLoad(_) => "plugin_invalid",
             Error::LockTimeout => "lock_timeout",
+            Error::LockLost { .. } => "lock_lost",
+            Error::LockUnavailable(_) => "lock_unavailable",
             Error::CommitUnconfirmed => "commit_unconfirmed",
             Error::CommitsStalled { .. } => "commits_stalled",
             Error::Db(_) | Error::Pool(_) => "database_error",

@@ -684,6 +684,61 @@ pub async fn add_to_balances(
     Ok(())
 }
 
+/// Records that the holders of `fences` (account id, fencing token) write
+/// these accounts in this transaction, refusing with [`Error::LockLost`]
+/// when an account already holds a newer token: that holder's lock was
+/// lost and another took the account since (docs/locking.md, "Lock
+/// services and fencing"). An equal token is the same holder. Run it
+/// before the transaction's other writes to those accounts; the row locks
+/// it takes keep an older holder from writing after it.
+pub async fn fence_accounts(
+    tx: &impl GenericClient,
+    tenant: &str,
+    fences: &[(&str, i64)],
+) -> Result<()> {
+    assert!(fences.iter().all(|&(_, t)| t > 0), "tokens start at 1");
+    let ids: Vec<&str> = fences.iter().map(|&(id, _)| id).collect();
+    let tokens: Vec<i64> = fences.iter().map(|&(_, t)| t).collect();
+    let stmt = tx
+        .prepare_cached(
+            "with f as (select * from unnest($2::text[], $3::bigint[]) as f(id, token)),
+             updated as (
+                 update payrail.accounts a set lock_fence = f.token
+                 from f
+                 where a.tenant = $1 and a.id = f.id and a.lock_fence <= f.token
+                 returning a.id
+             )
+             select f.id from f
+             where not exists (select 1 from updated u where u.id = f.id)
+               and exists (select 1 from payrail.accounts a where a.tenant = $1 and a.id = f.id)
+             order by f.id limit 1",
+        )
+        .await?;
+    match tx.query_opt(&stmt, &[&tenant, &ids, &tokens]).await? {
+        None => Ok(()),
+        Some(row) => Err(Error::LockLost {
+            account: row.get(0),
+        }),
+    }
+}
+
+/// The fencing tokens `accounts` hold (0: never written under an external
+/// lock), for raising a lock service's counters after it lost them.
+pub async fn stored_fences(
+    client: &impl GenericClient,
+    tenant: &str,
+    accounts: &[&str],
+) -> Result<Vec<(String, i64)>> {
+    let stmt = client
+        .prepare_cached(
+            "select id, lock_fence from payrail.accounts
+             where tenant = $1 and id = any($2::text[]) order by id",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&tenant, &accounts]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// The debited accounts of `deltas` that [`add_to_balances`] must fold:
 /// those read with credit shards, or not read at all.
 pub fn to_fold<'a>(

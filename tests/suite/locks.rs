@@ -3,10 +3,13 @@
 //! test attacks one promise: exclusive, bounded, all or nothing, released
 //! and renewed only by the holder, fenced, free again when a holder dies.
 
-use crate::common::{OwnRedis, redis_url, unique_prefix};
+use crate::common::{OwnRedis, TestDb, redis_url, unique_prefix};
+use payrail::error::Error;
+use payrail::ledger;
 use payrail::locks::file::FileLocks;
 use payrail::locks::redis::RedisLocks;
-use payrail::locks::{LockError, account_key, sorted_keys};
+use payrail::locks::{Fence, LockError, account_key, sorted_keys};
+use payrail::model::DEFAULT_TENANT;
 use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -228,4 +231,130 @@ async fn the_lock_file_of_a_killed_holder_is_free_at_once() {
         started.elapsed()
     );
     assert_eq!(held.fences[0].token, 1);
+}
+
+/// Fences `fences` in a transaction of its own on `db` and commits.
+async fn fence(db: &TestDb, fences: &[(&str, i64)]) -> payrail::error::Result<()> {
+    let mut c = db.pool.get().await.unwrap();
+    let tx = c.transaction().await.unwrap();
+    ledger::fence_accounts(&tx, DEFAULT_TENANT, fences).await?;
+    tx.commit().await.unwrap();
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_refuses_a_write_under_an_older_fencing_token() {
+    let db = TestDb::new().await;
+    db.account("a", 100).await;
+    db.account("b", 100).await;
+    fence(&db, &[("a", 5), ("b", 5)]).await.unwrap();
+    let lost = fence(&db, &[("a", 6), ("b", 4)]).await;
+    assert!(
+        matches!(&lost, Err(Error::LockLost { account }) if account == "b"),
+        "{lost:?}"
+    );
+    fence(&db, &[("a", 5)])
+        .await
+        .expect("the same holder again");
+    fence(&db, &[("a", 6)]).await.unwrap();
+    let c = db.pool.get().await.unwrap();
+    let stored = ledger::stored_fences(&c, DEFAULT_TENANT, &["a", "b"])
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        [("a".into(), 6), ("b".into(), 5)],
+        "the refused write left b alone"
+    );
+    assert_eq!(lost.unwrap_err().code(), "lock_lost");
+}
+
+#[tokio::test]
+async fn an_older_holder_waiting_on_a_newer_ones_row_is_refused_when_it_commits() {
+    let db = TestDb::new().await;
+    db.account("a", 100).await;
+    let mut newer_conn = db.pool.get().await.unwrap();
+    let newer = newer_conn.transaction().await.unwrap();
+    ledger::fence_accounts(&newer, DEFAULT_TENANT, &[("a", 7)])
+        .await
+        .unwrap();
+    let older = tokio::spawn({
+        let pool = db.pool.clone();
+        async move {
+            let mut c = pool.get().await.unwrap();
+            let tx = c.transaction().await.unwrap();
+            ledger::fence_accounts(&tx, DEFAULT_TENANT, &[("a", 6)]).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!older.is_finished(), "the older holder waits for the row");
+    newer.commit().await.unwrap();
+    let refused = older.await.unwrap();
+    assert!(
+        matches!(refused, Err(Error::LockLost { .. })),
+        "{refused:?}"
+    );
+}
+
+/// The pause of issue 22 at the level of the lock service: a holder whose
+/// Redis lock expired while it was stopped cannot write after the next
+/// holder did; after a Redis restart the counters are raised from what
+/// Postgres stored before anyone writes again.
+#[tokio::test]
+async fn a_paused_redis_holder_is_fenced_and_a_restart_is_repaired_from_postgres() {
+    let db = TestDb::new().await;
+    db.account("a", 100).await;
+    let mut server = tokio::task::spawn_blocking(OwnRedis::start).await.unwrap();
+    let prefix = unique_prefix("paused");
+    let keys = sorted_keys(DEFAULT_TENANT, ["a"]);
+    let brief = redis(&server.url(), &prefix, Duration::from_millis(150), LONG).await;
+    let locks = redis(&server.url(), &prefix, LONG, LONG).await;
+
+    let paused = brief.acquire(&keys).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let next = locks.acquire(&keys).await.unwrap();
+    fence(&db, &[("a", next.fences[0].token)]).await.unwrap();
+    locks.release(next).await.unwrap();
+    let late = fence(&db, &[("a", paused.fences[0].token)]).await;
+    assert!(matches!(late, Err(Error::LockLost { .. })), "{late:?}");
+
+    server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    let mut after = locks.acquire(&keys).await;
+    for _ in 0..50 {
+        if after.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = locks.acquire(&keys).await;
+    }
+    let after = after.expect("redis is back");
+    let refused = fence(&db, &[("a", after.fences[0].token)]).await;
+    assert!(
+        matches!(refused, Err(Error::LockLost { .. })),
+        "a counter that restarted at {} is below what Postgres stored: {refused:?}",
+        after.fences[0].token
+    );
+    locks.release(after).await.unwrap();
+    let c = db.pool.get().await.unwrap();
+    let stored = ledger::stored_fences(&c, DEFAULT_TENANT, &["a"])
+        .await
+        .unwrap();
+    let raise: Vec<Fence> = stored
+        .iter()
+        .map(|(id, token)| Fence {
+            key: account_key(DEFAULT_TENANT, id),
+            token: *token,
+        })
+        .collect();
+    locks.raise_fences(&raise).await.unwrap();
+    let repaired = locks.acquire(&keys).await.unwrap();
+    fence(&db, &[("a", repaired.fences[0].token)])
+        .await
+        .expect("above the stored token");
+    drop(server);
 }

@@ -192,7 +192,9 @@ impl From<Error> for ApiError {
             Error::Plugin { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::PluginLoad(LoadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::PluginLoad(_) => StatusCode::BAD_REQUEST,
-            Error::LockTimeout => return ApiError::unavailable(&code, e.to_string(), 1),
+            Error::LockTimeout | Error::LockLost { .. } | Error::LockUnavailable(_) => {
+                return ApiError::unavailable(&code, e.to_string(), 1);
+            }
             Error::CommitUnconfirmed | Error::CommitsStalled { .. } => {
                 return ApiError::unavailable(&code, e.to_string(), 2);
             }

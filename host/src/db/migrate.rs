@@ -97,6 +97,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "account_opened_index",
         sql: include_str!("../../../migrations/0015_account_opened_index.sql"),
     },
+    Migration {
+        version: 16,
+        name: "account_lock_fences",
+        sql: include_str!("../../../migrations/0016_account_lock_fences.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.
