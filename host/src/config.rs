@@ -40,6 +40,61 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// What one tenant or API key may take of the host (docs/tenancy.md).
     pub tenants: TenantsConfig,
+    /// How accounts are serialized across hosts (docs/locking.md).
+    pub locks: LocksConfig,
+}
+
+/// Which lock serializes payments per account (`[locks] backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockBackend {
+    /// Transaction-scoped advisory locks in Postgres.
+    #[default]
+    Advisory,
+    /// `SET NX PX` in a Redis every host reaches, fenced in Postgres.
+    Redis,
+    /// `flock` on files of one machine's directory, fenced in Postgres.
+    File,
+}
+
+/// `[locks]`: how payments are serialized per account across every host
+/// that shares the ledger (docs/locking.md, "Lock services and fencing").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocksConfig {
+    /// `advisory` (default), `redis` or `file`.
+    pub backend: LockBackend,
+    /// The Redis of `backend = "redis"`.
+    pub redis_url: String,
+    /// Prefix of every Redis key (a hash tag such as `{payrail}:` on a
+    /// Redis Cluster).
+    pub redis_prefix: String,
+    /// How long a Redis lock lives: a holder that stops (paused, killed)
+    /// keeps its accounts this long. Must outlast a payment's transaction;
+    /// one that does not is refused by its fence, not applied twice.
+    pub ttl_ms: u64,
+    /// Longest a payment waits for accounts another host holds, before it
+    /// fails with `lock_timeout`.
+    pub wait_ms: u64,
+    /// The directory of `backend = "file"` (required then; every host on
+    /// the machine names the same one).
+    pub dir: Option<std::path::PathBuf>,
+    /// Lock files the accounts are spread over.
+    pub file_slots: u32,
+}
+
+impl Default for LocksConfig {
+    fn default() -> Self {
+        LocksConfig {
+            backend: LockBackend::Advisory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "payrail:".into(),
+            ttl_ms: 10_000,
+            wait_ms: 5_000,
+            dir: None,
+            file_slots: 4096,
+        }
+    }
 }
 
 /// `[tenants]`: fair sharing between tenants and per-key rate limits
@@ -579,6 +634,27 @@ impl Config {
         if let Some(v) = get("PAYRAIL_PLUGIN_TIMEOUT_MS") {
             self.plugins.limits.timeout_ms = parse_env("PAYRAIL_PLUGIN_TIMEOUT_MS", &v)?;
         }
+        if let Some(v) = get("PAYRAIL_LOCKS_BACKEND") {
+            self.locks.backend = match v.as_str() {
+                "advisory" => LockBackend::Advisory,
+                "redis" => LockBackend::Redis,
+                "file" => LockBackend::File,
+                other => {
+                    return Err(invalid(format!(
+                        "PAYRAIL_LOCKS_BACKEND={other:?}: use `advisory`, `redis` or `file`"
+                    )));
+                }
+            };
+        }
+        if let Some(v) = get("REDIS_URL") {
+            self.locks.redis_url = v;
+        }
+        if let Some(v) = get("PAYRAIL_LOCKS_DIR") {
+            self.locks.dir = Some(v.into());
+        }
+        if let Some(v) = get("PAYRAIL_LOCKS_TTL_MS") {
+            self.locks.ttl_ms = parse_env("PAYRAIL_LOCKS_TTL_MS", &v)?;
+        }
         if let Some(v) = get("PAYRAIL_LOG_FORMAT") {
             self.log.format = match v.as_str() {
                 "text" => LogFormat::Text,
@@ -625,6 +701,7 @@ impl Config {
             crate::db::Target::parse(url).map_err(|e| invalid(format!("database.url: {e}")))?;
         }
         self.validate_tenants()?;
+        self.validate_locks()?;
         let p = &self.processor;
         range("processor.lock_timeout_ms", p.lock_timeout_ms, 1, 600_000)?;
         range("processor.commit_wait_ms", p.commit_wait_ms, 100, 600_000)?;
@@ -987,6 +1064,33 @@ impl Config {
         })
     }
 
+    fn validate_locks(&self) -> Result<()> {
+        let l = &self.locks;
+        range("locks.ttl_ms", l.ttl_ms, 100, 3_600_000)?;
+        range("locks.wait_ms", l.wait_ms, 1, 600_000)?;
+        range(
+            "locks.file_slots",
+            u64::from(l.file_slots),
+            1,
+            u64::from(crate::locks::file::MAX_SLOTS),
+        )?;
+        match l.backend {
+            LockBackend::File if l.dir.is_none() => Err(invalid(
+                "locks.backend = \"file\" needs locks.dir (or PAYRAIL_LOCKS_DIR): the directory every host on this machine shares",
+            )),
+            LockBackend::Redis
+                if !l.redis_url.starts_with("redis://")
+                    && !l.redis_url.starts_with("rediss://") =>
+            {
+                Err(invalid(format!(
+                    "locks.redis_url {:?}: use redis://host:port/db",
+                    redact_url(&l.redis_url)
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The engine configuration.
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
@@ -1053,6 +1157,7 @@ impl Config {
     pub fn redacted(&self) -> String {
         let mut c = self.clone();
         c.database.url = c.database.url.as_deref().map(redact_url);
+        c.locks.redis_url = redact_url(&c.locks.redis_url);
         for s in &mut c.sinks {
             if s.secret.is_some() {
                 s.secret = Some("***".into());

@@ -691,14 +691,14 @@ pub async fn add_to_balances(
 /// services and fencing"). An equal token is the same holder. Run it
 /// before the transaction's other writes to those accounts; the row locks
 /// it takes keep an older holder from writing after it.
-pub async fn fence_accounts(
+pub async fn fence_accounts<S: AsRef<str>>(
     tx: &impl GenericClient,
     tenant: &str,
-    fences: &[(&str, i64)],
+    fences: &[(S, i64)],
 ) -> Result<()> {
-    assert!(fences.iter().all(|&(_, t)| t > 0), "tokens start at 1");
-    let ids: Vec<&str> = fences.iter().map(|&(id, _)| id).collect();
-    let tokens: Vec<i64> = fences.iter().map(|&(_, t)| t).collect();
+    assert!(fences.iter().all(|(_, t)| *t > 0), "tokens start at 1");
+    let ids: Vec<&str> = fences.iter().map(|(id, _)| id.as_ref()).collect();
+    let tokens: Vec<i64> = fences.iter().map(|(_, t)| *t).collect();
     let stmt = tx
         .prepare_cached(
             "with f as (select * from unnest($2::text[], $3::bigint[]) as f(id, token)),

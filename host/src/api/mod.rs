@@ -428,7 +428,9 @@ pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
             .with_default_artifact_cache()
             .with_trusted_keys(crate::signing::TrustedKeys::from_env()?),
     );
-    let processor = Processor::new(pool.clone(), engine, config.processor());
+    let locks = crate::locks::Service::from_config(&config.locks).await?;
+    tracing::info!(backend = locks.name(), "account locks");
+    let processor = Processor::with_locks(pool.clone(), engine, config.processor(), locks);
     let state =
         AppState::new(processor, ApiLimits::from_config(&config)).with_tenants(&config.tenants);
     let metrics = state.metrics.clone();

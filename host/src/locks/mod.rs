@@ -84,6 +84,132 @@ fn backoff(n: u32) -> std::time::Duration {
     std::time::Duration::from_micros(half + rand::random::<u64>() % (half + 1))
 }
 
+/// How accounts are serialized across the hosts that share a ledger
+/// (`[locks] backend`; docs/locking.md, "Lock services and fencing").
+/// Advisory locks are taken inside each payment's transaction; the two
+/// lock services are taken before it, and the transaction's first flight
+/// writes their fencing tokens to the accounts.
+#[derive(Clone, Default)]
+pub enum Service {
+    /// `pg_advisory_xact_lock` in the payment's transaction (the default).
+    #[default]
+    Advisory,
+    /// A Redis every host reaches (boxed: its scripts make it large).
+    Redis(Box<redis::RedisLocks>),
+    /// Lock files in a directory of this machine.
+    File(file::FileLocks),
+}
+
+/// What a lock service holds for one transaction.
+#[derive(Debug)]
+enum Held {
+    Redis(redis::RedisHeld),
+    File(file::FileHeld),
+}
+
+/// Locks of a lock service held for one transaction, and the fencing token
+/// of each account its first flight writes ([`crate::ledger::fence_accounts`]).
+#[derive(Debug)]
+pub struct External {
+    held: Held,
+    /// (account id, token), in account key order.
+    pub fences: Vec<(String, i64)>,
+}
+
+impl Service {
+    /// The service `[locks]` names: connects to Redis, or makes the lock
+    /// directory.
+    pub async fn from_config(c: &crate::config::LocksConfig) -> Result<Service, LockError> {
+        use crate::config::LockBackend;
+        let wait = std::time::Duration::from_millis(c.wait_ms);
+        Ok(match c.backend {
+            LockBackend::Advisory => Service::Advisory,
+            LockBackend::Redis => Service::Redis(Box::new(
+                redis::RedisLocks::connect(
+                    &c.redis_url,
+                    &c.redis_prefix,
+                    std::time::Duration::from_millis(c.ttl_ms),
+                    wait,
+                )
+                .await?,
+            )),
+            LockBackend::File => {
+                let dir = c.dir.as_deref().ok_or_else(|| {
+                    LockError::Unavailable("locks.backend = \"file\" needs locks.dir".into())
+                })?;
+                Service::File(file::FileLocks::new(dir, c.file_slots, wait)?)
+            }
+        })
+    }
+
+    /// Its name in configuration and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Service::Advisory => "advisory",
+            Service::Redis(_) => "redis",
+            Service::File(_) => "file",
+        }
+    }
+
+    /// Takes the locks of `accounts` of `tenant` before their transaction
+    /// opens. `None` for advisory locks: the transaction takes those.
+    /// Cost: Redis, one round trip per attempt; files, a few system calls
+    /// per account.
+    pub async fn acquire(
+        &self,
+        tenant: &str,
+        accounts: &[String],
+    ) -> Result<Option<External>, LockError> {
+        let mut pairs: Vec<(i64, &str)> = accounts
+            .iter()
+            .map(|a| (account_key(tenant, a), a.as_str()))
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut keys: Vec<i64> = pairs.iter().map(|&(k, _)| k).collect();
+        keys.dedup();
+        let (held, tokens) = match self {
+            Service::Advisory => return Ok(None),
+            Service::Redis(r) => {
+                let h = r.acquire(&keys).await?;
+                let t = h.fences.clone();
+                (Held::Redis(h), t)
+            }
+            Service::File(f) => {
+                let h = f.acquire(&keys).await?;
+                let t = h.fences.clone();
+                (Held::File(h), t)
+            }
+        };
+        let fences = pairs
+            .iter()
+            .map(|&(key, id)| {
+                let i = tokens
+                    .binary_search_by_key(&key, |f| f.key)
+                    .expect("a token for every key locked");
+                (id.to_string(), tokens[i].token)
+            })
+            .collect();
+        Ok(Some(External { held, fences }))
+    }
+
+    /// Releases what `external` holds (nothing for advisory locks). A
+    /// release that fails leaves a Redis lock to expire after its TTL.
+    pub async fn release(&self, external: Option<External>) {
+        let Some(external) = external else { return };
+        match (self, external.held) {
+            (Service::Redis(r), Held::Redis(h)) => {
+                if let Err(e) = r.release(h).await {
+                    tracing::warn!(error = %e, "releasing account locks failed: they expire after their TTL");
+                }
+            }
+            // closing the files releases them
+            (_, Held::File(h)) => drop(h),
+            (_, held) => drop(held),
+        }
+    }
+}
+
 /// Sorted, deduplicated lock keys for a set of accounts.
 pub fn sorted_keys<'a>(tenant: &str, accounts: impl IntoIterator<Item = &'a str>) -> Vec<i64> {
     let mut keys: Vec<i64> = accounts

@@ -526,14 +526,24 @@ impl Processor {
     }
 
     async fn batch_once(&self, tenant: &str, jobs: &[Job], shard: i16) -> Result<Vec<Outcome>> {
-        // One of the tenant's connections (docs/tenancy.md).
-        let mut conn = self.tenant_connection(tenant).await?;
-        let result = self.batch_in(&mut conn.client, tenant, jobs, shard).await;
-        if let Err(e) = &result {
-            // Wait for the queued ROLLBACK (see `pay_single`).
-            let _ = conn.client.simple_query("").await;
-            conn.discard_if_read_only(e);
+        let batch = Batch::new(tenant, jobs);
+        // a lock service's locks first: no connection is held while waiting
+        let external = self.locks.acquire(tenant, &batch.parties).await?;
+        let result = async {
+            // One of the tenant's connections (docs/tenancy.md).
+            let mut conn = self.tenant_connection(tenant).await?;
+            let result = self
+                .batch_in(&mut conn.client, &batch, shard, external.as_ref())
+                .await;
+            if let Err(e) = &result {
+                // Wait for the queued ROLLBACK (see `pay_single`).
+                let _ = conn.client.simple_query("").await;
+                conn.discard_if_read_only(e);
+            }
+            result
         }
+        .await;
+        self.locks.release(external).await;
         result
     }
 
@@ -542,17 +552,17 @@ impl Processor {
     async fn batch_in(
         &self,
         client: &mut deadpool_postgres::Client,
-        tenant: &str,
-        jobs: &[Job],
+        batch: &Batch<'_>,
         shard: i16,
+        external: Option<&locks::External>,
     ) -> Result<Vec<Outcome>> {
+        let jobs = batch.jobs;
         let tx = client.transaction().await?;
-        let batch = Batch::new(tenant, jobs);
-        let flight = self.batch_flight(&tx, &batch).await?;
+        let flight = self.batch_flight(&tx, batch, external).await?;
         let lock_wait = flight.lock_wait;
-        let (book, items, slots) = self.classify(&tx, &batch, flight).await?;
+        let (book, items, slots) = self.classify(&tx, batch, flight).await?;
         let (book, slots) = self
-            .run_batch_pipelines(&tx, &batch, book, items, slots)
+            .run_batch_pipelines(&tx, batch, book, items, slots)
             .await?;
         let responses: Vec<Option<PaymentResponse>> = slots
             .iter()
@@ -570,7 +580,7 @@ impl Processor {
                 _ => None,
             })
             .collect();
-        self.write_batch(&tx, &batch, &book, &slots, &responses, shard)
+        self.write_batch(&tx, batch, &book, &slots, &responses, shard)
             .await?;
         self.commits.commit(tx).await?;
         tracing::debug!(payments = jobs.len(), "payment batch committed");
@@ -583,11 +593,13 @@ impl Processor {
 
     /// Step 1, one flight: timeouts and every key claimed, the parties'
     /// locks and rows (or, until a payment was deferred `MAX_DEFERRALS`
-    /// times, only those free now), the pipelines of the batch's kinds.
+    /// times, only those free now; under a lock service, which took them
+    /// all, their fences), the pipelines of the batch's kinds.
     async fn batch_flight(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         batch: &Batch<'_>,
+        external: Option<&locks::External>,
     ) -> Result<Flight> {
         let (tenant, jobs) = (batch.tenant, batch.jobs);
         let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
@@ -598,7 +610,8 @@ impl Processor {
         // Until a payment has been put back MAX_DEFERRALS times, the batch
         // waits for no other transaction's account lock: it defers the
         // payments whose accounts are held (docs/batching.md, "Other hosts").
-        let wait_for_locks = jobs.iter().any(|j| j.deferrals >= MAX_DEFERRALS);
+        let wait_for_locks =
+            external.is_some() || jobs.iter().any(|j| j.deferrals >= MAX_DEFERRALS);
         let claim = tx.prepare_cached(CLAIM_MANY_SQL).await?;
         let lock_ms = format!("{}ms", self.settings.lock_timeout_ms);
         let statement_ms = format!("{}ms", self.settings.statement_timeout_ms);
@@ -618,7 +631,7 @@ impl Processor {
                     }
                     let keys = locks::sorted_keys(tenant, parties.iter().map(String::as_str));
                     let ((), rows) = futures::try_join!(
-                        async { Ok(locks::lock_all(tx, &keys).await?) },
+                        super::lock_parties(tx, tenant, &keys, external),
                         ledger::lock_rows(tx, tenant, parties),
                     )?;
                     Ok((rows, HashSet::new()))

@@ -81,6 +81,22 @@ pub struct ProcessorSettings {
     pub commit_wait_ms: u64,
 }
 
+/// The parties' locks in a transaction's first flight: advisory locks on
+/// `sorted_keys`, or, under a lock service, the fences of the locks it
+/// already holds ([`ledger::fence_accounts`]: refused when a newer holder
+/// wrote an account).
+async fn lock_parties(
+    tx: &impl deadpool_postgres::GenericClient,
+    tenant: &str,
+    sorted_keys: &[i64],
+    external: Option<&locks::External>,
+) -> Result<()> {
+    match external {
+        None => Ok(locks::lock_all(tx, sorted_keys).await?),
+        Some(x) => ledger::fence_accounts(tx, tenant, &x.fences).await,
+    }
+}
+
 /// Half the cores (at least one): the default of
 /// [`ProcessorSettings::tenant_pipelines`].
 pub fn half_the_cores() -> usize {
@@ -122,6 +138,8 @@ pub struct Processor {
     pool: Pool,
     engine: Arc<PluginEngine>,
     settings: ProcessorSettings,
+    /// How accounts are serialized across hosts (`[locks]`).
+    locks: Arc<locks::Service>,
     /// The batcher's queue (None: one transaction per payment, and in the
     /// batcher's own copy).
     batcher: Option<intake::Queue>,
@@ -211,6 +229,17 @@ pub struct ProcessorCounts {
 impl Processor {
     /// A processor over `pool` running plugins in `engine`.
     pub fn new(pool: Pool, engine: Arc<PluginEngine>, settings: ProcessorSettings) -> Self {
+        Processor::with_locks(pool, engine, settings, locks::Service::Advisory)
+    }
+
+    /// [`Processor::new`] with accounts serialized by `locks` (`[locks]
+    /// backend`; docs/locking.md).
+    pub fn with_locks(
+        pool: Pool,
+        engine: Arc<PluginEngine>,
+        settings: ProcessorSettings,
+        locks: locks::Service,
+    ) -> Self {
         assert!(settings.max_attempts >= 1, "at least one attempt");
         let slots = engine.config().max_concurrent_instances as usize;
         let mut processor = Processor {
@@ -218,6 +247,7 @@ impl Processor {
             pool,
             engine,
             settings,
+            locks: Arc::new(locks),
             batcher: None,
             retries: Arc::default(),
             deferrals: Arc::default(),
@@ -389,15 +419,26 @@ impl Processor {
     }
 
     async fn pay_once(&self, tenant: &str, key: &str, req: &PaymentRequest) -> Result<PayOutcome> {
-        let mut conn = self.tenant_connection(tenant).await?;
-        let result = self.pay_in(&mut conn.client, tenant, key, req).await;
-        if let Err(e) = &result {
-            // A dropped transaction only queues its ROLLBACK; wait for it,
-            // so the key's claim and try-lock are gone before the caller
-            // sees the error and retries.
-            let _ = conn.client.simple_query("").await;
-            conn.discard_if_read_only(e);
+        // a lock service's locks first: no connection is held while waiting
+        let parties = [req.source.clone(), req.destination.clone()];
+        let external = self.locks.acquire(tenant, &parties).await?;
+        let result = async {
+            let mut conn = self.tenant_connection(tenant).await?;
+            let result = self
+                .pay_in(&mut conn.client, tenant, key, req, external.as_ref())
+                .await;
+            if let Err(e) = &result {
+                // A dropped transaction only queues its ROLLBACK; wait for
+                // it, so the key's claim and try-lock are gone before the
+                // caller sees the error and retries.
+                let _ = conn.client.simple_query("").await;
+                conn.discard_if_read_only(e);
+            }
+            result
         }
+        .await;
+        // after the transaction ended, committed or rolled back
+        self.locks.release(external).await;
         result
     }
 
@@ -408,24 +449,25 @@ impl Processor {
         tenant: &str,
         key: &str,
         req: &PaymentRequest,
+        external: Option<&locks::External>,
     ) -> Result<PayOutcome> {
         let tx = client.transaction().await?;
         let id = payment_id(tenant, key, now_ms());
         let print = fingerprint(req);
-        let (mut accounts, pipeline, lock_wait) =
-            match self.first_flight(&tx, tenant, key, req, id, &print).await? {
-                Claim::Run {
-                    accounts,
-                    pipeline,
-                    lock_wait,
-                } => (accounts, pipeline, lock_wait),
-                Claim::InProgress => {
-                    return Err(Error::InProgress {
-                        key: key.to_string(),
-                    });
-                }
-                Claim::Replay => return self.replay(tx, tenant, key, &print).await,
-            };
+        let flight = self.first_flight(&tx, tenant, key, req, (id, &print), external);
+        let (mut accounts, pipeline, lock_wait) = match flight.await? {
+            Claim::Run {
+                accounts,
+                pipeline,
+                lock_wait,
+            } => (accounts, pipeline, lock_wait),
+            Claim::InProgress => {
+                return Err(Error::InProgress {
+                    key: key.to_string(),
+                });
+            }
+            Claim::Replay => return self.replay(tx, tenant, key, &print).await,
+        };
         check_parties(&accounts, req)?;
         registry::ensure_loaded(&tx, &self.engine, &pipeline).await?;
         let snapshots: Vec<AccountSnapshot> = [&req.source, &req.destination]
@@ -471,17 +513,18 @@ impl Processor {
     }
 
     /// Steps 1-4 in one pipelined flight: timeouts + key claim (one
-    /// statement), party locks, party snapshots (row-locked), the
-    /// pipeline. The server runs them in order; nothing waits for a round
-    /// trip between. Says what to do next.
+    /// statement), party locks (advisory, or the lock service's fences),
+    /// party snapshots (row-locked), the pipeline. The server runs them in
+    /// order; nothing waits for a round trip between. Says what to do
+    /// next.
     async fn first_flight(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         tenant: &str,
         key: &str,
         req: &PaymentRequest,
-        id: Uuid,
-        print: &str,
+        (id, print): (Uuid, &str),
+        external: Option<&locks::External>,
     ) -> Result<Claim> {
         let parties = [req.source.clone(), req.destination.clone()];
         let party_keys = locks::sorted_keys(tenant, parties.iter().map(String::as_str));
@@ -503,7 +546,7 @@ impl Processor {
         let flight_started = std::time::Instant::now();
         let (claim_row, (), accounts, pipeline) = futures::try_join!(
             async { Ok::<_, Error>(tx.query_one(&claim, &params).await?) },
-            async { Ok(locks::lock_all(tx, &party_keys).await?) },
+            lock_parties(tx, tenant, &party_keys, external),
             ledger::lock_rows(tx, tenant, &parties),
             registry::load_pipeline(tx, tenant, &req.kind),
         )?;
