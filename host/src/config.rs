@@ -83,6 +83,29 @@ pub struct LocksConfig {
     pub file_slots: u32,
 }
 
+impl LocksConfig {
+    /// The lock service this section names: connects to Redis, or makes the
+    /// lock directory.
+    pub async fn service(&self) -> Result<crate::locks::Service> {
+        use crate::locks::{Service, file::FileLocks, redis::RedisLocks};
+        let wait = std::time::Duration::from_millis(self.wait_ms);
+        Ok(match self.backend {
+            LockBackend::Advisory => Service::Advisory,
+            LockBackend::Redis => {
+                let ttl = std::time::Duration::from_millis(self.ttl_ms);
+                let redis = RedisLocks::connect(&self.redis_url, &self.redis_prefix, ttl, wait);
+                Service::Redis(Box::new(redis.await?))
+            }
+            LockBackend::File => {
+                let dir = self.dir.as_deref().ok_or_else(|| {
+                    invalid("locks.backend = \"file\" needs locks.dir (or PAYRAIL_LOCKS_DIR)")
+                })?;
+                Service::File(FileLocks::new(dir, self.file_slots, wait)?)
+            }
+        })
+    }
+}
+
 impl Default for LocksConfig {
     fn default() -> Self {
         LocksConfig {
@@ -1289,6 +1312,34 @@ path = "/tmp/x.jsonl"
         assert_eq!(c.database.pool_size, 3);
         assert_eq!(c.processor().key_ttl_secs, 120);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_lock_service_settings_are_checked() {
+        let mut c = Config::default();
+        assert_eq!(c.locks.backend, LockBackend::Advisory);
+        c.apply_env(env(&[("PAYRAIL_LOCKS_BACKEND", "file")]))
+            .unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("locks.dir"), "{e}");
+        c.apply_env(env(&[("PAYRAIL_LOCKS_DIR", "/var/lib/payrail/locks")]))
+            .unwrap();
+        c.validate().unwrap();
+        let e = c
+            .apply_env(env(&[("PAYRAIL_LOCKS_BACKEND", "zookeeper")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("advisory"), "{e}");
+        let mut c = Config::default();
+        c.locks.backend = LockBackend::Redis;
+        c.locks.redis_url = "redis://:pw-secret@h:6379/0".into();
+        c.validate().unwrap();
+        assert!(!c.redacted().contains("pw-secret"), "{}", c.redacted());
+        c.locks.redis_url = "http://h".into();
+        assert!(c.validate().is_err());
+        c.locks.redis_url = "redis://h".into();
+        c.locks.ttl_ms = 0;
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("locks.ttl_ms"), "{e}");
     }
 
     #[test]

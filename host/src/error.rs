@@ -100,15 +100,6 @@ pub enum Error {
     UnknownStored { column: &'static str, value: String },
 }
 
-impl From<crate::locks::LockError> for Error {
-    fn from(e: crate::locks::LockError) -> Error {
-        match e {
-            crate::locks::LockError::Timeout => Error::LockTimeout,
-            crate::locks::LockError::Unavailable(why) => Error::LockUnavailable(why),
-        }
-    }
-}
-
 impl From<crate::signing::SigningError> for Error {
     fn from(e: crate::signing::SigningError) -> Error {
         Error::Invalid {

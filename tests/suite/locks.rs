@@ -443,6 +443,38 @@ async fn two_hosts_keep_the_ledger(service: Service, seed: u64) {
         .await
         .unwrap();
     assert!(fences.iter().all(|(_, t)| *t > 0), "{fences:?}");
+
+    // a hold authorized on one host, captured on the other and voided on
+    // the first at once: one transition wins, under the same locks
+    let fence_of = |f: Vec<(String, i64)>| f[0].1;
+    let before = fence_of(
+        ledger::stored_fences(&c, DEFAULT_TENANT, &["acct-0"])
+            .await
+            .unwrap(),
+    );
+    let auth = payrail::model::PaymentRequest {
+        capture: payrail::model::CaptureMode::Manual,
+        ..crate::common::transfer("acct-0", "acct-1", 1_000)
+    };
+    let held = hosts[0].pay(DEFAULT_TENANT, "hold-1", &auth).await.unwrap();
+    assert_eq!(held.response.status, PaymentStatus::Authorized);
+    let id = held.response.id.clone();
+    let (captured, voided) = tokio::join!(
+        hosts[1].capture(DEFAULT_TENANT, "cap-1", &id, None),
+        hosts[0].void(DEFAULT_TENANT, "void-1", &id),
+    );
+    let won = [&captured, &voided].iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "{captured:?} {voided:?}");
+    let after = fence_of(
+        ledger::stored_fences(&c, DEFAULT_TENANT, &["acct-0"])
+            .await
+            .unwrap(),
+    );
+    assert!(
+        after >= before + 2,
+        "the authorization and the transition wrote fences: {before} then {after}"
+    );
+    assert!(db.audit().await.is_empty(), "{:?}", db.audit().await);
 }
 
 fn seed() -> u64 {

@@ -428,7 +428,7 @@ pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
             .with_default_artifact_cache()
             .with_trusted_keys(crate::signing::TrustedKeys::from_env()?),
     );
-    let locks = crate::locks::Service::from_config(&config.locks).await?;
+    let locks = config.locks.service().await?;
     tracing::info!(backend = locks.name(), "account locks");
     let processor = Processor::with_locks(pool.clone(), engine, config.processor(), locks);
     let state =

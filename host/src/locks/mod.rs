@@ -75,6 +75,15 @@ pub enum LockError {
     Unavailable(String),
 }
 
+impl From<LockError> for crate::error::Error {
+    fn from(e: LockError) -> crate::error::Error {
+        match e {
+            LockError::Timeout => crate::error::Error::LockTimeout,
+            LockError::Unavailable(why) => crate::error::Error::LockUnavailable(why),
+        }
+    }
+}
+
 /// The pause before attempt `n` (from 0) to take locks held elsewhere:
 /// 1 ms doubling to 50 ms, with equal jitter, so waiters do not retry in
 /// step.
@@ -108,7 +117,7 @@ enum Held {
 }
 
 /// Locks of a lock service held for one transaction, and the fencing token
-/// of each account its first flight writes ([`crate::ledger::fence_accounts`]).
+/// of each account its first flight writes (`ledger::fence_accounts`).
 #[derive(Debug)]
 pub struct External {
     held: Held,
@@ -117,31 +126,6 @@ pub struct External {
 }
 
 impl Service {
-    /// The service `[locks]` names: connects to Redis, or makes the lock
-    /// directory.
-    pub async fn from_config(c: &crate::config::LocksConfig) -> Result<Service, LockError> {
-        use crate::config::LockBackend;
-        let wait = std::time::Duration::from_millis(c.wait_ms);
-        Ok(match c.backend {
-            LockBackend::Advisory => Service::Advisory,
-            LockBackend::Redis => Service::Redis(Box::new(
-                redis::RedisLocks::connect(
-                    &c.redis_url,
-                    &c.redis_prefix,
-                    std::time::Duration::from_millis(c.ttl_ms),
-                    wait,
-                )
-                .await?,
-            )),
-            LockBackend::File => {
-                let dir = c.dir.as_deref().ok_or_else(|| {
-                    LockError::Unavailable("locks.backend = \"file\" needs locks.dir".into())
-                })?;
-                Service::File(file::FileLocks::new(dir, c.file_slots, wait)?)
-            }
-        })
-    }
-
     /// Its name in configuration and logs.
     pub fn name(&self) -> &'static str {
         match self {

@@ -176,22 +176,36 @@ fn hold_from_row(r: &tokio_postgres::Row) -> HoldRow {
 }
 
 /// Reads the hold without a lock (to learn its accounts), then takes the
-/// parties' advisory locks (sorted) and re-reads it `FOR UPDATE`.
+/// parties' advisory locks (sorted), or under a lock service that holds
+/// them already writes their fences, and re-reads it `FOR UPDATE`.
 async fn lock_hold(
     tx: &deadpool_postgres::Transaction<'_>,
     tenant: &str,
     payment: Uuid,
+    external: Option<&locks::External>,
 ) -> Result<Option<HoldRow>> {
     let Some(first) = tx.query_opt(HOLD_SQL, &[&tenant, &payment]).await? else {
         return Ok(None);
     };
     let first = hold_from_row(&first);
     let keys = locks::sorted_keys(tenant, [first.source.as_str(), first.destination.as_str()]);
-    locks::lock_all(tx, &keys).await?;
+    processor::lock_parties(tx, tenant, &keys, external).await?;
     let row = tx
         .query_one(&format!("{HOLD_SQL} for update of h"), &[&tenant, &payment])
         .await?;
     Ok(Some(hold_from_row(&row)))
+}
+
+/// The source and destination of payment `id`'s hold, if it has one.
+async fn hold_parties(pool: &Pool, tenant: &str, id: Uuid) -> Result<Option<[String; 2]>> {
+    let c = pool.get().await?;
+    let row = c
+        .query_opt(
+            "select account, destination from payrail.holds where tenant = $1 and payment_id = $2",
+            &[&tenant, &id],
+        )
+        .await?;
+    Ok(row.map(|r| [r.get(0), r.get(1)]))
 }
 
 /// Why a transition cannot run on a payment without an active hold.
@@ -401,6 +415,30 @@ impl Processor {
         id: Uuid,
         t: Transition,
     ) -> Result<PayOutcome> {
+        // Under a lock service the hold's accounts are locked before the
+        // transaction, as a payment's are: read them first (a hold's
+        // accounts never change).
+        let external = match &*self.locks {
+            locks::Service::Advisory => None,
+            service => match hold_parties(self.pool(), tenant, id).await? {
+                Some(parties) => service.acquire(tenant, &parties).await?,
+                None => None,
+            },
+        };
+        let result = self
+            .transition_locked(tenant, key, (id, t), external.as_ref())
+            .await;
+        self.locks.release(external).await;
+        result
+    }
+
+    async fn transition_locked(
+        &self,
+        tenant: &str,
+        key: &str,
+        (id, t): (Uuid, Transition),
+        external: Option<&locks::External>,
+    ) -> Result<PayOutcome> {
         let started = std::time::Instant::now();
         // within the tenant's connections, as payments are (docs/tenancy.md)
         let mut conn = self.tenant_connection(tenant).await?;
@@ -435,7 +473,10 @@ impl Processor {
         // Roll back explicitly on a refusal, so the key's claim and try-lock
         // are gone before the caller sees the error (a dropped transaction
         // rolls back only when its connection is next used).
-        match self.resolve_in(&tx, tenant, key, id, t, started).await {
+        match self
+            .resolve_in(&tx, tenant, key, (id, t), (started, external))
+            .await
+        {
             Ok(out) => {
                 self.commits.commit(tx).await?;
                 tracing::debug!(payment = %id, status = out.response.status.as_str(), "hold resolved");
@@ -462,11 +503,10 @@ impl Processor {
         tx: &deadpool_postgres::Transaction<'_>,
         tenant: &str,
         key: &str,
-        id: Uuid,
-        t: Transition,
-        started: std::time::Instant,
+        (id, t): (Uuid, Transition),
+        (started, external): (std::time::Instant, Option<&locks::External>),
     ) -> Result<PayOutcome> {
-        let hold = active_hold(tx, tenant, id).await?;
+        let hold = active_hold(tx, tenant, id, external).await?;
         let lock_wait = started.elapsed();
         let captured = t.captured(&hold)?;
         let parties = [hold.source.clone(), hold.destination.clone()];
@@ -582,8 +622,9 @@ async fn active_hold(
     tx: &deadpool_postgres::Transaction<'_>,
     tenant: &str,
     id: Uuid,
+    external: Option<&locks::External>,
 ) -> Result<HoldRow> {
-    match lock_hold(tx, tenant, id).await? {
+    match lock_hold(tx, tenant, id, external).await? {
         Some(h) if h.state == "authorized" && !h.past_expiry => Ok(h),
         Some(h) if h.state == "authorized" => Err(Error::HoldNotActive {
             payment: id.to_string(),
@@ -697,7 +738,9 @@ pub async fn expire_hold(pool: &Pool, tenant: &str, payment: Uuid) -> Result<boo
         &[&EXPIRE_LOCK_TIMEOUT, &EXPIRE_STATEMENT_TIMEOUT],
     )
     .await?;
-    let Some(hold) = lock_hold(&tx, tenant, payment).await? else {
+    // the relay's timer: advisory locks whatever the lock service (it has
+    // none), and the row locks every writer of an account takes
+    let Some(hold) = lock_hold(&tx, tenant, payment, None).await? else {
         return Ok(false);
     };
     if hold.state != "authorized" {
