@@ -686,11 +686,13 @@ pub async fn add_to_balances(
 
 /// Records that the holders of `fences` (account id, fencing token) write
 /// these accounts in this transaction, refusing with [`Error::LockLost`]
-/// when an account already holds a newer token: that holder's lock was
-/// lost and another took the account since (docs/locking.md, "Lock
-/// services and fencing"). An equal token is the same holder. Run it
-/// before the transaction's other writes to those accounts; the row locks
-/// it takes keep an older holder from writing after it.
+/// when an account already holds the same or a newer token: that holder's
+/// lock was lost and another took the account since (docs/locking.md,
+/// "Lock services and fencing"). Every acquisition gets a new token and a
+/// transaction fences once, so an equal token is another holder (a lock
+/// service that restarted its count). Run it before the transaction's
+/// other writes to those accounts; the row locks it takes keep an older
+/// holder from writing after it.
 pub async fn fence_accounts<S: AsRef<str>>(
     tx: &impl GenericClient,
     tenant: &str,
@@ -705,7 +707,7 @@ pub async fn fence_accounts<S: AsRef<str>>(
              updated as (
                  update payrail.accounts a set lock_fence = f.token
                  from f
-                 where a.tenant = $1 and a.id = f.id and a.lock_fence <= f.token
+                 where a.tenant = $1 and a.id = f.id and a.lock_fence < f.token
                  returning a.id
              )
              select f.id from f

@@ -253,9 +253,11 @@ async fn postgres_refuses_a_write_under_an_older_fencing_token() {
         matches!(&lost, Err(Error::LockLost { account }) if account == "b"),
         "{lost:?}"
     );
-    fence(&db, &[("a", 5)])
-        .await
-        .expect("the same holder again");
+    let again = fence(&db, &[("a", 5)]).await;
+    assert!(
+        matches!(again, Err(Error::LockLost { .. })),
+        "an equal token is another holder: {again:?}"
+    );
     fence(&db, &[("a", 6)]).await.unwrap();
     let c = db.pool.get().await.unwrap();
     let stored = ledger::stored_fences(&c, DEFAULT_TENANT, &["a", "b"])
@@ -497,4 +499,76 @@ async fn two_hosts_under_file_locks_keep_the_ledger() {
     let dir = LockDir::new("hosts");
     let locks = FileLocks::new(dir.path(), 64, LONG).unwrap();
     two_hosts_keep_the_ledger(Service::File(locks), seed()).await;
+}
+
+/// Redis restarted between payments: its fence counters start again at 1,
+/// below what Postgres stored, and the first write is refused
+/// (`lock_lost`); the processor raises the counters from Postgres and its
+/// retry goes through. Without the repair every later payment on those
+/// accounts would be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_go_on_after_redis_restarts_and_loses_its_counters() {
+    use payrail::model::PaymentStatus;
+    use payrail::processor::Processor;
+    let db = TestDb::new().await;
+    db.samples().await;
+    db.account("a", 100_000).await;
+    db.account("b", 100_000).await;
+    let mut server = tokio::task::spawn_blocking(OwnRedis::start).await.unwrap();
+    let locks = RedisLocks::connect(&server.url(), &unique_prefix("restart-pay"), LONG, LONG)
+        .await
+        .unwrap();
+    let host = Processor::with_locks(
+        db.pool.clone(),
+        crate::common::engine(),
+        Default::default(),
+        Service::Redis(Box::new(locks)),
+    );
+    let pay = |k: &'static str| {
+        let host = host.clone();
+        async move {
+            host.pay(DEFAULT_TENANT, k, &crate::common::transfer("a", "b", 100))
+                .await
+        }
+    };
+    for k in ["r1", "r2", "r3"] {
+        assert_eq!(
+            pay(k).await.unwrap().response.status,
+            PaymentStatus::Approved
+        );
+    }
+    // a ledger that has seen many acquisitions: more than a retry's
+    // attempts could climb back to
+    fence(&db, &[("a", 1_000), ("b", 1_000)]).await.unwrap();
+    let c = db.pool.get().await.unwrap();
+    let before = ledger::stored_fences(&c, DEFAULT_TENANT, &["a"])
+        .await
+        .unwrap()[0]
+        .1;
+    assert_eq!(before, 1_000);
+
+    server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    let mut after = pay("r4").await;
+    for _ in 0..50 {
+        // the connection manager reconnects: the first command may fail
+        if !matches!(after, Err(Error::LockUnavailable(_))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = pay("r4").await;
+    }
+    assert_eq!(after.unwrap().response.status, PaymentStatus::Approved);
+    let fenced = ledger::stored_fences(&c, DEFAULT_TENANT, &["a"])
+        .await
+        .unwrap()[0]
+        .1;
+    assert!(fenced > before, "{before} then {fenced}");
+    assert_eq!(db.balance("b").await, 100_000 + 400);
+    assert!(db.audit().await.is_empty(), "{:?}", db.audit().await);
+    drop(server);
 }

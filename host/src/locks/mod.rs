@@ -177,6 +177,31 @@ impl Service {
         Ok(Some(External { held, fences }))
     }
 
+    /// Raises the service's fence counters of `stored` (account id, the
+    /// token Postgres holds) to at least those tokens: after Redis lost
+    /// its counters (a restart) or the lock directory was replaced, the
+    /// next holder of each account gets a token above the stored one.
+    /// Nothing for advisory locks.
+    pub async fn raise_fences(
+        &self,
+        tenant: &str,
+        stored: &[(String, i64)],
+    ) -> Result<(), LockError> {
+        let fences: Vec<Fence> = stored
+            .iter()
+            .filter(|(_, token)| *token > 0)
+            .map(|(id, token)| Fence {
+                key: account_key(tenant, id),
+                token: *token,
+            })
+            .collect();
+        match self {
+            Service::Advisory => Ok(()),
+            Service::Redis(r) => r.raise_fences(&fences).await,
+            Service::File(f) => f.raise_fences(&fences).await,
+        }
+    }
+
     /// Releases what `external` holds (nothing for advisory locks). A
     /// release that fails leaves a Redis lock to expire after its TTL.
     pub async fn release(&self, external: Option<External>) {

@@ -544,6 +544,7 @@ impl Processor {
         }
         .await;
         self.locks.release(external).await;
+        self.after_attempt(tenant, &batch.parties, &result).await;
         result
     }
 

@@ -418,17 +418,21 @@ impl Processor {
         // Under a lock service the hold's accounts are locked before the
         // transaction, as a payment's are: read them first (a hold's
         // accounts never change).
-        let external = match &*self.locks {
+        let parties = match &*self.locks {
             locks::Service::Advisory => None,
-            service => match hold_parties(self.pool(), tenant, id).await? {
-                Some(parties) => service.acquire(tenant, &parties).await?,
-                None => None,
-            },
+            _ => hold_parties(self.pool(), tenant, id).await?,
+        };
+        let external = match &parties {
+            Some(p) => self.locks.acquire(tenant, p).await?,
+            None => None,
         };
         let result = self
             .transition_locked(tenant, key, (id, t), external.as_ref())
             .await;
         self.locks.release(external).await;
+        if let Some(p) = &parties {
+            self.after_attempt(tenant, p, &result).await;
+        }
         result
     }
 

@@ -303,6 +303,37 @@ impl Processor {
         self.count_retry();
     }
 
+    /// After `lock_lost`: raises the lock service's counters of
+    /// `accounts` to what Postgres stored, so the retry's tokens are above
+    /// them. A lost lock of a paused holder needs nothing (the counters are
+    /// ahead already); a restarted Redis or a replaced lock directory does,
+    /// or every write to those accounts would be refused.
+    async fn repair_fences(&self, tenant: &str, accounts: &[String]) {
+        let repaired = async {
+            let c = self.pool.get().await?;
+            let ids: Vec<&str> = accounts.iter().map(String::as_str).collect();
+            let stored = ledger::stored_fences(&c, tenant, &ids).await?;
+            drop(c);
+            self.locks.raise_fences(tenant, &stored).await?;
+            Ok::<_, Error>(stored.len())
+        };
+        match repaired.await {
+            Ok(n) => tracing::info!(
+                accounts = n,
+                "a lock was lost: fence counters raised to the stored tokens"
+            ),
+            Err(e) => tracing::warn!(error = %e, "raising fence counters failed"),
+        }
+    }
+
+    /// The outcome of one attempt under a lock service, after its locks
+    /// were released: a lost lock repairs the counters first.
+    async fn after_attempt<T>(&self, tenant: &str, accounts: &[String], result: &Result<T>) {
+        if matches!(result, Err(Error::LockLost { .. })) {
+            self.repair_fences(tenant, accounts).await;
+        }
+    }
+
     pub(crate) fn count_skipped(&self) {
         self.skipped
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -439,6 +470,7 @@ impl Processor {
         .await;
         // after the transaction ended, committed or rolled back
         self.locks.release(external).await;
+        self.after_attempt(tenant, &parties, &result).await;
         result
     }
 

@@ -19,11 +19,14 @@ pub const MAX_DELAY_MS: u64 = 100;
 pub const MAX_ATTEMPTS: u32 = 100;
 
 /// Whether `e` rolled its transaction back completely and may be retried.
+/// A lost lock (`lock_lost`) is: the next attempt takes the locks again,
+/// under a newer token.
 pub(crate) fn is_retryable(e: &Error) -> bool {
-    matches!(
-        e.sqlstate(),
-        Some(&SqlState::T_R_DEADLOCK_DETECTED) | Some(&SqlState::T_R_SERIALIZATION_FAILURE)
-    )
+    matches!(e, Error::LockLost { .. })
+        || matches!(
+            e.sqlstate(),
+            Some(&SqlState::T_R_DEADLOCK_DETECTED) | Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+        )
 }
 
 /// The wait after failed attempt `attempt` (1-based): a uniform draw up to
