@@ -33,6 +33,7 @@ pub mod chart;
 pub mod cpu;
 pub mod driver;
 pub mod http;
+pub mod locks;
 pub mod peer;
 pub mod report;
 pub mod sweep;
@@ -151,6 +152,16 @@ pub struct BenchArgs {
     /// docs/performance.md, "The yardstick".
     #[arg(long)]
     pub yardstick: bool,
+    /// Instead of the standard bench: the same workloads in process under
+    /// each of these lock services, comma-separated (`advisory`, `redis`
+    /// at `REDIS_URL`, `file`), side by side (docs/locking.md, "Which lock
+    /// should a payment system use?"). Workloads default to uniform,
+    /// hot_fee and hot_pair here.
+    #[arg(long, value_delimiter = ',')]
+    pub locks: Vec<locks::LockKind>,
+    /// Clients of each `--locks` point.
+    #[arg(long, default_value_t = 64)]
+    pub lock_clients: usize,
 }
 
 fn invalid(msg: String) -> Error {
@@ -1027,6 +1038,14 @@ async fn stop_children(children: Vec<ServeChild>) {
 /// the audit passed (the targets are reported, not enforced).
 pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
     args.validate()?;
+    if !args.locks.is_empty() {
+        return locks::run(ctx, args).await;
+    }
+    if args.workloads.contains(&Workload::HotPair) {
+        return Err(invalid(
+            "hot_pair runs only with --locks (the peer has no script for it)".into(),
+        ));
+    }
     if args.paths.contains(&PathKind::Http) {
         // before anything is measured, not after the in-process path
         payrail_binary()?;

@@ -164,7 +164,9 @@ select baseline.transfer(:client_id || '-' || :src || '-' || random()::text, :sr
 /// account's expression (`:src` is pgbench's variable).
 fn fee(workload: Workload) -> (u32, &'static str) {
     match workload {
-        Workload::Uniform => (0, "1"),
+        // hot_pair never reaches the peer: `BenchArgs::validate` keeps it
+        // to `--locks`
+        Workload::Uniform | Workload::HotPair => (0, "1"),
         Workload::HotFee => (29, "1"),
         Workload::SpreadFee => (29, "-(1 + :src % 64)"),
     }

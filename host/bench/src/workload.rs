@@ -48,7 +48,16 @@ pub enum Workload {
     /// accounts (no hot row).
     #[value(name = "spread_fee")]
     SpreadFee,
+    /// Transfers with `limits`, nine in ten of them among the first
+    /// [`HOT_PAIR_ACCOUNTS`] customers: payments that contend for the same
+    /// few accounts (`payrail bench --locks` only: the peer has no script
+    /// for it).
+    #[value(name = "hot_pair")]
+    HotPair,
 }
+
+/// The customers most `hot_pair` payments move money between.
+pub const HOT_PAIR_ACCOUNTS: usize = 4;
 
 impl Workload {
     /// The name the baseline and the pipeline use.
@@ -57,6 +66,7 @@ impl Workload {
             Workload::Uniform => "uniform",
             Workload::HotFee => "hot_fee",
             Workload::SpreadFee => "spread_fee",
+            Workload::HotPair => "hot_pair",
         }
     }
 
@@ -120,14 +130,16 @@ pub async fn setup(pool: &Pool, engine: &Arc<PluginEngine>, accounts: usize) -> 
         candidate: None,
         limits: None,
     };
-    registry::set_pipeline(
-        &c,
-        engine,
-        DEFAULT_TENANT,
-        Workload::Uniform.name(),
-        std::slice::from_ref(&limits),
-    )
-    .await?;
+    for w in [Workload::Uniform, Workload::HotPair] {
+        registry::set_pipeline(
+            &c,
+            engine,
+            DEFAULT_TENANT,
+            w.name(),
+            std::slice::from_ref(&limits),
+        )
+        .await?;
+    }
     let spread_fee = StepSpec {
         config: serde_json::json!({
             "fee_account": FEE_ACCOUNT,
@@ -181,8 +193,14 @@ impl RequestGen {
 
     /// The next transfer: two distinct random customers, a random amount.
     pub fn next_request(&mut self) -> PaymentRequest {
-        let from = self.rng.random_range(0..self.accounts);
-        let to = (from + self.rng.random_range(1..self.accounts)) % self.accounts;
+        let hot = self.workload == Workload::HotPair && self.rng.random_range(0..10) < 9;
+        let among = if hot {
+            HOT_PAIR_ACCOUNTS.min(self.accounts)
+        } else {
+            self.accounts
+        };
+        let from = self.rng.random_range(0..among);
+        let to = (from + self.rng.random_range(1..among)) % among;
         PaymentRequest {
             kind: self.workload.name().to_string(),
             source: customer(from),

@@ -42,6 +42,8 @@ pub struct FileLocks {
     dir: PathBuf,
     slots: u32,
     wait: Duration,
+    /// `flock` attempts since start.
+    calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> LockError {
@@ -66,7 +68,14 @@ impl FileLocks {
             dir: dir.to_path_buf(),
             slots,
             wait,
+            calls: Default::default(),
         })
+    }
+
+    /// `flock` attempts since start (one per lock file taken, more when
+    /// one was held elsewhere).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn slot(&self, key: i64) -> u32 {
@@ -128,6 +137,8 @@ impl FileLocks {
         use rustix::fs::{FlockOperation, flock};
         let mut attempt = 0u32;
         loop {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match flock(file, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => return Ok(()),
                 Err(e) if e == rustix::io::Errno::WOULDBLOCK || e == rustix::io::Errno::INTR => {}

@@ -126,6 +126,17 @@ pub struct External {
 }
 
 impl Service {
+    /// Calls to the service since start: Redis round trips, or `flock`
+    /// attempts (0 for advisory locks, which ride in the transaction's
+    /// first flight).
+    pub fn calls(&self) -> u64 {
+        match self {
+            Service::Advisory => 0,
+            Service::Redis(r) => r.calls(),
+            Service::File(f) => f.calls(),
+        }
+    }
+
     /// Its name in configuration and logs.
     pub fn name(&self) -> &'static str {
         match self {

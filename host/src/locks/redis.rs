@@ -95,6 +95,8 @@ pub struct RedisLocks {
     release: redis::Script,
     renew: redis::Script,
     raise: redis::Script,
+    /// Scripts run (round trips), since start.
+    calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn unavailable(e: redis::RedisError) -> LockError {
@@ -123,7 +125,18 @@ impl RedisLocks {
             release: redis::Script::new(RELEASE),
             renew: redis::Script::new(RENEW),
             raise: redis::Script::new(RAISE),
+            calls: Default::default(),
         })
+    }
+
+    /// Round trips to Redis since start (every script run).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lock_key(&self, key: i64) -> String {
@@ -161,6 +174,7 @@ impl RedisLocks {
         let mut attempt = 0u32;
         loop {
             let mut conn = self.conn.clone();
+            self.count();
             let out: Vec<i64> = invocation
                 .invoke_async(&mut conn)
                 .await
@@ -229,6 +243,7 @@ impl RedisLocks {
             invocation.key(self.fence_key(f.key)).arg(f.token);
         }
         let mut conn = self.conn.clone();
+        self.count();
         let _: i64 = invocation
             .invoke_async(&mut conn)
             .await

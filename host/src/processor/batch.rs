@@ -528,12 +528,19 @@ impl Processor {
     async fn batch_once(&self, tenant: &str, jobs: &[Job], shard: i16) -> Result<Vec<Outcome>> {
         let batch = Batch::new(tenant, jobs);
         // a lock service's locks first: no connection is held while waiting
+        let acquiring = Instant::now();
         let external = self.locks.acquire(tenant, &batch.parties).await?;
+        let acquired_in = acquiring.elapsed();
         let result = async {
             // One of the tenant's connections (docs/tenancy.md).
             let mut conn = self.tenant_connection(tenant).await?;
             let result = self
-                .batch_in(&mut conn.client, &batch, shard, external.as_ref())
+                .batch_in(
+                    &mut conn.client,
+                    &batch,
+                    shard,
+                    (external.as_ref(), acquired_in),
+                )
                 .await;
             if let Err(e) = &result {
                 // Wait for the queued ROLLBACK (see `pay_single`).
@@ -555,12 +562,13 @@ impl Processor {
         client: &mut deadpool_postgres::Client,
         batch: &Batch<'_>,
         shard: i16,
-        external: Option<&locks::External>,
+        (external, acquired_in): (Option<&locks::External>, Duration),
     ) -> Result<Vec<Outcome>> {
         let jobs = batch.jobs;
         let tx = client.transaction().await?;
         let flight = self.batch_flight(&tx, batch, external).await?;
-        let lock_wait = flight.lock_wait;
+        // a lock service's wait is lock wait too
+        let lock_wait = flight.lock_wait + acquired_in;
         let (book, items, slots) = self.classify(&tx, batch, flight).await?;
         let (book, slots) = self
             .run_batch_pipelines(&tx, batch, book, items, slots)

@@ -268,6 +268,12 @@ impl Processor {
         self.retries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Calls to the lock service since start (Redis round trips, `flock`
+    /// attempts; 0 under advisory locks).
+    pub fn lock_service_calls(&self) -> u64 {
+        self.locks.calls()
+    }
+
     /// Counts one retried transaction (see [`Self::transaction_retries`]).
     pub(crate) fn count_retry(&self) {
         self.retries
@@ -452,7 +458,9 @@ impl Processor {
     async fn pay_once(&self, tenant: &str, key: &str, req: &PaymentRequest) -> Result<PayOutcome> {
         // a lock service's locks first: no connection is held while waiting
         let parties = [req.source.clone(), req.destination.clone()];
+        let acquiring = std::time::Instant::now();
         let external = self.locks.acquire(tenant, &parties).await?;
+        let acquired_in = acquiring.elapsed();
         let result = async {
             let mut conn = self.tenant_connection(tenant).await?;
             let result = self
@@ -471,7 +479,11 @@ impl Processor {
         // after the transaction ended, committed or rolled back
         self.locks.release(external).await;
         self.after_attempt(tenant, &parties, &result).await;
-        result
+        // a lock service's wait is lock wait too
+        result.map(|mut out| {
+            out.lock_wait += acquired_in;
+            out
+        })
     }
 
     /// One payment in the transaction of `client` (steps 1-7 above).
