@@ -512,6 +512,14 @@ impl Locks {
         }
     }
 
+    /// How long a killed host's locks outlive it in the chaos run.
+    fn freed_within(&self) -> Duration {
+        match self {
+            Locks::Redis => Duration::from_millis(2000),
+            Locks::Advisory | Locks::File => Duration::ZERO,
+        }
+    }
+
     /// Seconds of load and SIGKILLs at least: the advisory run is the long
     /// one; the lock services' runs are shorter, for CI time.
     fn run(&self) -> (u64, u32) {
@@ -850,6 +858,16 @@ timeout_ms = 1000
         "a client gave up on a payment"
     );
     assert!(kills >= min_kills && pg_restarts >= 1);
+    // a killed host's accounts come back within its locks' life: at once
+    // (Postgres ends the session, the kernel closes the lock file), or at
+    // the Redis TTL (2 s); the margin is the clients' retry pauses and a
+    // noisy machine
+    let bound = locks.freed_within() + Duration::from_secs(3);
+    assert!(
+        sorted.last().is_none_or(|worst| *worst <= bound),
+        "a kill took {:?} to the next acknowledged payment, over {bound:?} (seed {seed})",
+        sorted.last()
+    );
 
     kill9(&mut a);
     stream.delete().await;

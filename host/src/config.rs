@@ -115,7 +115,7 @@ impl Default for LocksConfig {
             ttl_ms: 10_000,
             wait_ms: 5_000,
             dir: None,
-            file_slots: 4096,
+            file_slots: 65_536,
         }
     }
 }
