@@ -102,9 +102,34 @@ async fn only_the_holder_releases_or_renews_a_redis_lock() {
     assert!(c.acquire(&keys).await.is_ok());
 }
 
+/// Kills and restarts `server`, then takes the locks of `keys` once it
+/// answers again (the connection manager reconnects; the first commands
+/// may see the broken connection).
+async fn restart_and_acquire(
+    mut server: OwnRedis,
+    locks: &RedisLocks,
+    keys: &[i64],
+) -> (OwnRedis, payrail::locks::redis::RedisHeld) {
+    server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    let mut after = locks.acquire(keys).await;
+    for _ in 0..50 {
+        if after.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = locks.acquire(keys).await;
+    }
+    (server, after.expect("redis is back"))
+}
+
 #[tokio::test]
 async fn a_redis_restart_loses_locks_and_fences_until_they_are_raised() {
-    let mut server = tokio::task::spawn_blocking(OwnRedis::start).await.unwrap();
+    let server = tokio::task::spawn_blocking(OwnRedis::start).await.unwrap();
     let prefix = unique_prefix("restart");
     let keys = sorted_keys("t", ["acc"]);
     let locks = redis(&server.url(), &prefix, LONG, Duration::from_millis(300)).await;
@@ -118,23 +143,7 @@ async fn a_redis_restart_loses_locks_and_fences_until_they_are_raised() {
     let before = locks.acquire(&keys).await.unwrap();
     assert_eq!(before.fences[0].token, 4);
 
-    server = tokio::task::spawn_blocking(move || {
-        server.restart();
-        server
-    })
-    .await
-    .unwrap();
-    // the connection manager reconnects; the first command may see the
-    // broken connection
-    let mut after = locks.acquire(&keys).await;
-    for _ in 0..50 {
-        if after.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        after = locks.acquire(&keys).await;
-    }
-    let after = after.expect("redis is back");
+    let (server, after) = restart_and_acquire(server, &locks, &keys).await;
     assert_eq!(
         after.fences[0].token, 1,
         "the lock held before the restart is gone, and so is the counter"
@@ -306,7 +315,7 @@ async fn an_older_holder_waiting_on_a_newer_ones_row_is_refused_when_it_commits(
 async fn a_paused_redis_holder_is_fenced_and_a_restart_is_repaired_from_postgres() {
     let db = TestDb::new().await;
     db.account("a", 100).await;
-    let mut server = tokio::task::spawn_blocking(OwnRedis::start).await.unwrap();
+    let server = tokio::task::spawn_blocking(OwnRedis::start).await.unwrap();
     let prefix = unique_prefix("paused");
     let keys = sorted_keys(DEFAULT_TENANT, ["a"]);
     let brief = redis(&server.url(), &prefix, Duration::from_millis(150), LONG).await;
@@ -320,21 +329,7 @@ async fn a_paused_redis_holder_is_fenced_and_a_restart_is_repaired_from_postgres
     let late = fence(&db, &[("a", paused.fences[0].token)]).await;
     assert!(matches!(late, Err(Error::LockLost { .. })), "{late:?}");
 
-    server = tokio::task::spawn_blocking(move || {
-        server.restart();
-        server
-    })
-    .await
-    .unwrap();
-    let mut after = locks.acquire(&keys).await;
-    for _ in 0..50 {
-        if after.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        after = locks.acquire(&keys).await;
-    }
-    let after = after.expect("redis is back");
+    let (server, after) = restart_and_acquire(server, &locks, &keys).await;
     let refused = fence(&db, &[("a", after.fences[0].token)]).await;
     assert!(
         matches!(refused, Err(Error::LockLost { .. })),

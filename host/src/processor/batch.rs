@@ -527,32 +527,10 @@ impl Processor {
 
     async fn batch_once(&self, tenant: &str, jobs: &[Job], shard: i16) -> Result<Vec<Outcome>> {
         let batch = Batch::new(tenant, jobs);
-        // a lock service's locks first: no connection is held while waiting
-        let acquiring = Instant::now();
-        let external = self.locks.acquire(tenant, &batch.parties).await?;
-        let acquired_in = acquiring.elapsed();
-        let result = async {
-            // One of the tenant's connections (docs/tenancy.md).
-            let mut conn = self.tenant_connection(tenant).await?;
-            let result = self
-                .batch_in(
-                    &mut conn.client,
-                    &batch,
-                    shard,
-                    (external.as_ref(), acquired_in),
-                )
-                .await;
-            if let Err(e) = &result {
-                // Wait for the queued ROLLBACK (see `pay_single`).
-                let _ = conn.client.simple_query("").await;
-                conn.discard_if_read_only(e);
-            }
-            result
-        }
-        .await;
-        self.locks.release(external).await;
-        self.after_attempt(tenant, &batch.parties, &result).await;
-        result
+        self.locked_attempt(tenant, &batch.parties, async |client, locked| {
+            self.batch_in(client, &batch, shard, locked).await
+        })
+        .await
     }
 
     /// One batch in the transaction of `client`: the first flight, the
@@ -562,13 +540,13 @@ impl Processor {
         client: &mut deadpool_postgres::Client,
         batch: &Batch<'_>,
         shard: i16,
-        (external, acquired_in): (Option<&locks::External>, Duration),
+        locked: super::Locked<'_>,
     ) -> Result<Vec<Outcome>> {
         let jobs = batch.jobs;
         let tx = client.transaction().await?;
-        let flight = self.batch_flight(&tx, batch, external).await?;
+        let flight = self.batch_flight(&tx, batch, locked.external).await?;
         // a lock service's wait is lock wait too
-        let lock_wait = flight.lock_wait + acquired_in;
+        let lock_wait = flight.lock_wait + locked.acquired_in;
         let (book, items, slots) = self.classify(&tx, batch, flight).await?;
         let (book, slots) = self
             .run_batch_pipelines(&tx, batch, book, items, slots)

@@ -81,6 +81,15 @@ pub struct ProcessorSettings {
     pub commit_wait_ms: u64,
 }
 
+/// What a lock service holds for one attempt ([`Processor::locked_attempt`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Locked<'a> {
+    /// `None` under advisory locks: the transaction takes those.
+    pub(crate) external: Option<&'a locks::External>,
+    /// How long the lock service took to grant them.
+    pub(crate) acquired_in: std::time::Duration,
+}
+
 /// The parties' locks in a transaction's first flight: advisory locks on
 /// `sorted_keys`, or, under a lock service, the fences of the locks it
 /// already holds ([`ledger::fence_accounts`]: refused when a newer holder
@@ -456,20 +465,41 @@ impl Processor {
     }
 
     async fn pay_once(&self, tenant: &str, key: &str, req: &PaymentRequest) -> Result<PayOutcome> {
-        // a lock service's locks first: no connection is held while waiting
         let parties = [req.source.clone(), req.destination.clone()];
+        self.locked_attempt(tenant, &parties, async |client, locked| {
+            let mut out = self
+                .pay_in(client, tenant, key, req, locked.external)
+                .await?;
+            // a lock service's wait is lock wait too
+            out.lock_wait += locked.acquired_in;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// One attempt of a transaction on `accounts` of `tenant`: the lock
+    /// service's locks first (no connection is held while waiting), then
+    /// one of the tenant's connections (docs/tenancy.md) for `attempt`.
+    /// After a failed attempt, its queued ROLLBACK is waited for, so the
+    /// key's claim and try-lock are gone before the caller sees the error
+    /// and retries; then the locks are released, and a lost lock repairs
+    /// the service's counters.
+    pub(crate) async fn locked_attempt<T>(
+        &self,
+        tenant: &str,
+        accounts: &[String],
+        attempt: impl AsyncFnOnce(&mut deadpool_postgres::Client, Locked<'_>) -> Result<T>,
+    ) -> Result<T> {
         let acquiring = std::time::Instant::now();
-        let external = self.locks.acquire(tenant, &parties).await?;
-        let acquired_in = acquiring.elapsed();
+        let external = self.locks.acquire(tenant, accounts).await?;
+        let locked = Locked {
+            external: external.as_ref(),
+            acquired_in: acquiring.elapsed(),
+        };
         let result = async {
             let mut conn = self.tenant_connection(tenant).await?;
-            let result = self
-                .pay_in(&mut conn.client, tenant, key, req, external.as_ref())
-                .await;
+            let result = attempt(&mut conn.client, locked).await;
             if let Err(e) = &result {
-                // A dropped transaction only queues its ROLLBACK; wait for
-                // it, so the key's claim and try-lock are gone before the
-                // caller sees the error and retries.
                 let _ = conn.client.simple_query("").await;
                 conn.discard_if_read_only(e);
             }
@@ -478,12 +508,8 @@ impl Processor {
         .await;
         // after the transaction ended, committed or rolled back
         self.locks.release(external).await;
-        self.after_attempt(tenant, &parties, &result).await;
-        // a lock service's wait is lock wait too
-        result.map(|mut out| {
-            out.lock_wait += acquired_in;
-            out
-        })
+        self.after_attempt(tenant, accounts, &result).await;
+        result
     }
 
     /// One payment in the transaction of `client` (steps 1-7 above).
