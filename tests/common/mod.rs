@@ -219,6 +219,21 @@ impl TestDb {
         out
     }
 
+    /// Money is conserved: the balances of `accounts` (each opened with
+    /// `opening`, none below zero) and of the sample fee account add up to
+    /// what was opened, and the audit passes.
+    pub async fn assert_conserved(&self, accounts: &[String], opening: i64) {
+        let mut total = self.balance("fees").await;
+        for a in accounts {
+            let b = self.balance(a).await;
+            assert!(b >= 0, "{a} overdrawn: {b}");
+            total += b;
+        }
+        assert_eq!(total, opening * accounts.len() as i64, "money is conserved");
+        let violations = self.audit().await;
+        assert!(violations.is_empty(), "{violations:?}");
+    }
+
     pub async fn audit(&self) -> Vec<payrail::audit::Violation> {
         let mut c = self.pool.get().await.unwrap();
         payrail::audit::run(&mut c).await.unwrap()

@@ -262,14 +262,7 @@ async fn concurrent_batches_on_few_accounts_conserve_money() {
         "400 concurrent payments should share transactions, got {}",
         transactions.len()
     );
-    let mut total = db.balance("fees").await;
-    for a in &accounts {
-        let b = db.balance(a).await;
-        assert!(b >= 0, "{a} overdrawn: {b}");
-        total += b;
-    }
-    assert_eq!(total, 50_000 * accounts.len() as i64, "money is conserved");
-    assert!(db.audit().await.is_empty(), "{:?}", db.audit().await);
+    db.assert_conserved(&accounts, 50_000).await;
 
     // The fee account was only credited, by batches that did not lock it:
     // every fee is in its credit shards, none in its row.

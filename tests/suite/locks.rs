@@ -427,14 +427,7 @@ async fn two_hosts_keep_the_ledger(service: Service, seed: u64) {
         .unwrap()
         .get(0);
     assert_eq!(written, payments.len() as i64, "every payment once");
-    let mut total = db.balance("fees").await;
-    for a in &accounts {
-        let b = db.balance(a).await;
-        assert!(b >= 0, "{a} overdrawn: {b}");
-        total += b;
-    }
-    assert_eq!(total, 50_000 * accounts.len() as i64, "money is conserved");
-    assert!(db.audit().await.is_empty(), "{:?}", db.audit().await);
+    db.assert_conserved(&accounts, 50_000).await;
     let ids: Vec<&str> = accounts.iter().map(String::as_str).collect();
     let fences = ledger::stored_fences(&c, DEFAULT_TENANT, &ids)
         .await
