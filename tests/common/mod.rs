@@ -369,7 +369,39 @@ impl OwnRedis {
         }
     }
 
+    /// `redis-server`, installed with apt-get first when it is missing and
+    /// this runs as root (CI: Debian, as root).
+    fn ensure_installed() {
+        static ONCE: OnceLock<()> = OnceLock::new();
+        ONCE.get_or_init(|| {
+            let runs = |c: &mut Command| c.output().is_ok_and(|o| o.status.success());
+            if runs(Command::new("redis-server").arg("--version")) {
+                return;
+            }
+            let root = Command::new("id")
+                .arg("-u")
+                .output()
+                .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+            assert!(
+                root,
+                "the lock tests need redis-server: apt-get install redis-server"
+            );
+            for args in [&["update"][..], &["install", "-y", "redis-server"]] {
+                let ok = runs(
+                    Command::new("apt-get")
+                        .args(args)
+                        .env("DEBIAN_FRONTEND", "noninteractive"),
+                );
+                assert!(
+                    ok,
+                    "apt-get {args:?} failed: the lock tests need redis-server"
+                );
+            }
+        });
+    }
+
     fn spawn(port: u16) -> std::process::Child {
+        Self::ensure_installed();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])

@@ -60,6 +60,18 @@ async fn a_redis_lock_is_exclusive_bounded_all_or_nothing_and_fenced() {
     );
     let z = short_wait.acquire(&sorted_keys("t", ["z"])).await;
     assert!(z.is_ok(), "a refused attempt left z locked: {z:?}");
+    let many: Vec<String> = (0..=payrail::locks::redis::MAX_KEYS)
+        .map(|i| format!("m{i}"))
+        .collect();
+    let too_many = short_wait
+        .acquire(&sorted_keys("t", many.iter().map(String::as_str)))
+        .await;
+    assert!(
+        matches!(too_many, Err(LockError::Unavailable(ref why)) if why.contains("at most")),
+        "{too_many:?}"
+    );
+    let nothing = short_wait.acquire(&[]).await.expect("no account, no wait");
+    assert!(nothing.fences.is_empty());
 
     assert_eq!(a.release(held).await.unwrap(), 2);
     let again = short_wait.acquire(&sorted_keys("t", ["y"])).await.unwrap();

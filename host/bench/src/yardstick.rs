@@ -309,24 +309,22 @@ async fn fresh_database(
 }
 
 /// The configuration of the counted `payrail serve`: the yardstick's
-/// engine and processor settings, and nothing that runs on a timer (no
-/// relay, the reaper and the key cache at their longest), so the count
-/// follows the payments, not the wall clock valgrind stretches.
-const SERVE_CONFIG: &str = "\
-[server]
-api_key_cache_ms = 60000
-[database]
-pool_size = 2
-[plugins]
-max_concurrent_instances = 2
-[tenants]
-plugin_thread_nice = 0
-max_running_pipelines = 1
-[idempotency]
-reaper_interval_secs = 86400
-[outbox]
-relay = false
-";
+/// engine and processor settings (those of [`engine`] and [`pay`]), and
+/// nothing that runs on a timer (no relay, the reaper and the key cache at
+/// their longest), so the count follows the payments, not the wall clock
+/// valgrind stretches.
+fn serve_config() -> String {
+    format!(
+        "[server]\napi_key_cache_ms = {}\n\
+         [database]\npool_size = {POOL_SIZE}\n\
+         [plugins]\nmax_concurrent_instances = {INSTANCE_SLOTS}\n\
+         [tenants]\nplugin_thread_nice = {}\nmax_running_pipelines = 1\n\
+         [idempotency]\nreaper_interval_secs = 86400\n\
+         [outbox]\nrelay = false\n",
+        payrail::apikeys::MAX_KEY_CACHE_MS,
+        SlowCalls::OFF.nice,
+    )
+}
 
 /// `url` with `sslmode=disable` unless it sets a mode: whether the
 /// server offers TLS is the server's configuration, and encrypting every
@@ -442,7 +440,7 @@ impl Run<'_> {
             key?.secret
         };
         let config = self.file(PathKind::Http, "toml");
-        std::fs::write(&config, SERVE_CONFIG).map_err(|e| io_error("write", &config, e))?;
+        std::fs::write(&config, serve_config()).map_err(|e| io_error("write", &config, e))?;
         let mut cmd = self.valgrind(PathKind::Http, &crate::payrail_binary()?);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&config)
@@ -837,6 +835,20 @@ mod tests {
         assert!(matches!(judge(Some(100.0), 110.0), Verdict::Within { .. }));
         assert!(matches!(judge(Some(100.0), 110.5), Verdict::Higher { .. }));
         assert!(matches!(judge(Some(100.0), 89.0), Verdict::Lower { .. }));
+    }
+
+    #[test]
+    fn the_counted_server_gets_the_yardsticks_settings() {
+        let path = std::env::temp_dir().join(format!("yardstick-{}.toml", std::process::id()));
+        std::fs::write(&path, serve_config()).unwrap();
+        let c = Config::load(Some(&path), |_| None).unwrap();
+        let _ = std::fs::remove_file(&path);
+        c.validate().unwrap();
+        assert_eq!(c.engine().max_concurrent_instances, INSTANCE_SLOTS);
+        assert_eq!(c.engine().slow_calls.nice, SlowCalls::OFF.nice);
+        assert_eq!(c.processor().tenant_pipelines, 1);
+        assert_eq!(c.database.pool_size, POOL_SIZE);
+        assert!(!c.outbox.relay);
     }
 
     #[test]

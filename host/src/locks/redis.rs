@@ -161,6 +161,14 @@ impl RedisLocks {
             )));
         }
         let token = format!("{:032x}", rand::random::<u128>());
+        if sorted_keys.is_empty() {
+            // nothing to lock: the script would find no first token and wait
+            return Ok(RedisHeld {
+                token,
+                lock_keys: Vec::new(),
+                fences: Vec::new(),
+            });
+        }
         let lock_keys: Vec<String> = sorted_keys.iter().map(|&k| self.lock_key(k)).collect();
         let mut invocation = self.acquire.prepare_invoke();
         for k in &lock_keys {

@@ -418,35 +418,40 @@ impl Processor {
         // Under a lock service the hold's accounts are locked before the
         // transaction, as a payment's are: read them first (a hold's
         // accounts never change).
-        let parties = match &*self.locks {
-            locks::Service::Advisory => None,
-            _ => hold_parties(self.pool(), tenant, id).await?,
-        };
-        let external = match &parties {
-            Some(p) => self.locks.acquire(tenant, p).await?,
-            None => None,
+        let accounts: Vec<String> = match &*self.locks {
+            locks::Service::Advisory => Vec::new(),
+            _ => hold_parties(self.pool(), tenant, id)
+                .await?
+                .map(Vec::from)
+                .unwrap_or_default(),
         };
         let result = self
-            .transition_locked(tenant, key, (id, t), external.as_ref())
+            .locked_attempt(tenant, &accounts, async |client, locked| {
+                self.transition_in(client, tenant, key, (id, t), locked)
+                    .await
+            })
             .await;
-        self.locks.release(external).await;
-        if let Some(p) = &parties {
-            self.after_attempt(tenant, p, &result).await;
+        if matches!(&result, Err(Error::HoldNotActive { state, .. }) if state == EXPIRED_STATE) {
+            // Past its expiry but still authorized (the timer is late,
+            // dead-lettered or never ran): expire it now, as the timer
+            // would, so the caller's answer and a read agree.
+            expire_inline(self.pool(), tenant, id).await;
         }
         result
     }
 
-    async fn transition_locked(
+    /// One transition in the transaction of `client`, after the lock
+    /// service (if any) took the hold's accounts.
+    async fn transition_in(
         &self,
+        client: &mut deadpool_postgres::Client,
         tenant: &str,
         key: &str,
         (id, t): (Uuid, Transition),
-        external: Option<&locks::External>,
+        locked: processor::Locked<'_>,
     ) -> Result<PayOutcome> {
         let started = std::time::Instant::now();
-        // within the tenant's connections, as payments are (docs/tenancy.md)
-        let mut conn = self.tenant_connection(tenant).await?;
-        let tx = conn.client.transaction().await?;
+        let tx = client.transaction().await?;
         let print = transition_fingerprint(id, t);
         let settings = *self.settings();
         let claim = tx.prepare_cached(CLAIM_SQL).await?;
@@ -474,30 +479,16 @@ impl Processor {
         if claimed == 0 {
             return self.replay(tx, tenant, key, &print).await;
         }
-        // Roll back explicitly on a refusal, so the key's claim and try-lock
-        // are gone before the caller sees the error (a dropped transaction
-        // rolls back only when its connection is next used).
-        match self
-            .resolve_in(&tx, tenant, key, (id, t), (started, external))
-            .await
-        {
-            Ok(out) => {
-                self.commits.commit(tx).await?;
-                tracing::debug!(payment = %id, status = out.response.status.as_str(), "hold resolved");
-                Ok(out)
-            }
-            Err(e) => {
-                let _ = tx.rollback().await;
-                if matches!(&e, Error::HoldNotActive { state, .. } if state == EXPIRED_STATE) {
-                    // Past its expiry but still authorized (the timer is late,
-                    // dead-lettered or never ran): expire it now, as the timer
-                    // would, so the caller's answer and a read agree.
-                    drop(conn);
-                    expire_inline(self.pool(), tenant, id).await;
-                }
-                Err(e)
-            }
-        }
+        // a refusal drops the transaction; `locked_attempt` waits for its
+        // ROLLBACK before the caller sees the error
+        let mut out = self
+            .resolve_in(&tx, tenant, key, (id, t), (started, locked.external))
+            .await?;
+        self.commits.commit(tx).await?;
+        tracing::debug!(payment = %id, status = out.response.status.as_str(), "hold resolved");
+        // a lock service's wait is lock wait too
+        out.lock_wait += locked.acquired_in;
+        Ok(out)
     }
 
     /// The transition inside its transaction, after the key claim;
