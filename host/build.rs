@@ -21,6 +21,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=PAYRAIL_WASM_TARGET_DIR");
+    stamp_version(&root);
 
     ensure_wasm_target();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -65,6 +66,38 @@ fn main() {
             .unwrap_or_else(|e| panic!("copy {file}: {e}"));
     }
     println!("cargo:rustc-env=PAYRAIL_WASM_DIR={}", wasm_dir.display());
+}
+
+/// `payrail --version` names the commit it was built from and the WIT
+/// package its plugins must implement: `PAYRAIL_GIT_COMMIT` (`unknown`
+/// outside a git checkout) and `PAYRAIL_WIT_PACKAGE`.
+fn stamp_version(root: &std::path::Path) {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        // a new commit moves HEAD or the branch it names
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+        println!("cargo:rerun-if-changed={dir}/packed-refs");
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={dir}/{branch}");
+        }
+    }
+    println!("cargo:rustc-env=PAYRAIL_GIT_COMMIT={commit}");
+    let wit = std::fs::read_to_string(root.join("wit/payrail.wit")).expect("read wit/payrail.wit");
+    let package = wit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("package "))
+        .map(|p| p.trim_end_matches(';').trim().to_string())
+        .expect("wit/payrail.wit names its package");
+    println!("cargo:rustc-env=PAYRAIL_WIT_PACKAGE={package}");
 }
 
 /// rust-toolchain.toml lists the target, but rustup only installs it on its

@@ -15,10 +15,21 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// What `payrail --version` prints: the release, the commit it was built
+/// from, and the WIT package a plugin must implement to load.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PAYRAIL_GIT_COMMIT"),
+    "; plugins: ",
+    env!("PAYRAIL_WIT_PACKAGE"),
+    ")"
+);
+
 /// payrail: payments through sandboxed WebAssembly rule plugins, one
 /// Postgres transaction each.
 #[derive(Debug, Parser)]
-#[command(name = "payrail", version, about, long_about = None)]
+#[command(name = "payrail", version = VERSION, about, long_about = None)]
 pub struct Cli {
     #[command(flatten)]
     pub db: DbArgs,
@@ -28,8 +39,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply pending schema migrations (safe to run twice, or from two hosts).
-    Migrate,
+    /// Apply pending schema migrations (safe to run twice, or from two
+    /// hosts), each under a lock timeout, backing off instead of queueing
+    /// payments behind a lock (docs/migrations.md).
+    Migrate(MigrateArgs),
     /// Manage plugins.
     #[command(subcommand)]
     Plugin(PluginCmd),
@@ -157,6 +170,37 @@ pub struct ServeArgs {
     /// is required.
     #[arg(long)]
     pub embedded_db: bool,
+}
+
+/// `payrail migrate` options.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Change nothing: list applied and pending migrations, their
+    /// checksums, and what each pending statement locks (JSON).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub status: bool,
+    /// Change nothing: print the SQL that would run.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Longest one statement waits for a lock before the migration backs
+    /// off and tries again.
+    #[arg(long, default_value_t = db::migrate::MigrateSettings::default().lock_timeout_ms,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub lock_timeout_ms: u64,
+    /// Tries per migration before giving up with `migration_lock_busy`.
+    #[arg(long, default_value_t = db::migrate::MigrateSettings::default().max_attempts,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_attempts: u32,
+}
+
+impl MigrateArgs {
+    fn settings(&self) -> db::migrate::MigrateSettings {
+        db::migrate::MigrateSettings {
+            lock_timeout_ms: self.lock_timeout_ms,
+            max_attempts: self.max_attempts,
+            ..Default::default()
+        }
+    }
 }
 
 /// `payrail apikey` subcommands.
@@ -329,7 +373,7 @@ fn print_json(v: &impl serde::Serialize) {
 
 /// The serve configuration: the file, then the environment, then flags.
 pub fn serve_config(db: &DbArgs, args: &ServeArgs) -> Result<Config> {
-    let mut config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
+    let mut config = Config::load(args.config.as_deref(), crate::config::process_env())?;
     if let Some(url) = &db.database_url {
         config.database.url = Some(url.clone());
     }
@@ -342,6 +386,29 @@ pub fn serve_config(db: &DbArgs, args: &ServeArgs) -> Result<Config> {
     config.validate()?;
     require_database(&config, args.embedded_db, "serve")?;
     Ok(config)
+}
+
+/// `--check-config`: where each setting came from (the default, the file,
+/// a variable, a flag). Values are not repeated here: the redacted
+/// configuration above has them.
+fn print_sources(db: &DbArgs, args: &ServeArgs) -> Result<()> {
+    let layered = Config::layered(args.config.as_deref(), crate::config::process_env())?;
+    println!("where each setting came from:");
+    for (key, mut from) in layered.sources() {
+        // flags win over the file and the variables (clap reads the
+        // flag's variable too)
+        if key == "server.listen" && args.listen.is_some() {
+            from = "--listen (or PAYRAIL_LISTEN)".into();
+        }
+        if key == "database.url" && db.database_url.is_some() {
+            from = "--database-url (or DATABASE_URL)".into();
+        }
+        if key == "database.pool_size" && db.pool_size.is_some() {
+            from = "--pool-size (or PAYRAIL_POOL_SIZE)".into();
+        }
+        println!("  {key} = {from}");
+    }
+    Ok(())
 }
 
 /// `serve` and `relay` run on an explicit database: a missing
@@ -385,7 +452,7 @@ pub fn log_settings(cli: &Cli) -> (LogFormat, String) {
 
 /// `payrail relay`: the outbox relay alone, until SIGTERM/SIGINT.
 async fn run_relay(db_args: &DbArgs, args: &RelayArgs) -> Result<i32> {
-    let mut config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
+    let mut config = Config::load(args.config.as_deref(), crate::config::process_env())?;
     if let Some(url) = &db_args.database_url {
         config.database.url = Some(url.clone());
     }
@@ -463,6 +530,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             config.redacted()
         );
         if args.check_config {
+            print_sources(&cli.db, args)?;
             println!("configuration is valid");
             return Ok(0);
         }
@@ -479,8 +547,23 @@ pub async fn run(cli: Cli) -> Result<i32> {
     }
     let ctx = Context::open(&cli.db).await?;
     match cli.command {
-        Command::Migrate => {
-            let applied = ctx.migrate().await?;
+        Command::Migrate(args) if args.status => {
+            let client = ctx.pool.get().await?;
+            print_json(&db::migrate::status(&client).await?);
+        }
+        Command::Migrate(args) if args.dry_run => {
+            let client = ctx.pool.get().await?;
+            print!("{}", db::migrate::dry_run(&client, &args.settings()).await?);
+        }
+        Command::Migrate(args) => {
+            let mut client = ctx.pool.get().await?;
+            let applied = db::migrate::migrate_with(
+                &mut client,
+                db::migrate::MIGRATIONS,
+                db::migrate::latest_version(),
+                &args.settings(),
+            )
+            .await?;
             if applied.is_empty() {
                 println!(
                     "schema is current (version {})",

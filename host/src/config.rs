@@ -236,10 +236,14 @@ pub struct SinkConfig {
     pub kind: SinkKind,
     /// Topic patterns: `payment.approved`, `payment.*` (a prefix) or `*`.
     pub topics: Vec<String>,
-    /// webhook: the `http://` URL; nats: the server URL (default
-    /// `$NATS_URL`, else `nats://127.0.0.1:4222`).
+    /// webhook: the `https://` (or `http://`) URL; nats: the server URL
+    /// (default `$NATS_URL`, else `nats://127.0.0.1:4222`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// webhook over `https://`: a PEM file of the CAs to trust instead of
+    /// the system's (a private endpoint's own CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// webhook: the HMAC-SHA256 signing secret (printed redacted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
@@ -315,6 +319,27 @@ pub struct ServerConfig {
     /// new connection closes the least recently active connection that has
     /// no request running; if every one has, it is refused.
     pub max_connections: usize,
+    /// Terminate TLS here (`[server.tls]`); unset: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `[server.tls]`: the certificate `payrail serve` presents, reloaded on
+/// SIGHUP or when either file changes (docs/operations.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM: the server certificate, then any intermediates.
+    pub cert_file: std::path::PathBuf,
+    /// PEM: its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
+}
+
+impl ServerTlsConfig {
+    /// Reads and checks the pair (the key must match the certificate).
+    pub fn load(&self) -> Result<crate::tls::ServerTls> {
+        crate::tls::ServerTls::load(&self.cert_file, &self.key_file)
+    }
 }
 
 impl Default for ServerConfig {
@@ -328,6 +353,7 @@ impl Default for ServerConfig {
             api_key_cache_ms: 1000,
             header_read_timeout_ms: 10_000,
             max_connections: 4096,
+            tls: None,
         }
     }
 }
@@ -533,41 +559,310 @@ fn range<T: PartialOrd + std::fmt::Display>(name: &str, v: T, lo: T, hi: T) -> R
     Ok(())
 }
 
-fn parse_env<T: std::str::FromStr>(name: &str, value: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    value
-        .trim()
-        .parse()
-        .map_err(|e| invalid(format!("environment variable {name}={value:?}: {e}")))
+/// The text of a configuration file, at most [`MAX_CONFIG_FILE_BYTES`].
+fn read_config_file(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| invalid(format!("cannot read config file {}: {e}", path.display())))?;
+    if meta.len() > MAX_CONFIG_FILE_BYTES {
+        return Err(invalid(format!(
+            "config file {} is larger than {MAX_CONFIG_FILE_BYTES} bytes",
+            path.display()
+        )));
+    }
+    std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("cannot read config file {}: {e}", path.display())))
+}
+
+/// The top-level sections, the first word of a `PAYRAIL_<SECTION>__<KEY>`
+/// variable (`[[sinks]]` is the list `PAYRAIL_SINKS`).
+const ENV_SECTIONS: &[&str] = &[
+    "server",
+    "database",
+    "processor",
+    "plugins",
+    "idempotency",
+    "log",
+    "outbox",
+    "tenants",
+    "locks",
+];
+/// The prefix of every mechanical variable name.
+pub const ENV_PREFIX: &str = "PAYRAIL_";
+/// The variable holding the whole `[[sinks]]` list.
+pub const ENV_SINKS: &str = "PAYRAIL_SINKS";
+/// Short names kept from before the mechanical ones (and the two every
+/// tool knows: `DATABASE_URL`, `REDIS_URL`). The mechanical name of the
+/// same key is applied after, so it wins.
+pub const ENV_ALIASES: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database.url"),
+    ("PAYRAIL_POOL_SIZE", "database.pool_size"),
+    (
+        "PAYRAIL_STATEMENT_TIMEOUT_MS",
+        "database.statement_timeout_ms",
+    ),
+    (
+        "PAYRAIL_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        "database.idle_in_transaction_timeout_ms",
+    ),
+    ("PAYRAIL_LISTEN", "server.listen"),
+    ("PAYRAIL_REQUEST_TIMEOUT_MS", "server.request_timeout_ms"),
+    ("PAYRAIL_API_KEY_CACHE_MS", "server.api_key_cache_ms"),
+    ("PAYRAIL_MAX_CONNECTIONS", "server.max_connections"),
+    ("PAYRAIL_SHUTDOWN_GRACE_MS", "server.shutdown_grace_ms"),
+    (
+        "PAYRAIL_TENANT_MAX_IN_FLIGHT",
+        "tenants.max_in_flight_requests",
+    ),
+    ("PAYRAIL_TENANT_MAX_CONNECTIONS", "tenants.max_connections"),
+    (
+        "PAYRAIL_TENANT_MAX_RUNNING_PIPELINES",
+        "tenants.max_running_pipelines",
+    ),
+    ("PAYRAIL_PLUGIN_THREAD_NICE", "tenants.plugin_thread_nice"),
+    (
+        "PAYRAIL_KEY_REQUESTS_PER_SEC",
+        "tenants.key_requests_per_sec",
+    ),
+    ("PAYRAIL_LOCK_TIMEOUT_MS", "processor.lock_timeout_ms"),
+    ("PAYRAIL_BATCH_MAX_PAYMENTS", "processor.batch_max_payments"),
+    ("PAYRAIL_BATCH_WORKERS", "processor.batch_workers"),
+    ("PAYRAIL_BATCH_WINDOW_US", "processor.batch_window_us"),
+    ("PAYRAIL_COMMIT_WAIT_MS", "processor.commit_wait_ms"),
+    ("PAYRAIL_KEY_TTL_SECS", "idempotency.key_ttl_secs"),
+    (
+        "PAYRAIL_REAPER_INTERVAL_SECS",
+        "idempotency.reaper_interval_secs",
+    ),
+    ("PAYRAIL_MAX_PLUGIN_BYTES", "plugins.max_plugin_bytes"),
+    ("PAYRAIL_PLUGIN_FUEL", "plugins.limits.fuel"),
+    (
+        "PAYRAIL_PLUGIN_MEMORY_BYTES",
+        "plugins.limits.max_memory_bytes",
+    ),
+    ("PAYRAIL_PLUGIN_TIMEOUT_MS", "plugins.limits.timeout_ms"),
+    ("PAYRAIL_LOCKS_BACKEND", "locks.backend"),
+    ("REDIS_URL", "locks.redis_url"),
+    ("PAYRAIL_LOCKS_DIR", "locks.dir"),
+    ("PAYRAIL_LOCKS_TTL_MS", "locks.ttl_ms"),
+    ("PAYRAIL_LOG_FORMAT", "log.format"),
+];
+/// Variables read at most: a bound on what the environment can make us
+/// parse.
+const MAX_ENV_VARS: usize = 4096;
+
+/// The key path (`server.listen`) variable `name` sets; `None` when it is
+/// not a configuration variable. `PAYRAIL_X__Y` with an unknown section
+/// is an error, not ignored: a typo must not leave a default in place.
+pub fn env_key(name: &str) -> Result<Option<String>> {
+    if let Some((_, key)) = ENV_ALIASES.iter().find(|(n, _)| *n == name) {
+        return Ok(Some((*key).to_string()));
+    }
+    if name == ENV_SINKS {
+        return Ok(Some("sinks".into()));
+    }
+    let Some((section, tail)) = name
+        .strip_prefix(ENV_PREFIX)
+        .and_then(|rest| rest.split_once("__"))
+    else {
+        return Ok(None);
+    };
+    let section = section.to_ascii_lowercase();
+    if !ENV_SECTIONS.contains(&section.as_str()) || tail.is_empty() {
+        return Err(invalid(format!(
+            "environment variable {name}: `{section}` is not a section (use one of {}, or {ENV_SINKS})",
+            ENV_SECTIONS.join(", ")
+        )));
+    }
+    let tail = tail.to_ascii_lowercase().replace("__", ".");
+    Ok(Some(format!("{section}.{tail}")))
+}
+
+/// The variable named in a mechanical way for key path `key`.
+pub fn env_name(key: &str) -> String {
+    match key {
+        "sinks" => ENV_SINKS.to_string(),
+        _ => format!(
+            "{ENV_PREFIX}{}",
+            key.to_ascii_uppercase().replace('.', "__")
+        ),
+    }
+}
+
+/// One variable as a configuration layer; its metadata names it, so an
+/// error and `--check-config` say where a value came from.
+struct EnvVar {
+    name: String,
+    key: String,
+    value: figment::value::Value,
+}
+
+impl figment::Provider for EnvVar {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(format!("environment variable {}", self.name))
+    }
+
+    fn data(
+        &self,
+    ) -> std::result::Result<
+        figment::value::Map<figment::Profile, figment::value::Dict>,
+        figment::Error,
+    > {
+        let dict = figment::util::nest(&self.key, self.value.clone())
+            .into_dict()
+            .ok_or_else(|| figment::Error::from(format!("{}: empty key", self.name)))?;
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+/// The configuration file as a layer, named by its path.
+struct FileLayer {
+    path: String,
+    text: String,
+}
+
+impl figment::Provider for FileLayer {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(format!("file {}", self.path))
+    }
+
+    fn data(
+        &self,
+    ) -> std::result::Result<
+        figment::value::Map<figment::Profile, figment::value::Dict>,
+        figment::Error,
+    > {
+        use figment::providers::Format;
+        figment::providers::Toml::string(&self.text).data()
+    }
+}
+
+/// A variable's text as a configuration value: figment's syntax (numbers,
+/// booleans, `[..]` lists, `{k = v}` tables), except where the key is a
+/// string by default, which keeps the text as it is (`PAYRAIL_LOCKS__REDIS_PREFIX=123`).
+fn env_value(key: &str, raw: &str, defaults: &serde_json::Value) -> figment::value::Value {
+    let default = key.split('.').try_fold(defaults, |v, k| v.get(k));
+    if matches!(default, Some(serde_json::Value::String(_))) {
+        return figment::value::Value::from(raw.to_string());
+    }
+    raw.parse()
+        .unwrap_or_else(|never: std::convert::Infallible| match never {})
+}
+
+/// A configuration and the layers it came from (`--check-config`).
+pub struct Layered {
+    /// The merged configuration, not yet validated.
+    pub config: Config,
+    figment: figment::Figment,
+}
+
+impl Layered {
+    /// Every setting's key path and where its value came from: `default`,
+    /// `file PATH` or `environment variable NAME`.
+    pub fn sources(&self) -> Vec<(String, String)> {
+        let json = serde_json::to_value(&self.config).expect("config serializes");
+        let mut keys = Vec::new();
+        leaf_keys(&json, String::new(), &mut keys);
+        keys.into_iter()
+            .map(|k| {
+                let from = self
+                    .figment
+                    .find_metadata(&k)
+                    .map(|m| m.name.to_string())
+                    .unwrap_or_else(|| "default".into());
+                (k, from)
+            })
+            .collect()
+    }
+}
+
+/// Key paths of every leaf of `v` (a list is one leaf: it comes whole
+/// from one layer).
+fn leaf_keys(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                leaf_keys(child, path, out);
+            }
+        }
+        _ => out.push(at),
+    }
+}
+
+/// The process's variables, as [`Config::load`] takes them (those that are
+/// not Unicode cannot be configuration and are left out).
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
 }
 
 impl Config {
-    /// Reads `path` (if any), then applies the overrides `env` returns (the
-    /// process environment in production, a map in tests), then validates.
-    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
-        let mut config = match path {
-            Some(p) => Config::from_file(p)?,
-            None => Config::default(),
-        };
-        config.apply_env(env)?;
+    /// Reads `path` (if any), then applies the variables of `vars` (the
+    /// process environment in production, a list in tests), then
+    /// validates.
+    pub fn load(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        let config = Config::layered(path, vars)?.config;
         config.validate()?;
         Ok(config)
     }
 
+    /// The defaults, then the file, then the variables, merged by figment
+    /// (not validated). Aliases are applied before the mechanical names.
+    pub fn layered(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Layered> {
+        let mut figment = figment::Figment::new();
+        if let Some(p) = path {
+            let text = read_config_file(p)?;
+            figment = figment.merge(FileLayer {
+                path: p.display().to_string(),
+                text,
+            });
+        }
+        figment = Config::merge_env(figment, vars)?;
+        let config = figment
+            .extract::<Config>()
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(Layered { config, figment })
+    }
+
+    fn merge_env(
+        mut figment: figment::Figment,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<figment::Figment> {
+        let defaults = serde_json::to_value(Config::default()).expect("config serializes");
+        let mut layers = Vec::new();
+        for (name, raw) in vars.into_iter().take(MAX_ENV_VARS) {
+            let raw = raw.trim();
+            if raw.is_empty() {
+                continue;
+            }
+            if let Some(key) = env_key(&name)? {
+                let alias = ENV_ALIASES.iter().any(|(n, _)| *n == name);
+                let value = env_value(&key, raw, &defaults);
+                layers.push((!alias, EnvVar { name, key, value }));
+            }
+        }
+        // aliases first, then the mechanical names; each in name order
+        layers.sort_by(|a, b| (a.0, &a.1.name).cmp(&(b.0, &b.1.name)));
+        for (_, layer) in layers {
+            figment = figment.merge(layer);
+        }
+        Ok(figment)
+    }
+
     /// Parses a TOML file.
     pub fn from_file(path: &Path) -> Result<Config> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| invalid(format!("cannot read config file {}: {e}", path.display())))?;
-        if meta.len() > MAX_CONFIG_FILE_BYTES {
-            return Err(invalid(format!(
-                "config file {} is larger than {MAX_CONFIG_FILE_BYTES} bytes",
-                path.display()
-            )));
-        }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| invalid(format!("cannot read config file {}: {e}", path.display())))?;
+        let text = read_config_file(path)?;
         Config::from_toml(&text)
             .map_err(|e| invalid(format!("config file {}: {e}", path.display())))
     }
@@ -577,118 +872,14 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Applies environment overrides.
-    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<()> {
-        let get = |name: &str| env(name).filter(|v| !v.is_empty());
-        if let Some(v) = get("DATABASE_URL") {
-            self.database.url = Some(v);
-        }
-        if let Some(v) = get("PAYRAIL_POOL_SIZE") {
-            self.database.pool_size = parse_env("PAYRAIL_POOL_SIZE", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_STATEMENT_TIMEOUT_MS") {
-            self.database.statement_timeout_ms = parse_env("PAYRAIL_STATEMENT_TIMEOUT_MS", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_IDLE_IN_TRANSACTION_TIMEOUT_MS") {
-            self.database.idle_in_transaction_timeout_ms =
-                Some(parse_env("PAYRAIL_IDLE_IN_TRANSACTION_TIMEOUT_MS", &v)?);
-        }
-        if let Some(v) = get("PAYRAIL_LISTEN") {
-            self.server.listen = v;
-        }
-        if let Some(v) = get("PAYRAIL_REQUEST_TIMEOUT_MS") {
-            self.server.request_timeout_ms = parse_env("PAYRAIL_REQUEST_TIMEOUT_MS", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_API_KEY_CACHE_MS") {
-            self.server.api_key_cache_ms = parse_env("PAYRAIL_API_KEY_CACHE_MS", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_MAX_CONNECTIONS") {
-            self.server.max_connections = parse_env("PAYRAIL_MAX_CONNECTIONS", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_TENANT_MAX_IN_FLIGHT") {
-            self.tenants.max_in_flight_requests = parse_env("PAYRAIL_TENANT_MAX_IN_FLIGHT", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_TENANT_MAX_CONNECTIONS") {
-            self.tenants.max_connections = parse_env("PAYRAIL_TENANT_MAX_CONNECTIONS", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_TENANT_MAX_RUNNING_PIPELINES") {
-            self.tenants.max_running_pipelines =
-                parse_env("PAYRAIL_TENANT_MAX_RUNNING_PIPELINES", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_PLUGIN_THREAD_NICE") {
-            self.tenants.plugin_thread_nice = parse_env("PAYRAIL_PLUGIN_THREAD_NICE", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_KEY_REQUESTS_PER_SEC") {
-            self.tenants.key_requests_per_sec = parse_env("PAYRAIL_KEY_REQUESTS_PER_SEC", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_SHUTDOWN_GRACE_MS") {
-            self.server.shutdown_grace_ms = parse_env("PAYRAIL_SHUTDOWN_GRACE_MS", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_LOCK_TIMEOUT_MS") {
-            self.processor.lock_timeout_ms = parse_env("PAYRAIL_LOCK_TIMEOUT_MS", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_BATCH_MAX_PAYMENTS") {
-            self.processor.batch_max_payments = parse_env("PAYRAIL_BATCH_MAX_PAYMENTS", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_BATCH_WORKERS") {
-            self.processor.batch_workers = parse_env("PAYRAIL_BATCH_WORKERS", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_BATCH_WINDOW_US") {
-            self.processor.batch_window_us = parse_env("PAYRAIL_BATCH_WINDOW_US", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_COMMIT_WAIT_MS") {
-            self.processor.commit_wait_ms = parse_env("PAYRAIL_COMMIT_WAIT_MS", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_KEY_TTL_SECS") {
-            self.idempotency.key_ttl_secs = parse_env("PAYRAIL_KEY_TTL_SECS", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_REAPER_INTERVAL_SECS") {
-            self.idempotency.reaper_interval_secs = parse_env("PAYRAIL_REAPER_INTERVAL_SECS", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_MAX_PLUGIN_BYTES") {
-            self.plugins.max_plugin_bytes = parse_env("PAYRAIL_MAX_PLUGIN_BYTES", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_PLUGIN_FUEL") {
-            self.plugins.limits.fuel = parse_env("PAYRAIL_PLUGIN_FUEL", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_PLUGIN_MEMORY_BYTES") {
-            self.plugins.limits.max_memory_bytes = parse_env("PAYRAIL_PLUGIN_MEMORY_BYTES", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_PLUGIN_TIMEOUT_MS") {
-            self.plugins.limits.timeout_ms = parse_env("PAYRAIL_PLUGIN_TIMEOUT_MS", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_LOCKS_BACKEND") {
-            self.locks.backend = match v.as_str() {
-                "advisory" => LockBackend::Advisory,
-                "redis" => LockBackend::Redis,
-                "file" => LockBackend::File,
-                other => {
-                    return Err(invalid(format!(
-                        "PAYRAIL_LOCKS_BACKEND={other:?}: use `advisory`, `redis` or `file`"
-                    )));
-                }
-            };
-        }
-        if let Some(v) = get("REDIS_URL") {
-            self.locks.redis_url = v;
-        }
-        if let Some(v) = get("PAYRAIL_LOCKS_DIR") {
-            self.locks.dir = Some(v.into());
-        }
-        if let Some(v) = get("PAYRAIL_LOCKS_TTL_MS") {
-            self.locks.ttl_ms = parse_env("PAYRAIL_LOCKS_TTL_MS", &v)?;
-        }
-        if let Some(v) = get("PAYRAIL_LOG_FORMAT") {
-            self.log.format = match v.as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                other => {
-                    return Err(invalid(format!(
-                        "PAYRAIL_LOG_FORMAT={other:?}: use `text` or `json`"
-                    )));
-                }
-            };
-        }
+    /// Applies variables on top of this configuration (as [`Config::load`]
+    /// does on top of the file).
+    pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<()> {
+        use figment::providers::Serialized;
+        let figment = figment::Figment::from(Serialized::defaults(&*self));
+        *self = Config::merge_env(figment, vars)?
+            .extract::<Config>()
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(())
     }
 
@@ -696,6 +887,9 @@ impl Config {
     /// setting and the range.
     pub fn validate(&self) -> Result<()> {
         self.listen_addr()?;
+        if let Some(tls) = &self.server.tls {
+            tls.load().map_err(|e| invalid(e.to_string()))?;
+        }
         let s = &self.server;
         range(
             "server.request_timeout_ms",
@@ -956,10 +1150,19 @@ impl Config {
             match s.kind {
                 SinkKind::Webhook => {
                     let url = s.url.as_deref().unwrap_or("");
-                    if !url.starts_with("http://") {
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
                         return Err(invalid(format!(
-                            "sinks.{name}.url: a webhook needs an http:// URL (put TLS in a local proxy)"
+                            "sinks.{name}.url: a webhook needs an https:// or http:// URL"
                         )));
+                    }
+                    if let Some(ca) = &s.ca_file {
+                        if !url.starts_with("https://") {
+                            return Err(invalid(format!(
+                                "sinks.{name}.ca_file is only for an https:// URL"
+                            )));
+                        }
+                        crate::tls::load_roots(&ca.to_string_lossy(), "ca_file")
+                            .map_err(|e| invalid(format!("sinks.{name}: {e}")))?;
                     }
                     let secret = s.resolved_secret(|k| std::env::var(k).ok());
                     if !secret
@@ -1136,7 +1339,7 @@ impl Config {
     /// what the one-shot CLI commands use, so `PAYRAIL_MAX_PLUGIN_BYTES` and
     /// the plugin limit variables apply to them as to `serve`.
     pub fn engine_from_env() -> Result<EngineConfig> {
-        let mut engine = Config::load(None, |k| std::env::var(k).ok())?.engine();
+        let mut engine = Config::load(None, process_env())?.engine();
         // a tool's one thread must not end up at a lower priority
         engine.slow_calls = crate::engine::SlowCalls::OFF;
         Ok(engine)
@@ -1202,14 +1405,12 @@ impl Default for crate::db::SessionSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| map.get(k).cloned()
+            .collect()
     }
 
     #[test]
@@ -1257,13 +1458,13 @@ path = "/tmp/x.jsonl"
         let printed = Config::from_toml(&shown).unwrap();
         assert_eq!(printed.sinks.len(), 3);
         for (bad, needle) in [
-            ("url = \"http://127.0.0.1:9/x\"", "http:// URL"),
+            ("url = \"http://127.0.0.1:9/x\"", "https:// or http:// URL"),
             ("secret = \"0123456789abcdef-secret\"", "needs `secret`"),
             ("topics = [\"payment.*\"]", "topics"),
             ("name = \"bus\"", "unique"),
         ] {
             let replacement = match needle {
-                "http:// URL" => "url = \"https://x\"",
+                "https:// or http:// URL" => "url = \"ftp://x\"",
                 "needs `secret`" => "secret = \"short\"",
                 "topics" => "topics = [\"pay*ment\"]",
                 _ => "name = \"hook\"",

@@ -44,7 +44,7 @@ impl Context {
     /// Resolves the database, builds the pool and the engine (settings
     /// from the environment, as for `serve`).
     pub async fn open(db_args: &DbArgs) -> Result<Context> {
-        let env_config = Config::load(None, |k| std::env::var(k).ok())?;
+        let env_config = Config::load(None, crate::config::process_env())?;
         let url = db::resolve_url(db_args.database_url.clone()).await?;
         let pool = db::pool_with(
             &url,

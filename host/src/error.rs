@@ -83,6 +83,11 @@ pub enum Error {
     Setup(String),
     #[error("migration error: {0}")]
     Migration(String),
+    /// A migration did not get its locks within its `lock_timeout` in any
+    /// of its tries; nothing of it was applied (or, for a no-transaction
+    /// migration, the statements before it, which are safe to run again).
+    #[error("migration lock busy: {0}")]
+    MigrationLockBusy(String),
     /// A command that runs another payrail binary (`payrail bench` runs
     /// `payrail-bench`) did not find it next to this one.
     #[error(
@@ -161,6 +166,7 @@ impl Error {
             Error::Setup(_) => "database_setup",
             Error::UnknownStored { .. } => "unknown_stored_value",
             Error::Migration(_) => "migration_error",
+            Error::MigrationLockBusy(_) => "migration_lock_busy",
             Error::MissingBinary { .. } => "missing_binary",
         }
     }

@@ -32,5 +32,6 @@ pub mod registry;
 pub mod replay;
 pub mod samples;
 pub mod shadow;
+pub mod tls;
 
 pub use error::{Error, Result};

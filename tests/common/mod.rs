@@ -3,6 +3,7 @@
 //! shared plugin engine, and helpers to count what was written.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod receiver;
 
 use payrail::db::{self, Pool};
@@ -461,4 +462,85 @@ pub fn redis_url() -> String {
 /// A key prefix no other test uses.
 pub fn unique_prefix(name: &str) -> String {
     format!("payrail-test:{name}:{:08x}:", rand::random::<u32>())
+}
+
+/// A `payrail serve` process of the test's own, killed when dropped.
+pub struct ServeChild {
+    pub child: std::process::Child,
+    /// `http://addr` or `https://addr`, as the process printed it.
+    pub base: String,
+    /// Everything it printed to stdout before the address.
+    pub printed: String,
+    /// Its stderr (logs), as far as it has written.
+    pub logs: Arc<std::sync::Mutex<String>>,
+}
+
+impl ServeChild {
+    /// Spawns `cmd` (a `payrail serve ... --listen 127.0.0.1:0`) and waits
+    /// for the address it prints; panics with its output if it exits first.
+    pub fn spawn(mut cmd: Command) -> ServeChild {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn payrail serve");
+        let logs = Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let sink = logs.clone();
+        let drain = std::thread::spawn(move || {
+            for line in stderr.lines().map_while(|l| l.ok()) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut printed = String::new();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let base = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = drain.join();
+                panic!(
+                    "serve exited before listening:\n{printed}{}",
+                    logs.lock().unwrap()
+                );
+            };
+            if let Some(addr) = line.strip_prefix("payrail listening on ") {
+                break addr.to_string();
+            }
+            printed.push_str(&line);
+            printed.push('\n');
+        };
+        // keep draining stdout so the process never blocks on a full pipe
+        std::thread::spawn(move || for _ in lines {});
+        ServeChild {
+            child,
+            base,
+            printed,
+            logs,
+        }
+    }
+
+    /// Sends `signal` (e.g. `-HUP`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

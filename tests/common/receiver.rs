@@ -22,6 +22,8 @@ pub struct Seen {
     pub bad_signatures: AtomicU64,
     /// Requests answered 500 on purpose.
     pub injected_failures: AtomicU64,
+    /// TLS handshakes that failed (the client refused the certificate).
+    pub failed_handshakes: AtomicU64,
     /// Answer 500 to this many of every 1000 requests (deterministic per
     /// request count).
     pub fail_per_mille: AtomicU64,
@@ -91,6 +93,45 @@ impl Receiver {
         tokio::spawn(async move { axum::serve(listener, app).await });
         Receiver {
             url: format!("http://{addr}/hook"),
+            seen,
+        }
+    }
+
+    /// Starts a receiver on a free port that speaks only HTTPS, presenting
+    /// the certificate chain and key of these PEM files.
+    pub async fn start_tls(cert_file: &std::path::Path, key_file: &std::path::Path) -> Receiver {
+        let tls = payrail::tls::ServerTls::load(cert_file, key_file).unwrap();
+        let seen = Arc::new(Seen::default());
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(hook))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handshakes = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (tls.acceptor().clone(), app.clone());
+                let seen = handshakes.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        seen.failed_handshakes.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |req| {
+                        use tower::ServiceExt;
+                        app.clone().oneshot(req.map(axum::body::Body::new))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            url: format!("https://{addr}/hook"),
             seen,
         }
     }

@@ -29,6 +29,80 @@ impl Cli {
     }
 }
 
+/// `--version` names what an operator needs to match a binary to its
+/// source and to the plugins it accepts.
+#[test]
+fn version_names_the_release_the_commit_and_the_wit_package() {
+    let out = Command::new(env!("CARGO_BIN_EXE_payrail"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let wit = std::fs::read_to_string(root.join("wit/payrail.wit")).unwrap();
+    let package = wit
+        .lines()
+        .find_map(|l| l.strip_prefix("package "))
+        .unwrap()
+        .trim_end_matches(';');
+    assert!(
+        text.starts_with(&format!("payrail {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains(&format!("plugins: {package})")), "{text}");
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    if let Some(head) = head {
+        let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+        assert!(
+            text.contains(&format!("commit {head};")),
+            "{text} (HEAD {head})"
+        );
+    }
+}
+
+/// The example configuration parses as `serve` would read it, and the
+/// systemd unit keeps its hardening.
+#[test]
+fn the_packaged_configuration_parses_and_the_unit_is_hardened() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let mut c = payrail::config::Config::from_file(&root.join("packaging/payrail.toml"))
+        .expect("packaging/payrail.toml parses");
+    assert!(c.server.tls.is_some(), "the example terminates TLS");
+    // the rest is valid without the files and secrets of a real server
+    c.server.tls = None;
+    c.sinks.clear();
+    c.validate().unwrap();
+    let unit = std::fs::read_to_string(root.join("packaging/payrail.service")).unwrap();
+    for directive in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "User=payrail",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ReadWritePaths=",
+    ] {
+        assert!(
+            unit.contains(directive),
+            "payrail.service lacks {directive}"
+        );
+    }
+    assert!(
+        !unit
+            .lines()
+            .any(|l| l.trim_start().starts_with("MemoryDenyWriteExecute=yes")),
+        "wasmtime compiles plugins to machine code: W^X memory would stop it"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_through_the_cli_and_the_audit() {
     let db = common::TestDb::new().await;
@@ -287,8 +361,9 @@ fn every_referenced_file_exists() {
 const TOP_LEVEL_FILES: [&str; 2] = [concat!("README", ".md"), concat!("UPGRADING", ".md")];
 
 /// What a referenced path starts with: a top-level directory or file.
-const REFERENCE_STARTS: [&str; 10] = [
+const REFERENCE_STARTS: [&str; 11] = [
     "docs/",
+    "packaging/",
     "host/",
     "tests/",
     "plugins/",

@@ -514,6 +514,7 @@ async fn expiry_fires_through_the_relay_and_a_later_capture_is_refused() {
         secret: None,
         secret_env: None,
         subject_prefix: None,
+        ca_file: None,
         path: Some(path.clone()),
         timeout_ms: 2000,
     };

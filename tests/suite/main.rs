@@ -34,3 +34,4 @@ mod plugin_tools;
 mod postgres_tls;
 mod python_plugin;
 mod replication;
+mod tls;

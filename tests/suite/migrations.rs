@@ -89,3 +89,150 @@ async fn schema_12_refuses_a_second_payment_for_a_key_of_an_older_ledger() {
         .get(0);
     assert_eq!(n, 3);
 }
+
+/// Payments from one client, one after another, until `stop`; returns the
+/// longest a payment took (its stall) and how many were made.
+async fn pay_until(
+    p: payrail::processor::Processor,
+    tag: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (std::time::Duration, u32) {
+    let (mut worst, mut n) = (std::time::Duration::ZERO, 0u32);
+    while !*stop.borrow() {
+        let start = std::time::Instant::now();
+        let out = p
+            .pay(
+                payrail::model::DEFAULT_TENANT,
+                &format!("{tag}-{n}"),
+                &common::transfer("alice", "bob", 1),
+            )
+            .await
+            .expect("a payment during the migration");
+        assert_eq!(out.response.status, payrail::model::PaymentStatus::Approved);
+        worst = worst.max(start.elapsed());
+        n += 1;
+    }
+    (worst, n)
+}
+
+/// A ledger at `version` with the samples and two accounts.
+async fn ledger_at(version: i32) -> common::TestDb {
+    let db = common::TestDb::unmigrated().await;
+    let mut c = db.pool.get().await.unwrap();
+    db::migrate::migrate_to(&mut c, version).await.unwrap();
+    db.samples().await;
+    db.account("alice", 1_000_000_000).await;
+    db.account("bob", 1_000_000_000).await;
+    db
+}
+
+/// The attack a live migration meets: a long transaction (a report, a
+/// backup's `pg_dump`) reads the accounts, and `alter table accounts` queues
+/// behind it for an exclusive lock; every payment queues behind the alter.
+/// Under a lock timeout the alter gives up, payments pass, and it is tried
+/// again until the reader has gone. Measured both ways in one run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_migration_behind_a_long_transaction_backs_off_instead_of_stalling_payments() {
+    const READER_HOLDS_MS: u64 = 3_000;
+    let mut stalls = Vec::new();
+    for lock_timeout_ms in [200, 600_000] {
+        let db = ledger_at(15).await;
+        let mut reader = db.pool.get().await.unwrap();
+        let tx = reader.transaction().await.unwrap();
+        tx.query("select 1 from payrail.accounts limit 1", &[])
+            .await
+            .unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let payments = tokio::spawn(pay_until(db.processor(), "load", stop_rx));
+        let migrate = {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                let mut c = pool.get().await.unwrap();
+                let settings = db::migrate::MigrateSettings {
+                    lock_timeout_ms,
+                    max_attempts: 1_000,
+                    retry_pause_ms: 100,
+                };
+                db::migrate::migrate_with(&mut c, db::migrate::MIGRATIONS, 16, &settings).await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(READER_HOLDS_MS)).await;
+        tx.commit().await.unwrap();
+        assert_eq!(migrate.await.unwrap().unwrap(), vec![16]);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let _ = stop_tx.send(true);
+        let (worst, n) = payments.await.unwrap();
+        println!(
+            "lock_timeout_ms = {lock_timeout_ms}: {n} payments, longest {} ms while a reader held the table {READER_HOLDS_MS} ms",
+            worst.as_millis()
+        );
+        stalls.push(worst);
+        db.assert_conserved(&["alice".into(), "bob".into()], 1_000_000_000)
+            .await;
+    }
+    assert!(
+        stalls[0] < std::time::Duration::from_millis(READER_HOLDS_MS / 2),
+        "under a 200 ms lock timeout a payment waited {stalls:?}"
+    );
+    assert!(
+        stalls[1] > std::time::Duration::from_millis(READER_HOLDS_MS * 2 / 3),
+        "without one payments should have queued behind the alter: {stalls:?} (the attack did not happen)"
+    );
+}
+
+/// Each migration still pending on a ledger of schema 14 (the oldest the
+/// samples deploy on), applied while
+/// payments run: the longest payment stall each one caused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_pending_migration_applied_under_payment_load_reports_its_stall() {
+    let from = 14;
+    let db = ledger_at(from).await;
+    for version in from + 1..=db::migrate::latest_version() {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let db_processor = db.processor();
+        let tag = format!("v{version}");
+        let payments = tokio::spawn(async move { pay_until(db_processor, &tag, stop_rx).await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mut c = db.pool.get().await.unwrap();
+        let start = std::time::Instant::now();
+        let applied = db::migrate::migrate_to(&mut c, version).await.unwrap();
+        let took = start.elapsed();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let _ = stop_tx.send(true);
+        let (worst, n) = payments.await.unwrap();
+        assert_eq!(applied, vec![version]);
+        println!(
+            "migration {version}: applied in {} ms; {n} payments meanwhile, the longest {} ms",
+            took.as_millis(),
+            worst.as_millis()
+        );
+        assert!(
+            worst
+                < std::time::Duration::from_millis(
+                    db::migrate::MigrateSettings::default().lock_timeout_ms + 2_000
+                ),
+            "migration {version} stalled a payment {} ms",
+            worst.as_millis()
+        );
+    }
+    db.assert_conserved(&["alice".into(), "bob".into()], 1_000_000_000)
+        .await;
+}
+
+/// Migrations run before the hosts roll: a host of the release before
+/// stays ready on the newer schema, and its `migrate` is a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_older_than_the_schema_stays_ready() {
+    let db = common::TestDb::new().await;
+    let mut c = db.pool.get().await.unwrap();
+    c.execute(
+        "insert into payrail.schema_migrations (version, name, checksum) values ($1, 'from_a_newer_release', 'x')",
+        &[&(db::migrate::latest_version() + 1)],
+    )
+    .await
+    .unwrap();
+    assert!(db::migrate::is_current(&c).await.unwrap());
+    assert!(db::migrate::migrate(&mut c).await.unwrap().is_empty());
+    let status = db::migrate::status(&c).await.unwrap();
+    assert!(status.iter().all(|s| s.applied_at.is_some() && !s.changed));
+}

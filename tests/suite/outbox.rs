@@ -25,6 +25,7 @@ fn webhook(url: &str) -> SinkConfig {
         secret: Some(SECRET.into()),
         secret_env: None,
         subject_prefix: None,
+        ca_file: None,
         path: None,
         timeout_ms: 2000,
     }

@@ -1103,7 +1103,7 @@ pub async fn run(ctx: &Context, args: &BenchArgs) -> Result<i32> {
     let (mut url, mut pool) =
         fresh_database(ctx, &admin, &args.database, pool_size, args.accounts).await?;
     // the processor settings `payrail serve` would use from this environment
-    let settings = Config::load(None, |k| std::env::var(k).ok())?.processor();
+    let settings = Config::load(None, payrail::config::process_env())?.processor();
     let idle_call = {
         let engine = ctx.engine.clone();
         let limits = settings.limits;

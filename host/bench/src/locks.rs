@@ -108,7 +108,7 @@ async fn point(
     let pool_size = ctx.pool.status().max_size;
     let (_, pool) = fresh_database(ctx, admin, &args.database, pool_size, args.accounts).await?;
     let service = config_of(kind, args, seed).service().await?;
-    let settings = Config::load(None, |k| std::env::var(k).ok())?.processor();
+    let settings = Config::load(None, payrail::config::process_env())?.processor();
     let processor = Processor::with_locks(pool.clone(), ctx.engine.clone(), settings, service);
     let calls_before = processor.lock_service_calls();
     let target = Target::InProcess(Box::new(processor.clone()));

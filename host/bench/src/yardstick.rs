@@ -198,7 +198,7 @@ const INSTANCE_SLOTS: u32 = 2;
 /// their priority: under valgrind a call is ~50x slower and would cross
 /// the slow-call line at random, retiring its thread.
 fn engine() -> Result<Arc<PluginEngine>> {
-    let mut config = Config::load(None, |_| None)?.engine();
+    let mut config = Config::load(None, std::iter::empty())?.engine();
     config.slow_calls = SlowCalls::OFF;
     config.max_concurrent_instances = INSTANCE_SLOTS;
     let engine = PluginEngine::new(config)
@@ -211,7 +211,7 @@ fn engine() -> Result<Arc<PluginEngine>> {
 /// on the prepared database `database` of the server at `url`.
 pub async fn pay(url: &str, workload: Workload, database: &str, payments: u64) -> Result<()> {
     let pool = db::pool(&db::url_with_database(url, database), POOL_SIZE)?;
-    let mut settings = Config::load(None, |_| None)?.processor();
+    let mut settings = Config::load(None, std::iter::empty())?.processor();
     // not half the cores: the same settings on every machine
     settings.tenant_pipelines = 1;
     let processor = Processor::new(pool, engine()?, settings);
@@ -841,7 +841,7 @@ mod tests {
     fn the_counted_server_gets_the_yardsticks_settings() {
         let path = std::env::temp_dir().join(format!("yardstick-{}.toml", std::process::id()));
         std::fs::write(&path, serve_config()).unwrap();
-        let c = Config::load(Some(&path), |_| None).unwrap();
+        let c = Config::load(Some(&path), std::iter::empty()).unwrap();
         let _ = std::fs::remove_file(&path);
         c.validate().unwrap();
         assert_eq!(c.engine().max_concurrent_instances, INSTANCE_SLOTS);

@@ -344,6 +344,20 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Logs SIGHUP (there is nothing to reload without `[server.tls]`) until
+/// `stop`.
+async fn ignore_hangups(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = hup.recv() => tracing::info!("SIGHUP: nothing to reload (no [server.tls])"),
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then stops
 /// accepting and gives in-flight requests up to `grace` to finish. Returns
 /// whether everything drained in time. Default connection bounds.
@@ -359,23 +373,26 @@ pub async fn serve_until(
         shutdown,
         grace,
         server::ConnLimits::default(),
+        None,
         Arc::new(Metrics::default()),
     )
     .await
 }
 
-/// [`serve_until`] with connection bounds `conn` (`[server]`), counting
-/// evicted and refused connections in `metrics`.
+/// [`serve_until`] with connection bounds `conn` (`[server]`), TLS
+/// terminated with `tls` when given, counting evicted and refused
+/// connections in `metrics`.
 pub async fn serve_until_with(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     grace: Duration,
     conn: server::ConnLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
 ) -> Result<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let mut server = tokio::spawn(server::run(listener, router, conn, metrics, rx));
+    let mut server = tokio::spawn(server::run(listener, router, conn, tls, metrics, rx));
     tokio::select! {
         r = &mut server => {
             // the server stopped by itself: its task failed
@@ -463,9 +480,18 @@ pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
         config.idempotency.reaper_batch,
         stop_rx.clone(),
     ));
+    let tls = config.server.tls.as_ref().map(|t| t.load()).transpose()?;
+    let acceptor = tls.as_ref().map(|t| t.acceptor().clone());
+    let tls_watch = match tls {
+        Some(t) => tokio::spawn(t.watch(stop_rx.clone())),
+        // `systemctl reload` sends SIGHUP: without a handler it would end
+        // the process, and systemd does not restart a clean stop
+        None => tokio::spawn(ignore_hangups(stop_rx.clone())),
+    };
     let relay = relay.map(|r| tokio::spawn(r.run(stop_rx)));
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
     // stdout, for scripts and tests that pick port 0
-    println!("payrail listening on http://{local}");
+    println!("payrail listening on {scheme}://{local}");
     tracing::info!(%local, "listening");
     let drained = serve_until_with(
         listener,
@@ -476,11 +502,13 @@ pub async fn serve(config: Config, migrate: bool) -> Result<i32> {
             header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
             max_connections: config.server.max_connections,
         },
+        acceptor,
         served_metrics,
     )
     .await?;
     let _ = stop_tx.send(true);
     let _ = reaper.await;
+    let _ = tls_watch.await;
     if let Some(relay) = relay {
         let _ = relay.await;
     }

@@ -208,7 +208,9 @@ impl From<Error> for ApiError {
                     1,
                 );
             }
-            Error::Setup(_) | Error::Migration(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Setup(_) | Error::Migration(_) | Error::MigrationLockBusy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             // a CLI error (`payrail bench`); no request gets here
             Error::MissingBinary { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             // a 500's body is generic; the detail goes to the log

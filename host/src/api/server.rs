@@ -161,6 +161,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: ConnLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -181,11 +182,15 @@ pub async fn run(
             _ = stop.changed() => break,
         };
         let Some((id, kill)) = admit(&table, limits.max_connections, &metrics) else {
-            refuse(stream);
+            if tls.is_none() {
+                refuse(stream);
+            }
+            // a TLS client would read a plain 503 as garbage: just close
             continue;
         };
         tokio::spawn(connection(
             stream,
+            tls.clone(),
             router.clone(),
             limits,
             (table.clone(), id, kill),
@@ -210,15 +215,56 @@ fn refuse(mut stream: tokio::net::TcpStream) {
     });
 }
 
+/// One connection: the TLS handshake (bounded like a request head: a
+/// client that stalls it is a slowloris too), then HTTP/1.
 async fn connection(
     stream: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: Router,
+    limits: ConnLimits,
+    (table, id, mut kill): (Shared, u64, oneshot::Receiver<()>),
+    stop: watch::Receiver<bool>,
+    closed: watch::Receiver<()>,
+) {
+    let _ = stream.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        return http(stream, router, limits, (table, id, kill), stop, closed).await;
+    };
+    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                lock(&table).slots.remove(&id);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                lock(&table).slots.remove(&id);
+                return;
+            }
+        },
+        _ = &mut kill => {
+            lock(&table).slots.remove(&id);
+            return;
+        }
+    };
+    http(stream, router, limits, (table, id, kill), stop, closed).await
+}
+
+/// Serves HTTP/1 on `stream` until the client closes, the connection is
+/// evicted (`kill`), or the server drains (`stop`).
+async fn http<S>(
+    stream: S,
     router: Router,
     limits: ConnLimits,
     (table, id, mut kill): (Shared, u64, oneshot::Receiver<()>),
     mut stop: watch::Receiver<bool>,
     _closed: watch::Receiver<()>,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service_table = table.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let busy = Busy::start(&service_table, id);

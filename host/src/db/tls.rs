@@ -20,8 +20,7 @@
 use crate::error::{Error, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ClientConfig, WebPkiServerVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::Arc;
@@ -141,9 +140,7 @@ fn take_tls_settings(url: &str) -> Result<(String, SslMode, Option<String>)> {
     Ok((rest, mode.unwrap_or(SslMode::Prefer), root))
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+use crate::tls::provider;
 
 /// The rustls configuration of `mode`; `root` is `sslrootcert`.
 fn client_config(mode: SslMode, root: Option<&str>) -> Result<ClientConfig> {
@@ -186,28 +183,7 @@ fn client_config(mode: SslMode, root: Option<&str>) -> Result<ClientConfig> {
 
 /// The CA certificates of `sslrootcert`.
 fn load_roots(root: &str) -> Result<RootCertStore> {
-    let mut store = RootCertStore::empty();
-    let certs: Vec<CertificateDer<'static>> = if root == "system" {
-        let found = rustls_native_certs::load_native_certs();
-        if found.certs.is_empty() {
-            return Err(Error::Setup(format!(
-                "sslrootcert=system: the system certificate store is empty or unreadable ({:?})",
-                found.errors
-            )));
-        }
-        found.certs
-    } else {
-        CertificateDer::pem_file_iter(root)
-            .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
-            .map_err(|e| Error::Setup(format!("sslrootcert {root} is not readable PEM: {e}")))?
-    };
-    let (added, _ignored) = store.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(Error::Setup(format!(
-            "sslrootcert {root} holds no usable CA certificate"
-        )));
-    }
-    Ok(store)
+    crate::tls::load_roots(root, "sslrootcert")
 }
 
 /// `prefer` and `require`: encrypted, any certificate (libpq's meaning).
@@ -342,7 +318,11 @@ mod tests {
         let e = Target::parse("postgres://u@h/db?sslmode=verify-ca&sslrootcert=/nonexistent")
             .err()
             .unwrap();
-        assert!(e.to_string().contains("not readable PEM"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("sslrootcert /nonexistent: cannot read"),
+            "{e}"
+        );
         // require with a root file verifies the chain, as libpq does
         assert_eq!(
             Target::parse("postgres://u@h/db?sslmode=disable")

@@ -4,7 +4,7 @@
 //! acknowledged it (2xx, a JetStream ack, the line written and synced).
 
 use crate::config::{SinkConfig, SinkKind};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,36 +35,35 @@ pub struct Envelope {
     pub payload: serde_json::Value,
 }
 
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// HMAC-SHA256 (RFC 2104) of `"<timestamp>.<body>"` under `key`, the
+/// signed message of a webhook, ready for a final or a verify.
+fn signed_message(key: &[u8], timestamp: u64, body: &[u8]) -> HmacSha256 {
+    use hmac::Mac;
+    // HMAC takes a key of any length; the error arm cannot happen.
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    mac
+}
+
 /// HMAC-SHA256 (RFC 2104) of `msg` under `key`.
 pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
-    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let inner = Sha256::new()
-        .chain_update(&ipad)
-        .chain_update(msg)
-        .finalize();
-    Sha256::new()
-        .chain_update(&opad)
-        .chain_update(inner)
-        .finalize()
-        .into()
+    use hmac::Mac;
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(msg);
+    mac.finalize().into_bytes().into()
 }
 
 /// The `Payrail-Signature` header value for `body` sent at `timestamp`
 /// (Unix seconds): `t=<timestamp>,v1=<hex hmac_sha256(secret, "<t>.<body>")>`.
 pub fn sign(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
-    let mut msg = format!("{timestamp}.").into_bytes();
-    msg.extend_from_slice(body);
-    format!(
-        "t={timestamp},v1={}",
-        hex::encode(hmac_sha256(secret, &msg))
-    )
+    use hmac::Mac;
+    let tag = signed_message(secret, timestamp, body)
+        .finalize()
+        .into_bytes();
+    format!("t={timestamp},v1={}", hex::encode(tag))
 }
 
 /// Why a webhook signature was refused.
@@ -107,21 +106,30 @@ pub fn verify_signature(
     if t.abs_diff(now) > tolerance_secs {
         return Err(SignatureError::Stale);
     }
-    let mut msg = format!("{t}.").into_bytes();
-    msg.extend_from_slice(body);
-    let expected = hmac_sha256(secret, &msg);
-    let ok = sigs.iter().any(|s| {
-        s.len() == expected.len()
-            && s.iter()
-                .zip(expected)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
+    use hmac::Mac;
+    let mac = signed_message(secret, t, body);
+    // `verify_slice` compares in constant time (the `subtle` crate).
+    let ok = sigs.iter().any(|s| mac.clone().verify_slice(s).is_ok());
     if ok {
         Ok(())
     } else {
         Err(SignatureError::Mismatch)
     }
+}
+
+/// An error and its sources, `outer: inner: ...`: reqwest's own message
+/// ("error sending request") hides why (a refused certificate, a reset).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    // a chain is a handful deep; the bound keeps a cycle from looping
+    for _ in 0..8 {
+        let Some(s) = source else { break };
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn unix_now() -> u64 {
@@ -271,11 +279,17 @@ impl Sink {
                 let (bare, basic_auth) = split_userinfo(&raw_url);
                 let url = reqwest::Url::parse(&bare)
                     .map_err(|e| format!("sink {}: url {shown_url}: {e}", config.name))?;
+                let mut client = reqwest::Client::builder()
+                    .timeout(timeout)
+                    .connect_timeout(timeout)
+                    .redirect(reqwest::redirect::Policy::none());
+                if url.scheme() == "https" {
+                    let tls = crate::tls::https_client_config(config.ca_file.as_deref())
+                        .map_err(|e| format!("sink {}: {e}", config.name))?;
+                    client = client.use_preconfigured_tls(tls).https_only(true);
+                }
                 Target::Webhook {
-                    client: reqwest::Client::builder()
-                        .timeout(timeout)
-                        .connect_timeout(timeout)
-                        .redirect(reqwest::redirect::Policy::none())
+                    client: client
                         .build()
                         .map_err(|e| format!("sink {}: http client: {e}", config.name))?,
                     url,
@@ -363,7 +377,7 @@ impl Sink {
                 let resp = req
                     .send()
                     .await
-                    .map_err(|e| format!("POST {shown}: {}", e.without_url()))?;
+                    .map_err(|e| format!("POST {shown}: {}", causes(&e.without_url())))?;
                 let status = resp.status();
                 if status.is_success() {
                     Ok(Delivered::Ok)
