@@ -1,17 +1,24 @@
-//! Prometheus metrics in the text exposition format. A small registry of
-//! its own: a handful of counters and histograms with bounded label sets
-//! (route templates, status codes, error codes, plugin digests capped at
-//! [`MAX_SERIES`]).
+//! Prometheus metrics, on the ecosystem's client (`prometheus-client`):
+//! each series an atomic counter or histogram, found under a shared read
+//! lock (a write lock only to add a series), rendered as OpenMetrics text.
+//! Label sets are bounded: route templates, status and error codes, plugin
+//! digests, each family capped at [`MAX_SERIES`].
 
 use crate::processor::{CallStat, ProcessorCounts};
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Most distinct label sets per metric; further ones are folded into
 /// `other` so a misbehaving client cannot grow memory without bound.
 pub const MAX_SERIES: usize = 2000;
+
+/// The content type of `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -25,126 +32,138 @@ const FUEL_BUCKETS: &[f64] = &[
     1e3, 1e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7, 2.5e7, 1e8,
 ];
 
-#[derive(Debug, Clone)]
-struct Histogram {
-    buckets: &'static [f64],
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
 }
 
-impl Histogram {
-    fn new(buckets: &'static [f64]) -> Self {
-        Histogram {
-            buckets,
-            counts: vec![0; buckets.len()],
-            sum: 0.0,
-            count: 0,
+fn plugin_histogram() -> Histogram {
+    Histogram::new(PLUGIN_BUCKETS.iter().copied())
+}
+
+fn fuel_histogram() -> Histogram {
+    Histogram::new(FUEL_BUCKETS.iter().copied())
+}
+
+/// A label set with an overflow series (every value `other`).
+trait Overflow: Clone + std::hash::Hash + Eq {
+    fn other() -> Self;
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DigestLabel {
+    digest: String,
+}
+
+impl Overflow for RequestLabels {
+    fn other() -> Self {
+        let o = || "other".to_string();
+        RequestLabels {
+            method: o(),
+            route: o(),
+            status: o(),
         }
     }
+}
 
-    fn observe(&mut self, v: f64) {
-        for (i, b) in self.buckets.iter().enumerate() {
-            if v <= *b {
-                self.counts[i] += 1;
-            }
+impl Overflow for RouteLabels {
+    fn other() -> Self {
+        RouteLabels {
+            method: "other".into(),
+            route: "other".into(),
         }
-        self.sum += v;
-        self.count += 1;
     }
 }
 
-/// Label values joined by [`SEP`], rendered in order with the metric's
-/// label names. One string, so a series is found by a `&str` built in a
-/// reused buffer: recording a known series allocates nothing.
-type Labels = Box<str>;
-
-/// Separates label values in a [`Labels`] key. Label values are route
-/// templates, methods, status and error codes, payment statuses and digest
-/// prefixes: none holds a control character.
-const SEP: char = '\u{1f}';
-
-thread_local! {
-    /// The key of the series being looked up (see [`Family::get`]).
-    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+impl Overflow for StatusLabel {
+    fn other() -> Self {
+        StatusLabel {
+            status: "other".into(),
+        }
+    }
 }
 
+impl Overflow for CodeLabel {
+    fn other() -> Self {
+        CodeLabel {
+            code: "other".into(),
+        }
+    }
+}
+
+impl Overflow for DigestLabel {
+    fn other() -> Self {
+        DigestLabel {
+            digest: "other".into(),
+        }
+    }
+}
+
+/// A family and how many series it holds, capped at [`MAX_SERIES`].
 #[derive(Debug)]
-struct Family<T> {
-    series: BTreeMap<Labels, T>,
+struct Capped<L, M> {
+    family: Family<L, M, fn() -> M>,
+    /// Series added (an upper bound: two threads adding the same new
+    /// series at once both count it).
+    series: AtomicUsize,
 }
 
-impl<T> Default for Family<T> {
-    fn default() -> Self {
-        Family {
-            series: BTreeMap::new(),
+impl<L: Overflow, M> Capped<L, M> {
+    fn new(constructor: fn() -> M) -> Self {
+        Capped {
+            family: Family::new_with_constructor(constructor),
+            series: AtomicUsize::new(0),
         }
     }
-}
 
-impl<T> Family<T> {
-    /// The series of label `values`, created by `new` if missing (folded
-    /// into `other` past [`MAX_SERIES`]).
-    fn get(&mut self, values: &[&str], new: impl FnOnce() -> T) -> &mut T {
-        let known = KEY.with_borrow_mut(|key| {
-            key.clear();
-            for (i, v) in values.iter().enumerate() {
-                debug_assert!(!v.contains(SEP), "label value {v:?} holds the separator");
-                if i > 0 {
-                    key.push(SEP);
-                }
-                key.push_str(v);
-            }
-            self.series.contains_key(key.as_str())
-        });
-        if known {
-            return KEY
-                .with_borrow(|key| self.series.get_mut(key.as_str()))
-                .expect("the series was just found");
+    /// Runs `f` on the series of `labels` (found under a shared read
+    /// lock), adding it if new; past [`MAX_SERIES`], on the `other` series.
+    fn with(&self, labels: L, f: impl FnOnce(&M)) {
+        if let Some(m) = self.family.get(&labels) {
+            return f(&m);
         }
-        let key: Labels = if self.series.len() >= MAX_SERIES {
-            vec!["other"; values.len()].join(&SEP.to_string()).into()
+        let labels = if self.series.fetch_add(1, Ordering::Relaxed) >= MAX_SERIES {
+            L::other()
         } else {
-            KEY.with_borrow(|key| key.as_str().into())
+            labels
         };
-        self.series.entry(key).or_insert_with(new)
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn label_text(names: &[&str], values: &str, extra: Option<(&str, String)>) -> String {
-    let values = values.split(SEP);
-    let mut parts: Vec<String> = names
-        .iter()
-        .zip(values)
-        .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
-        .collect();
-    if let Some((n, v)) = extra {
-        parts.push(format!("{n}=\"{v}\""));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
+        f(&self.family.get_or_create(&labels));
     }
 }
 
 /// The host's metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    requests: Mutex<Family<u64>>,
-    latency: Mutex<Family<Histogram>>,
-    payments: Mutex<Family<u64>>,
-    payment_errors: Mutex<Family<u64>>,
-    plugin_fuel: Mutex<Family<Histogram>>,
-    plugin_duration: Mutex<Family<Histogram>>,
-    plugin_cpu: Mutex<Family<Histogram>>,
-    lock_wait: Mutex<Family<Histogram>>,
+    requests: Capped<RequestLabels, Counter>,
+    latency: Capped<RouteLabels, Histogram>,
+    payments: Capped<StatusLabel, Counter>,
+    payment_errors: Capped<CodeLabel, Counter>,
+    plugin_fuel: Capped<DigestLabel, Histogram>,
+    plugin_duration: Capped<DigestLabel, Histogram>,
+    plugin_cpu: Capped<DigestLabel, Histogram>,
+    lock_wait: Histogram,
     replays: AtomicU64,
     keys_reaped: AtomicU64,
     overloaded: AtomicU64,
@@ -209,74 +228,86 @@ pub struct PoolGauges {
     pub waiting: usize,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Capped::new(Counter::default),
+            latency: Capped::new(latency_histogram),
+            payments: Capped::new(Counter::default),
+            payment_errors: Capped::new(Counter::default),
+            plugin_fuel: Capped::new(fuel_histogram),
+            plugin_duration: Capped::new(plugin_histogram),
+            plugin_cpu: Capped::new(plugin_histogram),
+            lock_wait: latency_histogram(),
+            replays: AtomicU64::default(),
+            keys_reaped: AtomicU64::default(),
+            overloaded: AtomicU64::default(),
+            outbox: OutboxMetrics::default(),
+            holds_overdue: AtomicU64::default(),
+            tenancy: TenancyMetrics::default(),
+        }
+    }
+}
+
 impl Metrics {
     /// Records one answered request.
     /// `status` is the numeric code (`StatusCode::as_str`).
     pub fn request(&self, method: &str, route: &str, status: &str, seconds: f64) {
-        *self
-            .requests
-            .lock()
-            .expect("metrics lock")
-            .get(&[method, route, status], || 0) += 1;
-        self.latency
-            .lock()
-            .expect("metrics lock")
-            .get(&[method, route], || Histogram::new(LATENCY_BUCKETS))
-            .observe(seconds);
+        let labels = RequestLabels {
+            method: method.into(),
+            route: route.into(),
+            status: status.into(),
+        };
+        self.requests.with(labels, |c| {
+            c.inc();
+        });
+        let labels = RouteLabels {
+            method: method.into(),
+            route: route.into(),
+        };
+        self.latency.with(labels, |h| h.observe(seconds));
     }
 
     /// Records a payment's outcome (`approved`, `declined`).
     pub fn payment(&self, status: &str, replayed: bool) {
         if replayed {
             self.replays.fetch_add(1, Ordering::Relaxed);
-        } else {
-            *self
-                .payments
-                .lock()
-                .expect("metrics lock")
-                .get(&[status], || 0) += 1;
+            return;
         }
+        let labels = StatusLabel {
+            status: status.into(),
+        };
+        self.payments.with(labels, |c| {
+            c.inc();
+        });
     }
 
     /// Records a payment that failed with error `code`.
     pub fn payment_error(&self, code: &str) {
-        *self
-            .payment_errors
-            .lock()
-            .expect("metrics lock")
-            .get(&[code], || 0) += 1;
+        let labels = CodeLabel { code: code.into() };
+        self.payment_errors.with(labels, |c| {
+            c.inc();
+        });
     }
 
     /// Records one plugin call: fuel, wall-clock and CPU time, by digest.
     pub fn plugin_call(&self, call: &CallStat) {
-        let d = call.digest.get(..12).unwrap_or(&call.digest);
+        let digest = call.digest.get(..12).unwrap_or(&call.digest).to_string();
+        let labels = DigestLabel { digest };
         self.plugin_fuel
-            .lock()
-            .expect("metrics lock")
-            .get(&[d], || Histogram::new(FUEL_BUCKETS))
-            .observe(call.fuel_used as f64);
-        self.plugin_duration
-            .lock()
-            .expect("metrics lock")
-            .get(&[d], || Histogram::new(PLUGIN_BUCKETS))
-            .observe(call.duration.as_secs_f64());
+            .with(labels.clone(), |h| h.observe(call.fuel_used as f64));
         if let Some(cpu) = call.cpu {
             self.plugin_cpu
-                .lock()
-                .expect("metrics lock")
-                .get(&[d], || Histogram::new(PLUGIN_BUCKETS))
-                .observe(cpu.as_secs_f64());
+                .with(labels.clone(), |h| h.observe(cpu.as_secs_f64()));
         }
+        self.plugin_duration
+            .with(labels, |h| h.observe(call.duration.as_secs_f64()));
     }
 
     /// Records the time a payment spent claiming its key and taking its
     /// account locks.
     pub fn lock_wait(&self, seconds: f64) {
-        self.lock_wait
-            .lock()
-            .expect("metrics lock")
-            .get(&[], || Histogram::new(LATENCY_BUCKETS))
-            .observe(seconds);
+        self.lock_wait.observe(seconds);
     }
 
     /// Records expired idempotency keys deleted by the reaper.
@@ -289,281 +320,237 @@ impl Metrics {
         self.overloaded.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The text exposition of every metric.
-    /// `processor` is [`crate::processor::Processor::counts`].
+    /// Every metric as OpenMetrics text ([`CONTENT_TYPE`]).
+    /// `processor` is [`crate::processor::Processor::counts`]. A registry
+    /// per scrape: the families are shared handles, the scalars are read
+    /// once, so nothing here blocks a payment.
     pub fn render(&self, pool: PoolGauges, in_flight: usize, processor: ProcessorCounts) -> String {
-        let mut out = String::new();
-        counter_family(
-            &mut out,
-            "payrail_http_requests_total",
-            "HTTP requests answered",
-            &["method", "route", "status"],
-            &self.requests.lock().expect("metrics lock"),
-        );
-        histogram_family(
-            &mut out,
-            "payrail_http_request_duration_seconds",
-            "HTTP request latency",
-            &["method", "route"],
-            &self.latency.lock().expect("metrics lock"),
-        );
-        counter_family(
-            &mut out,
-            "payrail_payments_total",
-            "payments processed (replays excluded), by status",
-            &["status"],
-            &self.payments.lock().expect("metrics lock"),
-        );
-        counter_family(
-            &mut out,
-            "payrail_payment_errors_total",
-            "payment requests that failed with nothing written, by code",
-            &["code"],
-            &self.payment_errors.lock().expect("metrics lock"),
-        );
-        simple(
-            &mut out,
+        let mut r = Registry::default();
+        self.register_families(&mut r);
+        let counter = |r: &mut Registry, name: &str, help: &str, v: u64| {
+            // OpenMetrics: a counter's samples are its name + `_total`
+            let name = name
+                .strip_suffix("_total")
+                .expect("counter names end in _total");
+            r.register(name, help, ConstCounter::new(v));
+        };
+        let gauge = |r: &mut Registry, name: &str, help: &str, v: u64| {
+            r.register(
+                name,
+                help,
+                ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)),
+            );
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut r,
             "payrail_payment_replays_total",
-            "counter",
             "payment requests answered from the stored response",
-            self.replays.load(Ordering::Relaxed),
+            load(&self.replays),
         );
-        histogram_family(
-            &mut out,
-            "payrail_plugin_fuel_used",
-            "fuel (instructions) used per plugin call, by digest prefix",
-            &["digest"],
-            &self.plugin_fuel.lock().expect("metrics lock"),
-        );
-        histogram_family(
-            &mut out,
-            "payrail_plugin_call_duration_seconds",
-            "wall-clock time per plugin call, by digest prefix",
-            &["digest"],
-            &self.plugin_duration.lock().expect("metrics lock"),
-        );
-        histogram_family(
-            &mut out,
-            "payrail_plugin_call_cpu_seconds",
-            "CPU time per plugin call (the calling thread's), by digest prefix; one call in 16 is measured",
-            &["digest"],
-            &self.plugin_cpu.lock().expect("metrics lock"),
-        );
-        histogram_family(
-            &mut out,
-            "payrail_lock_wait_seconds",
-            "time a payment spent claiming its key and taking its account locks",
-            &[],
-            &self.lock_wait.lock().expect("metrics lock"),
-        );
-        simple(
-            &mut out,
+        counter(
+            &mut r,
             "payrail_idempotency_keys_reaped_total",
-            "counter",
             "expired idempotency keys deleted",
-            self.keys_reaped.load(Ordering::Relaxed),
+            load(&self.keys_reaped),
         );
-        simple(
-            &mut out,
+        counter(
+            &mut r,
             "payrail_http_overloaded_total",
-            "counter",
             "requests refused with 503 because too many were in flight",
-            self.overloaded.load(Ordering::Relaxed),
+            load(&self.overloaded),
         );
         let o = &self.outbox;
-        for (name, kind, help, v) in [
-            (
-                "payrail_outbox_delivered_total",
-                "counter",
-                "outbox events delivered to every matching sink",
-                &o.delivered,
-            ),
-            (
-                "payrail_outbox_failed_attempts_total",
-                "counter",
-                "outbox delivery attempts that failed",
-                &o.failed_attempts,
-            ),
-            (
-                "payrail_outbox_dead_lettered_total",
-                "counter",
-                "outbox events moved to dead-letter",
-                &o.dead_lettered,
-            ),
-            (
-                "payrail_outbox_nats_duplicates_total",
-                "counter",
-                "outbox events NATS already had (redeliveries)",
-                &o.duplicates,
-            ),
-            (
-                "payrail_outbox_pending",
-                "gauge",
-                "outbox events due and not yet delivered",
-                &o.pending,
-            ),
-            (
-                "payrail_outbox_lag_seconds",
-                "gauge",
-                "age of the oldest due, undelivered outbox event (whole seconds)",
-                &o.lag_ms,
-            ),
-            (
-                "payrail_outbox_dead",
-                "gauge",
-                "outbox events in dead-letter",
-                &o.dead,
-            ),
-        ] {
-            let mut v = v.load(Ordering::Relaxed);
-            if name == "payrail_outbox_lag_seconds" {
-                v /= 1000;
-            }
-            simple(&mut out, name, kind, help, v);
-        }
-        simple(
-            &mut out,
+        counter(
+            &mut r,
+            "payrail_outbox_delivered_total",
+            "outbox events delivered to every matching sink",
+            load(&o.delivered),
+        );
+        counter(
+            &mut r,
+            "payrail_outbox_failed_attempts_total",
+            "outbox delivery attempts that failed",
+            load(&o.failed_attempts),
+        );
+        counter(
+            &mut r,
+            "payrail_outbox_dead_lettered_total",
+            "outbox events moved to dead-letter",
+            load(&o.dead_lettered),
+        );
+        counter(
+            &mut r,
+            "payrail_outbox_nats_duplicates_total",
+            "outbox events NATS already had (redeliveries)",
+            load(&o.duplicates),
+        );
+        gauge(
+            &mut r,
+            "payrail_outbox_pending",
+            "outbox events due and not yet delivered",
+            load(&o.pending),
+        );
+        gauge(
+            &mut r,
+            "payrail_outbox_lag_seconds",
+            "age of the oldest due, undelivered outbox event (whole seconds)",
+            load(&o.lag_ms) / 1000,
+        );
+        gauge(
+            &mut r,
+            "payrail_outbox_dead",
+            "outbox events in dead-letter",
+            load(&o.dead),
+        );
+        counter(
+            &mut r,
             "payrail_transaction_retries_total",
-            "counter",
             "payment, capture and void transactions rolled back by a deadlock or serialization failure and run again",
             processor.transaction_retries,
         );
-        simple(
-            &mut out,
+        counter(
+            &mut r,
             "payrail_batch_deferrals_total",
-            "counter",
             "payments a batch put back in the queue because another transaction held one of their accounts",
             processor.batch_deferrals,
         );
-        simple(
-            &mut out,
+        gauge(
+            &mut r,
             "payrail_holds_overdue",
-            "gauge",
             "holds past their expiry still authorized: their expiry timer is late, dead-lettered or never ran (capped at 10000; `payrail holds expire-due` resolves them)",
-            self.holds_overdue.load(Ordering::Relaxed),
+            load(&self.holds_overdue),
         );
-        simple(
-            &mut out,
+        counter(
+            &mut r,
             "payrail_payments_skipped_total",
-            "counter",
             "payments dropped before they ran because their caller had gone (timeout, disconnect)",
             processor.payments_skipped,
         );
-        simple(
-            &mut out,
+        gauge(
+            &mut r,
             "payrail_commits_unconfirmed",
-            "gauge",
             "commits waiting past processor.commit_wait_ms for the database (a primary waiting for a synchronous standby): while above 0 no new payment is taken and /readyz answers 503",
             processor.commits_unconfirmed,
         );
-        simple(
-            &mut out,
+        counter(
+            &mut r,
             "payrail_commits_stalled_total",
-            "counter",
             "commits that went past processor.commit_wait_ms; their callers were answered 503 commit_unconfirmed",
             processor.commits_stalled,
         );
         let t = &self.tenancy;
-        for (name, help, v) in [
-            (
-                "payrail_rate_limited_total",
-                "requests refused 429 rate_limited by their API key's token bucket",
-                &t.rate_limited,
-            ),
-            (
-                "payrail_tenant_busy_total",
-                "requests refused 429 tenant_busy at their tenant's in-flight bound",
-                &t.tenant_busy,
-            ),
-            (
-                "payrail_api_key_lookups_total",
-                "API key lookups that went to the database",
-                &t.key_lookups,
-            ),
-            (
-                "payrail_api_key_lookups_throttled_total",
-                "requests with a key this host had not seen refused 429 because the lookup budget was spent",
-                &t.key_lookups_throttled,
-            ),
-            (
-                "payrail_http_connections_evicted_total",
-                "idle or header-dribbling connections closed to admit new ones",
-                &t.connections_evicted,
-            ),
-            (
-                "payrail_http_connections_refused_total",
-                "connections refused because every connection slot was busy",
-                &t.connections_refused,
-            ),
-        ] {
-            simple(&mut out, name, "counter", help, v.load(Ordering::Relaxed));
-        }
-        simple(
-            &mut out,
+        counter(
+            &mut r,
+            "payrail_rate_limited_total",
+            "requests refused 429 rate_limited by their API key's token bucket",
+            load(&t.rate_limited),
+        );
+        counter(
+            &mut r,
+            "payrail_tenant_busy_total",
+            "requests refused 429 tenant_busy at their tenant's in-flight bound",
+            load(&t.tenant_busy),
+        );
+        counter(
+            &mut r,
+            "payrail_api_key_lookups_total",
+            "API key lookups that went to the database",
+            load(&t.key_lookups),
+        );
+        counter(
+            &mut r,
+            "payrail_api_key_lookups_throttled_total",
+            "requests with a key this host had not seen refused 429 because the lookup budget was spent",
+            load(&t.key_lookups_throttled),
+        );
+        counter(
+            &mut r,
+            "payrail_http_connections_evicted_total",
+            "idle or header-dribbling connections closed to admit new ones",
+            load(&t.connections_evicted),
+        );
+        counter(
+            &mut r,
+            "payrail_http_connections_refused_total",
+            "connections refused because every connection slot was busy",
+            load(&t.connections_refused),
+        );
+        gauge(
+            &mut r,
             "payrail_http_in_flight",
-            "gauge",
             "requests being handled",
             in_flight as u64,
         );
-        for (name, help, v) in [
-            ("payrail_db_pool_size", "open connections", pool.size),
-            (
-                "payrail_db_pool_available",
-                "idle open connections",
-                pool.available,
-            ),
-            ("payrail_db_pool_max_size", "pool capacity", pool.max_size),
-            (
-                "payrail_db_pool_waiting",
-                "requests waiting for a connection",
-                pool.waiting,
-            ),
-        ] {
-            simple(&mut out, name, "gauge", help, v as u64);
-        }
+        gauge(
+            &mut r,
+            "payrail_db_pool_size",
+            "open connections",
+            pool.size as u64,
+        );
+        gauge(
+            &mut r,
+            "payrail_db_pool_available",
+            "idle open connections",
+            pool.available as u64,
+        );
+        gauge(
+            &mut r,
+            "payrail_db_pool_max_size",
+            "pool capacity",
+            pool.max_size as u64,
+        );
+        gauge(
+            &mut r,
+            "payrail_db_pool_waiting",
+            "requests waiting for a connection",
+            pool.waiting as u64,
+        );
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r)
+            .expect("writing to a String does not fail");
         out
     }
-}
 
-fn simple(out: &mut String, name: &str, kind: &str, help: &str, v: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-    );
-}
-
-fn counter_family(out: &mut String, name: &str, help: &str, labels: &[&str], f: &Family<u64>) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-    for (values, v) in &f.series {
-        let _ = writeln!(out, "{name}{} {v}", label_text(labels, values, None));
-    }
-}
-
-fn histogram_family(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-    f: &Family<Histogram>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for (values, h) in &f.series {
-        for (b, c) in h.buckets.iter().zip(&h.counts) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{} {c}",
-                label_text(labels, values, Some(("le", b.to_string())))
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{} {}",
-            label_text(labels, values, Some(("le", "+Inf".into()))),
-            h.count
+    /// The labelled families and the lock wait histogram, as shared
+    /// handles.
+    fn register_families(&self, r: &mut Registry) {
+        r.register(
+            "payrail_http_requests",
+            "HTTP requests answered",
+            self.requests.family.clone(),
         );
-        let l = label_text(labels, values, None);
-        let _ = writeln!(out, "{name}_sum{l} {}", h.sum);
-        let _ = writeln!(out, "{name}_count{l} {}", h.count);
+        r.register(
+            "payrail_http_request_duration_seconds",
+            "HTTP request latency",
+            self.latency.family.clone(),
+        );
+        r.register(
+            "payrail_payments",
+            "payments processed (replays excluded), by status",
+            self.payments.family.clone(),
+        );
+        r.register(
+            "payrail_payment_errors",
+            "payment requests that failed with nothing written, by code",
+            self.payment_errors.family.clone(),
+        );
+        r.register(
+            "payrail_plugin_fuel_used",
+            "fuel (instructions) used per plugin call, by digest prefix",
+            self.plugin_fuel.family.clone(),
+        );
+        r.register(
+            "payrail_plugin_call_duration_seconds",
+            "wall-clock time per plugin call, by digest prefix",
+            self.plugin_duration.family.clone(),
+        );
+        r.register("payrail_plugin_call_cpu_seconds", "CPU time per plugin call (the calling thread's), by digest prefix; one call in 16 is measured", self.plugin_cpu.family.clone());
+        r.register(
+            "payrail_lock_wait_seconds",
+            "time a payment spent claiming its key and taking its account locks",
+            self.lock_wait.clone(),
+        );
     }
 }
 
@@ -604,7 +591,7 @@ mod tests {
         assert!(text.contains(
             "payrail_http_requests_total{method=\"GET\",route=\"/v1/accounts/{id}\",status=\"200\"} 2"
         ));
-        assert!(text.contains("payrail_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/accounts/{id}\",le=\"0.005\"} 1"));
+        assert!(text.contains("payrail_http_request_duration_seconds_bucket{le=\"0.005\",method=\"GET\",route=\"/v1/accounts/{id}\"} 1"), "{text}");
         assert!(text.contains("payrail_payments_total{status=\"approved\"} 1"));
         assert!(text.contains("payrail_payment_replays_total 1"));
         assert!(text.contains("payrail_transaction_retries_total 3"));
@@ -614,12 +601,12 @@ mod tests {
         assert!(text.contains("payrail_commits_stalled_total 2"));
         assert!(text.contains("payrail_plugin_fuel_used_count{digest=\"abababababab\"} 1"));
         assert!(text.contains(
-            "payrail_plugin_call_duration_seconds_bucket{digest=\"abababababab\",le=\"0.00005\"} 1"
+            "payrail_plugin_call_duration_seconds_bucket{le=\"0.00005\",digest=\"abababababab\"} 1"
         ));
         assert!(text.contains(
-            "payrail_plugin_call_cpu_seconds_bucket{digest=\"abababababab\",le=\"0.00002\"} 1"
+            "payrail_plugin_call_cpu_seconds_bucket{le=\"0.00002\",digest=\"abababababab\"} 1"
         ));
-        assert!(text.contains("payrail_db_pool_max_size 4"));
+        assert!(text.contains("payrail_db_pool_max_size 4"), "{text}");
     }
 
     #[test]
@@ -628,9 +615,19 @@ mod tests {
         for i in 0..MAX_SERIES + 10 {
             m.payment_error(&format!("code{i}"));
         }
-        assert_eq!(
-            m.payment_errors.lock().unwrap().series.len(),
-            MAX_SERIES + 1
+        assert!(m.payment_errors.series.load(Ordering::Relaxed) >= MAX_SERIES);
+        assert!(
+            m.render(
+                PoolGauges {
+                    size: 0,
+                    available: 0,
+                    max_size: 0,
+                    waiting: 0
+                },
+                0,
+                ProcessorCounts::default()
+            )
+            .contains("payrail_payment_errors_total{code=\"other\"} 10")
         );
     }
 }

@@ -109,17 +109,16 @@ async fn a_client_deploys_plugins_sets_a_pipeline_and_pays() {
         (st, health["status"].as_str()),
         (StatusCode::OK, Some("ok"))
     );
-    let metrics = s
-        .req(Method::GET, "/metrics", None)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scraped = s.req(Method::GET, "/metrics", None).send().await.unwrap();
+    assert_eq!(
+        scraped.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let metrics = scraped.text().await.unwrap();
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     for needle in [
         "payrail_http_requests_total{method=\"POST\",route=\"/v1/payments\",status=\"201\"} 1",
-        "payrail_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/accounts/{id}\"",
+        "payrail_http_request_duration_seconds_bucket{le=\"0.005\",method=\"GET\",route=\"/v1/accounts/{id}\"}",
         "payrail_payments_total{status=\"approved\"} 1",
         "payrail_plugin_fuel_used_count{digest=",
         "payrail_plugin_call_duration_seconds_count{digest=",
@@ -1304,14 +1303,13 @@ async fn slow_requests_time_out_and_excess_requests_are_shed() {
     let r = s.pay(&pay, "slow", transfer(100)).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert!(r.headers().get("idempotency-replayed").is_none());
-    let metrics = s
-        .req(Method::GET, "/metrics", None)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scraped = s.req(Method::GET, "/metrics", None).send().await.unwrap();
+    assert_eq!(
+        scraped.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let metrics = scraped.text().await.unwrap();
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     assert!(
         metrics.contains("payrail_http_overloaded_total 1"),
         "{metrics}"

@@ -113,7 +113,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     resp
 }
