@@ -2,7 +2,7 @@
 //! library. Each subcommand is a thin layer over one library call.
 
 use crate::apikeys::{self, Scope};
-use crate::config::{Config, LogFormat};
+use crate::config::Config;
 use crate::context::{Context, DbArgs};
 use crate::db;
 use crate::error::{Error, Result};
@@ -437,16 +437,21 @@ pub fn require_database(config: &Config, embedded_db: bool, command: &str) -> Re
     }
 }
 
-/// Log format and filter for this invocation: `serve` reads them from its
-/// configuration; other commands log text at `warn`. `PAYRAIL_LOG` wins.
-pub fn log_settings(cli: &Cli) -> (LogFormat, String) {
+/// Logging for this invocation: `serve` reads it from its configuration
+/// (format, filter, OTLP export); other commands log text at `warn`.
+/// `PAYRAIL_LOG` wins over the filter.
+pub fn log_settings(cli: &Cli) -> crate::config::LogConfig {
+    let quiet = crate::config::LogConfig {
+        filter: "warn".into(),
+        ..Default::default()
+    };
     match &cli.command {
         Command::Serve(args) => match serve_config(&cli.db, args) {
-            Ok(c) => (c.log.format, c.log.filter),
+            Ok(c) => c.log,
             // the error is reported properly when the command runs
-            Err(_) => (LogFormat::Text, "info".into()),
+            Err(_) => crate::config::LogConfig::default(),
         },
-        _ => (LogFormat::Text, "warn".into()),
+        _ => quiet,
     }
 }
 

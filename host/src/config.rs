@@ -536,6 +536,13 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// `tracing` filter directives (`PAYRAIL_LOG` wins when set).
     pub filter: String,
+    /// An OpenTelemetry collector (`http://host:4318`): the spans of
+    /// requests, payments, locks, plugin calls and relay deliveries go to
+    /// its `/v1/traces` over OTLP/HTTP. Unset: no export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` the spans carry.
+    pub otlp_service_name: String,
 }
 
 impl Default for LogConfig {
@@ -543,6 +550,8 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             filter: "info".into(),
+            otlp_endpoint: None,
+            otlp_service_name: "payrail".into(),
         }
     }
 }
@@ -889,6 +898,13 @@ impl Config {
         self.listen_addr()?;
         if let Some(tls) = &self.server.tls {
             tls.load().map_err(|e| invalid(e.to_string()))?;
+        }
+        if let Some(e) = &self.log.otlp_endpoint
+            && !(e.starts_with("http://") && e.len() > "http://".len())
+        {
+            return Err(invalid(format!(
+                "log.otlp_endpoint = {e:?}: give the collector's http:// URL (http://host:4318)"
+            )));
         }
         let s = &self.server;
         range(

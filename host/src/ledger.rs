@@ -277,6 +277,7 @@ async fn insert_opened_events(
             topic: OPENED_TOPIC.into(),
             key: format!("account:{}", p["account_id"].as_str().unwrap_or_default()),
             payload: p.clone(),
+            traceparent: crate::telemetry::current_traceparent(),
         })
         .collect();
     insert_events(tx, tenant, &rows).await

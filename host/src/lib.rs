@@ -32,6 +32,7 @@ pub mod registry;
 pub mod replay;
 pub mod samples;
 pub mod shadow;
+pub mod telemetry;
 pub mod tls;
 
 pub use error::{Error, Result};

@@ -11,16 +11,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = payrail::cli::Cli::parse();
-    let (format, filter) = payrail::cli::log_settings(&cli);
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PAYRAIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        payrail::config::LogFormat::Json => logs.json().init(),
-        payrail::config::LogFormat::Text => logs.init(),
-    }
+    let log = payrail::cli::log_settings(&cli);
+    let exporter = log
+        .otlp_endpoint
+        .as_deref()
+        .map(|endpoint| payrail::telemetry::Exporter::start(endpoint, &log.otlp_service_name));
+    let exporter = match exporter.transpose() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error [{}]: {e}", e.code());
+            std::process::exit(2);
+        }
+    };
+    init_logs(&log, exporter.as_ref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -32,5 +35,31 @@ fn main() {
             2
         }
     };
+    drop(runtime);
+    if let Some(e) = exporter {
+        e.shutdown();
+    }
     std::process::exit(code);
+}
+
+/// stderr logs in the configured format, and the OTLP layer when traces
+/// are exported.
+fn init_logs(log: &payrail::config::LogConfig, exporter: Option<&payrail::telemetry::Exporter>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PAYRAIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
+    let json = log.format == payrail::config::LogFormat::Json;
+    let text = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(exporter.map(|e| e.layer()))
+        .init();
 }

@@ -34,4 +34,5 @@ mod plugin_tools;
 mod postgres_tls;
 mod python_plugin;
 mod replication;
+mod telemetry;
 mod tls;

@@ -47,6 +47,7 @@ fn event() -> (Envelope, Vec<u8>) {
         sequence: 1,
         created_at_ms: 0,
         payload: serde_json::json!({"amount": 1}),
+        traceparent: None,
     };
     let body = serde_json::to_vec(&env).unwrap();
     (env, body)

@@ -231,14 +231,16 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
                         .get::<request_id::RequestId>()
                         .and_then(|id| id.0.to_str().ok())
                         .unwrap_or("-");
-                    tracing::info_span!(
+                    let span = tracing::info_span!(
                         "request",
                         method = %req.method(),
                         route = %route,
                         request_id = %request_id,
                         tenant = tracing::field::Empty,
                         payment_id = tracing::field::Empty,
-                    )
+                    );
+                    crate::telemetry::continue_trace(&span, req.headers());
+                    span
                 })
                 .on_request(())
                 .on_response(

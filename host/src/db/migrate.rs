@@ -152,6 +152,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "account_lock_fences",
         sql: include_str!("../../../migrations/0016_account_lock_fences.sql"),
     },
+    Migration {
+        version: 17,
+        name: "outbox_traceparent",
+        sql: include_str!("../../../migrations/0017_outbox_traceparent.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.

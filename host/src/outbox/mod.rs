@@ -27,6 +27,7 @@ use sinks::{Delivered, Envelope, Sink};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Most events `dead_letters` lists at once.
 pub const MAX_LIST: i64 = 10_000;
@@ -156,7 +157,7 @@ macro_rules! claim_sql {
                 last_attempt_at = now()
             from c where o.id = c.id
             returning o.id, o.event_id::text, o.tenant, o.topic, o.key, o.payload, o.attempts,
-                      (extract(epoch from o.created_at) * 1000)::bigint"
+                      (extract(epoch from o.created_at) * 1000)::bigint, o.traceparent"
         )
     };
 }
@@ -256,7 +257,16 @@ impl Relay {
                         .await
                         .map(|()| 0)
                     } else {
-                        self.deliver(&c.envelope).await
+                        let span = tracing::info_span!(
+                            "relay_delivery",
+                            topic = %c.envelope.topic,
+                            event_id = %c.envelope.event_id,
+                            attempt = c.attempts,
+                        );
+                        if let Some(t) = &c.envelope.traceparent {
+                            crate::telemetry::continue_from(&span, t);
+                        }
+                        self.deliver(&c.envelope).instrument(span).await
                     };
                     (c.id, c.attempts, r)
                 })),
@@ -371,6 +381,11 @@ impl Relay {
                     payload: r.get(5),
                     sequence: r.get(0),
                     created_at_ms: r.get(7),
+                    // only a well-formed one leaves: the column is ours,
+                    // but an envelope is a consumer's input
+                    traceparent: r
+                        .get::<_, Option<String>>(8)
+                        .filter(|t| crate::telemetry::is_traceparent(t)),
                 },
             })
             .collect();

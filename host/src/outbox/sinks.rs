@@ -33,6 +33,10 @@ pub struct Envelope {
     pub created_at_ms: i64,
     /// The event's data.
     pub payload: serde_json::Value,
+    /// The W3C traceparent of the request that caused the event, when it
+    /// was traced: a consumer continues the payment's trace from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 type HmacSha256 = hmac::Hmac<Sha256>;

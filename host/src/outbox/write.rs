@@ -14,6 +14,8 @@ pub struct EventRow {
     pub topic: String,
     pub key: String,
     pub payload: serde_json::Value,
+    /// The W3C traceparent of the request that caused it (`telemetry`).
+    pub traceparent: Option<String>,
 }
 
 /// A payment's outbox rows: `topic` carrying `payload` (the response), then
@@ -25,13 +27,16 @@ pub fn event_rows(
     payload: &serde_json::Value,
     plugin_events: &[(usize, PluginEvent)],
     event_id: impl Fn(usize) -> Uuid,
+    traceparent: Option<&str>,
 ) -> Vec<EventRow> {
     let key = payment.to_string();
+    let traceparent = traceparent.map(str::to_string);
     let mut rows = vec![EventRow {
         id: event_id(0),
         topic,
         key: key.clone(),
         payload: payload.clone(),
+        traceparent: traceparent.clone(),
     }];
     for (i, (step, e)) in plugin_events.iter().enumerate() {
         let data: serde_json::Value =
@@ -45,13 +50,15 @@ pub fn event_rows(
                 "step": step,
                 "data": data,
             }),
+            traceparent: traceparent.clone(),
         });
     }
     rows
 }
 
-/// Writes a payment's outbox events (`event_rows`) in one statement.
-/// Payments and hold transitions both write through here.
+/// Writes a payment's outbox events (`event_rows`) in one statement, with
+/// the traceparent of the current span. Payments and hold transitions both
+/// write through here.
 pub async fn write_events(
     tx: &deadpool_postgres::Transaction<'_>,
     tenant: &str,
@@ -61,7 +68,15 @@ pub async fn write_events(
     plugin_events: &[(usize, PluginEvent)],
     event_id: impl Fn(usize) -> Uuid,
 ) -> Result<()> {
-    let rows = event_rows(payment, topic, payload, plugin_events, event_id);
+    let traceparent = crate::telemetry::current_traceparent();
+    let rows = event_rows(
+        payment,
+        topic,
+        payload,
+        plugin_events,
+        event_id,
+        traceparent.as_deref(),
+    );
     insert_events(tx, tenant, &rows).await
 }
 
@@ -75,16 +90,17 @@ pub async fn insert_events(tx: &impl GenericClient, tenant: &str, rows: &[EventR
     let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
     let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
     let payloads: Vec<&serde_json::Value> = rows.iter().map(|r| &r.payload).collect();
+    let traces: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
     let stmt = tx
         .prepare_cached(
-            "insert into payrail.outbox (event_id, tenant, topic, key, payload)
-             select e, $1, t, k, p
-             from unnest($2::uuid[], $3::text[], $4::text[], $5::json[])
-                  with ordinality as u(e, t, k, p, n)
+            "insert into payrail.outbox (event_id, tenant, topic, key, payload, traceparent)
+             select e, $1, t, k, p, tp
+             from unnest($2::uuid[], $3::text[], $4::text[], $5::json[], $6::text[])
+                  with ordinality as u(e, t, k, p, tp, n)
              order by n",
         )
         .await?;
-    tx.execute(&stmt, &[&tenant, &ids, &topics, &keys, &payloads])
+    tx.execute(&stmt, &[&tenant, &ids, &topics, &keys, &payloads, &traces])
         .await?;
     Ok(())
 }
@@ -100,8 +116,8 @@ pub async fn insert_timer(
 ) -> Result<()> {
     let stmt = tx
         .prepare_cached(
-            "insert into payrail.outbox (event_id, tenant, topic, key, payload, available_at)
-             values ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+            "insert into payrail.outbox (event_id, tenant, topic, key, payload, available_at, traceparent)
+             values ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7)",
         )
         .await?;
     tx.execute(
@@ -113,6 +129,7 @@ pub async fn insert_timer(
             &row.key,
             &row.payload,
             &delay_secs,
+            &row.traceparent,
         ],
     )
     .await?;

@@ -41,6 +41,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Largest batch accepted by the settings: bounds the size of every
@@ -172,6 +173,7 @@ pub(crate) async fn submit(
         req: req.clone(),
         reply,
         deferrals: 0,
+        span: tracing::Span::current(),
     };
     let stopped = || Error::Setup("the payment batcher has stopped".into());
     queue.send(job).await.map_err(|_| stopped())?;
@@ -468,8 +470,11 @@ impl Processor {
             return;
         }
         let tenant = job.tenant.clone();
+        let alone = self
+            .pay_single(&tenant, &job.key, &job.req)
+            .instrument(job.span.clone());
         tokio::select! {
-            answer = self.pay_single(&tenant, &job.key, &job.req) => {
+            answer = alone => {
                 let _ = job.reply.send(answer);
             }
             () = job.reply.closed() => {
@@ -991,10 +996,14 @@ impl<'a> BatchWrites<'a> {
                 _ => &[],
             };
             let topic = format!("payment.{}", d.status.as_str());
-            w.events
-                .extend(event_rows(id, topic, &json, plugin_events, |n| {
-                    event_id(id, n)
-                }));
+            w.events.extend(event_rows(
+                id,
+                topic,
+                &json,
+                plugin_events,
+                |n| event_id(id, n),
+                crate::telemetry::traceparent_of(&job.span).as_deref(),
+            ));
             w.journal.push((id, &d.run.calls[..]));
             w.keys.push(job.key.as_str());
             w.prints.push(batch.prints[i].as_str());

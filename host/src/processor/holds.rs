@@ -92,6 +92,7 @@ pub(crate) async fn create_hold(
         topic: EXPIRE_TOPIC.into(),
         key: timer_key(payment),
         payload: serde_json::json!({ "payment_id": payment.to_string() }),
+        traceparent: crate::telemetry::current_traceparent(),
     };
     // the timer fires when the hold expires (the same `now()` + ttl)
     let ((), found, ()) = futures::try_join!(

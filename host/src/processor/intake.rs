@@ -44,6 +44,10 @@ pub(crate) struct Job {
     pub(super) reply: oneshot::Sender<Result<PayOutcome>>,
     /// Times a batch has put it back (at most [`MAX_DEFERRALS`]).
     pub(super) deferrals: u8,
+    /// The payment's span: the worker runs the job outside it, so its
+    /// events take their traceparent from here, and a job run alone runs
+    /// in it.
+    pub(super) span: tracing::Span,
 }
 
 /// The sending side of the queue; the workers stop when every copy is gone.
@@ -373,6 +377,7 @@ mod tests {
             },
             reply,
             deferrals: 0,
+            span: tracing::Span::none(),
         }
     }
 

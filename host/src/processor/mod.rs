@@ -50,6 +50,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Tunables of the processor.
@@ -418,6 +419,16 @@ impl Processor {
     /// One-step payments go through the batcher when it is on (see
     /// `batch`): same guarantees, one transaction for many payments.
     pub async fn pay(&self, tenant: &str, key: &str, req: &PaymentRequest) -> Result<PayOutcome> {
+        let span = tracing::info_span!("payment", tenant = %tenant, kind = %req.kind);
+        self.pay_in_span(tenant, key, req).instrument(span).await
+    }
+
+    async fn pay_in_span(
+        &self,
+        tenant: &str,
+        key: &str,
+        req: &PaymentRequest,
+    ) -> Result<PayOutcome> {
         validate_request(key, req)?;
         self.commits.check_accepting()?;
         match &self.batcher {
@@ -436,7 +447,11 @@ impl Processor {
                     key.to_string(),
                     req.clone(),
                 );
-                let run = tokio::spawn(async move { p.pay_single(&t, &k, &r).await });
+                // in the payment's span: its events carry the traceparent
+                let run = tokio::spawn(
+                    async move { p.pay_single(&t, &k, &r).await }
+                        .instrument(tracing::Span::current()),
+                );
                 self.commits.answer_task(run).await
             }
         }
@@ -491,7 +506,16 @@ impl Processor {
         attempt: impl AsyncFnOnce(&mut deadpool_postgres::Client, Locked<'_>) -> Result<T>,
     ) -> Result<T> {
         let acquiring = std::time::Instant::now();
-        let external = self.locks.acquire(tenant, accounts).await?;
+        let span = tracing::info_span!(
+            "lock",
+            backend = self.locks.name(),
+            accounts = accounts.len()
+        );
+        let external = self
+            .locks
+            .acquire(tenant, accounts)
+            .instrument(span)
+            .await?;
         let locked = Locked {
             external: external.as_ref(),
             acquired_in: acquiring.elapsed(),
