@@ -697,41 +697,44 @@ pub fn env_name(key: &str) -> String {
     }
 }
 
-/// One variable as a configuration layer; its metadata names it, so an
-/// error and `--check-config` say where a value came from.
-struct EnvVar {
+/// One configuration layer (the file, or one variable) under the name
+/// errors and `--check-config` give it.
+struct Layer {
     name: String,
-    key: String,
-    value: figment::value::Value,
+    data: figment::value::Dict,
 }
 
-impl figment::Provider for EnvVar {
-    fn metadata(&self) -> figment::Metadata {
-        figment::Metadata::named(format!("environment variable {}", self.name))
-    }
-
-    fn data(
-        &self,
-    ) -> std::result::Result<
-        figment::value::Map<figment::Profile, figment::value::Dict>,
-        figment::Error,
-    > {
-        let dict = figment::util::nest(&self.key, self.value.clone())
+impl Layer {
+    /// Variable `name` setting key path `key` to `value`.
+    fn variable(name: &str, key: &str, value: figment::value::Value) -> Layer {
+        let data = figment::util::nest(key, value)
             .into_dict()
-            .ok_or_else(|| figment::Error::from(format!("{}: empty key", self.name)))?;
-        Ok(figment::Profile::Default.collect(dict))
+            .expect("a key path (never empty) nests into a table");
+        Layer {
+            name: format!("environment variable {name}"),
+            data,
+        }
+    }
+
+    /// The TOML text of the file at `path`.
+    fn file(path: &Path, text: &str) -> Result<Layer> {
+        use figment::Provider;
+        use figment::providers::Format;
+        let mut profiles = figment::providers::Toml::string(text)
+            .data()
+            .map_err(|e| invalid(format!("config file {}: {e}", path.display())))?;
+        Ok(Layer {
+            name: format!("file {}", path.display()),
+            data: profiles
+                .remove(&figment::Profile::Default)
+                .unwrap_or_default(),
+        })
     }
 }
 
-/// The configuration file as a layer, named by its path.
-struct FileLayer {
-    path: String,
-    text: String,
-}
-
-impl figment::Provider for FileLayer {
+impl figment::Provider for Layer {
     fn metadata(&self) -> figment::Metadata {
-        figment::Metadata::named(format!("file {}", self.path))
+        figment::Metadata::named(self.name.clone())
     }
 
     fn data(
@@ -740,8 +743,7 @@ impl figment::Provider for FileLayer {
         figment::value::Map<figment::Profile, figment::value::Dict>,
         figment::Error,
     > {
-        use figment::providers::Format;
-        figment::providers::Toml::string(&self.text).data()
+        Ok(figment::Profile::Default.collect(self.data.clone()))
     }
 }
 
@@ -831,11 +833,7 @@ impl Config {
     ) -> Result<Layered> {
         let mut figment = figment::Figment::new();
         if let Some(p) = path {
-            let text = read_config_file(p)?;
-            figment = figment.merge(FileLayer {
-                path: p.display().to_string(),
-                text,
-            });
+            figment = figment.merge(Layer::file(p, &read_config_file(p)?)?);
         }
         figment = Config::merge_env(figment, vars)?;
         let config = figment
@@ -858,7 +856,7 @@ impl Config {
             if let Some(key) = env_key(&name)? {
                 let alias = ENV_ALIASES.iter().any(|(n, _)| *n == name);
                 let value = env_value(&key, raw, &defaults);
-                layers.push((!alias, EnvVar { name, key, value }));
+                layers.push((!alias, Layer::variable(&name, &key, value)));
             }
         }
         // aliases first, then the mechanical names; each in name order

@@ -187,6 +187,20 @@ impl TestDb {
         .await;
     }
 
+    /// Ready for payments over HTTP: the samples, `alice` with 100,000 and
+    /// `bob` with nothing, and a `payments` key of tenant `default` (its
+    /// secret returned).
+    pub async fn ready_to_pay(&self) -> String {
+        self.samples().await;
+        self.account("alice", 100_000).await;
+        self.account("bob", 0).await;
+        let c = self.pool.get().await.unwrap();
+        payrail::apikeys::create(&c, DEFAULT_TENANT, &[payrail::apikeys::Scope::Payments])
+            .await
+            .unwrap()
+            .secret
+    }
+
     pub async fn balance(&self, id: &str) -> i64 {
         let c = self.pool.get().await.unwrap();
         ledger::get_account(&c, DEFAULT_TENANT, id)

@@ -13,6 +13,23 @@ use std::sync::{Arc, Mutex};
 /// The shared secret test webhooks are signed with.
 pub const SECRET: &str = "test-secret-0123456789abcdef";
 
+/// A webhook sink named `hook` to `url`, signed with [`SECRET`], for
+/// every topic.
+pub fn webhook(url: &str) -> payrail::config::SinkConfig {
+    payrail::config::SinkConfig {
+        name: "hook".into(),
+        kind: payrail::config::SinkKind::Webhook,
+        topics: vec!["*".into()],
+        url: Some(url.into()),
+        secret: Some(SECRET.into()),
+        secret_env: None,
+        subject_prefix: None,
+        ca_file: None,
+        path: None,
+        timeout_ms: 2000,
+    }
+}
+
 /// What the receiver saw.
 #[derive(Default)]
 pub struct Seen {

@@ -29,6 +29,49 @@ impl Cli {
     }
 }
 
+/// `migrate --status` and `--dry-run` change nothing and say what a run
+/// would do; the run then does it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_status_and_dry_run_show_what_a_run_would_do() {
+    let db = common::TestDb::unmigrated().await;
+    let cli = Cli {
+        url: db.url.clone(),
+    };
+    let status: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["migrate", "--status"])).unwrap();
+    let all = status.as_array().unwrap();
+    assert_eq!(all.len(), payrail::db::migrate::MIGRATIONS.len());
+    assert!(all.iter().all(|m| m["applied_at"].is_null()));
+    let fences = all.iter().find(|m| m["version"] == 16).unwrap();
+    assert_eq!(fences["locks"][0]["table"], "payrail.accounts", "{fences}");
+    assert_eq!(fences["locks"][0]["impact"], "brief", "{fences}");
+    let script = cli.ok(&["migrate", "--dry-run", "--lock-timeout-ms", "750"]);
+    assert!(
+        script.contains("set local lock_timeout = '750ms';"),
+        "{script}"
+    );
+    assert!(script.contains("alter table payrail.accounts add column lock_fence"));
+    // nothing was applied by either
+    let (_, again, _) = cli.run(&["migrate", "--status"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&again).unwrap(),
+        status
+    );
+    cli.ok(&["migrate"]);
+    let status: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["migrate", "--status"])).unwrap();
+    assert!(
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| !m["applied_at"].is_null()
+                && m["changed"] == false
+                && m.get("locks").is_none())
+    );
+    assert_eq!(cli.ok(&["migrate", "--dry-run"]), "");
+}
+
 /// `--version` names what an operator needs to match a binary to its
 /// source and to the plugins it accepts.
 #[test]

@@ -236,3 +236,62 @@ async fn a_host_older_than_the_schema_stays_ready() {
     let status = db::migrate::status(&c).await.unwrap();
     assert!(status.iter().all(|s| s.applied_at.is_some() && !s.changed));
 }
+
+/// A `-- payrail:no-transaction` migration (what `create index
+/// concurrently` needs) runs statement by statement, is recorded once, and
+/// shows in the status as such; a statement that fails leaves it pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_transaction_migration_builds_an_index_concurrently() {
+    use db::migrate::{MIGRATIONS, MigrateSettings, Migration, migrate_with};
+    let db = common::TestDb::new().await;
+    let mut c = db.pool.get().await.unwrap();
+    let concurrent = Migration {
+        version: 1_000,
+        name: "test_concurrent_index",
+        sql: "-- payrail:no-transaction\n\
+              drop index concurrently if exists payrail.test_payments_created;\n\
+              create index concurrently if not exists test_payments_created on payrail.payments (created_at);",
+    };
+    assert!(!concurrent.transactional());
+    let plan = concurrent.lock_plan();
+    assert_eq!(plan.len(), 2, "{plan:?}");
+    assert!(
+        plan.iter().all(|s| s.impact == db::migrate::Impact::None),
+        "{plan:?}"
+    );
+    let broken = Migration {
+        version: 1_001,
+        name: "test_broken",
+        sql: "-- payrail:no-transaction\ncreate index concurrently broken_idx on payrail.no_such_table (x);",
+    };
+    let list: Vec<Migration> = MIGRATIONS
+        .iter()
+        .copied()
+        .chain([concurrent, broken])
+        .collect();
+    let settings = MigrateSettings::default();
+    let e = migrate_with(&mut c, &list, 1_001, &settings)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("migration 1001"), "{e}");
+    let valid: bool = c
+        .query_one(
+            "select indisvalid from pg_index where indexrelid = 'payrail.test_payments_created'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(valid, "the concurrent build finished");
+    let recorded: Vec<i32> = c
+        .query(
+            "select version from payrail.schema_migrations where version >= 1000",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(recorded, vec![1_000], "the failed one stays pending");
+}

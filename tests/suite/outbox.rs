@@ -5,8 +5,9 @@
 
 use crate::common;
 
+use crate::common::receiver::webhook;
 use common::TestDb;
-use common::receiver::{Receiver, SECRET, TestStream};
+use common::receiver::{Receiver, TestStream};
 use payrail::api::metrics::Metrics;
 use payrail::config::{SinkConfig, SinkKind};
 use payrail::outbox::sinks::Sink;
@@ -15,21 +16,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-fn webhook(url: &str) -> SinkConfig {
-    SinkConfig {
-        name: "hook".into(),
-        kind: SinkKind::Webhook,
-        topics: vec!["*".into()],
-        url: Some(url.into()),
-        secret: Some(SECRET.into()),
-        secret_env: None,
-        subject_prefix: None,
-        ca_file: None,
-        path: None,
-        timeout_ms: 2000,
-    }
-}
 
 fn fast() -> RelaySettings {
     RelaySettings {

@@ -7,7 +7,6 @@ use crate::common::receiver::{Receiver, SECRET};
 use crate::common::{ServeChild, TestDb};
 use axum::body::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use payrail::apikeys::{self, Scope};
 use prost::Message;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -57,16 +56,7 @@ async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Exported>>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_an_otlp_receiver_and_the_trace_reaches_the_event() {
     let db = TestDb::new().await;
-    db.samples().await;
-    db.account("alice", 100_000).await;
-    db.account("bob", 0).await;
-    let key = {
-        let c = db.pool.get().await.unwrap();
-        apikeys::create(&c, "default", &[Scope::Payments])
-            .await
-            .unwrap()
-            .secret
-    };
+    let key = db.ready_to_pay().await;
     let (collector, spans) = otlp_receiver().await;
     let hooks = Receiver::start().await;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_payrail"));
@@ -111,28 +101,9 @@ async fn spans_reach_an_otlp_receiver_and_the_trace_reaches_the_event() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let Some(traceparent) = envelope.traceparent else {
-        serve.signal("-TERM");
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let rows: Vec<(String, Option<String>)> = db
-            .pool
-            .get()
-            .await
-            .unwrap()
-            .query(
-                "select topic, traceparent from payrail.outbox order by id",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        panic!(
-            "the envelope carries no traceparent; outbox: {rows:?}; spans: {:?}",
-            spans.lock().unwrap(),
-        );
-    };
+    let traceparent = envelope
+        .traceparent
+        .expect("the envelope carries a traceparent");
     assert!(
         traceparent.starts_with(&format!("00-{trace_id}-")),
         "{traceparent} is not in the caller's trace"

@@ -5,10 +5,9 @@
 //! Then a sink configured by the environment alone.
 
 use crate::common::certs::{client_trusting, first_der, make_ca, make_cert};
-use crate::common::receiver::{Receiver, SECRET};
+use crate::common::receiver::{Receiver, SECRET, webhook};
 use crate::common::{ServeChild, TestDb};
-use payrail::apikeys::{self, Scope};
-use payrail::config::{SinkConfig, SinkKind};
+use payrail::config::SinkConfig;
 use payrail::outbox::sinks::{Delivered, Envelope, Sink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,16 +23,9 @@ fn scratch(tag: &str) -> PathBuf {
 
 fn https_sink(url: &str, ca_file: Option<PathBuf>) -> Sink {
     Sink::new(&SinkConfig {
-        name: "hook".into(),
-        kind: SinkKind::Webhook,
-        topics: vec!["*".into()],
-        url: Some(url.into()),
-        secret: Some(SECRET.into()),
-        secret_env: None,
-        subject_prefix: None,
         ca_file,
-        path: None,
         timeout_ms: 3000,
+        ..webhook(url)
     })
     .unwrap()
 }
@@ -233,16 +225,7 @@ async fn serve_terminates_tls_and_reloads_its_certificate_on_sighup_and_on_chang
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_configured_by_the_environment_alone_delivers() {
     let db = TestDb::new().await;
-    db.samples().await;
-    db.account("alice", 100_000).await;
-    db.account("bob", 0).await;
-    let key = {
-        let c = db.pool.get().await.unwrap();
-        apikeys::create(&c, "default", &[Scope::Payments])
-            .await
-            .unwrap()
-            .secret
-    };
+    let key = db.ready_to_pay().await;
     let rx = Receiver::start().await;
     let sinks = format!(
         r#"[{{name = "hook", type = "webhook", topics = ["payment.*"], url = "{}", secret = "{SECRET}"}}]"#,

@@ -63,6 +63,7 @@ impl MigrateSettings {
 }
 
 /// One migration file.
+#[derive(Debug, Clone, Copy)]
 pub struct Migration {
     pub version: i32,
     pub name: &'static str,

@@ -90,6 +90,22 @@ pub async fn insert_events(tx: &impl GenericClient, tenant: &str, rows: &[EventR
     let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
     let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
     let payloads: Vec<&serde_json::Value> = rows.iter().map(|r| &r.payload).collect();
+    // Without a trace the statement names no traceparent column, so a host
+    // not exporting traces also writes to a ledger before schema 17.
+    if rows.iter().all(|r| r.traceparent.is_none()) {
+        let stmt = tx
+            .prepare_cached(
+                "insert into payrail.outbox (event_id, tenant, topic, key, payload)
+                 select e, $1, t, k, p
+                 from unnest($2::uuid[], $3::text[], $4::text[], $5::json[])
+                      with ordinality as u(e, t, k, p, n)
+                 order by n",
+            )
+            .await?;
+        tx.execute(&stmt, &[&tenant, &ids, &topics, &keys, &payloads])
+            .await?;
+        return Ok(());
+    }
     let traces: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
     let stmt = tx
         .prepare_cached(
@@ -116,8 +132,10 @@ pub async fn insert_timer(
 ) -> Result<()> {
     let stmt = tx
         .prepare_cached(
-            "insert into payrail.outbox (event_id, tenant, topic, key, payload, available_at, traceparent)
-             values ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7)",
+            // the traceparent is set after the insert, and only when there
+            // is one (see `insert_events`)
+            "insert into payrail.outbox (event_id, tenant, topic, key, payload, available_at)
+             values ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
         )
         .await?;
     tx.execute(
@@ -129,9 +147,15 @@ pub async fn insert_timer(
             &row.key,
             &row.payload,
             &delay_secs,
-            &row.traceparent,
         ],
     )
     .await?;
+    if let Some(t) = &row.traceparent {
+        tx.execute(
+            "update payrail.outbox set traceparent = $2 where event_id = $1",
+            &[&row.id, t],
+        )
+        .await?;
+    }
     Ok(())
 }
