@@ -470,11 +470,11 @@ impl Processor {
             return;
         }
         let tenant = job.tenant.clone();
-        let alone = self
-            .pay_single(&tenant, &job.key, &job.req)
-            .instrument(job.span.clone());
+        // Pinned where it is built: the span's wrapper then holds a pointer,
+        // not the (large) future, which a debug build would copy into it.
+        let alone = std::pin::pin!(self.pay_single(&tenant, &job.key, &job.req));
         tokio::select! {
-            answer = alone => {
+            answer = alone.instrument(job.span.clone()) => {
                 let _ = job.reply.send(answer);
             }
             () = job.reply.closed() => {
@@ -712,19 +712,21 @@ impl Processor {
         let now = now_ms();
         // Moved into each blocking run: built once, shared by every pause.
         let reqs: Arc<[PaymentRequest]> = batch.jobs.iter().map(|j| j.req.clone()).collect();
+        // each payment's plugin calls are traced under its own span
+        let spans: Arc<[tracing::Span]> = batch.jobs.iter().map(|j| j.span.clone()).collect();
         self.read_credited(tx, batch.tenant, &mut book).await?;
         let mut next = 0;
         while next < items.len() {
             let engine = self.engine.clone();
             let limits = self.settings.limits;
-            let reqs = reqs.clone();
+            let (reqs, spans) = (reqs.clone(), spans.clone());
             // A caller that went away (request timeout) gets no payment: one
             // not decided yet is dropped like a rolled-back transaction.
             let abandoned: Vec<bool> = batch.jobs.iter().map(|j| j.reply.is_closed()).collect();
             // within the tenant's share of the cores (docs/tenancy.md)
             let plugins = self.run_plugins(batch.tenant, move || {
                 let (mut book, mut items, mut slots) = (book, items, slots);
-                let at = (&reqs[..], &abandoned[..]);
+                let at = (&reqs[..], &abandoned[..], &spans[..]);
                 let paused = decide(
                     &engine, &limits, now, at, &mut book, &mut items, &mut slots, next,
                 );
@@ -1023,7 +1025,7 @@ fn decide(
     engine: &crate::engine::PluginEngine,
     limits: &crate::engine::PluginLimits,
     now_ms: u64,
-    (reqs, abandoned): (&[PaymentRequest], &[bool]),
+    (reqs, abandoned, spans): (&[PaymentRequest], &[bool], &[tracing::Span]),
     book: &mut Book,
     items: &mut [Item],
     slots: &mut [Slot],
@@ -1044,6 +1046,7 @@ fn decide(
                     .map(|p| snapshot_of(&book.accounts[p]))
                     .to_vec();
                 let payment = payment_of(item.id, req);
+                let _traced = spans[item.job].enter();
                 match run_steps(engine, &item.pipeline, &payment, snapshots, now_ms, limits) {
                     Ok(run) => run,
                     Err(error) => {

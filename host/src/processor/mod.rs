@@ -420,7 +420,9 @@ impl Processor {
     /// `batch`): same guarantees, one transaction for many payments.
     pub async fn pay(&self, tenant: &str, key: &str, req: &PaymentRequest) -> Result<PayOutcome> {
         let span = tracing::info_span!("payment", tenant = %tenant, kind = %req.kind);
-        self.pay_in_span(tenant, key, req).instrument(span).await
+        // pinned in place: the span's wrapper holds a pointer, not a copy
+        let work = std::pin::pin!(self.pay_in_span(tenant, key, req));
+        work.instrument(span).await
     }
 
     async fn pay_in_span(

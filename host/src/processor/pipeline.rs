@@ -247,7 +247,10 @@ impl Processor {
         let pipeline = pipeline.clone();
         let payment = payment.clone();
         let now = now_ms();
+        // the plugin thread traces its calls under the caller's span
+        let span = tracing::Span::current();
         self.run_plugins(tenant, move || {
+            let _traced = span.enter();
             run_steps(&engine, &pipeline, &payment, snapshots, now, &limits)
         })
         .await?
