@@ -686,17 +686,6 @@ pub fn env_key(name: &str) -> Result<Option<String>> {
     Ok(Some(format!("{section}.{tail}")))
 }
 
-/// The variable named in a mechanical way for key path `key`.
-pub fn env_name(key: &str) -> String {
-    match key {
-        "sinks" => ENV_SINKS.to_string(),
-        _ => format!(
-            "{ENV_PREFIX}{}",
-            key.to_ascii_uppercase().replace('.', "__")
-        ),
-    }
-}
-
 /// One configuration layer (the file, or one variable) under the name
 /// errors and `--check-config` give it.
 struct Layer {
@@ -1506,6 +1495,22 @@ path = "/tmp/x.jsonl"
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_otlp_endpoint_must_be_an_http_url() {
+        let mut c = Config::default();
+        c.apply_env(env(&[(
+            "PAYRAIL_LOG__OTLP_ENDPOINT",
+            "http://127.0.0.1:4318",
+        )]))
+        .unwrap();
+        c.validate().unwrap();
+        for bad in ["https://collector:4318", "127.0.0.1:4318", "http://"] {
+            c.log.otlp_endpoint = Some(bad.into());
+            let e = c.validate().unwrap_err();
+            assert!(e.to_string().contains("log.otlp_endpoint"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use crate::error::{Error, Result};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use std::collections::HashMap;
@@ -43,7 +43,6 @@ impl Exporter {
             .with_http()
             .with_endpoint(url)
             .with_timeout(Duration::from_millis(EXPORT_TIMEOUT_MS))
-            .with_headers(HashMap::new())
             .build()
             .map_err(|e| Error::Setup(format!("log.otlp_endpoint {endpoint}: {e}")))?;
         let batch = BatchConfigBuilder::default()

@@ -199,3 +199,22 @@ impl ServerTls {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pem_file_past_the_bound_is_refused_unread() {
+        let dir = std::env::temp_dir().join(format!("payrail-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big.pem");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_PEM_FILE_BYTES + 1).unwrap();
+        let e = load_roots(&big.to_string_lossy(), "ca_file").unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+        let e = ServerTls::load(&big, &big).err().unwrap();
+        assert!(e.to_string().contains("larger than"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

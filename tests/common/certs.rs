@@ -17,59 +17,43 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// `openssl req` with a new P-256 key written to `{name}.key`, then `out`
+/// (`-x509 -out {name}.crt` for a self-signed CA, `-out {name}.csr`).
+fn new_key_request(dir: &Path, name: &str, out: &[&str]) {
+    let (key, subject) = (format!("{name}.key"), format!("/CN={name}"));
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-subj",
+        &subject,
+    ];
+    args.extend_from_slice(out);
+    openssl(dir, &args);
+}
+
 /// A CA (`{name}.crt`, `{name}.key`) in `dir`.
 pub fn make_ca(dir: &Path, name: &str) {
-    let key = format!("{name}.key");
     let crt = format!("{name}.crt");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
+    new_key_request(dir, name, &["-x509", "-out", &crt, "-days", "2"]);
 }
 
 /// `{name}.crt`/`{name}.key` in `dir`, signed by CA `ca`, for the names of
 /// `san` (openssl's form: `IP:127.0.0.1,DNS:localhost`).
 pub fn make_cert(dir: &Path, name: &str, ca: &str, san: &str) {
-    let (key, csr, crt, ext) = (
-        format!("{name}.key"),
+    let (csr, crt, ext) = (
         format!("{name}.csr"),
         format!("{name}.crt"),
         format!("{name}.ext"),
     );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
+    new_key_request(dir, name, &["-out", &csr]);
     std::fs::write(dir.join(&ext), format!("subjectAltName={san}\n")).unwrap();
+    let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
     openssl(
         dir,
         &[
@@ -78,9 +62,9 @@ pub fn make_cert(dir: &Path, name: &str, ca: &str, san: &str) {
             "-in",
             &csr,
             "-CA",
-            &format!("{ca}.crt"),
+            &ca_crt,
             "-CAkey",
-            &format!("{ca}.key"),
+            &ca_key,
             "-CAcreateserial",
             "-out",
             &crt,

@@ -295,3 +295,37 @@ async fn a_no_transaction_migration_builds_an_index_concurrently() {
         .collect();
     assert_eq!(recorded, vec![1_000], "the failed one stays pending");
 }
+
+/// A migration that never gets its lock gives up after its tries with
+/// `migration_lock_busy`, and nothing of it is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_that_never_gets_its_lock_gives_up_and_applies_nothing() {
+    let db = common::TestDb::unmigrated().await;
+    let mut c = db.pool.get().await.unwrap();
+    let last = db::migrate::latest_version();
+    db::migrate::migrate_to(&mut c, last - 1).await.unwrap();
+    let mut reader = db.pool.get().await.unwrap();
+    let tx = reader.transaction().await.unwrap();
+    tx.query("select 1 from payrail.outbox limit 1", &[])
+        .await
+        .unwrap();
+    let settings = db::migrate::MigrateSettings {
+        lock_timeout_ms: 50,
+        max_attempts: 3,
+        retry_pause_ms: 10,
+    };
+    let e = db::migrate::migrate_with(&mut c, db::migrate::MIGRATIONS, last, &settings)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "migration_lock_busy", "{e}");
+    assert!(e.to_string().contains("in 3 tries"), "{e}");
+    tx.commit().await.unwrap();
+    assert!(
+        !db::migrate::is_current(&c).await.unwrap(),
+        "nothing applied"
+    );
+    assert_eq!(
+        db::migrate::migrate_to(&mut c, last).await.unwrap(),
+        vec![last]
+    );
+}

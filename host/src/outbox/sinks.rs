@@ -41,12 +41,17 @@ pub struct Envelope {
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
+/// An HMAC-SHA256 under `key`.
+fn keyed(key: &[u8]) -> HmacSha256 {
+    // HMAC takes a key of any length: the error arm cannot happen
+    <HmacSha256 as hmac::Mac>::new_from_slice(key).expect("HMAC takes any key length")
+}
+
 /// HMAC-SHA256 (RFC 2104) of `"<timestamp>.<body>"` under `key`, the
 /// signed message of a webhook, ready for a final or a verify.
 fn signed_message(key: &[u8], timestamp: u64, body: &[u8]) -> HmacSha256 {
     use hmac::Mac;
-    // HMAC takes a key of any length; the error arm cannot happen.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut mac = keyed(key);
     mac.update(format!("{timestamp}.").as_bytes());
     mac.update(body);
     mac
@@ -55,7 +60,7 @@ fn signed_message(key: &[u8], timestamp: u64, body: &[u8]) -> HmacSha256 {
 /// HMAC-SHA256 (RFC 2104) of `msg` under `key`.
 pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     use hmac::Mac;
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut mac = keyed(key);
     mac.update(msg);
     mac.finalize().into_bytes().into()
 }
