@@ -29,7 +29,7 @@ pub const KEY_LEN: usize = KEY_PREFIX.len() + 64;
 pub const MAX_LIST: i64 = 1000;
 
 /// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Accounts and payments.
@@ -79,7 +79,7 @@ impl Scope {
 }
 
 /// A stored key, without its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiKey {
     /// Public id (`key_` + 16 hex), used to revoke the key.
     pub id: String,
@@ -91,6 +91,11 @@ pub struct ApiKey {
     pub created_at: String,
     /// Revocation time, if revoked.
     pub revoked_at: Option<String>,
+    /// When the key stops working (RFC 3339, UTC); `null`: never.
+    pub expires_at: Option<String>,
+    /// When a host last looked the key up for a request (RFC 3339, UTC;
+    /// to within a minute plus `server.api_key_cache_ms`); `null`: never.
+    pub last_used_at: Option<String>,
 }
 
 /// A newly created key: the only time its secret exists outside the client.
@@ -136,7 +141,9 @@ fn looks_like_key(secret: &str) -> bool {
 
 const KEY_COLUMNS: &str = "id, tenant, scopes,
     to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-    to_char(revoked_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+    to_char(revoked_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+    to_char(expires_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+    to_char(last_used_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
 
 fn key_from_row(r: &tokio_postgres::Row) -> ApiKey {
     let scopes: Vec<String> = r.get(2);
@@ -146,6 +153,8 @@ fn key_from_row(r: &tokio_postgres::Row) -> ApiKey {
         scopes: scopes.iter().filter_map(|s| Scope::parse(s).ok()).collect(),
         created_at: r.get(3),
         revoked_at: r.get(4),
+        expires_at: r.get(5),
+        last_used_at: r.get(6),
     }
 }
 
@@ -155,9 +164,26 @@ pub async fn create(
     tenant: &str,
     scopes: &[Scope],
 ) -> Result<NewApiKey> {
+    create_expiring(client, tenant, scopes, None).await
+}
+
+/// [`create`], for a key that stops working at `expires_at` (which must be
+/// in the future).
+pub async fn create_expiring(
+    client: &impl GenericClient,
+    tenant: &str,
+    scopes: &[Scope],
+    expires_at: Option<time::OffsetDateTime>,
+) -> Result<NewApiKey> {
     validate_id("tenant", tenant)?;
     if scopes.is_empty() {
         return Err(Error::invalid("invalid_scope", "a key needs a scope"));
+    }
+    if expires_at.is_some_and(|t| t <= time::OffsetDateTime::now_utc()) {
+        return Err(Error::invalid(
+            "invalid_expiry",
+            "expires_at must be in the future",
+        ));
     }
     let id = format!("key_{}", hex::encode(rand::random::<[u8; 8]>()));
     let secret = format!("{KEY_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()));
@@ -165,10 +191,11 @@ pub async fn create(
     let row = client
         .query_one(
             &format!(
-                "insert into payrail.api_keys (id, tenant, hash, scopes) values ($1, $2, $3, $4)
+                "insert into payrail.api_keys (id, tenant, hash, scopes, expires_at)
+                 values ($1, $2, $3, $4, $5)
                  returning {KEY_COLUMNS}"
             ),
-            &[&id, &tenant, &hash_secret(&secret), &names],
+            &[&id, &tenant, &hash_secret(&secret), &names, &expires_at],
         )
         .await?;
     Ok(NewApiKey {
@@ -177,32 +204,61 @@ pub async fn create(
     })
 }
 
-/// Revokes key `id`; from then on a lookup finds nothing (a server that
-/// looked it up within its [`KeyCache`] TTL still trusts it until then). Revoking a
-/// revoked key is a no-op; an unknown id is `api_key_not_found`.
+/// Revokes key `id` of any tenant (the operator's command line); see
+/// [`revoke_scoped`].
 pub async fn revoke(client: &impl GenericClient, id: &str) -> Result<ApiKey> {
+    revoke_scoped(client, None, id).await
+}
+
+/// Revokes key `id`, of `tenant` when given (a key of another tenant is
+/// not found); from then on a lookup finds nothing (a server that looked
+/// it up within its [`KeyCache`] TTL still trusts it until then).
+/// Revoking a revoked key is a no-op; an unknown id is `api_key_not_found`.
+pub async fn revoke_scoped(
+    client: &impl GenericClient,
+    tenant: Option<&str>,
+    id: &str,
+) -> Result<ApiKey> {
     let row = client
         .query_opt(
             &format!(
                 "update payrail.api_keys set revoked_at = coalesce(revoked_at, now())
-                 where id = $1 returning {KEY_COLUMNS}"
+                 where id = $1 and ($2::text is null or tenant = $2) returning {KEY_COLUMNS}"
             ),
-            &[&id],
+            &[&id, &tenant],
         )
         .await?
-        .ok_or_else(|| Error::invalid("api_key_not_found", format!("no API key {id:?}")))?;
+        .ok_or_else(|| Error::NotFound {
+            what: "api key",
+            id: id.chars().take(64).collect(),
+        })?;
     Ok(key_from_row(&row))
 }
 
 /// The keys of `tenant` (at most [`MAX_LIST`]), oldest first.
 pub async fn list(client: &impl GenericClient, tenant: &str) -> Result<Vec<ApiKey>> {
+    list_page(client, tenant, None, (">", "asc"), MAX_LIST).await
+}
+
+/// A page of `tenant`'s keys: those created `cmp` the key `position`
+/// (`"created_at|id"`), in `dir` order (see `api::pagination::Seek::sql`).
+pub async fn list_page(
+    client: &impl GenericClient,
+    tenant: &str,
+    position: Option<(time::OffsetDateTime, &str)>,
+    (cmp, dir): (&str, &str),
+    limit: i64,
+) -> Result<Vec<ApiKey>> {
+    debug_assert!(matches!(cmp, "<" | ">") && matches!(dir, "asc" | "desc"));
+    let (at, id) = position.unzip();
     let rows = client
         .query(
             &format!(
                 "select {KEY_COLUMNS} from payrail.api_keys where tenant = $1
-                 order by created_at, id limit $2"
+                   and ($2::timestamptz is null or (created_at, id) {cmp} ($2, $3::text))
+                 order by created_at {dir}, id {dir} limit $4"
             ),
-            &[&tenant, &MAX_LIST],
+            &[&tenant, &at, &id, &limit.clamp(1, MAX_LIST)],
         )
         .await?;
     Ok(rows.iter().map(key_from_row).collect())
@@ -212,10 +268,20 @@ pub async fn list(client: &impl GenericClient, tenant: &str) -> Result<Vec<ApiKe
 async fn lookup(client: &impl GenericClient, digest: &[u8; 32]) -> Result<Option<Principal>> {
     // Prepared once per connection: this runs for every request the
     // cache does not answer.
+    // An expired key is unknown. Its last use is written at most once a
+    // minute, in the lookup's own statement: one round trip, and a write
+    // only when the stored time is a minute old.
     let stmt = client
         .prepare_cached(&format!(
-            "select {KEY_COLUMNS} from payrail.api_keys
-             where hash = $1 and revoked_at is null"
+            "with k as (
+                 select * from payrail.api_keys
+                 where hash = $1 and revoked_at is null
+                   and (expires_at is null or expires_at > now())),
+             used as (
+                 update payrail.api_keys a set last_used_at = now() from k
+                 where a.id = k.id
+                   and (k.last_used_at is null or k.last_used_at < now() - interval '1 minute'))
+             select {KEY_COLUMNS} from k"
         ))
         .await?;
     let row = client.query_opt(&stmt, &[&hex::encode(digest)]).await?;

@@ -33,6 +33,11 @@ pub const VERSION: &str = concat!(
 pub struct Cli {
     #[command(flatten)]
     pub db: DbArgs,
+    /// The tenant a data command acts for (accounts, payments, plugins,
+    /// pipelines, shadow, replay, keys; default `default`). `outbox`
+    /// without it acts on every tenant.
+    #[arg(long, global = true, env = "PAYRAIL_TENANT")]
+    pub tenant: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -208,13 +213,14 @@ impl MigrateArgs {
 pub enum ApikeyCmd {
     /// Create a key; prints it once (only its hash is stored).
     Create {
-        /// The tenant the key acts for.
-        #[arg(long)]
-        tenant: String,
         /// Comma-separated: `payments` (accounts, payments), `admin`
         /// (plugins, pipelines).
         #[arg(long, default_value = "payments")]
         scopes: String,
+        /// When the key stops working (RFC 3339, e.g.
+        /// 2027-01-01T00:00:00Z); default never.
+        #[arg(long)]
+        expires_at: Option<String>,
     },
     /// Revoke a key by its id (`key_...`); running servers refuse it within
     /// their `server.api_key_cache_ms` (1 s by default).
@@ -223,11 +229,7 @@ pub enum ApikeyCmd {
         id: String,
     },
     /// List a tenant's keys (never their secrets).
-    List {
-        /// The tenant whose keys to list.
-        #[arg(long)]
-        tenant: String,
-    },
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -551,6 +553,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
         return run_bench(&cli.db, args);
     }
     let ctx = Context::open(&cli.db).await?;
+    if let Some(t) = &cli.tenant {
+        ledger::validate_id("tenant", t)?;
+    }
+    let tenant = cli.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
+    let actor = crate::admin_log::Actor::cli(tenant);
     match cli.command {
         Command::Migrate(args) if args.status => {
             let client = ctx.pool.get().await?;
@@ -591,11 +598,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     format!("cannot read {}: {e}", file.display()),
                 )
             })?;
-            let client = ctx.pool.get().await?;
-            let digest = registry::deploy_plugin_versioned(
-                &client,
+            let mut client = ctx.pool.get().await?;
+            let digest = crate::admin::deploy_plugin(
+                &mut client,
                 &ctx.engine,
-                DEFAULT_TENANT,
+                &actor,
                 &name,
                 version.as_deref(),
                 signature.as_deref(),
@@ -610,15 +617,15 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 .iter()
                 .map(|s| parse_step(s))
                 .collect::<Result<Vec<_>>>()?;
-            let client = ctx.pool.get().await?;
+            let mut client = ctx.pool.get().await?;
             let p =
-                registry::set_pipeline(&client, &ctx.engine, DEFAULT_TENANT, &kind, &specs).await?;
+                crate::admin::set_pipeline(&mut client, &ctx.engine, &actor, &kind, &specs).await?;
             print_json(&p);
         }
         Command::Pipeline(PipelineCmd::Show { kind }) => {
             ctx.require_schema().await?;
             let client = ctx.pool.get().await?;
-            print_json(&registry::load_pipeline(&client, DEFAULT_TENANT, &kind).await?);
+            print_json(&registry::load_pipeline(&client, tenant, &kind).await?);
         }
         Command::Account(AccountCmd::Create {
             id,
@@ -628,9 +635,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }) => {
             ctx.require_schema().await?;
             let mut client = ctx.pool.get().await?;
-            let account = ledger::create_account(
+            let account = crate::admin::open_account(
                 &mut client,
-                DEFAULT_TENANT,
+                &actor,
                 &NewAccount {
                     id,
                     currency,
@@ -645,7 +652,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Account(AccountCmd::Show { id }) => {
             ctx.require_schema().await?;
             let client = ctx.pool.get().await?;
-            print_json(&ledger::get_account(&client, DEFAULT_TENANT, &id).await?);
+            print_json(&ledger::get_account(&client, tenant, &id).await?);
         }
         Command::Pay(a) => {
             ctx.require_schema().await?;
@@ -663,7 +670,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 },
                 hold_ttl_secs: a.hold_ttl_secs,
             };
-            let out = ctx.processor().pay(DEFAULT_TENANT, &a.key, &req).await?;
+            let out = ctx.processor().pay(tenant, &a.key, &req).await?;
             if out.replayed {
                 eprintln!(
                     "replayed: key {:?} was already used for this payment; nothing new written",
@@ -676,7 +683,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             ctx.require_schema().await?;
             let out = ctx
                 .processor()
-                .capture(DEFAULT_TENANT, &a.key, &a.payment_id, a.amount)
+                .capture(tenant, &a.key, &a.payment_id, a.amount)
                 .await?;
             if out.replayed {
                 eprintln!(
@@ -688,10 +695,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Void(a) => {
             ctx.require_schema().await?;
-            let out = ctx
-                .processor()
-                .void(DEFAULT_TENANT, &a.key, &a.payment_id)
-                .await?;
+            let out = ctx.processor().void(tenant, &a.key, &a.payment_id).await?;
             if out.replayed {
                 eprintln!("replayed: key {:?} was already used for this void", a.key);
             }
@@ -712,13 +716,13 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Pipeline(PipelineCmd::History { kind, limit }) => {
-            return crate::platform_cli::pipeline_history(&ctx, &kind, limit).await;
+            return crate::platform_cli::pipeline_history(&ctx, tenant, &kind, limit).await;
         }
         Command::Pipeline(PipelineCmd::Rollback { kind, version }) => {
-            return crate::platform_cli::pipeline_rollback(&ctx, &kind, version).await;
+            return crate::platform_cli::pipeline_rollback(&ctx, &actor, &kind, version).await;
         }
-        Command::Replay(args) => return crate::platform_cli::replay(&ctx, &args).await,
-        Command::Shadow(cmd) => return crate::platform_cli::shadow(&ctx, &cmd).await,
+        Command::Replay(args) => return crate::platform_cli::replay(&ctx, tenant, &args).await,
+        Command::Shadow(cmd) => return crate::platform_cli::shadow(&ctx, &actor, &cmd).await,
         Command::Demo(args) => return demo::run(&ctx, &args).await,
         Command::Serve(_)
         | Command::Relay(_)
@@ -728,14 +732,16 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Outbox(cmd) => {
             ctx.require_schema().await?;
+            let mut client = ctx.pool.get().await?;
+            // without --tenant: the operator's view of every tenant
+            let scope = cli.tenant.as_deref();
             match cmd {
                 OutboxCmd::DeadLetters { limit } => {
-                    print_json(&crate::outbox::dead_letters(&ctx.pool, limit).await?)
+                    print_json(&crate::outbox::dead_letters(&client, scope, limit).await?)
                 }
                 OutboxCmd::Retry { ids, all } => {
-                    let n =
-                        crate::outbox::retry_dead(&ctx.pool, if all { None } else { Some(&ids) })
-                            .await?;
+                    let ids = if all { None } else { Some(ids.as_slice()) };
+                    let n = crate::admin::retry_dead(&mut client, &actor, scope, ids).await?;
                     println!("requeued {n} event(s)");
                 }
             }
@@ -753,19 +759,43 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Apikey(cmd) => {
             ctx.require_schema().await?;
-            let client = ctx.pool.get().await?;
+            let mut client = ctx.pool.get().await?;
+            let named = || {
+                cli.tenant.as_deref().ok_or_else(|| {
+                    Error::invalid("tenant_required", "give the key's tenant with --tenant")
+                })
+            };
             match cmd {
-                ApikeyCmd::Create { tenant, scopes } => {
+                ApikeyCmd::Create { scopes, expires_at } => {
                     let scopes = Scope::parse_list(&scopes)?;
-                    let key = apikeys::create(&client, &tenant, &scopes).await?;
+                    let expires_at = expires_at
+                        .map(|t| {
+                            time::OffsetDateTime::parse(
+                                &t,
+                                &time::format_description::well_known::Rfc3339,
+                            )
+                            .map_err(|_| {
+                                Error::invalid(
+                                    "invalid_time",
+                                    "--expires-at must be an RFC 3339 time such as 2027-01-01T00:00:00Z",
+                                )
+                            })
+                        })
+                        .transpose()?;
+                    let actor = crate::admin_log::Actor::cli(named()?);
+                    let key =
+                        crate::admin::create_key(&mut client, &actor, &scopes, expires_at).await?;
                     eprintln!(
                         "created {} for tenant {:?}; the key is shown only now, store it safely:",
                         key.key.id, key.key.tenant
                     );
                     println!("{}", key.secret);
                 }
-                ApikeyCmd::Revoke { id } => print_json(&apikeys::revoke(&client, &id).await?),
-                ApikeyCmd::List { tenant } => print_json(&apikeys::list(&client, &tenant).await?),
+                ApikeyCmd::Revoke { id } => print_json(
+                    &crate::admin::revoke_key(&mut client, &actor.who, cli.tenant.as_deref(), &id)
+                        .await?,
+                ),
+                ApikeyCmd::List => print_json(&apikeys::list(&client, named()?).await?),
             }
         }
     }

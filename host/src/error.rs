@@ -152,6 +152,7 @@ impl Error {
                 "account" => "account_not_found",
                 "payment" => "payment_not_found",
                 "pipeline" => "pipeline_not_found",
+                "api key" => "api_key_not_found",
                 _ => "plugin_not_found",
             },
             Error::AlreadyExists { .. } => "already_exists",

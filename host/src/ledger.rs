@@ -152,6 +152,19 @@ pub async fn create_accounts(
     tenant: &str,
     new: &[NewAccount],
 ) -> Result<Vec<Account>> {
+    let tx = client.transaction().await?;
+    let opened = create_accounts_in(&tx, tenant, new).await?;
+    tx.commit().await?;
+    Ok(opened)
+}
+
+/// [`create_accounts`] inside the caller's transaction `tx` (which the
+/// caller commits).
+pub async fn create_accounts_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    new: &[NewAccount],
+) -> Result<Vec<Account>> {
     if new.len() > MAX_ACCOUNTS_PER_CALL {
         return Err(Error::invalid(
             "too_many_accounts",
@@ -161,7 +174,6 @@ pub async fn create_accounts(
     for n in new {
         validate_new_account(n)?;
     }
-    let tx = client.transaction().await?;
     let mut currencies: Vec<&str> = new.iter().map(|n| n.currency.as_str()).collect();
     currencies.sort_unstable();
     currencies.dedup();
@@ -226,13 +238,12 @@ pub async fn create_accounts(
                 "opening balances overflow a 64-bit amount",
             )
         })?;
-        apply_entries(&tx, tenant, &txn_ids, None, &postings, &deltas)
+        apply_entries(tx, tenant, &txn_ids, None, &postings, &deltas)
             .await
             .map_err(|e| if is_overflow(&e) { overflow_error() } else { e })?;
     }
-    insert_opened_events(&tx, tenant, &opened).await?;
+    insert_opened_events(tx, tenant, &opened).await?;
     let rows = tx.query(ACCOUNTS_SQL, &[&tenant, &ids]).await?;
-    tx.commit().await?;
     let mut by_id: HashMap<String, Account> = rows
         .iter()
         .map(|r| {

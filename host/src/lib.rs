@@ -6,6 +6,8 @@
 //! [`ledger`], outbox rows) -> Postgres. The [`engine`] knows nothing of
 //! Postgres; the [`ledger`] knows nothing of WebAssembly.
 
+pub mod admin;
+pub mod admin_log;
 pub mod api;
 pub mod apikeys;
 pub mod audit;

@@ -2,9 +2,10 @@
 //! shadow ...`, `payrail pipeline history|rollback`), kept out of `cli.rs`
 //! so that file only dispatches to them.
 
+use crate::admin::{self, PipelineChange};
+use crate::admin_log::Actor;
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::model::DEFAULT_TENANT;
 use crate::processor::ProcessorSettings;
 use crate::{registry, replay, shadow};
 use clap::{Args, Subcommand};
@@ -63,7 +64,7 @@ fn print_json(v: &impl serde::Serialize) {
 }
 
 /// `payrail replay`: exit 0 when every call matched, 1 otherwise.
-pub async fn replay(ctx: &Context, args: &ReplayArgs) -> Result<i32> {
+pub async fn replay(ctx: &Context, tenant: &str, args: &ReplayArgs) -> Result<i32> {
     ctx.require_schema().await?;
     let client = ctx.pool.get().await?;
     let limits = ProcessorSettings::default().limits;
@@ -71,7 +72,7 @@ pub async fn replay(ctx: &Context, args: &ReplayArgs) -> Result<i32> {
         let id: uuid::Uuid = id.parse().map_err(|_| {
             Error::invalid("invalid_id", format!("{id:?} is not a payment id (a UUID)"))
         })?;
-        let r = replay::replay_payment(&client, &ctx.engine, &limits, DEFAULT_TENANT, id).await?;
+        let r = replay::replay_payment(&client, &ctx.engine, &limits, tenant, id).await?;
         print_json(&r);
         if r.matched {
             eprintln!("replay: all {} call(s) match the journal", r.calls.len());
@@ -90,7 +91,7 @@ pub async fn replay(ctx: &Context, args: &ReplayArgs) -> Result<i32> {
         &client,
         &ctx.engine,
         &limits,
-        DEFAULT_TENANT,
+        tenant,
         since,
         until,
         args.limit,
@@ -105,36 +106,41 @@ pub async fn replay(ctx: &Context, args: &ReplayArgs) -> Result<i32> {
 }
 
 /// `payrail shadow ...`.
-pub async fn shadow(ctx: &Context, cmd: &ShadowCmd) -> Result<i32> {
+pub async fn shadow(ctx: &Context, actor: &Actor, cmd: &ShadowCmd) -> Result<i32> {
     ctx.require_schema().await?;
-    let client = ctx.pool.get().await?;
-    match cmd {
+    let mut client = ctx.pool.get().await?;
+    let change = match cmd {
         ShadowCmd::Report { kind } => {
-            print_json(&shadow::report(&client, DEFAULT_TENANT, kind).await?)
+            print_json(&shadow::report(&client, &actor.tenant, kind).await?);
+            return Ok(0);
         }
-        ShadowCmd::Promote { kind, step } => {
-            print_json(&registry::promote_candidate(&client, DEFAULT_TENANT, kind, *step).await?)
+        ShadowCmd::Promote { kind, step } => (kind, PipelineChange::Promote(*step)),
+        ShadowCmd::Set { kind, step, plugin } => {
+            (kind, PipelineChange::SetCandidate(*step, plugin.as_deref()))
         }
-        ShadowCmd::Set { kind, step, plugin } => print_json(
-            &registry::set_candidate(&client, DEFAULT_TENANT, kind, *step, plugin.as_deref())
-                .await?,
-        ),
-    }
+    };
+    print_json(&admin::change_pipeline(&mut client, actor, change.0, change.1).await?);
     Ok(0)
 }
 
 /// `payrail pipeline history KIND`.
-pub async fn pipeline_history(ctx: &Context, kind: &str, limit: i64) -> Result<i32> {
+pub async fn pipeline_history(ctx: &Context, tenant: &str, kind: &str, limit: i64) -> Result<i32> {
     ctx.require_schema().await?;
     let client = ctx.pool.get().await?;
-    print_json(&registry::pipeline_history(&client, DEFAULT_TENANT, kind, limit).await?);
+    print_json(&registry::pipeline_history(&client, tenant, kind, limit).await?);
     Ok(0)
 }
 
 /// `payrail pipeline rollback KIND [VERSION]`.
-pub async fn pipeline_rollback(ctx: &Context, kind: &str, version: Option<i32>) -> Result<i32> {
+pub async fn pipeline_rollback(
+    ctx: &Context,
+    actor: &Actor,
+    kind: &str,
+    version: Option<i32>,
+) -> Result<i32> {
     ctx.require_schema().await?;
-    let client = ctx.pool.get().await?;
-    print_json(&registry::rollback_pipeline(&client, DEFAULT_TENANT, kind, version).await?);
+    let mut client = ctx.pool.get().await?;
+    let change = PipelineChange::Rollback(version);
+    print_json(&admin::change_pipeline(&mut client, actor, kind, change).await?);
     Ok(0)
 }

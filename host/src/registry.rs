@@ -206,18 +206,23 @@ pub async fn list_plugins(
     client: &impl GenericClient,
     tenant: &str,
     after: Option<&str>,
+    (cmp, dir): (&str, &str),
     limit: usize,
 ) -> Result<Vec<PluginInfo>> {
+    debug_assert!(matches!(cmp, "<" | ">") && matches!(dir, "asc" | "desc"));
     let limit = limit.clamp(1, MAX_LIST) as i64;
     let rows = client
         .query(
-            "select distinct on (n.name) n.name, n.digest, p.size_bytes,
-                    to_char(n.deployed_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-                    n.version
-             from payrail.plugin_names n join payrail.plugins p on p.digest = n.digest
-             where n.tenant = $1 and ($2::text is null or n.name > $2)
-             order by n.name, n.deployed_at desc
-             limit $3",
+            &format!(
+                "select * from (
+                     select distinct on (n.name) n.name, n.digest, p.size_bytes,
+                            to_char(n.deployed_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                            n.version
+                     from payrail.plugin_names n join payrail.plugins p on p.digest = n.digest
+                     where n.tenant = $1 and ($2::text is null or n.name {cmp} $2)
+                     order by n.name, n.deployed_at desc) latest
+                 order by name {dir} limit $3"
+            ),
             &[&tenant, &after, &limit],
         )
         .await?;
@@ -555,6 +560,103 @@ pub async fn promote_candidate(
         Some(current.version),
     )
     .await
+}
+
+/// One deploy of a plugin name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PluginVersion {
+    /// The version label.
+    pub version: Option<String>,
+    /// sha256 of the component (hex).
+    pub digest: String,
+    /// Size of the component.
+    pub size_bytes: i32,
+    /// Hex ed25519 signature over the digest, if it was deployed signed.
+    pub signature: Option<String>,
+    /// When the name last pointed at this digest (RFC 3339, UTC).
+    pub deployed_at: String,
+}
+
+/// A plugin name of a tenant with every component it has pointed at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PluginDetail {
+    /// The tenant's name for the plugin.
+    pub name: String,
+    /// Its deploys, newest first (at most [`MAX_LIST`]).
+    pub versions: Vec<PluginVersion>,
+}
+
+/// The deploys of plugin `name` of `tenant`, newest first;
+/// `plugin_not_found` if it has none.
+pub async fn plugin_detail(
+    client: &impl GenericClient,
+    tenant: &str,
+    name: &str,
+) -> Result<PluginDetail> {
+    let rows = client
+        .query(
+            "select n.version, n.digest, p.size_bytes, p.signature,
+                    to_char(n.deployed_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+             from payrail.plugin_names n join payrail.plugins p on p.digest = n.digest
+             where n.tenant = $1 and n.name = $2
+             order by n.deployed_at desc limit $3",
+            &[&tenant, &name, &(MAX_LIST as i64)],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Err(Error::NotFound {
+            what: "plugin",
+            id: name.chars().take(64).collect(),
+        });
+    }
+    Ok(PluginDetail {
+        name: name.to_string(),
+        versions: rows
+            .iter()
+            .map(|r| PluginVersion {
+                version: r.get(0),
+                digest: r.get(1),
+                size_bytes: r.get(2),
+                signature: r.get(3),
+                deployed_at: r.get(4),
+            })
+            .collect(),
+    })
+}
+
+/// The pipelines of `tenant` by kind, those `cmp` kind `after`, in `dir`
+/// order (see `api::pagination::Seek::sql`), at most `limit`.
+pub async fn list_pipelines(
+    client: &impl GenericClient,
+    tenant: &str,
+    after: Option<&str>,
+    (cmp, dir): (&str, &str),
+    limit: usize,
+) -> Result<Vec<Pipeline>> {
+    debug_assert!(matches!(cmp, "<" | ">") && matches!(dir, "asc" | "desc"));
+    let rows = client
+        .query(
+            &format!(
+                "select kind, steps, version from payrail.pipelines
+                 where tenant = $1 and ($2::text is null or kind {cmp} $2)
+                 order by kind {dir} limit $3"
+            ),
+            &[&tenant, &after, &(limit.clamp(1, MAX_LIST) as i64)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let kind: String = r.get(0);
+            let steps: Vec<Step> = serde_json::from_value(r.get(1)).map_err(|e| {
+                Error::Setup(format!("stored pipeline {kind:?} is unreadable: {e}"))
+            })?;
+            Ok(Pipeline {
+                kind,
+                version: r.get(2),
+                steps,
+            })
+        })
+        .collect()
 }
 
 /// Reads the pipeline of `kind`.

@@ -32,18 +32,20 @@ pub const MAX_RANGE_PAYMENTS: i64 = 100_000;
 pub const MAX_LISTED: usize = 50;
 
 /// One difference between the journaled and the replayed output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Difference {
     /// JSON pointer into the output (`/postings/0/amount`).
     pub path: String,
     /// The journaled value (absent: `null`).
+    #[schema(value_type = Object)]
     pub journaled: serde_json::Value,
     /// The value the replay produced (absent: `null`).
+    #[schema(value_type = Object)]
     pub replayed: serde_json::Value,
 }
 
 /// Verdict on one call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
     /// Same output, byte for byte (as JSON).
@@ -70,11 +72,12 @@ pub enum Verdict {
 }
 
 /// One replayed call.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CallReplay {
     /// The pipeline step.
     pub step: i32,
     /// `live` or `shadow`.
+    #[schema(value_type = String)]
     pub role: &'static str,
     /// The plugin digest that ran.
     pub digest: String,
@@ -82,13 +85,15 @@ pub struct CallReplay {
     pub fuel_journaled: i64,
     /// Fuel the replay used (same engine build: the same number).
     pub fuel_replayed: Option<u64>,
-    /// The verdict.
+    /// The verdict (`verdict`: `match`, `output_mismatch`,
+    /// `journal_tampered` or `fault`, with its fields beside it).
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     pub verdict: Verdict,
 }
 
 /// The replay of one payment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PaymentReplay {
     /// The payment.
     pub payment_id: String,
@@ -99,7 +104,7 @@ pub struct PaymentReplay {
 }
 
 /// Summary of a range replay.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct RangeSummary {
     /// Payments replayed.
     pub payments: u64,

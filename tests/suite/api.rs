@@ -991,7 +991,11 @@ async fn pagination_walks_every_item_once() {
         .iter()
         .map(|p| p["amount"].as_i64().unwrap())
         .collect();
-    assert_eq!(amounts, (100..107).collect::<Vec<_>>());
+    assert_eq!(
+        amounts,
+        (100..107).rev().collect::<Vec<_>>(),
+        "newest first"
+    );
     assert!(
         payments
             .iter()
@@ -1003,14 +1007,53 @@ async fn pagination_walks_every_item_once() {
     let entries = walk(&s, &pay, "/v1/accounts/alice/entries").await;
     assert_eq!(entries.len(), 1 + 7 * 2);
     let ids: Vec<i64> = entries.iter().map(|e| e["id"].as_i64().unwrap()).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ascending, no repeats");
-    let sum: i64 = entries.iter().map(|e| e["amount"].as_i64().unwrap()).sum();
-    assert_eq!(
-        sum,
-        s.get("/v1/accounts/alice", &pay).await.1["balance"]
-            .as_i64()
-            .unwrap()
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "newest first, no repeats"
     );
+    let sum: i64 = entries.iter().map(|e| e["amount"].as_i64().unwrap()).sum();
+    let balance = s.get("/v1/accounts/alice", &pay).await.1["balance"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(sum, balance);
+    // each entry carries the balance after it: the newest the balance now,
+    // each older one the next newer's less that entry's amount
+    assert_eq!(entries[0]["balance_after"], balance);
+    for w in entries.windows(2) {
+        let after = |e: &Value| e["balance_after"].as_i64().unwrap();
+        assert_eq!(
+            after(&w[1]),
+            after(&w[0]) - w[0]["amount"].as_i64().unwrap(),
+            "{w:?}"
+        );
+    }
+    assert_eq!(
+        entries.last().unwrap()["balance_after"],
+        entries.last().unwrap()["amount"]
+    );
+    // and back: from the last page, prev_cursor walks to the first
+    let mut back = Vec::new();
+    let (_, mut pg) = s.get("/v1/payments?limit=3", &pay).await;
+    while let Some(c) = pg["next_cursor"].as_str().map(str::to_string) {
+        pg = s
+            .get(&format!("/v1/payments?limit=3&cursor={c}"), &pay)
+            .await
+            .1;
+    }
+    loop {
+        let mut d: Vec<Value> = pg["data"].as_array().unwrap().clone();
+        d.reverse();
+        back.extend(d);
+        let Some(c) = pg["prev_cursor"].as_str().map(str::to_string) else {
+            break;
+        };
+        pg = s
+            .get(&format!("/v1/payments?limit=3&cursor={c}"), &pay)
+            .await
+            .1;
+    }
+    back.reverse();
+    assert_eq!(back, all, "the same payments walking back");
     // a cursor of one listing is refused by another
     let (_, page) = s.get("/v1/accounts/alice/entries?limit=1", &pay).await;
     let c = page["next_cursor"].as_str().unwrap();
@@ -1030,18 +1073,40 @@ async fn openapi_documents_every_route_and_readyz_checks_the_schema() {
     // every route the server has, as (method, path)
     let routes = [
         ("post", "/v1/accounts"),
+        ("get", "/v1/accounts"),
         ("get", "/v1/accounts/{id}"),
         ("get", "/v1/accounts/{id}/entries"),
+        ("get", "/v1/accounts/{id}/balance"),
+        ("get", "/v1/accounts/{id}/statement"),
         ("post", "/v1/payments"),
         ("get", "/v1/payments"),
         ("get", "/v1/payments/{id}"),
+        ("get", "/v1/payments/{id}/calls"),
+        ("get", "/v1/payments/{id}/events"),
         ("post", "/v1/payments/{id}/capture"),
         ("post", "/v1/payments/{id}/void"),
+        ("post", "/v1/payments/{id}/replay"),
+        ("post", "/v1/replay"),
+        ("get", "/v1/holds"),
         ("post", "/v1/plugins"),
         ("get", "/v1/plugins"),
+        ("get", "/v1/plugins/{name}"),
+        ("get", "/v1/pipelines"),
         ("put", "/v1/pipelines/{kind}"),
         ("get", "/v1/pipelines/{kind}"),
+        ("get", "/v1/pipelines/{kind}/history"),
+        ("post", "/v1/pipelines/{kind}/rollback"),
         ("get", "/v1/pipelines/{kind}/shadow"),
+        ("post", "/v1/pipelines/{kind}/shadow/promote"),
+        ("put", "/v1/pipelines/{kind}/steps/{step}/candidate"),
+        ("get", "/v1/outbox"),
+        ("get", "/v1/outbox/dead-letters"),
+        ("post", "/v1/outbox/dead-letters/retry"),
+        ("get", "/v1/api-keys"),
+        ("post", "/v1/api-keys"),
+        ("delete", "/v1/api-keys/{id}"),
+        ("get", "/v1/whoami"),
+        ("get", "/v1/audit-log"),
         ("get", "/healthz"),
         ("get", "/readyz"),
         ("get", "/metrics"),

@@ -251,9 +251,10 @@ async fn failures_back_off_dead_letter_block_the_key_and_requeue() {
     assert!(out.status.success(), "{out:?}");
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed.len(), 2);
-    assert_eq!(listed[0]["event_id"], first.as_str());
-    assert_eq!(listed[0]["attempts"], 3);
-    let other_id = listed[1]["id"].as_i64().unwrap().to_string();
+    // newest first
+    assert_eq!(listed[1]["event_id"], first.as_str());
+    assert_eq!(listed[1]["attempts"], 3);
+    let other_id = listed[0]["id"].as_i64().unwrap().to_string();
     let out = std::process::Command::new(bin)
         .args(["outbox", "retry", &other_id])
         .env("DATABASE_URL", &db.url)
@@ -273,7 +274,9 @@ async fn failures_back_off_dead_letter_block_the_key_and_requeue() {
     assert_eq!(state_counts(&db).await.get("dead"), Some(&1));
     assert_eq!(rx.seen.counts().keys().collect::<Vec<_>>(), vec![&other]);
     assert_eq!(
-        outbox::retry_dead(&db.pool, None).await.unwrap(),
+        outbox::retry_dead(&db.pool.get().await.unwrap(), None, None)
+            .await
+            .unwrap(),
         1,
         "--all requeues the rest"
     );

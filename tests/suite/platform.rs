@@ -287,7 +287,7 @@ async fn pipelines_are_versioned_with_history_and_rollback() {
     )
     .await
     .unwrap();
-    let list = registry::list_plugins(&c, DEFAULT_TENANT, None, 10)
+    let list = registry::list_plugins(&c, DEFAULT_TENANT, None, (">", "asc"), 10)
         .await
         .unwrap();
     let versions: Vec<(&str, Option<&str>)> = list

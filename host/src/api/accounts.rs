@@ -1,8 +1,9 @@
 //! `/v1/accounts`: open accounts, read them and their ledger entries.
 
 use super::AppState;
+use super::extract::TS;
 use super::extract::{AccountsKey, ApiJson, ApiQuery, PaymentsKey};
-use super::pagination::{MAX_LIMIT, Page, PageParams, page};
+use super::pagination::{MAX_LIMIT, Order, Page, PageParams, page};
 use super::problem::{ApiError, ApiResult, Problem};
 use crate::apikeys::{Principal, Scope};
 use crate::ledger::{self, NewAccount};
@@ -51,6 +52,9 @@ pub struct AccountView {
     pub allow_negative: bool,
     /// The account's metadata.
     pub metadata: Metadata,
+    /// When it was opened (RFC 3339, UTC); in lists only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
 }
 
 impl From<ledger::Account> for AccountView {
@@ -72,6 +76,7 @@ impl From<ledger::Account> for AccountView {
             balance,
             allow_negative,
             metadata,
+            created_at: None,
         }
     }
 }
@@ -89,6 +94,8 @@ pub struct EntryView {
     pub amount: i64,
     /// ISO 4217 code.
     pub currency: String,
+    /// The account's balance after this entry, in minor units.
+    pub balance_after: i64,
     /// When the entry was written (RFC 3339, UTC).
     pub created_at: String,
 }
@@ -211,9 +218,11 @@ pub async fn load_visible(
     Ok(ledger::get_account(client, tenant, id).await?)
 }
 
-/// List an account's ledger entries, oldest first.
+/// List an account's ledger entries, newest first, each with the balance
+/// after it. Cost: the page, and one sum over the entries newer than it
+/// (cheap for the first pages, a pass over the account for the oldest).
 #[utoipa::path(get, path = "/v1/accounts/{id}/entries", tag = "accounts",
-    params(("id" = String, Path, description = "Account id"), PageParams),
+    params(("id" = String, Path, description = "Account id", pattern = "^[A-Za-z0-9_.:-]{1,64}$"), PageParams),
     responses(
         (status = 200, description = "A page of entries", body = Page<EntryView>),
         (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
@@ -226,36 +235,61 @@ pub async fn list_entries(
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> ApiResult<Json<Page<EntryView>>> {
     let limit = q.limit()?;
-    let after: i64 = match q.position("entries")? {
-        Some(pos) => pos
-            .parse()
-            .map_err(|_| ApiError::bad_request("invalid_cursor", "malformed cursor"))?,
-        None => 0,
-    };
+    let seek = q.seek("entries")?;
+    let position = super::pagination::int_position(&seek)?;
+    let (cmp, dir) = seek.sql(Order::Desc);
     let client = st.pool.get().await.map_err(crate::Error::from)?;
     load_visible(&client, &p.tenant, &id).await?;
     debug_assert!(limit <= MAX_LIMIT);
+    // One statement, one snapshot: the page, and the balance after its
+    // newest entry as the balance now less every newer entry.
     let rows = client
         .query(
-            "select id, txn_id::text, payment_id::text, amount, currency,
-                    to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
-             from payrail.entries
-             where tenant = $1 and account_id = $2 and id > $3
-             order by id limit $4",
-            &[&p.tenant, &id, &after, &(limit as i64 + 1)],
+            &format!(
+                "with pg as (
+                     select id, txn_id, payment_id, amount, currency, created_at
+                     from payrail.entries
+                     where tenant = $1 and account_id = $2 and ($3::bigint is null or id {cmp} $3)
+                     order by id {dir} limit $4),
+                 top as (
+                     select b.balance - coalesce((
+                         select sum(e.amount) from payrail.entries e
+                         where e.tenant = $1 and e.account_id = $2
+                           and e.id > (select max(id) from pg)), 0)::bigint as after
+                     from payrail.account_balances b where b.tenant = $1 and b.id = $2)
+                 select pg.id, pg.txn_id::text, pg.payment_id::text, pg.amount, pg.currency,
+                        to_char(pg.created_at at time zone 'UTC', {TS}), top.after
+                 from pg, top order by pg.id desc"
+            ),
+            &[&p.tenant, &id, &position, &(limit as i64 + 1)],
         )
         .await
         .map_err(crate::Error::from)?;
-    let entries: Vec<EntryView> = rows
+    // walk down from the newest: each older entry's balance is the one
+    // above it less that entry's amount
+    let mut after = rows.first().map_or(0, |r| r.get::<_, i64>(6));
+    let mut entries: Vec<EntryView> = rows
         .iter()
-        .map(|r| EntryView {
-            id: r.get(0),
-            txn_id: r.get(1),
-            payment_id: r.get(2),
-            amount: r.get(3),
-            currency: r.get(4),
-            created_at: r.get(5),
+        .map(|r| {
+            let amount: i64 = r.get(3);
+            let e = EntryView {
+                id: r.get(0),
+                txn_id: r.get(1),
+                payment_id: r.get(2),
+                amount,
+                currency: r.get(4),
+                balance_after: after,
+                created_at: r.get(5),
+            };
+            after -= amount;
+            e
         })
         .collect();
-    Ok(Json(page(entries, limit, "entries", |e| e.id.to_string())))
+    // `page` expects the fetch order: a backward page was fetched oldest first
+    if matches!(seek, super::pagination::Seek::Before(_)) {
+        entries.reverse();
+    }
+    Ok(Json(page(entries, limit, "entries", &seek, |e| {
+        e.id.to_string()
+    })))
 }

@@ -243,3 +243,22 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         Ok(IdempotencyKey(key.to_string()))
     }
 }
+
+/// The SQL text of a timestamp as the API writes it.
+pub const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
+
+/// Parses an RFC 3339 time (`2026-12-05T00:00:00Z`) given as `what`.
+pub fn rfc3339(what: &str, s: &str) -> Result<time::OffsetDateTime, ApiError> {
+    if s.len() > 64 {
+        return Err(ApiError::bad_request(
+            "invalid_time",
+            format!("{what} is too long for a time"),
+        ));
+    }
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_time",
+            format!("{what} must be an RFC 3339 time such as 2026-12-05T00:00:00Z"),
+        )
+    })
+}

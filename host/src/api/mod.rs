@@ -11,6 +11,8 @@
 //! metrics.
 
 pub mod accounts;
+pub mod admin;
+pub mod console;
 pub mod extract;
 pub mod holds;
 
@@ -19,6 +21,7 @@ pub mod pagination;
 pub mod payments;
 pub mod plugins;
 pub mod problem;
+pub mod reads;
 pub mod request_id;
 pub mod server;
 pub mod tenancy;
@@ -163,7 +166,8 @@ impl AppState {
     tags(
         (name = "accounts", description = "Accounts and their ledger entries (scope `payments`)"),
         (name = "payments", description = "Payments (scope `payments`)"),
-        (name = "admin", description = "Plugins and pipelines (scope `admin`)"),
+        (name = "admin", description = "Plugins, pipelines, shadow, replay, the outbox and the audit log (scope `admin`)"),
+        (name = "keys", description = "API keys (scope `admin`) and the caller's own key"),
         (name = "operations", description = "Health, readiness, metrics, this document (no key)")
     )
 )]
@@ -187,26 +191,115 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The answers every keyed route can give besides its own: the document
+/// lists each on every operation, so a generated client knows them.
+struct CommonResponses;
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder};
+        let problem = |desc: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(desc)
+                    .content(
+                        "application/problem+json",
+                        ContentBuilder::new()
+                            .schema(Some(utoipa::openapi::Ref::from_schema_name("Problem")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let keyed = path.starts_with("/v1/");
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let r = &mut op.responses.responses;
+                let mut add = |code: &str, desc: &str| {
+                    r.entry(code.to_string()).or_insert_with(|| problem(desc));
+                };
+                if keyed {
+                    add(
+                        "400",
+                        "Invalid request: a malformed parameter or body (`code` says which)",
+                    );
+                    add("401", "`unauthorized`: no API key, or not a valid one");
+                    add(
+                        "403",
+                        "`forbidden`: the key lacks the scope this route needs",
+                    );
+                    add("413", "The body is larger than the limit");
+                    add(
+                        "429",
+                        "`rate_limited`, `tenant_busy` or `key_lookups_throttled`; see `Retry-After`",
+                    );
+                }
+                add(
+                    "503",
+                    "`overloaded`, `request_timeout` or the database is unavailable; see `Retry-After`",
+                );
+                if !keyed {
+                    op.security = Some(vec![
+                        utoipa::openapi::security::SecurityRequirement::default(),
+                    ]);
+                }
+            }
+        }
+    }
+}
+
 /// The router of every route, and the OpenAPI document describing them.
 pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
-    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(accounts::create_account))
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(accounts::create_account, reads::list_accounts))
         .routes(routes!(accounts::get_account))
         .routes(routes!(accounts::list_entries))
+        .routes(routes!(reads::balance_at))
+        .routes(routes!(reads::statement))
         .routes(routes!(payments::create_payment, payments::list_payments))
         .routes(routes!(payments::get_payment))
+        .routes(routes!(reads::payment_calls))
+        .routes(routes!(reads::payment_events))
         .routes(routes!(holds::capture_payment))
         .routes(routes!(holds::void_payment))
+        .routes(routes!(reads::list_holds))
         .routes(routes!(plugins::upload_plugin, plugins::list_plugins))
+        .routes(routes!(admin::get_plugin))
+        .routes(routes!(admin::list_pipelines))
         .routes(routes!(plugins::put_pipeline, plugins::get_pipeline))
+        .routes(routes!(admin::pipeline_history))
+        .routes(routes!(admin::rollback_pipeline))
         .routes(routes!(plugins::get_shadow_report))
+        .routes(routes!(admin::promote_candidate))
+        .routes(routes!(admin::set_candidate))
+        .routes(routes!(admin::replay_payment))
+        .routes(routes!(admin::replay_range))
+        .routes(routes!(admin::outbox_summary))
+        .routes(routes!(admin::dead_letters))
+        .routes(routes!(admin::retry_dead))
+        .routes(routes!(admin::create_key, admin::list_keys))
+        .routes(routes!(admin::revoke_key))
+        .routes(routes!(admin::whoami))
+        .routes(routes!(admin::audit_log))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
         .split_for_parts();
+    // after the routes are in: the common answers go on every operation
+    utoipa::Modify::modify(&CommonResponses, &mut doc);
     let doc_json = Arc::new(doc.to_pretty_json().expect("openapi serializes"));
     let router = router
+        .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(ops::OpenApiJson(doc_json)))

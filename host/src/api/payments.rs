@@ -15,7 +15,7 @@
 use super::AppState;
 use super::accounts::{load_visible, validate_metadata};
 use super::extract::{ApiJson, ApiQuery, IdempotencyKey, PaymentsKey};
-use super::pagination::{Page, PageParams, page};
+use super::pagination::{Order, Page, PageParams, page};
 use super::problem::{ApiError, ApiResult, Problem};
 use crate::model::{Metadata, PaymentRequest, PaymentResponse, PaymentStatus, Posting};
 use crate::processor::PayOutcome;
@@ -25,7 +25,6 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use tokio_postgres::error::SqlState;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -401,19 +400,85 @@ pub async fn get_payment(
 #[into_params(parameter_in = Query)]
 pub struct ListPayments {
     /// Only payments with this account as source or destination.
+    #[param(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     pub account: Option<String>,
+    /// Only payments in this status.
+    #[param(pattern = "^(approved|declined|authorized|captured|voided|expired)$")]
+    pub status: Option<String>,
+    /// Only payments of this kind.
+    #[param(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    pub kind: Option<String>,
+    /// Only payments declined with this code.
+    #[param(max_length = 64)]
+    pub decline_code: Option<String>,
+    /// Only payments made at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    pub created_from: Option<String>,
+    /// Only payments made before this time (RFC 3339).
+    #[param(format = DateTime)]
+    pub created_to: Option<String>,
+    /// Only payments whose metadata has `KEY=VALUE`.
+    #[param(pattern = "^[^=]{1,512}=.{0,512}$")]
+    pub metadata: Option<String>,
     /// Items per page, 1-200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` or `prev_cursor` of another page.
+    #[param(max_length = 512)]
     pub cursor: Option<String>,
 }
 
-/// List payments, oldest first, optionally of one account.
+/// The filters of a payment list, parsed.
+struct PaymentFilter {
+    status: Option<String>,
+    created_from: Option<time::OffsetDateTime>,
+    created_to: Option<time::OffsetDateTime>,
+    metadata: Option<(String, String)>,
+}
+
+impl PaymentFilter {
+    fn parse(q: &ListPayments) -> Result<PaymentFilter, ApiError> {
+        if let Some(s) = &q.status
+            && PaymentStatus::from_stored(s).is_none()
+        {
+            return Err(ApiError::bad_request(
+                "invalid_status",
+                "status is one of approved, declined, authorized, captured, voided, expired",
+            ));
+        }
+        let time = |what, v: &Option<String>| {
+            v.as_deref()
+                .map(|t| super::extract::rfc3339(what, t))
+                .transpose()
+        };
+        let metadata = match &q.metadata {
+            None => None,
+            Some(m) => {
+                let (k, v) = m
+                    .split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::bad_request("invalid_metadata", "metadata filter is KEY=VALUE")
+                    })?;
+                Some((k.to_string(), v.to_string()))
+            }
+        };
+        Ok(PaymentFilter {
+            status: q.status.clone(),
+            created_from: time("created_from", &q.created_from)?,
+            created_to: time("created_to", &q.created_to)?,
+            metadata,
+        })
+    }
+}
+
+/// List payments, newest first, by status, kind, account, decline code,
+/// creation time and metadata.
 #[utoipa::path(get, path = "/v1/payments", tag = "payments",
     params(ListPayments),
     responses(
         (status = 200, description = "A page of payments", body = Page<PaymentView>),
-        (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad filter, limit or cursor", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such account", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_payments(
@@ -421,56 +486,63 @@ pub async fn list_payments(
     PaymentsKey(p): PaymentsKey,
     ApiQuery(q): ApiQuery<ListPayments>,
 ) -> ApiResult<Json<Page<PaymentView>>> {
+    let f = PaymentFilter::parse(&q)?;
     let pp = PageParams {
         limit: q.limit,
-        cursor: q.cursor,
+        cursor: q.cursor.clone(),
     };
     let limit = pp.limit()?;
+    let seek = pp.seek("payments")?;
+    let (cmp, dir) = seek.sql(Order::Desc);
     let bad_cursor = || ApiError::bad_request("invalid_cursor", "malformed cursor");
-    let after: Option<(String, Uuid)> = match pp.position("payments")? {
+    let (at, after_id) = match seek.position() {
         Some(pos) => {
             let (ts, id) = pos.split_once('|').ok_or_else(bad_cursor)?;
-            Some((ts.to_string(), id.parse().map_err(|_| bad_cursor())?))
+            let ts = super::extract::rfc3339("cursor", ts).map_err(|_| bad_cursor())?;
+            let id: Uuid = id.parse().map_err(|_| bad_cursor())?;
+            (Some(ts), Some(id))
         }
-        None => None,
+        None => (None, None),
     };
     let client = st.pool.get().await.map_err(crate::Error::from)?;
     if let Some(a) = &q.account {
         load_visible(&client, &p.tenant, a).await?;
     }
-    let (after_ts, after_id) = match &after {
-        Some((ts, id)) => (Some(ts.as_str()), Some(*id)),
-        None => (None, None),
-    };
+    let (meta_key, meta_value) = f.metadata.clone().unzip();
     let rows = client
         .query(
             &format!(
                 "select {PAYMENT_COLUMNS} from payrail.payments
                  where tenant = $1
                    and ($2::text is null or source = $2 or destination = $2)
-                   and ($3::text is null or (created_at, id) > ($3::timestamptz, $4::uuid))
-                 order by created_at, id limit $5"
+                   and ($3::timestamptz is null or (created_at, id) {cmp} ($3, $4::uuid))
+                   and ($6::text is null or status = $6)
+                   and ($7::text is null or kind = $7)
+                   and ($8::text is null or decline_code = $8)
+                   and ($9::timestamptz is null or created_at >= $9)
+                   and ($10::timestamptz is null or created_at < $10)
+                   and ($11::text is null or metadata ->> $11 = $12)
+                 order by created_at {dir}, id {dir} limit $5"
             ),
             &[
                 &p.tenant,
                 &q.account,
-                &after_ts,
+                &at,
                 &after_id,
                 &(limit as i64 + 1),
+                &f.status,
+                &q.kind,
+                &q.decline_code,
+                &f.created_from,
+                &f.created_to,
+                &meta_key,
+                &meta_value,
             ],
         )
         .await
-        .map_err(|e| {
-            if e.code() == Some(&SqlState::INVALID_DATETIME_FORMAT)
-                || e.code() == Some(&SqlState::DATETIME_FIELD_OVERFLOW)
-            {
-                bad_cursor()
-            } else {
-                crate::Error::from(e).into()
-            }
-        })?;
+        .map_err(crate::Error::from)?;
     let payments = views(&client, &rows).await?;
-    Ok(Json(page(payments, limit, "payments", |v| {
+    Ok(Json(page(payments, limit, "payments", &seek, |v| {
         format!("{}|{}", v.created_at.as_deref().unwrap_or(""), v.id)
     })))
 }

@@ -3,7 +3,7 @@
 
 use super::AppState;
 use super::extract::{AdminKey, ApiJson, ApiQuery, read_body};
-use super::pagination::{Page, PageParams, page};
+use super::pagination::{Order, Page, PageParams, page};
 use super::problem::{ApiError, ApiResult, Problem};
 use crate::ledger::validate_id;
 use crate::registry::{self, Pipeline, PluginInfo, StepSpec};
@@ -59,11 +59,11 @@ pub async fn upload_plugin(
             "send the plugin's .wasm component as the request body",
         ));
     }
-    let client = st.pool.get().await.map_err(crate::Error::from)?;
-    let digest = registry::deploy_plugin_versioned(
-        &client,
+    let mut client = st.pool.get().await.map_err(crate::Error::from)?;
+    let digest = crate::admin::deploy_plugin(
+        &mut client,
         &st.engine,
-        &p.tenant,
+        &super::admin::actor(&p),
         &q.name,
         q.version.as_deref(),
         q.signature.as_deref(),
@@ -91,10 +91,19 @@ pub async fn list_plugins(
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> ApiResult<Json<Page<PluginInfo>>> {
     let limit = q.limit()?;
-    let after = q.position("plugins")?;
+    let seek = q.seek("plugins")?;
     let client = st.pool.get().await.map_err(crate::Error::from)?;
-    let rows = registry::list_plugins(&client, &p.tenant, after.as_deref(), limit + 1).await?;
-    Ok(Json(page(rows, limit, "plugins", |r| r.name.clone())))
+    let rows = registry::list_plugins(
+        &client,
+        &p.tenant,
+        seek.position(),
+        seek.sql(Order::Asc),
+        limit + 1,
+    )
+    .await?;
+    Ok(Json(page(rows, limit, "plugins", &seek, |r| {
+        r.name.clone()
+    })))
 }
 
 /// `PUT /v1/pipelines/{kind}` body.
@@ -120,9 +129,10 @@ pub async fn put_pipeline(
     Path(kind): Path<String>,
     ApiJson(body): ApiJson<PutPipeline>,
 ) -> ApiResult<Json<Pipeline>> {
-    let client = st.pool.get().await.map_err(crate::Error::from)?;
+    let mut client = st.pool.get().await.map_err(crate::Error::from)?;
+    let actor = super::admin::actor(&p);
     Ok(Json(
-        registry::set_pipeline(&client, &st.engine, &p.tenant, &kind, &body.steps).await?,
+        crate::admin::set_pipeline(&mut client, &st.engine, &actor, &kind, &body.steps).await?,
     ))
 }
 

@@ -158,6 +158,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "outbox_traceparent",
         sql: include_str!("../../../migrations/0017_outbox_traceparent.sql"),
     },
+    Migration {
+        version: 18,
+        name: "admin_audit_key_expiry",
+        sql: include_str!("../../../migrations/0018_admin_audit_key_expiry.sql"),
+    },
+    Migration {
+        version: 19,
+        name: "list_indexes",
+        sql: include_str!("../../../migrations/0019_list_indexes.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.
@@ -195,9 +205,17 @@ pub async fn migrate_with(
         "migrations are listed in ascending version order"
     );
     assert!(settings.max_attempts >= 1 && settings.lock_timeout_ms >= 1);
-    client
-        .execute("select pg_advisory_lock($1)", &[&locks::migrate_key()])
-        .await?;
+    // Polled, not waited for: a `create index concurrently` of the runner
+    // holding the lock waits for every open transaction, a statement
+    // blocked in pg_advisory_lock included, and Postgres would end one of
+    // the two as a deadlock.
+    while !client
+        .query_one("select pg_try_advisory_lock($1)", &[&locks::migrate_key()])
+        .await?
+        .get::<_, bool>(0)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let result = apply_pending(client, list, version, settings).await;
     // Always release, even on failure; closing the session would too.
     client

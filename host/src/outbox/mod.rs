@@ -23,6 +23,7 @@ use crate::config::{Config, OutboxConfig};
 use crate::db::Pool;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use deadpool_postgres::GenericClient;
 use sinks::{Delivered, Envelope, Sink};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -493,7 +494,7 @@ impl Relay {
 }
 
 /// One dead-lettered event, as `payrail outbox dead-letters` prints it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     /// Outbox row id (what `payrail outbox retry` takes).
     pub id: i64,
@@ -507,17 +508,43 @@ pub struct DeadLetter {
     pub attempts: i32,
     /// The last failure.
     pub last_error: Option<String>,
+    /// When the event was written (RFC 3339, UTC).
+    pub created_at: String,
 }
 
-/// Dead-lettered events, oldest first, at most `limit` (capped at
-/// [`MAX_LIST`]).
-pub async fn dead_letters(pool: &Pool, limit: i64) -> Result<Vec<DeadLetter>> {
-    let client = pool.get().await?;
+const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
+
+/// Dead-lettered events of `tenant` (`None`: every tenant), newest first,
+/// at most `limit` (capped at [`MAX_LIST`]).
+pub async fn dead_letters(
+    client: &impl GenericClient,
+    tenant: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeadLetter>> {
+    dead_letters_page(client, tenant, None, ("<", "desc"), limit).await
+}
+
+/// A page of dead letters: ids `cmp` `position`, in `dir` order (see
+/// `api::pagination::Seek::sql`).
+pub async fn dead_letters_page(
+    client: &impl GenericClient,
+    tenant: Option<&str>,
+    position: Option<i64>,
+    (cmp, dir): (&str, &str),
+    limit: i64,
+) -> Result<Vec<DeadLetter>> {
+    debug_assert!(matches!(cmp, "<" | ">") && matches!(dir, "asc" | "desc"));
     let rows = client
         .query(
-            "select id, event_id::text, topic, key, attempts, last_error from payrail.outbox
-             where state = 'dead' order by id limit $1",
-            &[&limit.clamp(1, MAX_LIST)],
+            &format!(
+                "select id, event_id::text, topic, key, attempts, last_error,
+                        to_char(created_at at time zone 'UTC', {TS})
+                 from payrail.outbox
+                 where state = 'dead' and ($1::text is null or tenant = $1)
+                   and ($2::bigint is null or id {cmp} $2)
+                 order by id {dir} limit $3"
+            ),
+            &[&tenant, &position, &limit.clamp(1, MAX_LIST + 1)],
         )
         .await?;
     Ok(rows
@@ -529,38 +556,146 @@ pub async fn dead_letters(pool: &Pool, limit: i64) -> Result<Vec<DeadLetter>> {
             key: r.get(3),
             attempts: r.get(4),
             last_error: r.get(5),
+            created_at: r.get(6),
         })
         .collect())
 }
 
-/// Requeues dead-lettered events (`ids`, or all with `None`): back to
-/// pending, attempts reset, due now; the last error is kept until the next
-/// attempt. Returns how many were requeued.
-pub async fn retry_dead(pool: &Pool, ids: Option<&[i64]>) -> Result<u64> {
-    let client = pool.get().await?;
-    let n = match ids {
-        Some(ids) => {
-            client
-                .execute(
-                    "update payrail.outbox set state = 'pending', attempts = 0,
-                       available_at = now(), lease_owner = null, lease_until = null
-                     where state = 'dead' and id = any($1)",
-                    &[&ids],
-                )
-                .await?
-        }
-        None => {
-            client
-                .execute(
-                    "update payrail.outbox set state = 'pending', attempts = 0,
-                       available_at = now(), lease_owner = null, lease_until = null
-                     where state = 'dead'",
-                    &[],
-                )
-                .await?
-        }
-    };
-    Ok(n)
+/// Requeues dead-lettered events of `tenant` (`None`: every tenant):
+/// `ids`, or all with `None`: back to pending, attempts reset, due now;
+/// the last error is kept until the next attempt. Returns how many were
+/// requeued (an id that is not a dead letter of the tenant is skipped).
+pub async fn retry_dead(
+    client: &impl GenericClient,
+    tenant: Option<&str>,
+    ids: Option<&[i64]>,
+) -> Result<u64> {
+    Ok(client
+        .execute(
+            "update payrail.outbox set state = 'pending', attempts = 0,
+               available_at = now(), lease_owner = null, lease_until = null
+             where state = 'dead' and ($1::text is null or tenant = $1)
+               and ($2::bigint[] is null or id = any($2))",
+            &[&tenant, &ids],
+        )
+        .await?)
+}
+
+/// Pending events of one topic.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct PendingTopic {
+    /// The topic (each sink takes the topics it matches).
+    pub topic: String,
+    /// Events not yet delivered (hold timers count until they fire).
+    pub count: i64,
+    /// The oldest of them (RFC 3339, UTC).
+    pub oldest_created_at: String,
+}
+
+/// The outbox of a tenant at a glance.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct OutboxSummary {
+    /// Pending events by topic.
+    pub pending: Vec<PendingTopic>,
+    /// Dead-lettered events.
+    pub dead: i64,
+}
+
+/// Pending counts by topic and the dead-letter count of `tenant`. Cost:
+/// reads the pending and dead partial indexes, not the delivered history.
+pub async fn summary(client: &impl GenericClient, tenant: &str) -> Result<OutboxSummary> {
+    let rows = client
+        .query(
+            &format!(
+                "select topic, count(*), to_char(min(created_at) at time zone 'UTC', {TS})
+                 from payrail.outbox where state = 'pending' and tenant = $1
+                 group by topic order by topic limit 1000"
+            ),
+            &[&tenant],
+        )
+        .await?;
+    let dead: i64 = client
+        .query_one(
+            "select count(*) from payrail.outbox where state = 'dead' and tenant = $1",
+            &[&tenant],
+        )
+        .await?
+        .get(0);
+    Ok(OutboxSummary {
+        pending: rows
+            .iter()
+            .map(|r| PendingTopic {
+                topic: r.get(0),
+                count: r.get(1),
+                oldest_created_at: r.get(2),
+            })
+            .collect(),
+        dead,
+    })
+}
+
+/// One event as the console shows it under its payment.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct EventView {
+    /// Outbox row id.
+    pub id: i64,
+    /// The event's stable id.
+    pub event_id: String,
+    /// Its topic.
+    pub topic: String,
+    /// `pending`, `delivered` or `dead`.
+    pub state: String,
+    /// Deliveries tried.
+    pub attempts: i32,
+    /// When it was written (RFC 3339, UTC).
+    pub created_at: String,
+    /// When it was delivered.
+    pub delivered_at: Option<String>,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// The payload.
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+}
+
+/// The events of payment `payment` of `tenant`: those keyed by it and
+/// written by its transactions, which committed at `at` (its creation
+/// and, for a hold, its resolution). Found through the outbox's time
+/// index, not a scan of its history.
+pub async fn events_of_payment(
+    client: &impl GenericClient,
+    tenant: &str,
+    payment: uuid::Uuid,
+    at: &[time::OffsetDateTime],
+) -> Result<Vec<EventView>> {
+    let rows = client
+        .query(
+            &format!(
+                "select id, event_id::text, topic, state, attempts,
+                        to_char(created_at at time zone 'UTC', {TS}),
+                        to_char(delivered_at at time zone 'UTC', {TS}),
+                        last_error, payload::jsonb
+                 from payrail.outbox
+                 where tenant = $1 and key = $2 and created_at = any($3)
+                 order by id limit 100"
+            ),
+            &[&tenant, &payment.to_string(), &at],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| EventView {
+            id: r.get(0),
+            event_id: r.get(1),
+            topic: r.get(2),
+            state: r.get(3),
+            attempts: r.get(4),
+            created_at: r.get(5),
+            delivered_at: r.get(6),
+            last_error: r.get(7),
+            payload: r.get(8),
+        })
+        .collect())
 }
 
 #[cfg(test)]
