@@ -1,5 +1,6 @@
--- payrail schema v18: the admin audit log, and API keys that expire and
--- record when they were last used (docs/api.md, "Admin").
+-- payrail schema v18: the admin audit log, API keys that expire and
+-- record when they were last used, and plugin logs in the journal
+-- (docs/api.md, "Admin").
 --
 -- Every change an admin makes (a deploy, a pipeline set, a rollback, a
 -- promotion, a key created or revoked, a dead letter retried, an account
@@ -38,3 +39,8 @@ create trigger admin_audit_no_truncate before truncate on payrail.admin_audit
 
 alter table payrail.api_keys add column expires_at timestamptz;
 alter table payrail.api_keys add column last_used_at timestamptz;
+
+-- What a plugin logged during a call (capped by its `max_log_bytes`), kept
+-- with the call so the console shows it beside the decision. Null: the
+-- call logged nothing (most do not).
+alter table payrail.plugin_calls add column log text;

@@ -160,6 +160,7 @@ pub struct Metrics {
     latency: Capped<RouteLabels, Histogram>,
     payments: Capped<StatusLabel, Counter>,
     payment_errors: Capped<CodeLabel, Counter>,
+    declines: Capped<CodeLabel, Counter>,
     plugin_fuel: Capped<DigestLabel, Histogram>,
     plugin_duration: Capped<DigestLabel, Histogram>,
     plugin_cpu: Capped<DigestLabel, Histogram>,
@@ -235,6 +236,7 @@ impl Default for Metrics {
             latency: Capped::new(latency_histogram),
             payments: Capped::new(Counter::default),
             payment_errors: Capped::new(Counter::default),
+            declines: Capped::new(Counter::default),
             plugin_fuel: Capped::new(fuel_histogram),
             plugin_duration: Capped::new(plugin_histogram),
             plugin_cpu: Capped::new(plugin_histogram),
@@ -268,8 +270,10 @@ impl Metrics {
         self.latency.with(labels, |h| h.observe(seconds));
     }
 
-    /// Records a payment's outcome (`approved`, `declined`).
-    pub fn payment(&self, status: &str, replayed: bool) {
+    /// Records a payment's outcome (`approved`, `declined`) and, for a
+    /// decline, its code (plugins choose codes: the family is capped like
+    /// every other).
+    pub fn payment(&self, status: &str, decline: Option<&str>, replayed: bool) {
         if replayed {
             self.replays.fetch_add(1, Ordering::Relaxed);
             return;
@@ -280,6 +284,12 @@ impl Metrics {
         self.payments.with(labels, |c| {
             c.inc();
         });
+        if let Some(code) = decline {
+            let labels = CodeLabel { code: code.into() };
+            self.declines.with(labels, |c| {
+                c.inc();
+            });
+        }
     }
 
     /// Records a payment that failed with error `code`.
@@ -531,6 +541,11 @@ impl Metrics {
             self.payments.family.clone(),
         );
         r.register(
+            "payrail_declines",
+            "payments declined, by decline code",
+            self.declines.family.clone(),
+        );
+        r.register(
             "payrail_payment_errors",
             "payment requests that failed with nothing written, by code",
             self.payment_errors.family.clone(),
@@ -563,8 +578,9 @@ mod tests {
         let m = Metrics::default();
         m.request("GET", "/v1/accounts/{id}", "200", 0.003);
         m.request("GET", "/v1/accounts/{id}", "200", 0.2);
-        m.payment("approved", false);
-        m.payment("approved", true);
+        m.payment("approved", None, false);
+        m.payment("approved", None, true);
+        m.payment("declined", Some("amount_too_large"), false);
         m.plugin_call(&CallStat {
             plugin: "limits".into(),
             digest: "ab".repeat(32),
@@ -593,6 +609,10 @@ mod tests {
         ));
         assert!(text.contains("payrail_http_request_duration_seconds_bucket{le=\"0.005\",method=\"GET\",route=\"/v1/accounts/{id}\"} 1"), "{text}");
         assert!(text.contains("payrail_payments_total{status=\"approved\"} 1"));
+        assert!(
+            text.contains("payrail_declines_total{code=\"amount_too_large\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("payrail_payment_replays_total 1"));
         assert!(text.contains("payrail_transaction_retries_total 3"));
         assert!(text.contains("payrail_batch_deferrals_total 5"));

@@ -245,6 +245,116 @@ async fn a_payment_through_the_cli_and_the_audit() {
     assert!(out.contains("balance_equals_entries"), "{out}");
 }
 
+/// `--tenant` on every data command: a tenant's accounts, payments and
+/// keys are its own, and what the CLI changes is in the audit log under
+/// `cli:<user>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_data_command_takes_a_tenant() {
+    let db = common::TestDb::new().await;
+    let cli = Cli {
+        url: db.url.clone(),
+    };
+    cli.ok(&[
+        "--tenant",
+        "acme",
+        "account",
+        "create",
+        "a1",
+        "--currency",
+        "EUR",
+        "--opening-balance",
+        "500",
+    ]);
+    cli.ok(&[
+        "--tenant",
+        "acme",
+        "account",
+        "create",
+        "a2",
+        "--currency",
+        "EUR",
+    ]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["--tenant", "acme", "account", "show", "a1"])).unwrap();
+    assert_eq!(shown["balance"], 500);
+    let (code, _, err) = cli.run(&["account", "show", "a1"]);
+    assert_ne!(code, 0, "tenant default has no a1");
+    assert!(
+        err.contains("account_not_found") || err.contains("not found"),
+        "{err}"
+    );
+    // a payment of acme, through an empty pipeline set by the CLI of acme
+    let c = db.pool.get().await.unwrap();
+    payrail::registry::set_pipeline(&c, &common::engine(), "acme", "move", &[])
+        .await
+        .unwrap();
+    let paid: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "--tenant",
+        "acme",
+        "pay",
+        "--kind",
+        "move",
+        "--from",
+        "a1",
+        "--to",
+        "a2",
+        "--amount",
+        "120",
+        "--currency",
+        "EUR",
+        "--key",
+        "k1",
+    ]))
+    .unwrap();
+    assert_eq!(paid["status"], "approved", "{paid}");
+    let (code, _, _) = cli.run(&[
+        "pay",
+        "--kind",
+        "move",
+        "--from",
+        "a1",
+        "--to",
+        "a2",
+        "--amount",
+        "1",
+        "--currency",
+        "EUR",
+        "--key",
+        "k2",
+    ]);
+    assert_ne!(code, 0, "tenant default cannot pay from acme's account");
+    // keys: the global flag, before or after the subcommand
+    cli.ok(&["apikey", "create", "--tenant", "acme", "--scopes", "admin"]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["--tenant", "acme", "apikey", "list"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let (code, _, err) = cli.run(&["apikey", "list"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("tenant_required"), "{err}");
+    let (code, _, err) = cli.run(&["--tenant", "no such tenant", "account", "show", "a1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("tenant"), "{err}");
+    let rows = c
+        .query(
+            "select actor, action, target from payrail.admin_audit where tenant = 'acme' order by id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(String, String)> = rows.iter().map(|r| (r.get(1), r.get(2))).collect();
+    assert_eq!(seen[0], ("account.open".to_string(), "a1".to_string()));
+    assert_eq!(seen[1].0, "apikey.create");
+    assert_eq!(
+        seen.len(),
+        2,
+        "a2 opened without money is not an admin act: {seen:?}"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.get::<_, String>(0).starts_with("cli:"))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_rejects_a_file_that_is_not_a_payrail_component() {
     let db = common::TestDb::new().await;

@@ -132,6 +132,21 @@ async fn the_console_runs_the_ledger_in_a_real_browser() {
         .env("DATABASE_URL", &db.url)
         .env("PAYRAIL_SERVER__LISTEN", "127.0.0.1:0");
     let mut serve = ServeChild::spawn(cmd);
+    // traffic through the server, for the overview's figures
+    let http = reqwest::Client::new();
+    for i in 0..12_i64 {
+        let amount = if i % 4 == 3 { 300_000 } else { 100 + i };
+        let r = http
+            .post(format!("{}/v1/payments", serve.base))
+            .bearer_auth(&admin)
+            .header("Idempotency-Key", format!("http-{i}"))
+            .json(&serde_json::json!({"kind": "transfer", "source": "alice",
+                "destination": "bob", "amount": amount, "currency": "EUR"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    }
     let mut node = Command::new("node");
     node.arg("console.test.mjs")
         .current_dir(repo_root().join("tests/console"))

@@ -17,6 +17,7 @@
 mod common;
 mod server;
 
+mod admin;
 mod api;
 mod batching;
 mod cli;

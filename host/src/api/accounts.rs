@@ -164,9 +164,10 @@ pub async fn create_account(
         metadata,
     } = body;
     let mut client = st.pool.get().await.map_err(crate::Error::from)?;
-    let account = ledger::create_account(
+    // an account opened with money or an overdraft is an admin act: audited
+    let account = crate::admin::open_account(
         &mut client,
-        &p.tenant,
+        &super::admin::actor(&p),
         &NewAccount {
             id,
             currency,

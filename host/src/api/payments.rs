@@ -275,8 +275,9 @@ pub(super) fn respond(
             return Err(err);
         }
     };
+    let decline = outcome.response.decline.as_ref().map(|d| d.code.as_str());
     st.metrics
-        .payment(outcome.response.status.as_str(), outcome.replayed);
+        .payment(outcome.response.status.as_str(), decline, outcome.replayed);
     tracing::Span::current().record("payment_id", outcome.response.id.as_str());
     if !outcome.replayed {
         st.metrics.lock_wait(outcome.lock_wait.as_secs_f64());

@@ -425,6 +425,9 @@ pub struct CallView {
     pub decline: Option<super::payments::DeclineView>,
     /// A shadow candidate's fault.
     pub error: Option<String>,
+    /// What the plugin logged, line by line (`level: message`; capped by
+    /// its `max_log_bytes`).
+    pub logs: Vec<String>,
     /// Whether a shadow candidate agreed with the live plugin.
     pub agree: Option<bool>,
     /// The journaled input (null for shadow calls: the same as live).
@@ -513,12 +516,12 @@ pub async fn payment_calls(
             &format!(
                 "select step, 'live', encode(digest, 'hex'), fuel_used, duration_us,
                         input::jsonb, output::jsonb, null::text, null::bool,
-                        to_char(created_at at time zone 'UTC', {TS})
+                        to_char(created_at at time zone 'UTC', {TS}), log
                  from payrail.plugin_calls where payment_id = $1
                  union all
                  select step, 'shadow', candidate_digest, fuel_used, duration_us,
                         null::jsonb, candidate_output, candidate_error, agree,
-                        to_char(created_at at time zone 'UTC', {TS})
+                        to_char(created_at at time zone 'UTC', {TS}), null::text
                  from payrail.shadow_calls where payment_id = $1
                  order by 1, 2 limit 64"
             ),
@@ -544,6 +547,10 @@ pub async fn payment_calls(
                 error: r.get(7),
                 agree: r.get(8),
                 created_at: r.get(9),
+                logs: r
+                    .get::<_, Option<String>>(10)
+                    .map(|l| l.lines().map(str::to_string).collect())
+                    .unwrap_or_default(),
             }
         })
         .collect();

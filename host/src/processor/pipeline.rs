@@ -44,6 +44,8 @@ pub(crate) struct CallRecord {
     pub(crate) cpu: Option<Duration>,
     /// The step's shadow candidate run on the same input, if it has one.
     pub(crate) shadow: Option<ShadowRecord>,
+    /// What the plugin logged (capped by its limits); `None`: nothing.
+    pub(crate) log: Option<String>,
 }
 
 /// One shadow (candidate) call, journaled in `payrail.shadow_calls`.
@@ -152,9 +154,10 @@ pub(crate) fn run_steps(
                 &out.output_json,
             )
         });
-        if !out.log.is_empty() {
+        let log = (!out.log.is_empty()).then(|| {
             tracing::info!(log = %out.log.trim_end(), "plugin log");
-        }
+            out.log
+        });
         run.absorb(i, &out.decision)
             .map_err(|m| fault(PluginFault::InvalidOutput(m)))?;
         run.calls.push(CallRecord {
@@ -168,6 +171,7 @@ pub(crate) fn run_steps(
             duration: out.duration,
             cpu: out.cpu,
             shadow,
+            log,
         });
         let declined = run.decline.is_some();
         previous.push(StepResult {

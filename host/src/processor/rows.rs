@@ -129,31 +129,43 @@ pub(crate) async fn write_journals(
         .iter()
         .map(|(_, c)| c.duration.as_micros() as i64)
         .collect();
+    // The log column is named only when a call logged: most calls log
+    // nothing, and a host so also journals on a schema before 18.
+    let logs: Vec<Option<&str>> = calls.iter().map(|(_, c)| c.log.as_deref()).collect();
+    let logged = logs.iter().any(Option::is_some);
     let stmt = tx
-        .prepare_cached(
+        .prepare_cached(if logged {
+            "insert into payrail.plugin_calls
+               (call_key, payment_id, step, digest, input_digest, input, output, fuel_used, duration_us, log)
+             select decode(k, 'hex'), p, s, decode(d, 'hex'), decode(i, 'hex'), inp::json, o::json, f, u, l
+             from unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::bigint[], $9::bigint[], $10::text[])
+                  as t(p, k, s, d, i, inp, o, f, u, l)
+             on conflict (payment_id, call_key) do nothing"
+        } else {
             "insert into payrail.plugin_calls
                (call_key, payment_id, step, digest, input_digest, input, output, fuel_used, duration_us)
              select decode(k, 'hex'), p, s, decode(d, 'hex'), decode(i, 'hex'), inp::json, o::json, f, u
              from unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
                          $7::text[], $8::bigint[], $9::bigint[]) as t(p, k, s, d, i, inp, o, f, u)
-             on conflict (payment_id, call_key) do nothing",
-        )
+             on conflict (payment_id, call_key) do nothing"
+        })
         .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &payment_ids,
-            &keys,
-            &steps,
-            &digests,
-            &input_digests,
-            &inputs,
-            &outputs,
-            &fuel,
-            &durations,
-        ],
-    )
-    .await?;
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+        &payment_ids,
+        &keys,
+        &steps,
+        &digests,
+        &input_digests,
+        &inputs,
+        &outputs,
+        &fuel,
+        &durations,
+    ];
+    if logged {
+        params.push(&logs);
+    }
+    tx.execute(&stmt, &params).await?;
     for (payment, calls) in payments {
         write_shadows(tx, *payment, calls).await?;
     }
