@@ -30,6 +30,11 @@ const CURRENCIES: &[(&str, u8)] = &[
     ("ZMW", 2), ("ZWG", 2),
 ];
 
+/// Every code the host accepts, in order (for the OpenAPI document).
+pub fn codes() -> Vec<&'static str> {
+    CURRENCIES.iter().map(|(c, _)| *c).collect()
+}
+
 /// Minor-unit exponent of an ISO 4217 code (EUR 2, JPY 0, KWD 3), or `None`
 /// for an unknown code.
 pub fn exponent(code: &str) -> Option<u8> {

@@ -98,7 +98,7 @@ async fn a_payments_key_cannot_create_money() {
     assert_eq!(s, StatusCode::CREATED, "{b}");
     let max = json!({"id": "max2", "currency": "EUR", "opening_balance": i64::MAX / 2 + 1});
     let (s, _, b) = open(&serve, &t.admin, max).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     assert_eq!(b["code"], "amount_overflow", "{b}");
     let (s, _) = serve.get("/v1/accounts/max2", &t.pay).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "a refused account was written");

@@ -402,7 +402,7 @@ async fn plugins_deployed_unsigned_do_not_run_once_signing_is_on() {
             json!({"steps": [{"plugin": "limits", "config": {"max_amount": 100}}]}),
         )
         .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     assert_eq!(b["code"], "plugin_unsigned", "{b}");
     assert!(b["detail"].as_str().unwrap().contains("\"limits\""), "{b}");
 

@@ -47,7 +47,7 @@ async fn admin_changes_are_audited_in_their_transaction_and_the_log_is_append_on
         .await;
     assert_eq!(
         (st, e["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_version"))
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_version"))
     );
     let (st, k) = s
         .post("/v1/api-keys", &admin, json!({"scopes": ["payments"]}))
@@ -247,7 +247,7 @@ async fn an_admin_key_reaches_nothing_of_another_tenant() {
         .await;
     assert_eq!(
         (st, e["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_retry"))
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_retry"))
     );
     s.stop().await;
 }
@@ -265,7 +265,7 @@ async fn keys_expire_and_record_their_last_use() {
         .await;
     assert_eq!(
         (st, e["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_expiry"))
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_expiry"))
     );
     let (st, e) = s
         .post(
@@ -385,20 +385,22 @@ async fn balances_at_a_time_and_statements_add_up() {
     assert_eq!(st["truncated"], false);
     let (_, now) = s.get("/v1/accounts/alice", &admin).await;
     assert_eq!(now["balance"], st["closing_balance"], "nothing after t2");
-    for (q, code) in [
-        ("from=yesterday&to=2100-01-01T00:00:00Z", "invalid_time"),
+    for (q, status, code) in [
+        (
+            "from=yesterday&to=2100-01-01T00:00:00Z",
+            400,
+            "invalid_time",
+        ),
         (
             "from=2100-01-01T00:00:00Z&to=2000-01-01T00:00:00Z",
+            422,
             "invalid_range",
         ),
     ] {
         let (st, e) = s
             .get(&format!("/v1/accounts/alice/statement?{q}"), &admin)
             .await;
-        assert_eq!(
-            (st, e["code"].as_str()),
-            (StatusCode::BAD_REQUEST, Some(code))
-        );
+        assert_eq!((st.as_u16(), e["code"].as_str()), (status, Some(code)));
     }
     // the payment filters
     let (_, early) = s
@@ -602,5 +604,44 @@ async fn a_plugins_logs_are_journaled_with_its_call_and_capped() {
     // 1000 lines of 100 bytes logged; the default max_log_bytes kept
     assert!(bytes <= 64 * 1024, "{bytes} bytes kept");
     assert!(logs.len() < 1000, "capped: {} lines", logs.len());
+    s.stop().await;
+}
+
+/// Postgres text cannot hold NUL: a NUL in metadata or a query parameter
+/// is a typed 400 with nothing written, never a 500 from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_get_a_typed_error_and_write_nothing() {
+    let s = Server::start().await;
+    let admin = s.key("t", &[Scope::Payments, Scope::Admin]).await;
+    s.samples(&admin).await;
+    let mut body = transfer(100);
+    body["metadata"] = json!({"note": "a\u{0}b"});
+    let r = s.pay(&admin, "nul-1", body).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "invalid_metadata", "{e}");
+    let (st, e) = s
+        .post(
+            "/v1/accounts",
+            &admin,
+            json!({"id": "nul", "currency": "EUR", "metadata": {"k\u{0}": "v"}}),
+        )
+        .await;
+    assert_eq!(
+        (st, e["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_metadata"))
+    );
+    let (st, e) = s.get("/v1/payments?metadata=k%3Da%00b", &admin).await;
+    assert_eq!(
+        (st, e["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_query"))
+    );
+    let (st, _) = s.get("/v1/accounts/nul", &admin).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "nothing written");
+    let (_, list) = s.get("/v1/payments", &admin).await;
+    assert!(
+        list["data"].as_array().unwrap().is_empty(),
+        "nothing written"
+    );
     s.stop().await;
 }

@@ -656,7 +656,7 @@ async fn malformed_requests_get_a_4xx_problem_and_write_nothing() {
         (
             "currency mismatch",
             with("currency", json!("USD")),
-            400,
+            422,
             "currency_mismatch",
         ),
         (
@@ -668,7 +668,7 @@ async fn malformed_requests_get_a_4xx_problem_and_write_nothing() {
         (
             "same account",
             with("destination", json!("alice")),
-            400,
+            422,
             "same_account",
         ),
         (
@@ -905,7 +905,7 @@ async fn malformed_requests_get_a_4xx_problem_and_write_nothing() {
         (
             "list: bad cursor",
             s.req(Method::GET, "/v1/payments?cursor=zz", Some(&pay)),
-            400,
+            422,
             "invalid_cursor",
         ),
         (
@@ -1060,7 +1060,7 @@ async fn pagination_walks_every_item_once() {
     let (st, body) = s.get(&format!("/v1/payments?cursor={c}"), &pay).await;
     assert_eq!(
         (st, body["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_cursor"))
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_cursor"))
     );
     s.stop().await;
 }

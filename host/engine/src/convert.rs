@@ -104,6 +104,18 @@ fn check_name(what: &str, s: &str) -> Result<(), PluginFault> {
     }
 }
 
+/// Text a plugin hands the host must not hold NUL: Postgres text cannot
+/// store it, and the payment's write would fail for every payment the
+/// plugin sees.
+fn check_text(what: &str, s: &str) -> Result<(), PluginFault> {
+    if s.contains('\0') {
+        return Err(PluginFault::InvalidOutput(format!(
+            "{what} contains a NUL character"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks one event: a topic of the plugin's own (not the host's), a
 /// payload of valid JSON within the limit.
 fn check_event(e: &wit::Event, limits: &PluginLimits) -> Result<(), PluginFault> {
@@ -124,6 +136,13 @@ fn check_event(e: &wit::Event, limits: &PluginLimits) -> Result<(), PluginFault>
             e.topic
         )));
     }
+    // valid JSON, but no Postgres jsonb (nor text) can hold it
+    if e.payload.contains("\\u0000") {
+        return Err(PluginFault::InvalidOutput(format!(
+            "event {:?} payload contains a NUL character (\\u0000)",
+            e.topic
+        )));
+    }
     Ok(())
 }
 
@@ -136,6 +155,7 @@ pub(super) fn decision_from_guest(
     match d {
         wit::Decision::Decline(dec) => {
             check_name("decline code", &dec.code)?;
+            check_text("decline message", &dec.message)?;
             Ok(Decision::Decline {
                 code: dec.code,
                 message: dec.message,
@@ -145,6 +165,7 @@ pub(super) fn decision_from_guest(
             let mut annotations = Metadata::new();
             for e in a.annotations {
                 check_name("annotation key", &e.key)?;
+                check_text("annotation value", &e.value)?;
                 if annotations.insert(e.key.clone(), e.value).is_some() {
                     return Err(PluginFault::InvalidOutput(format!(
                         "annotation key {:?} appears twice",
@@ -181,5 +202,47 @@ pub(super) fn decision_from_guest(
                 annotations,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plugin's NUL would fail the payment's write in Postgres: refused
+    /// as invalid output instead, in every text the host stores.
+    #[test]
+    fn nul_in_a_plugins_text_is_invalid_output() {
+        let limits = PluginLimits::default();
+        let decline = |message: &str| {
+            wit::Decision::Decline(wit::Decline {
+                code: "no".into(),
+                message: message.into(),
+            })
+        };
+        let approve = |value: &str, payload: &str| {
+            wit::Decision::Approve(wit::Approval {
+                postings: vec![],
+                events: vec![wit::Event {
+                    topic: "audit.note".into(),
+                    payload: payload.into(),
+                }],
+                annotations: vec![wit::Entry {
+                    key: "note".into(),
+                    value: value.into(),
+                }],
+            })
+        };
+        let invalid = |d| {
+            matches!(
+                decision_from_guest(d, &limits),
+                Err(PluginFault::InvalidOutput(_))
+            )
+        };
+        assert!(invalid(decline("a\0b")));
+        assert!(invalid(approve("a\0b", "{}")));
+        assert!(invalid(approve("ok", r#"{"a":"x\u0000y"}"#)));
+        assert!(decision_from_guest(decline("plain"), &limits).is_ok());
+        assert!(decision_from_guest(approve("ok", r#"{"a":"x\u0001y"}"#), &limits).is_ok());
     }
 }

@@ -8,7 +8,6 @@ use super::problem::{ApiError, ApiResult, Problem};
 use crate::apikeys::{Principal, Scope};
 use crate::ledger::{self, NewAccount};
 use crate::model::Metadata;
-use crate::processor::{MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -100,20 +99,9 @@ pub struct EntryView {
     pub created_at: String,
 }
 
-/// Checks metadata bounds.
+/// Checks metadata bounds (see [`crate::processor::check_metadata`]).
 pub fn validate_metadata(m: &Metadata) -> Result<(), ApiError> {
-    if m.len() > MAX_METADATA_ENTRIES
-        || m.iter()
-            .any(|(k, v)| k.len() > MAX_METADATA_BYTES || v.len() > MAX_METADATA_BYTES)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_metadata",
-            format!(
-                "metadata has at most {MAX_METADATA_ENTRIES} entries of at most {MAX_METADATA_BYTES} bytes each"
-            ),
-        ));
-    }
-    Ok(())
+    Ok(crate::processor::check_metadata(m)?)
 }
 
 /// Refuses what only an admin key may open: an opening balance above zero

@@ -235,10 +235,20 @@ pub struct SetCandidate {
 pub async fn set_candidate(
     State(st): State<AppState>,
     AdminKey(p): AdminKey,
-    Path((kind, step)): Path<(String, usize)>,
+    Path((kind, step)): Path<(String, String)>,
     ApiJson(body): ApiJson<SetCandidate>,
 ) -> ApiResult<Json<Pipeline>> {
     kind_of(&kind)?;
+    let step: usize = step
+        .parse()
+        .ok()
+        .filter(|s| *s < registry::MAX_STEPS)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_path",
+                format!("step must be an integer 0-{}", registry::MAX_STEPS - 1),
+            )
+        })?;
     let change = PipelineChange::SetCandidate(step, body.plugin.as_deref());
     change_pipeline(&st, &p, &kind, change).await
 }
@@ -481,6 +491,12 @@ pub async fn create_key(
     AdminKey(p): AdminKey,
     ApiJson(body): ApiJson<CreateKey>,
 ) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
+    if body.scopes.is_empty() || body.scopes.len() > 2 {
+        return Err(ApiError::bad_request(
+            "invalid_scope",
+            "scopes lists one or two of `payments`, `admin`",
+        ));
+    }
     let scopes = Scope::parse_list(&body.scopes.join(","))?;
     let expires_at = body
         .expires_at

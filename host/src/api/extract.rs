@@ -82,6 +82,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             }
         }
         let bytes = read_body(req, state.limits.max_json_body_bytes, "body_too_large").await?;
+        // every JSON body is an object: serde would also fill a struct
+        // from an array (`[null]`), which the document does not allow
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') && !bytes.is_empty() {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "the JSON body must be an object",
+            ));
+        }
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -96,14 +104,41 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "the request needs a JSON body",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
-        use serde_json::error::Category;
-        let code = match e.classify() {
-            Category::Syntax | Category::Eof | Category::Io => "invalid_json",
-            Category::Data => "invalid_body",
-        };
-        ApiError::bad_request(code, format!("the JSON body is not valid here: {e}"))
-    })
+    serde_json::from_slice(bytes)
+        .or_else(|e| {
+            // JSON Schema counts 2.0 as an integer, so a client generated
+            // from the document may send it: retried with integral floats
+            // as integers (only after the exact parse failed, so a valid
+            // body is parsed once)
+            let mut v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| e)?;
+            integral_floats_as_integers(&mut v);
+            serde_json::from_value(v)
+        })
+        .map_err(|e| {
+            use serde_json::error::Category;
+            let code = match e.classify() {
+                Category::Syntax | Category::Eof | Category::Io => "invalid_json",
+                Category::Data => "invalid_body",
+            };
+            ApiError::bad_request(code, format!("the JSON body is not valid here: {e}"))
+        })
+}
+
+/// Turns every float with no fractional part, within +-2^53 (where an
+/// f64 is exact), into the integer it is.
+fn integral_floats_as_integers(v: &mut serde_json::Value) {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f.abs() <= EXACT {
+                *v = serde_json::Value::from(f as i64);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(integral_floats_as_integers),
+        serde_json::Value::Object(o) => o.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
 }
 
 /// A query string, or a 400 `invalid_query`.
@@ -117,6 +152,13 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuer
             return Err(ApiError::bad_request(
                 "invalid_query",
                 "the query string is longer than 4096 bytes",
+            ));
+        }
+        // no parameter may carry NUL: Postgres text cannot hold it
+        if parts.uri.query().is_some_and(|q| q.contains("%00")) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "query parameters must not contain NUL (%00)",
             ));
         }
         Query::<T>::from_request_parts(parts, state)
@@ -255,10 +297,13 @@ pub fn rfc3339(what: &str, s: &str) -> Result<time::OffsetDateTime, ApiError> {
             format!("{what} is too long for a time"),
         ));
     }
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_time",
-            format!("{what} must be an RFC 3339 time such as 2026-12-05T00:00:00Z"),
-        )
-    })
+    // in UTC: Postgres takes offsets up to 15:59, RFC 3339 up to 23:59
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.to_offset(time::UtcOffset::UTC))
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_time",
+                format!("{what} must be an RFC 3339 time such as 2026-12-05T00:00:00Z"),
+            )
+        })
 }

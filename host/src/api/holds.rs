@@ -51,7 +51,8 @@ pub async fn capture_payment(
     let body: CapturePayment = if bytes.iter().all(u8::is_ascii_whitespace) {
         CapturePayment::default()
     } else {
-        parse_json(&bytes)?
+        // `null` is the document's "no body" too
+        parse_json::<Option<CapturePayment>>(&bytes)?.unwrap_or_default()
     };
     let out = st
         .processor

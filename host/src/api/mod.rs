@@ -16,6 +16,7 @@ pub mod console;
 pub mod extract;
 pub mod holds;
 
+pub mod openapi;
 pub mod ops;
 pub mod pagination;
 pub mod payments;
@@ -154,112 +155,9 @@ impl AppState {
     }
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "payrail",
-        description = "Payments through sandboxed WebAssembly rule plugins, one Postgres transaction each. \
-                       Errors are application/problem+json with a stable `code`."
-    ),
-    modifiers(&BearerAuth),
-    security(("bearer" = [])),
-    tags(
-        (name = "accounts", description = "Accounts and their ledger entries (scope `payments`)"),
-        (name = "payments", description = "Payments (scope `payments`)"),
-        (name = "admin", description = "Plugins, pipelines, shadow, replay, the outbox and the audit log (scope `admin`)"),
-        (name = "keys", description = "API keys (scope `admin`) and the caller's own key"),
-        (name = "operations", description = "Health, readiness, metrics, this document (no key)")
-    )
-)]
-struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("An API key: `payrail apikey create`"))
-                    .build(),
-            ),
-        );
-    }
-}
-
-/// The answers every keyed route can give besides its own: the document
-/// lists each on every operation, so a generated client knows them.
-struct CommonResponses;
-
-impl utoipa::Modify for CommonResponses {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder};
-        let problem = |desc: &str| {
-            RefOr::T(
-                ResponseBuilder::new()
-                    .description(desc)
-                    .content(
-                        "application/problem+json",
-                        ContentBuilder::new()
-                            .schema(Some(utoipa::openapi::Ref::from_schema_name("Problem")))
-                            .build(),
-                    )
-                    .build(),
-            )
-        };
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            let keyed = path.starts_with("/v1/");
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                let r = &mut op.responses.responses;
-                let mut add = |code: &str, desc: &str| {
-                    r.entry(code.to_string()).or_insert_with(|| problem(desc));
-                };
-                if keyed {
-                    add(
-                        "400",
-                        "Invalid request: a malformed parameter or body (`code` says which)",
-                    );
-                    add("401", "`unauthorized`: no API key, or not a valid one");
-                    add(
-                        "403",
-                        "`forbidden`: the key lacks the scope this route needs",
-                    );
-                    add("413", "The body is larger than the limit");
-                    add(
-                        "429",
-                        "`rate_limited`, `tenant_busy` or `key_lookups_throttled`; see `Retry-After`",
-                    );
-                }
-                add(
-                    "503",
-                    "`overloaded`, `request_timeout` or the database is unavailable; see `Retry-After`",
-                );
-                if !keyed {
-                    op.security = Some(vec![
-                        utoipa::openapi::security::SecurityRequirement::default(),
-                    ]);
-                }
-            }
-        }
-    }
-}
-
 /// The router of every route, and the OpenAPI document describing them.
-pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
-    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+pub fn router(state: AppState) -> (Router, serde_json::Value) {
+    let (router, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(accounts::create_account, reads::list_accounts))
         .routes(routes!(accounts::get_account))
         .routes(routes!(accounts::list_entries))
@@ -295,9 +193,8 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
         .split_for_parts();
-    // after the routes are in: the common answers go on every operation
-    utoipa::Modify::modify(&CommonResponses, &mut doc);
-    let doc_json = Arc::new(doc.to_pretty_json().expect("openapi serializes"));
+    let (doc, doc_json) = openapi::finish(doc, &state.engine.config().caps);
+    let doc_json = Arc::new(doc_json);
     let router = router
         .merge(console::router())
         .fallback(not_found)

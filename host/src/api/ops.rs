@@ -84,7 +84,7 @@ pub async fn readyz(State(st): State<AppState>) -> Result<Json<Health>, ApiError
 
 /// Prometheus metrics (text exposition format 0.0.4).
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
-    responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
+    responses((status = 200, description = "Metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(State(st): State<AppState>) -> Response {
     // one index range scan (capped); on failure the last value stays
     if let Ok(n) = crate::holds::count_overdue(&st.pool).await {

@@ -410,7 +410,7 @@ pub struct ListPayments {
     #[param(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     pub kind: Option<String>,
     /// Only payments declined with this code.
-    #[param(max_length = 64)]
+    #[param(pattern = "^[a-z0-9_.-]{1,128}$")]
     pub decline_code: Option<String>,
     /// Only payments made at or after this time (RFC 3339).
     #[param(format = DateTime)]
@@ -419,7 +419,7 @@ pub struct ListPayments {
     #[param(format = DateTime)]
     pub created_to: Option<String>,
     /// Only payments whose metadata has `KEY=VALUE`.
-    #[param(pattern = "^[^=]{1,512}=.{0,512}$")]
+    #[param(pattern = "^[^=\\u0000]{1,512}=[^\\u0000]{0,512}$")]
     pub metadata: Option<String>,
     /// Items per page, 1-200 (default 50).
     #[param(minimum = 1, maximum = 200)]
@@ -427,6 +427,13 @@ pub struct ListPayments {
     /// `next_cursor` or `prev_cursor` of another page.
     #[param(max_length = 512)]
     pub cursor: Option<String>,
+}
+
+/// A decline code as plugins write them (the engine checks theirs alike).
+fn is_code(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
 }
 
 /// The filters of a payment list, parsed.
@@ -445,6 +452,19 @@ impl PaymentFilter {
             return Err(ApiError::bad_request(
                 "invalid_status",
                 "status is one of approved, declined, authorized, captured, voided, expired",
+            ));
+        }
+        for (what, id) in [("account", &q.account), ("payment kind", &q.kind)] {
+            if let Some(id) = id {
+                crate::ledger::validate_id(what, id)?;
+            }
+        }
+        if let Some(code) = &q.decline_code
+            && !is_code(code)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "decline_code is 1-128 characters of a-z, 0-9, '_', '.', '-'",
             ));
         }
         let time = |what, v: &Option<String>| {

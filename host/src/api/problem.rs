@@ -54,9 +54,14 @@ impl ApiError {
         }
     }
 
-    /// 400 with `code`.
+    /// 400 with `code` (422 for a code in [`UNPROCESSABLE`]).
     pub fn bad_request(code: &str, detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, code, detail)
+        let status = if UNPROCESSABLE.contains(&code) {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, code, detail)
     }
 
     /// 401: no usable credentials.
@@ -174,10 +179,35 @@ fn db_error(e: &Error) -> ApiError {
     }
 }
 
+/// Codes of requests the OpenAPI document cannot tell apart from valid
+/// ones (a cursor this API did not issue, a version or step that does not
+/// exist, the same account twice, accounts in another currency, a balance
+/// past i64, a plugin without a trusted signature): well-formed, so 422,
+/// not 400. Every other `invalid_*` is a constraint the document carries:
+/// 400.
+pub const UNPROCESSABLE: &[&str] = &[
+    "same_account",
+    "invalid_cursor",
+    "invalid_range",
+    "invalid_version",
+    "invalid_step",
+    "no_candidate",
+    "invalid_retry",
+    "invalid_expiry",
+    "invalid_hold_ttl",
+    "currency_mismatch",
+    "amount_overflow",
+    "plugin_unsigned",
+    "plugin_signature_invalid",
+];
+
 impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
         let code = e.code().to_string();
         let status = match &e {
+            Error::Invalid { code, .. } if UNPROCESSABLE.contains(code) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Error::Invalid { .. } => StatusCode::BAD_REQUEST,
             Error::IdempotencyConflict { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::InProgress { .. } | Error::KeyExpired { .. } => StatusCode::CONFLICT,

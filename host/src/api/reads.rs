@@ -50,6 +50,9 @@ pub async fn list_accounts(
     PaymentsKey(p): PaymentsKey,
     ApiQuery(q): ApiQuery<ListAccounts>,
 ) -> ApiResult<Json<Page<AccountView>>> {
+    if let Some(c) = &q.currency {
+        crate::ledger::validate_currency(c)?;
+    }
     let pp = PageParams {
         limit: q.limit,
         cursor: q.cursor,
@@ -344,6 +347,9 @@ pub async fn list_holds(
             "invalid_state",
             "state is one of authorized, captured, voided, expired",
         ));
+    }
+    if let Some(a) = &q.account {
+        crate::ledger::validate_id("account", a)?;
     }
     let pp = PageParams {
         limit: q.limit,

@@ -86,6 +86,30 @@ pub(crate) fn call_key(
     hex::encode(d)
 }
 
+/// Checks caller metadata (a payment's, an account's): at most
+/// [`MAX_METADATA_ENTRIES`] entries of at most [`MAX_METADATA_BYTES`] each,
+/// and no NUL (Postgres cannot store it).
+pub fn check_metadata(m: &crate::model::Metadata) -> Result<()> {
+    if m.len() > MAX_METADATA_ENTRIES
+        || m.iter()
+            .any(|(k, v)| k.len() > MAX_METADATA_BYTES || v.len() > MAX_METADATA_BYTES)
+    {
+        return Err(Error::invalid(
+            "invalid_metadata",
+            format!(
+                "metadata has at most {MAX_METADATA_ENTRIES} entries of at most {MAX_METADATA_BYTES} bytes each"
+            ),
+        ));
+    }
+    if m.iter().any(|(k, v)| k.contains('\0') || v.contains('\0')) {
+        return Err(Error::invalid(
+            "invalid_metadata",
+            "metadata keys and values must not contain NUL characters",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a request and its key before anything touches the database.
 pub fn validate_request(key: &str, req: &PaymentRequest) -> Result<()> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(|c| c.is_control()) {
@@ -123,19 +147,7 @@ pub fn validate_request(key: &str, req: &PaymentRequest) -> Result<()> {
             "equity accounts only fund opening balances; they cannot take part in payments",
         ));
     }
-    if req.metadata.len() > MAX_METADATA_ENTRIES
-        || req
-            .metadata
-            .iter()
-            .any(|(k, v)| k.len() > MAX_METADATA_BYTES || v.len() > MAX_METADATA_BYTES)
-    {
-        return Err(Error::invalid(
-            "invalid_metadata",
-            format!(
-                "metadata has at most {MAX_METADATA_ENTRIES} entries of at most {MAX_METADATA_BYTES} bytes each"
-            ),
-        ));
-    }
+    check_metadata(&req.metadata)?;
     if req
         .metadata
         .keys()

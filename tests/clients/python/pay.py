@@ -17,7 +17,7 @@ from payrail_client import AuthenticatedClient
 from payrail_client.api.accounts import create_account, get_account
 from payrail_client.api.admin import get_pipeline, put_pipeline
 from payrail_client.api.payments import create_payment, get_payment
-from payrail_client.models import AccountView, CreateAccount, CreatePayment, PaymentView, Pipeline, PutPipeline
+from payrail_client.models import AccountView, CreateAccount, CreatePayment, Currency, PaymentView, Pipeline, PutPipeline
 
 
 def expect(resp, status, model):
@@ -34,10 +34,10 @@ client = AuthenticatedClient(base_url=url, token=key)
 if get_pipeline.sync_detailed(kind, client=client).status_code == 404:
     expect(put_pipeline.sync_detailed(kind, client=client, body=PutPipeline(steps=[])), 200, Pipeline)
 
-for account in [CreateAccount(id="py-src", currency="EUR", opening_balance=10000), CreateAccount(id="py-dst", currency="EUR")]:
+for account in [CreateAccount(id="py-src", currency=Currency.EUR, opening_balance=10000), CreateAccount(id="py-dst", currency=Currency.EUR)]:
     expect(create_account.sync_detailed(client=client, body=account), 201, AccountView)
 
-body = CreatePayment(kind=kind, source="py-src", destination="py-dst", amount=2500, currency="EUR")
+body = CreatePayment(kind=kind, source="py-src", destination="py-dst", amount=2500, currency=Currency.EUR)
 paid = expect(create_payment.sync_detailed(client=client, body=body, idempotency_key=str(uuid.uuid4())), 201, PaymentView)
 read = expect(get_payment.sync_detailed(paid.id, client=client), 200, PaymentView)
 if (read.id, read.status, read.amount) != (paid.id, paid.status, 2500) or read.status != "approved":
