@@ -5,6 +5,10 @@
 
 pub mod certs;
 pub mod receiver;
+pub mod tools;
+
+#[allow(unused_imports)] // not every test binary runs outside tools
+pub use tools::{python_venv, repo_root, run_ok, target_dir};
 
 use payrail::db::{self, Pool};
 use payrail::engine::{EngineConfig, PluginEngine};

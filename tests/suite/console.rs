@@ -14,28 +14,8 @@ use crate::common::*;
 use payrail::apikeys::{self, Scope};
 use payrail::model::DEFAULT_TENANT;
 use payrail::registry::{self, StepSpec};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn run(cmd: &mut Command, what: &str) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Chromium and the script's npm packages, installed once under a lock.
 fn browser_ready() -> PathBuf {
@@ -44,7 +24,7 @@ fn browser_ready() -> PathBuf {
     lock.lock().unwrap();
     let chromium = PathBuf::from(std::env::var("CHROMIUM").unwrap_or("/usr/bin/chromium".into()));
     if !chromium.exists() {
-        run(
+        run_ok(
             Command::new("apt-get")
                 .args(["install", "-y", "-q", "chromium"])
                 .env("DEBIAN_FRONTEND", "noninteractive"),
@@ -52,7 +32,7 @@ fn browser_ready() -> PathBuf {
         );
     }
     if !dir.join("node_modules/playwright-core").exists() {
-        run(
+        run_ok(
             Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund"])
                 .current_dir(&dir),

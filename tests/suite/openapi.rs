@@ -4,32 +4,12 @@
 //!
 //! `PAYRAIL_BLESS=1` rewrites the committed copy from the served one.
 
+use crate::common::{python_venv, repo_root, run_ok};
 use crate::server::Server;
 use clap::CommandFactory;
 use payrail::apikeys::Scope;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_committed_document_is_the_served_one() {
@@ -64,42 +44,10 @@ async fn the_committed_document_is_the_served_one() {
     }
 }
 
-/// A venv under `target/python-venv/<name>` with `requirements` (a file
-/// of pinned packages) installed from PyPI, made once under a lock.
-fn venv(name: &str, requirements: &str) -> PathBuf {
-    let root = repo_root().join("target/python-venv");
-    std::fs::create_dir_all(&root).unwrap();
-    let lock = std::fs::File::create(root.join(format!(".{name}-lock"))).unwrap();
-    lock.lock().unwrap();
-    let venv = root.join(name);
-    if !venv.join(".installed").exists() {
-        let _ = std::fs::remove_dir_all(&venv);
-        run(
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
-            "python3 -m venv",
-        );
-        run(
-            Command::new(venv.join("bin/python"))
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--disable-pip-version-check",
-                    "-r",
-                ])
-                .arg(repo_root().join(requirements)),
-            &format!("pip install -r {requirements} (needs PyPI)"),
-        );
-        std::fs::write(venv.join(".installed"), "").unwrap();
-    }
-    venv
-}
-
 fn generator() -> PathBuf {
-    venv(
+    python_venv(
         "openapi-python-client-0.29.1",
-        "tests/clients/python/requirements.txt",
+        &["-r", "tests/clients/python/requirements.txt"],
     )
 }
 
@@ -112,7 +60,10 @@ fn generator() -> PathBuf {
 /// printed, and `PAYRAIL_FUZZ_SEED` replays it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_fuzzer_finds_the_server_true_to_its_document() {
-    let st = venv("schemathesis-4.32.5", "tests/clients/fuzz/requirements.txt");
+    let st = python_venv(
+        "schemathesis-4.32.5",
+        &["-r", "tests/clients/fuzz/requirements.txt"],
+    );
     let s = Server::start().await;
     let key = s.key("fz", &[Scope::Payments, Scope::Admin]).await;
     s.samples(&key).await;
@@ -178,7 +129,7 @@ async fn a_python_client_generated_from_the_document_makes_a_payment() {
     std::fs::write(&spec, serde_json::to_vec(&doc).unwrap()).unwrap();
     let client = work.join("client");
     let dir = repo_root().join("tests/clients/python");
-    let generated = run(
+    let generated = run_ok(
         Command::new(venv.join("bin/openapi-python-client"))
             .args(["generate", "--path"])
             .arg(&spec)
@@ -193,7 +144,7 @@ async fn a_python_client_generated_from_the_document_makes_a_payment() {
         !generated.contains("Unable to process schema") && !generated.contains("Cannot parse"),
         "the generator dropped parts of the document:\n{generated}"
     );
-    run(
+    run_ok(
         Command::new(venv.join("bin/python"))
             .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
             .arg(&client),
@@ -203,7 +154,7 @@ async fn a_python_client_generated_from_the_document_makes_a_payment() {
     let pay = dir.join("pay.py");
     let py = venv.join("bin/python");
     let out = tokio::task::spawn_blocking(move || {
-        run(
+        run_ok(
             Command::new(py)
                 .arg(pay)
                 .env("PAYRAIL_URL", base)

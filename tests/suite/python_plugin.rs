@@ -9,12 +9,13 @@
 //! not collide. If python3, venv or pip is missing, or PyPI is unreachable,
 //! the test fails with the reason: it is never skipped.
 
+use crate::common::{python_venv, repo_root, run_ok, target_dir};
 use payrail::engine::{
     CallOutcome, EngineConfig, PluginEngine, PluginFault, PluginLimitOverrides, PluginLimits,
     PreparedInput,
 };
 use payrail::model::Decision;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -44,70 +45,14 @@ fn python_limits() -> PluginLimits {
     step.apply(&PluginLimits::default())
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn target_dir() -> PathBuf {
-    match option_env!("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => repo_root().join("target"),
-    }
-}
-
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {cmd:?}\n{text}",
-        out.status
-    );
-    text
-}
-
-/// The venv with the pinned componentize-py, created once under a file lock.
-/// Returns the path of its `componentize-py` executable.
+/// The venv with the pinned componentize-py; the path of its
+/// `componentize-py` executable.
 fn componentize_py() -> PathBuf {
-    let root = target_dir().join("python-venv");
-    std::fs::create_dir_all(&root).unwrap();
-    let lock = std::fs::File::create(root.join(".lock")).unwrap();
-    lock.lock().expect("lock target/python-venv/.lock");
-    let venv = root.join(format!("componentize-py-{COMPONENTIZE_PY}"));
-    let exe = venv.join("bin").join("componentize-py");
-    let ready = venv.join(".installed");
-    if !ready.exists() {
-        let _ = std::fs::remove_dir_all(&venv);
-        let started = Instant::now();
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        run(
-            Command::new(&python).args(["-m", "venv"]).arg(&venv),
-            "creating the Python venv (needs python3 with the venv module, \
-             e.g. apt-get install python3-venv)",
-        );
-        run(
-            Command::new(venv.join("bin").join("python"))
-                .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
-                .arg(format!("componentize-py=={COMPONENTIZE_PY}")),
-            "pip install componentize-py from PyPI (needs pip and network access to PyPI)",
-        );
-        std::fs::write(&ready, COMPONENTIZE_PY).unwrap();
-        println!(
-            "venv + componentize-py {COMPONENTIZE_PY}: {:.1?}",
-            started.elapsed()
-        );
-    }
-    drop(lock);
-    exe
+    python_venv(
+        &format!("componentize-py-{COMPONENTIZE_PY}"),
+        &[&format!("componentize-py=={COMPONENTIZE_PY}")],
+    )
+    .join("bin/componentize-py")
 }
 
 /// Builds plugins/python-limits/app.py into a component in a build dir of
@@ -128,7 +73,7 @@ fn build_component() -> Vec<u8> {
     .unwrap();
     let out = build.join("limits_py.wasm");
     let started = Instant::now();
-    run(
+    run_ok(
         Command::new(&exe)
             .arg("-d")
             .arg(repo_root().join("wit"))
