@@ -416,6 +416,39 @@ async fn balances_at_a_time_and_statements_add_up() {
         .map(|p| p["amount"].as_i64().unwrap())
         .collect();
     assert_eq!(amounts, [2_000, 1_000]);
+    // the account list: newest first, the same balances, no equity account
+    let (_, list) = s.get("/v1/accounts?limit=2", &admin).await;
+    let (_, rest) = s
+        .get(
+            &format!(
+                "/v1/accounts?limit=2&cursor={}",
+                list["next_cursor"].as_str().unwrap()
+            ),
+            &admin,
+        )
+        .await;
+    let listed: Vec<Value> = [
+        list["data"].as_array().unwrap().clone(),
+        rest["data"].as_array().unwrap().clone(),
+    ]
+    .concat();
+    let ids: Vec<&str> = listed.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["bob", "alice", "fees"], "{list} {rest}");
+    for a in &listed {
+        let (_, one) = s
+            .get(
+                &format!("/v1/accounts/{}", a["id"].as_str().unwrap()),
+                &admin,
+            )
+            .await;
+        assert_eq!(a["balance"], one["balance"], "{a} {one}");
+        assert!(a["created_at"].is_string());
+    }
+    let (st, e) = s.get("/v1/accounts?currency=XXX", &admin).await;
+    assert_eq!(
+        (st, e["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unknown_currency"))
+    );
     s.stop().await;
 }
 

@@ -84,15 +84,17 @@ pub async fn list_accounts(
         )
         .await
         .map_err(db)?;
-    let mut accounts = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let id: String = r.get(0);
-        let mut view: AccountView = crate::ledger::get_account(&client, &p.tenant, &id)
-            .await?
-            .into();
-        view.created_at = Some(r.get(1));
-        accounts.push(view);
-    }
+    // the page's balances in one read (shards folded in, as for one account)
+    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let mut found = crate::ledger::read_accounts(&client, &p.tenant, &ids).await?;
+    let accounts: Vec<AccountView> = rows
+        .iter()
+        .filter_map(|r| {
+            let mut view: AccountView = found.remove(r.get::<_, &str>(0))?.into();
+            view.created_at = Some(r.get(1));
+            Some(view)
+        })
+        .collect();
     Ok(Json(page(accounts, limit, "accounts", &seek, |a| {
         format!("{}|{}", a.created_at.as_deref().unwrap_or(""), a.id)
     })))
