@@ -249,6 +249,10 @@ pub enum PluginCmd {
         #[arg(long)]
         signature: Option<String>,
     },
+    /// Take the journaled input of one plugin call of a real payment out
+    /// as a fixture for `payrail plugin test` (with `--expect`: compared
+    /// with the decision the journal holds).
+    Fixture(crate::platform_cli::FixtureArgs),
     #[command(flatten)]
     Tools(payrail_plugin_tools::ToolCmd),
 }
@@ -722,6 +726,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
             return crate::platform_cli::pipeline_rollback(&ctx, &actor, &kind, version).await;
         }
         Command::Replay(args) => return crate::platform_cli::replay(&ctx, tenant, &args).await,
+        Command::Plugin(PluginCmd::Fixture(args)) => {
+            return crate::platform_cli::fixture(&ctx, tenant, &args).await;
+        }
         Command::Shadow(cmd) => return crate::platform_cli::shadow(&ctx, &actor, &cmd).await,
         Command::Demo(args) => return demo::run(&ctx, &args).await,
         Command::Serve(_)

@@ -28,6 +28,20 @@ pub struct ReplayArgs {
     pub limit: i64,
 }
 
+/// `payrail plugin fixture` options.
+#[derive(Debug, Args)]
+pub struct FixtureArgs {
+    /// The payment (its id, a UUID).
+    pub payment_id: String,
+    /// The pipeline step whose call to take (0-based, as `pipeline show`
+    /// lists them).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..16))]
+    pub step: i32,
+    /// Write the fixture here (default: standard output).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
 /// `payrail shadow` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ShadowCmd {
@@ -142,5 +156,48 @@ pub async fn pipeline_rollback(
     let mut client = ctx.pool.get().await?;
     let change = PipelineChange::Rollback(version);
     print_json(&admin::change_pipeline(&mut client, actor, kind, change).await?);
+    Ok(0)
+}
+
+/// `payrail plugin fixture PAYMENT_ID --step N`: the call's journaled
+/// input as a fixture, with the journaled decision as its `expect` and
+/// where it came from as `from`.
+pub async fn fixture(ctx: &Context, tenant: &str, args: &FixtureArgs) -> Result<i32> {
+    ctx.require_schema().await?;
+    let id: uuid::Uuid = args.payment_id.parse().map_err(|_| {
+        Error::invalid(
+            "invalid_id",
+            format!("{:?} is not a payment id (a UUID)", args.payment_id),
+        )
+    })?;
+    let client = ctx.pool.get().await?;
+    let call = replay::journaled_call(&client, tenant, id, args.step).await?;
+    let mut fixture = call.input;
+    let obj = fixture
+        .as_object_mut()
+        .ok_or_else(|| Error::Setup(format!("the journaled input of {id} is not an object")))?;
+    obj.insert(
+        "from".into(),
+        serde_json::json!({"payment_id": id.to_string(), "step": args.step, "digest": call.digest}),
+    );
+    obj.insert("expect".into(), call.output);
+    let text = serde_json::to_string_pretty(&fixture).expect("a fixture serializes") + "\n";
+    match &args.out {
+        None => print!("{text}"),
+        Some(path) => {
+            std::fs::write(path, text).map_err(|e| {
+                Error::invalid(
+                    "unwritable_file",
+                    format!("cannot write {}: {e}", path.display()),
+                )
+            })?;
+            eprintln!(
+                "fixture of payment {id} step {} written to {}; run it: payrail plugin test PLUGIN.wasm --input {} --expect",
+                args.step,
+                path.display(),
+                path.display()
+            );
+        }
+    }
     Ok(0)
 }

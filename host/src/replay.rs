@@ -178,6 +178,58 @@ struct Journaled {
     fuel: i64,
 }
 
+/// One journaled live call, as `payrail plugin fixture` takes it out.
+#[derive(Debug, Clone)]
+pub struct JournaledCall {
+    /// The component that ran.
+    pub digest: String,
+    /// Its input, as journaled (the canonical plugin input).
+    pub input: serde_json::Value,
+    /// Its decision, as journaled.
+    pub output: serde_json::Value,
+}
+
+/// The live call of step `step` of payment `id` of `tenant`:
+/// `payment_not_found` for another tenant's payment, `call_not_found`
+/// for a step that did not run (a step after a decline, say).
+pub async fn journaled_call(
+    client: &impl GenericClient,
+    tenant: &str,
+    id: Uuid,
+    step: i32,
+) -> Result<JournaledCall> {
+    let exists = client
+        .query_opt(
+            "select 1 from payrail.payments where id = $1 and tenant = $2",
+            &[&id, &tenant],
+        )
+        .await?;
+    if exists.is_none() {
+        return Err(Error::NotFound {
+            what: "payment",
+            id: id.to_string(),
+        });
+    }
+    let row = client
+        .query_opt(
+            "select encode(digest, 'hex'), input::jsonb, output::jsonb
+             from payrail.plugin_calls where payment_id = $1 and step = $2",
+            &[&id, &step],
+        )
+        .await?
+        .ok_or_else(|| {
+            Error::invalid(
+                "call_not_found",
+                format!("payment {id} has no journaled call at step {step} (it ran none there)"),
+            )
+        })?;
+    Ok(JournaledCall {
+        digest: row.get(0),
+        input: row.get(1),
+        output: row.get(2),
+    })
+}
+
 /// Replays every journaled call of payment `id` of `tenant`.
 pub async fn replay_payment(
     client: &impl GenericClient,

@@ -355,6 +355,99 @@ async fn every_data_command_takes_a_tenant() {
     );
 }
 
+/// A real payment's plugin call taken out as a fixture: `plugin test
+/// --expect` finds the same decision with the same build, and a
+/// difference (exit 1) when the rule changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journaled_call_becomes_a_fixture_that_plugin_test_replays() {
+    let db = common::TestDb::new().await;
+    db.samples().await;
+    db.account("alice", 1_000_000).await;
+    db.account("bob", 0).await;
+    let declined = db
+        .processor()
+        .pay(
+            payrail::model::DEFAULT_TENANT,
+            "too-big",
+            &common::transfer("alice", "bob", 250_000),
+        )
+        .await
+        .unwrap()
+        .response;
+    assert_eq!(declined.decline.as_ref().unwrap().code, "amount_too_large");
+    let cli = Cli {
+        url: db.url.clone(),
+    };
+    let dir = std::env::temp_dir().join(format!("payrail-fixture-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture = dir.join("declined.json");
+    let f = fixture.to_str().unwrap();
+    cli.ok(&["plugin", "fixture", &declined.id, "--step", "0", "--out", f]);
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&fixture).unwrap()).unwrap();
+    assert_eq!(written["expect"]["decision"], "decline", "{written}");
+    assert_eq!(written["expect"]["code"], "amount_too_large");
+    assert_eq!(written["from"]["payment_id"], declined.id.as_str());
+    assert_eq!(written["payment"]["amount"], 250_000);
+
+    let limits = format!("{}/payrail_limits.wasm", payrail::samples::WASM_DIR);
+    let out = cli.ok(&["plugin", "test", &limits, "--input", f, "--expect"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["matches_expected"], true, "{report}");
+    // the author raises the limit: the same payment now passes, and the
+    // comparison says it differs from what production decided
+    let mut edited = written.clone();
+    let config = edited["config"]
+        .as_str()
+        .unwrap()
+        .replace("100000", "1000000");
+    edited["config"] = config.into();
+    let raised = dir.join("raised.json");
+    std::fs::write(&raised, edited.to_string()).unwrap();
+    let (code, out, err) = cli.run(&[
+        "plugin",
+        "test",
+        &limits,
+        "--input",
+        raised.to_str().unwrap(),
+        "--expect",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["decision"]["decision"], "approve", "{report}");
+    assert_eq!(report["matches_expected"], false);
+    assert!(err.contains("DIFFERS"), "{err}");
+    // a step that never ran, another tenant, a fixture without `expect`
+    let (code, _, err) = cli.run(&["plugin", "fixture", &declined.id, "--step", "1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("call_not_found"), "{err}");
+    let (code, _, err) = cli.run(&[
+        "--tenant",
+        "other",
+        "plugin",
+        "fixture",
+        &declined.id,
+        "--step",
+        "0",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("payment_not_found"), "{err}");
+    let mut bare = written.clone();
+    bare.as_object_mut().unwrap().remove("expect");
+    let bare_path = dir.join("bare.json");
+    std::fs::write(&bare_path, bare.to_string()).unwrap();
+    let (code, _, err) = cli.run(&[
+        "plugin",
+        "test",
+        &limits,
+        "--input",
+        bare_path.to_str().unwrap(),
+        "--expect",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no `expect`"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_rejects_a_file_that_is_not_a_payrail_component() {
     let db = common::TestDb::new().await;

@@ -226,6 +226,8 @@ const ROUTES: &[(&str, &[&str])] = &[
     ),
     ("outbox dead-letters", &["get /v1/outbox/dead-letters"]),
     ("outbox retry", &["post /v1/outbox/dead-letters/retry"]),
+    // the journaled input and output a fixture is made of
+    ("plugin fixture", &["get /v1/payments/{id}/calls"]),
 ];
 
 fn leaves(cmd: &clap::Command, prefix: &str, out: &mut Vec<String>) {

@@ -95,6 +95,7 @@ pub fn bench_plugin(
         engine,
         digest,
         input,
+        ..
     } = load(config, wasm, fixture)?;
     bench_loaded(&engine, &digest, &input, limits, calls, warmup)
 }

@@ -28,6 +28,11 @@ pub enum ToolCmd {
         /// Memory limit in bytes [default: 10 MiB].
         #[arg(long)]
         max_memory_bytes: Option<usize>,
+        /// Compare the decision with the fixture's `expect` (the journaled
+        /// decision `payrail plugin fixture` writes); exit 1 when they
+        /// differ, or when the fixture expects nothing.
+        #[arg(long)]
+        expect: bool,
     },
     /// Measure a plugin's per-call cost on a fixture, without a database:
     /// median/p99 µs per call split into prepare (input JSON + sha256),
@@ -87,6 +92,7 @@ pub fn run<E: From<ToolError>>(
             input,
             fuel,
             max_memory_bytes,
+            expect,
         } => {
             let limits = PluginLimits {
                 fuel: fuel.unwrap_or(PluginLimits::default().fuel),
@@ -96,6 +102,26 @@ pub fn run<E: From<ToolError>>(
             };
             let r = test_plugin(engine_config()?, file, input, &limits)?;
             print_json(&r);
+            if *expect {
+                return Ok(match r.matches_expected {
+                    Some(true) => {
+                        eprintln!("plugin test: the decision is the one the fixture expects");
+                        0
+                    }
+                    Some(false) => {
+                        eprintln!(
+                            "plugin test: the decision DIFFERS from the one the fixture expects"
+                        );
+                        1
+                    }
+                    None => {
+                        eprintln!(
+                            "plugin test: --expect, but the fixture has no `expect` (take one with `payrail plugin fixture`)"
+                        );
+                        1
+                    }
+                });
+            }
             Ok(if r.outcome == "ok" { 0 } else { 1 })
         }
         ToolCmd::Bench {

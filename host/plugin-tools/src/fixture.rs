@@ -33,12 +33,22 @@ pub(crate) fn read(path: &Path, max: u64) -> Result<Vec<u8>> {
 /// A fixture: a plugin input where `config` may be a JSON object (it is
 /// passed as text, as the host does) and metadata may be left out.
 pub fn parse_fixture(json: &[u8]) -> Result<PluginInput> {
+    Ok(parse_fixture_expecting(json)?.0)
+}
+
+/// [`parse_fixture`], and the decision the fixture expects, if it says:
+/// its `expect` field (what `payrail plugin fixture` writes: the journaled
+/// decision of the call it was taken from). `from`, where it was taken
+/// from, is for people and ignored.
+pub fn parse_fixture_expecting(json: &[u8]) -> Result<(PluginInput, Option<serde_json::Value>)> {
     let bad = |m: String| ToolError::invalid("invalid_fixture", m);
     let mut v: serde_json::Value =
         serde_json::from_slice(json).map_err(|e| bad(format!("fixture is not JSON: {e}")))?;
     let obj = v
         .as_object_mut()
         .ok_or_else(|| bad("fixture must be a JSON object".into()))?;
+    let expect = obj.remove("expect");
+    obj.remove("from");
     let config = obj
         .remove("config")
         .unwrap_or_else(|| serde_json::json!({}));
@@ -61,7 +71,9 @@ pub fn parse_fixture(json: &[u8]) -> Result<PluginInput> {
             a.entry("allow_negative").or_insert(false.into());
         }
     }
-    serde_json::from_value(v).map_err(|e| bad(format!("fixture is not a plugin input: {e}")))
+    let input = serde_json::from_value(v)
+        .map_err(|e| bad(format!("fixture is not a plugin input: {e}")))?;
+    Ok((input, expect))
 }
 
 /// A plugin loaded, with the fixture to call it on.
@@ -69,13 +81,15 @@ pub(crate) struct Loaded {
     pub engine: PluginEngine,
     pub digest: String,
     pub input: PluginInput,
+    /// The decision the fixture expects, if it says.
+    pub expect: Option<serde_json::Value>,
 }
 
 /// Reads `wasm` and `fixture` and loads the plugin (validated as at
 /// deploy) on a new engine of `config`.
 pub(crate) fn load(config: EngineConfig, wasm: &Path, fixture: &Path) -> Result<Loaded> {
     let bytes = read(wasm, config.max_plugin_bytes as u64 + 1)?;
-    let input = parse_fixture(&read(fixture, MAX_FIXTURE_BYTES)?)?;
+    let (input, expect) = parse_fixture_expecting(&read(fixture, MAX_FIXTURE_BYTES)?)?;
     let engine = PluginEngine::new(config)
         .map_err(|e| ToolError::Setup(format!("cannot create the wasm engine: {e:#}")))?;
     let digest = engine.load(&bytes)?;
@@ -83,6 +97,7 @@ pub(crate) fn load(config: EngineConfig, wasm: &Path, fixture: &Path) -> Result<
         engine,
         digest,
         input,
+        expect,
     })
 }
 

@@ -49,6 +49,12 @@ pub struct TestReport {
     pub duration_us: Option<Measure>,
     /// The plugin's log.
     pub log: String,
+    /// The decision the fixture expects (`expect`), if it says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<serde_json::Value>,
+    /// Whether the decision is the expected one (absent: no expectation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matches_expected: Option<bool>,
 }
 
 /// Loads `wasm` (validated as at deploy) on an engine of `config` and runs
@@ -68,10 +74,11 @@ pub fn test_plugin(
         engine,
         digest,
         input,
+        expect,
     } = load(config, wasm, fixture)?;
     let prepared = PreparedInput::new(input);
     let input_bytes = measure(prepared.json.len() as u64, limits.max_input_bytes as u64);
-    Ok(match engine.call(&digest, &prepared, limits) {
+    let mut report = match engine.call(&digest, &prepared, limits) {
         Ok(out) => TestReport {
             digest,
             outcome: "ok".into(),
@@ -92,6 +99,8 @@ pub fn test_plugin(
                 limits.timeout_ms * 1000,
             )),
             log: out.log,
+            expected: None,
+            matches_expected: None,
         },
         Err(f) => TestReport {
             digest,
@@ -104,6 +113,14 @@ pub fn test_plugin(
             output_bytes: None,
             duration_us: None,
             log: String::new(),
+            expected: None,
+            matches_expected: None,
         },
-    })
+    };
+    // a fault never matches: the journal holds only decisions
+    if let Some(e) = expect {
+        report.matches_expected = Some(report.decision.as_ref() == Some(&e));
+        report.expected = Some(e);
+    }
+    Ok(report)
 }
