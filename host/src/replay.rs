@@ -178,6 +178,23 @@ struct Journaled {
     fuel: i64,
 }
 
+/// `payment_not_found` unless payment `id` is `tenant`'s.
+async fn ensure_payment(client: &impl GenericClient, tenant: &str, id: Uuid) -> Result<()> {
+    let exists = client
+        .query_opt(
+            "select 1 from payrail.payments where id = $1 and tenant = $2",
+            &[&id, &tenant],
+        )
+        .await?;
+    match exists {
+        Some(_) => Ok(()),
+        None => Err(Error::NotFound {
+            what: "payment",
+            id: id.to_string(),
+        }),
+    }
+}
+
 /// One journaled live call, as `payrail plugin fixture` takes it out.
 #[derive(Debug, Clone)]
 pub struct JournaledCall {
@@ -198,18 +215,7 @@ pub async fn journaled_call(
     id: Uuid,
     step: i32,
 ) -> Result<JournaledCall> {
-    let exists = client
-        .query_opt(
-            "select 1 from payrail.payments where id = $1 and tenant = $2",
-            &[&id, &tenant],
-        )
-        .await?;
-    if exists.is_none() {
-        return Err(Error::NotFound {
-            what: "payment",
-            id: id.to_string(),
-        });
-    }
+    ensure_payment(client, tenant, id).await?;
     let row = client
         .query_opt(
             "select encode(digest, 'hex'), input::jsonb, output::jsonb
@@ -238,18 +244,7 @@ pub async fn replay_payment(
     tenant: &str,
     id: Uuid,
 ) -> Result<PaymentReplay> {
-    let exists = client
-        .query_opt(
-            "select 1 from payrail.payments where id = $1 and tenant = $2",
-            &[&id, &tenant],
-        )
-        .await?;
-    if exists.is_none() {
-        return Err(Error::NotFound {
-            what: "payment",
-            id: id.to_string(),
-        });
-    }
+    ensure_payment(client, tenant, id).await?;
     let rows = client
         .query(
             "select c.step, encode(c.call_key, 'hex'), encode(c.digest, 'hex'),

@@ -678,3 +678,88 @@ async fn nul_characters_get_a_typed_error_and_write_nothing() {
     );
     s.stop().await;
 }
+
+/// The bounds of the admin and read routes, each a typed error with
+/// nothing changed: a range replay past 1,000 payments, a body that is
+/// not an object, a retry of more than 1,000 ids, a step path that is not
+/// a step; and a statement past 1,000 entries lists 1,000 and says so
+/// while its totals count them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bounds_get_their_typed_errors() {
+    let s = Server::start().await;
+    let admin = s.key("t", &[Scope::Payments, Scope::Admin]).await;
+    s.samples(&admin).await;
+    let (st, e) = s
+        .post(
+            "/v1/replay",
+            &admin,
+            json!({"since": "2000-01-01T00:00:00Z", "until": "2100-01-01T00:00:00Z", "limit": 1001}),
+        )
+        .await;
+    assert_eq!(
+        (st, e["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_limit"))
+    );
+    let (st, e) = send(
+        s.req(
+            Method::POST,
+            "/v1/pipelines/transfer/rollback",
+            Some(&admin),
+        )
+        .header("content-type", "application/json")
+        .body("[null]"),
+    )
+    .await;
+    assert_eq!(
+        (st, e["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body"))
+    );
+    let (_, p) = s.get("/v1/pipelines/transfer", &admin).await;
+    assert_eq!(p["version"], 1, "the array body rolled nothing back");
+    let ids: Vec<i64> = (1..=1001).collect();
+    let (st, e) = s
+        .post("/v1/outbox/dead-letters/retry", &admin, json!({"ids": ids}))
+        .await;
+    assert_eq!(
+        (st, e["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_retry"))
+    );
+    for step in ["x", "16"] {
+        let (st, e) = send(
+            s.req(
+                Method::PUT,
+                &format!("/v1/pipelines/transfer/steps/{step}/candidate"),
+                Some(&admin),
+            )
+            .json(&json!({"plugin": "limits"})),
+        )
+        .await;
+        assert_eq!(
+            (st, e["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_path")),
+            "{step}"
+        );
+    }
+    // 1,001 credits of 1 to bob, written straight into the ledger in 2050
+    let c = s.db.pool.get().await.unwrap();
+    c.execute(
+        "insert into payrail.entries (tenant, account_id, txn_id, amount, currency, created_at)
+         select 't', 'bob', gen_random_uuid(), 1, 'EUR', timestamptz '2050-01-01' + g * interval '1 s'
+         from generate_series(1, 1001) g",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (st, stmt) = s
+        .get(
+            "/v1/accounts/bob/statement?from=2049-01-01T00:00:00Z&to=2051-01-01T00:00:00Z",
+            &admin,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{stmt}");
+    assert_eq!(stmt["entries"].as_array().unwrap().len(), 1000);
+    assert_eq!(stmt["truncated"], true);
+    assert_eq!(stmt["credits"], 1001, "the totals count every entry");
+    assert_eq!(stmt["closing_balance"], 1001);
+    s.stop().await;
+}

@@ -5,7 +5,7 @@
 //! transaction, exactly as the command line does.
 
 use super::AppState;
-use super::extract::{AccountsKey, AdminKey, ApiJson, ApiQuery};
+use super::extract::{AccountsKey, AdminKey, ApiJson, ApiQuery, payment_path, pipeline_path};
 use super::pagination::{Order, Page, PageParams, int_position, page};
 use super::problem::{ApiError, ApiResult, Problem};
 use crate::admin::{self, PipelineChange};
@@ -27,21 +27,6 @@ pub fn actor(p: &Principal) -> Actor {
         tenant: p.tenant.clone(),
         who: p.key_id.clone(),
     }
-}
-
-fn db(e: impl Into<crate::Error>) -> ApiError {
-    ApiError::from(e.into())
-}
-
-/// A payment kind from a path: a malformed one cannot exist.
-fn kind_of(kind: &str) -> Result<(), ApiError> {
-    validate_id("payment kind", kind).map_err(|_| {
-        crate::Error::NotFound {
-            what: "pipeline",
-            id: kind.chars().take(64).collect(),
-        }
-        .into()
-    })
 }
 
 /// Who is calling.
@@ -80,12 +65,13 @@ pub async fn get_plugin(
     Path(name): Path<String>,
 ) -> ApiResult<Json<PluginDetail>> {
     if validate_id("plugin name", &name).is_err() {
-        return Err(db(crate::Error::NotFound {
+        return Err(crate::Error::NotFound {
             what: "plugin",
             id: name.chars().take(64).collect(),
-        }));
+        }
+        .into());
     }
-    let client = st.pool.get().await.map_err(db)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     Ok(Json(
         registry::plugin_detail(&client, &p.tenant, &name).await?,
     ))
@@ -102,7 +88,7 @@ pub async fn list_pipelines(
 ) -> ApiResult<Json<Page<Pipeline>>> {
     let limit = q.limit()?;
     let seek = q.seek("pipelines")?;
-    let client = st.pool.get().await.map_err(db)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     let rows = registry::list_pipelines(
         &client,
         &p.tenant,
@@ -135,8 +121,8 @@ pub async fn pipeline_history(
     AdminKey(p): AdminKey,
     Path(kind): Path<String>,
 ) -> ApiResult<Json<History>> {
-    kind_of(&kind)?;
-    let client = st.pool.get().await.map_err(db)?;
+    pipeline_path(&kind)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     registry::load_pipeline(&client, &p.tenant, &kind).await?;
     let data = registry::pipeline_history(&client, &p.tenant, &kind, registry::MAX_HISTORY).await?;
     Ok(Json(History { data }))
@@ -167,7 +153,7 @@ pub async fn rollback_pipeline(
     Path(kind): Path<String>,
     ApiJson(body): ApiJson<Rollback>,
 ) -> ApiResult<Json<Pipeline>> {
-    kind_of(&kind)?;
+    pipeline_path(&kind)?;
     let change = PipelineChange::Rollback(body.version);
     change_pipeline(&st, &p, &kind, change).await
 }
@@ -178,7 +164,7 @@ async fn change_pipeline(
     kind: &str,
     change: PipelineChange<'_>,
 ) -> ApiResult<Json<Pipeline>> {
-    let mut client = st.pool.get().await.map_err(db)?;
+    let mut client = st.pool.get().await.map_err(crate::Error::from)?;
     Ok(Json(
         admin::change_pipeline(&mut client, &actor(p), kind, change).await?,
     ))
@@ -208,7 +194,7 @@ pub async fn promote_candidate(
     Path(kind): Path<String>,
     ApiJson(body): ApiJson<Promote>,
 ) -> ApiResult<Json<Pipeline>> {
-    kind_of(&kind)?;
+    pipeline_path(&kind)?;
     change_pipeline(&st, &p, &kind, PipelineChange::Promote(body.step)).await
 }
 
@@ -238,7 +224,7 @@ pub async fn set_candidate(
     Path((kind, step)): Path<(String, String)>,
     ApiJson(body): ApiJson<SetCandidate>,
 ) -> ApiResult<Json<Pipeline>> {
-    kind_of(&kind)?;
+    pipeline_path(&kind)?;
     let step: usize = step
         .parse()
         .ok()
@@ -265,14 +251,8 @@ pub async fn replay_payment(
     AdminKey(p): AdminKey,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PaymentReplay>> {
-    let not_found = || {
-        db(crate::Error::NotFound {
-            what: "payment",
-            id: id.chars().take(64).collect(),
-        })
-    };
-    let uuid: uuid::Uuid = id.parse().map_err(|_| not_found())?;
-    let client = st.pool.get().await.map_err(db)?;
+    let uuid = payment_path(&id)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     let limits = st.processor.settings().limits;
     Ok(Json(
         replay::replay_payment(&client, &st.engine, &limits, &p.tenant, uuid).await?,
@@ -323,7 +303,7 @@ pub async fn replay_range(
         t.format(&time::format_description::well_known::Rfc3339)
             .expect("a parsed time formats")
     };
-    let client = st.pool.get().await.map_err(db)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     let limits = st.processor.settings().limits;
     Ok(Json(
         replay::replay_range(
@@ -346,7 +326,7 @@ pub async fn outbox_summary(
     State(st): State<AppState>,
     AdminKey(p): AdminKey,
 ) -> ApiResult<Json<OutboxSummary>> {
-    let client = st.pool.get().await.map_err(db)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     Ok(Json(outbox::summary(&client, &p.tenant).await?))
 }
 
@@ -362,7 +342,7 @@ pub async fn dead_letters(
     let limit = q.limit()?;
     let seek = q.seek("dead")?;
     let position = int_position(&seek)?;
-    let client = st.pool.get().await.map_err(db)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     let rows = outbox::dead_letters_page(
         &client,
         Some(&p.tenant),
@@ -416,7 +396,7 @@ pub async fn retry_dead(
             ));
         }
     };
-    let mut client = st.pool.get().await.map_err(db)?;
+    let mut client = st.pool.get().await.map_err(crate::Error::from)?;
     let requeued = admin::retry_dead(&mut client, &actor(&p), Some(&p.tenant), ids).await?;
     Ok(Json(Requeued { requeued }))
 }
@@ -443,7 +423,7 @@ pub async fn list_keys(
             ))
         }
     };
-    let client = st.pool.get().await.map_err(db)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     let rows = apikeys::list_page(
         &client,
         &p.tenant,
@@ -503,7 +483,7 @@ pub async fn create_key(
         .as_deref()
         .map(|t| super::extract::rfc3339("expires_at", t))
         .transpose()?;
-    let mut client = st.pool.get().await.map_err(db)?;
+    let mut client = st.pool.get().await.map_err(crate::Error::from)?;
     let k = admin::create_key(&mut client, &actor(&p), &scopes, expires_at).await?;
     Ok((
         StatusCode::CREATED,
@@ -527,7 +507,7 @@ pub async fn revoke_key(
     AdminKey(p): AdminKey,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ApiKey>> {
-    let mut client = st.pool.get().await.map_err(db)?;
+    let mut client = st.pool.get().await.map_err(crate::Error::from)?;
     Ok(Json(
         admin::revoke_key(&mut client, &p.key_id, Some(&p.tenant), &id).await?,
     ))
@@ -574,7 +554,7 @@ pub async fn audit_log(
             ApiError::bad_request("invalid_action", format!("no admin action {a:?}"))
         })?),
     };
-    let client = st.pool.get().await.map_err(db)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     let rows = admin_log::list(
         &client,
         &p.tenant,

@@ -307,3 +307,27 @@ pub fn rfc3339(what: &str, s: &str) -> Result<time::OffsetDateTime, ApiError> {
             )
         })
 }
+
+/// A payment id from a path: one that is not a UUID cannot exist, so it
+/// is `payment_not_found` like an id of another tenant.
+pub fn payment_path(id: &str) -> Result<uuid::Uuid, ApiError> {
+    id.parse().map_err(|_| {
+        crate::Error::NotFound {
+            what: "payment",
+            id: id.chars().take(64).collect(),
+        }
+        .into()
+    })
+}
+
+/// A payment kind from a path: a malformed one cannot name a pipeline, so
+/// it is `pipeline_not_found`.
+pub fn pipeline_path(kind: &str) -> Result<(), ApiError> {
+    crate::ledger::validate_id("payment kind", kind).map_err(|_| {
+        crate::Error::NotFound {
+            what: "pipeline",
+            id: kind.chars().take(64).collect(),
+        }
+        .into()
+    })
+}

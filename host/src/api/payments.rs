@@ -371,7 +371,7 @@ pub async fn get_payment(
             id: id.chars().take(64).collect(),
         })
     };
-    let uuid: Uuid = id.parse().map_err(|_| not_found())?;
+    let uuid = super::extract::payment_path(&id)?;
     let client = st.pool.get().await.map_err(crate::Error::from)?;
     let read =
         format!("select {PAYMENT_COLUMNS} from payrail.payments where tenant = $1 and id = $2");

@@ -2,7 +2,7 @@
 //! components, list them, set and read the pipeline of a payment kind.
 
 use super::AppState;
-use super::extract::{AdminKey, ApiJson, ApiQuery, read_body};
+use super::extract::{AdminKey, ApiJson, ApiQuery, pipeline_path, read_body};
 use super::pagination::{Order, Page, PageParams, page};
 use super::problem::{ApiError, ApiResult, Problem};
 use crate::ledger::validate_id;
@@ -148,13 +148,7 @@ pub async fn get_pipeline(
     AdminKey(p): AdminKey,
     Path(kind): Path<String>,
 ) -> ApiResult<Json<Pipeline>> {
-    if validate_id("payment kind", &kind).is_err() {
-        return Err(crate::Error::NotFound {
-            what: "pipeline",
-            id: kind.chars().take(64).collect(),
-        }
-        .into());
-    }
+    pipeline_path(&kind)?;
     let client = st.pool.get().await.map_err(crate::Error::from)?;
     Ok(Json(
         registry::load_pipeline(&client, &p.tenant, &kind).await?,
@@ -174,13 +168,7 @@ pub async fn get_shadow_report(
     AdminKey(p): AdminKey,
     Path(kind): Path<String>,
 ) -> ApiResult<Json<crate::shadow::ShadowReport>> {
-    if validate_id("payment kind", &kind).is_err() {
-        return Err(crate::Error::NotFound {
-            what: "pipeline",
-            id: kind.chars().take(64).collect(),
-        }
-        .into());
-    }
+    pipeline_path(&kind)?;
     let client = st.pool.get().await.map_err(crate::Error::from)?;
     // 404 for a kind without a pipeline, like GET /v1/pipelines/{kind}
     registry::load_pipeline(&client, &p.tenant, &kind).await?;

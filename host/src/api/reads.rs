@@ -6,7 +6,7 @@
 
 use super::AppState;
 use super::accounts::{AccountView, EntryView, load_visible};
-use super::extract::{ApiQuery, PaymentsKey, TS, rfc3339};
+use super::extract::{ApiQuery, PaymentsKey, TS, payment_path, rfc3339};
 use super::pagination::{Order, Page, PageParams, page};
 use super::problem::{ApiError, ApiResult, Problem};
 use crate::outbox::EventView;
@@ -17,10 +17,6 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
-
-fn db(e: impl Into<crate::Error>) -> ApiError {
-    ApiError::from(e.into())
-}
 
 /// `GET /v1/accounts` query.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
@@ -69,7 +65,7 @@ pub async fn list_accounts(
         }
     };
     let (at, id) = position.unzip();
-    let client = st.pool.get().await.map_err(db)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     let rows = client
         .query(
             &format!(
@@ -83,7 +79,7 @@ pub async fn list_accounts(
             &[&p.tenant, &q.currency, &at, &id, &(limit as i64 + 1)],
         )
         .await
-        .map_err(db)?;
+        .map_err(crate::Error::from)?;
     // the page's balances in one read (shards folded in, as for one account)
     let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     let mut found = crate::ledger::read_accounts(&client, &p.tenant, &ids).await?;
@@ -140,7 +136,7 @@ pub async fn balance_at(
     ApiQuery(q): ApiQuery<BalanceAt>,
 ) -> ApiResult<Json<BalanceView>> {
     let at = rfc3339("at", &q.at)?;
-    let client = st.pool.get().await.map_err(db)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     let account = load_visible(&client, &p.tenant, &id).await?;
     let balance: i64 = client
         .query_one(
@@ -149,7 +145,7 @@ pub async fn balance_at(
             &[&p.tenant, &id, &at],
         )
         .await
-        .map_err(db)?
+        .map_err(crate::Error::from)?
         .get(0);
     Ok(Json(BalanceView {
         account: account.id,
@@ -224,7 +220,7 @@ pub async fn statement(
             "from must not be after to",
         ));
     }
-    let client = st.pool.get().await.map_err(db)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     let account = load_visible(&client, &p.tenant, &id).await?;
     // one statement: the totals and the listed entries see one snapshot
     let rows = client
@@ -250,7 +246,7 @@ pub async fn statement(
             &[&p.tenant, &id, &from, &to, &MAX_STATEMENT_ENTRIES],
         )
         .await
-        .map_err(db)?;
+        .map_err(crate::Error::from)?;
     let first = rows.first().expect("the totals row");
     let (opening, credits, debits, n): (i64, i64, i64, i64) =
         (first.get(0), first.get(1), first.get(2), first.get(3));
@@ -369,7 +365,7 @@ pub async fn list_holds(
             (Some(rfc3339("cursor", at).map_err(|_| bad())?), Some(id))
         }
     };
-    let client = st.pool.get().await.map_err(db)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     let rows = client
         .query(
             &format!(
@@ -393,7 +389,7 @@ pub async fn list_holds(
             ],
         )
         .await
-        .map_err(db)?;
+        .map_err(crate::Error::from)?;
     let holds: Vec<HoldView> = rows
         .iter()
         .map(|r| HoldView {
@@ -469,18 +465,6 @@ fn decision_of(
     (d, decline)
 }
 
-fn no_payment(id: &str) -> ApiError {
-    db(crate::Error::NotFound {
-        what: "payment",
-        id: id.chars().take(64).collect(),
-    })
-}
-
-/// The payment id of a path, or 404.
-fn payment_id(id: &str) -> Result<Uuid, ApiError> {
-    id.parse().map_err(|_| no_payment(id))
-}
-
 /// When payment `id` of `tenant` and, for a hold, its resolution were
 /// written; 404 if it is not the tenant's.
 async fn written_at(
@@ -496,8 +480,11 @@ async fn written_at(
             &[&tenant, &id],
         )
         .await
-        .map_err(db)?
-        .ok_or_else(|| no_payment(&id.to_string()))?;
+        .map_err(crate::Error::from)?
+        .ok_or_else(|| crate::Error::NotFound {
+            what: "payment",
+            id: id.to_string(),
+        })?;
     let mut at = vec![row.get::<_, OffsetDateTime>(0)];
     at.extend(row.get::<_, Option<OffsetDateTime>>(1));
     Ok(at)
@@ -516,8 +503,8 @@ pub async fn payment_calls(
     PaymentsKey(p): PaymentsKey,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Calls>> {
-    let id = payment_id(&id)?;
-    let client = st.pool.get().await.map_err(db)?;
+    let id = payment_path(&id)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     written_at(&client, &p.tenant, id).await?;
     let rows = client
         .query(
@@ -536,7 +523,7 @@ pub async fn payment_calls(
             &[&id],
         )
         .await
-        .map_err(db)?;
+        .map_err(crate::Error::from)?;
     let data = rows
         .iter()
         .map(|r| {
@@ -584,8 +571,8 @@ pub async fn payment_events(
     PaymentsKey(p): PaymentsKey,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Events>> {
-    let id = payment_id(&id)?;
-    let client = st.pool.get().await.map_err(db)?;
+    let id = payment_path(&id)?;
+    let client = st.pool.get().await.map_err(crate::Error::from)?;
     let at = written_at(&client, &p.tenant, id).await?;
     let data = crate::outbox::events_of_payment(&client, &p.tenant, id, &at).await?;
     Ok(Json(Events { data }))
