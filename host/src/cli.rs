@@ -266,6 +266,11 @@ pub enum PipelineCmd {
         kind: String,
         #[arg(required = true)]
         steps: Vec<String>,
+        /// A step's limits, as `STEP=JSON` (STEP 0-based), e.g.
+        /// `--limits '0={"max_memory_bytes":16777216}'`; repeat for more
+        /// steps. Absent fields keep the host's limits.
+        #[arg(long = "limits", value_name = "STEP=JSON")]
+        limits: Vec<String>,
     },
     /// Show the pipeline of a payment kind.
     Show { kind: String },
@@ -368,6 +373,27 @@ pub fn parse_step(s: &str) -> Result<StepSpec> {
         candidate: None,
         limits: None,
     })
+}
+
+/// Applies one `--limits STEP=JSON` of `pipeline set` to its step.
+fn set_step_limits(specs: &mut [StepSpec], arg: &str) -> Result<()> {
+    let invalid =
+        |why: String| Error::invalid("invalid_limits", format!("--limits {arg:?}: {why}"));
+    let (step, json) = arg
+        .split_once('=')
+        .ok_or_else(|| invalid("expected STEP=JSON".into()))?;
+    let count = specs.len();
+    let spec = step
+        .parse::<usize>()
+        .ok()
+        .and_then(|i| specs.get_mut(i))
+        .ok_or_else(|| invalid(format!("STEP must be a step number below {count}")))?;
+    if spec.limits.is_some() {
+        return Err(invalid(format!("step {step} is given limits twice")));
+    }
+    let limits = serde_json::from_str(json).map_err(|e| invalid(e.to_string()))?;
+    spec.limits = Some(limits);
+    Ok(())
 }
 
 fn print_json(v: &impl serde::Serialize) {
@@ -615,12 +641,19 @@ pub async fn run(cli: Cli) -> Result<i32> {
             .await?;
             println!("{digest}");
         }
-        Command::Pipeline(PipelineCmd::Set { kind, steps }) => {
+        Command::Pipeline(PipelineCmd::Set {
+            kind,
+            steps,
+            limits,
+        }) => {
             ctx.require_schema().await?;
-            let specs = steps
+            let mut specs = steps
                 .iter()
                 .map(|s| parse_step(s))
                 .collect::<Result<Vec<_>>>()?;
+            for l in &limits {
+                set_step_limits(&mut specs, l)?;
+            }
             let mut client = ctx.pool.get().await?;
             let p =
                 crate::admin::set_pipeline(&mut client, &ctx.engine, &actor, &kind, &specs).await?;

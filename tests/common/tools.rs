@@ -67,3 +67,34 @@ pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
     }
     venv
 }
+
+/// Copies the directory tree `from` to `to`, leaving out entries named in
+/// `skip` at any depth (e.g. `node_modules`).
+pub fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        let target = to.join(&name);
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target, skip);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// `npm ARGS` in `dir` (needs Node.js, npm and, to install, the npm
+/// registry); its stdout, or a panic with both outputs.
+pub fn npm(dir: &Path, args: &[&str]) -> String {
+    run_ok(
+        Command::new("npm")
+            .args(args)
+            .args(["--no-audit", "--no-fund"])
+            .current_dir(dir),
+        &format!("npm {args:?} in {} (needs Node.js and npm)", dir.display()),
+    )
+}

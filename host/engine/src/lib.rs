@@ -967,6 +967,19 @@ impl PluginEngine {
         format!("the component imports [{imports}] and exports [{exports}]")
     }
 
+    /// What a loaded plugin imports (e.g. `payrail:plugin/host@0.1.0`), or
+    /// `None` if `digest` is not loaded: the capabilities it could reach
+    /// for. Cost: a walk of the component's type, no call.
+    pub fn imports(&self, digest: &str) -> Option<Vec<String>> {
+        let l = self.get_loaded(digest)?;
+        let ty = l.pre.instance_pre().component().component_type();
+        Some(
+            ty.imports(&self.engine)
+                .map(|(n, _)| n.to_string())
+                .collect(),
+        )
+    }
+
     /// Whether `digest` is compiled and ready (and marks it used: the
     /// processor asks before every payment's calls).
     pub fn is_loaded(&self, digest: &str) -> bool {

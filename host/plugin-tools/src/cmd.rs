@@ -4,7 +4,7 @@
 use crate::ToolError;
 use crate::bench::bench_plugin;
 use crate::keys::{keygen, sign};
-use crate::template::new_plugin;
+use crate::template::{Lang, new_plugin};
 use crate::trial::test_plugin;
 use payrail_engine::signing;
 use payrail_engine::{EngineConfig, PluginLimits};
@@ -59,6 +59,10 @@ pub enum ToolCmd {
         /// Directory to create it in.
         #[arg(long, default_value = ".")]
         dir: std::path::PathBuf,
+        /// The plugin's language: a Rust crate, a TypeScript (npm) project,
+        /// or a Python (componentize-py) project.
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
     },
     /// Create an ed25519 signing key pair: the secret key is written to
     /// --out, the public key (for PAYRAIL_TRUSTED_PLUGIN_KEYS) printed.
@@ -135,13 +139,10 @@ pub fn run<E: From<ToolError>>(
             print_json(&r);
             Ok(0)
         }
-        ToolCmd::New { name, dir } => {
-            let root = new_plugin(name, dir)?;
+        ToolCmd::New { name, dir, lang } => {
+            let root = new_plugin(name, dir, *lang)?;
             println!("created {}", root.display());
-            eprintln!(
-                "next: cd {} && cargo test && cargo build --release --target wasm32-wasip2",
-                root.display()
-            );
+            eprintln!("next: cd {} && {}", root.display(), lang.next_steps());
             Ok(0)
         }
         ToolCmd::Keygen { out } => {

@@ -25,9 +25,9 @@ pub mod trial;
 pub use bench::{BenchReport, Spread, bench_loaded, bench_plugin};
 pub use cmd::{ToolCmd, run};
 pub use error::{Result, ToolError};
-pub use fixture::{MAX_FIXTURE_BYTES, parse_fixture};
+pub use fixture::{MAX_FIXTURE_BYTES, parse_fixture, parse_fixture_expecting};
 pub use keys::{keygen, sign};
-pub use template::new_plugin;
+pub use template::{Lang, new_plugin};
 pub use trial::{Measure, TestReport, test_plugin};
 
 #[cfg(test)]

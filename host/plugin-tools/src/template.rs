@@ -9,10 +9,37 @@ fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
-/// Creates the plugin crate `name` in `dir/name`: Cargo.toml, src/lib.rs
-/// (an amount-cap rule with unit tests), a fixture and a README. Returns
-/// the crate directory.
-pub fn new_plugin(name: &str, dir: &Path) -> Result<std::path::PathBuf> {
+/// The language of a new plugin project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// A Rust crate against the SDK in `plugins/sdk`.
+    Rust,
+    /// A TypeScript npm project against the SDK in `plugins/ts-sdk`,
+    /// built with componentize-js.
+    Ts,
+    /// A Python project built with componentize-py.
+    Python,
+}
+
+impl Lang {
+    /// The commands after `cd` into the new project: test, then build.
+    pub fn next_steps(self) -> &'static str {
+        match self {
+            Lang::Rust => "cargo test && cargo build --release --target wasm32-wasip2",
+            Lang::Ts => "npm install && npm test && npm run build",
+            Lang::Python => {
+                "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt \
+                 && .venv/bin/componentize-py -d wit -w rule bindings . \
+                 && .venv/bin/python -m unittest test_app"
+            }
+        }
+    }
+}
+
+/// Creates the plugin project `name` in `dir/name`: an amount-cap rule
+/// with its own passing tests, a fixture and a README, in `lang`. Returns
+/// the project directory.
+pub fn new_plugin(name: &str, dir: &Path, lang: Lang) -> Result<std::path::PathBuf> {
     if name.is_empty()
         || name.len() > 64
         || !name
@@ -22,7 +49,7 @@ pub fn new_plugin(name: &str, dir: &Path) -> Result<std::path::PathBuf> {
     {
         return Err(ToolError::invalid(
             "invalid_id",
-            "a plugin crate name is 1-64 of a-z 0-9 - _, starting with a letter",
+            "a plugin name is 1-64 of a-z 0-9 - _, starting with a letter",
         ));
     }
     let root = dir.join(name);
@@ -32,41 +59,128 @@ pub fn new_plugin(name: &str, dir: &Path) -> Result<std::path::PathBuf> {
             id: root.display().to_string(),
         });
     }
-    let sdk = repo_root().join("plugins/sdk");
-    let sdk = sdk.canonicalize().unwrap_or(sdk);
-    let write = |rel: &str, text: &str| -> Result<()> {
-        let p = root.join(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                ToolError::invalid("unwritable_file", format!("{}: {e}", p.display()))
-            })?;
-        }
-        std::fs::write(&p, text)
-            .map_err(|e| ToolError::invalid("unwritable_file", format!("{}: {e}", p.display())))
+    let files = match lang {
+        Lang::Rust => rust_files(name),
+        Lang::Ts => ts_files(name)?,
+        Lang::Python => python_files(name),
     };
-    write(
-        "Cargo.toml",
-        &TEMPLATE_CARGO
-            .replace("{name}", name)
-            .replace("{sdk}", &sdk.display().to_string()),
-    )?;
-    write("src/lib.rs", TEMPLATE_LIB)?;
-    write("fixture.json", TEMPLATE_FIXTURE)?;
-    write(
-        "README.md",
-        &TEMPLATE_README
-            .replace("{file}", &name.replace('-', "_"))
-            .replace("{name}", name),
-    )?;
+    for (rel, text) in files {
+        let p = root.join(rel);
+        let unwritable = |e: std::io::Error| {
+            ToolError::invalid("unwritable_file", format!("{}: {e}", p.display()))
+        };
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(unwritable)?;
+        }
+        std::fs::write(&p, text).map_err(unwritable)?;
+    }
+    Ok(root)
+}
+
+/// `dir` in the repository, absolute where it exists.
+fn repo_path(dir: &str) -> String {
+    let p = repo_root().join(dir);
+    p.canonicalize().unwrap_or(p).display().to_string()
+}
+
+/// The file name of the component (`my-rule` builds `my_rule.wasm`).
+fn file_stem(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+fn rust_files(name: &str) -> Vec<(&'static str, String)> {
+    let mut files = vec![
+        (
+            "Cargo.toml",
+            TEMPLATE_CARGO
+                .replace("{name}", name)
+                .replace("{sdk}", &repo_path("plugins/sdk")),
+        ),
+        ("src/lib.rs", TEMPLATE_LIB.replace("{name}", name)),
+        ("fixture.json", TEMPLATE_FIXTURE.to_string()),
+        (
+            "README.md",
+            TEMPLATE_README
+                .replace("{file}", &file_stem(name))
+                .replace("{name}", name),
+        ),
+    ];
     // the repository's lock file and toolchain: same dependency versions
     // (builds offline) and the wasm32-wasip2 target
     for f in ["Cargo.lock", "rust-toolchain.toml"] {
         if let Ok(text) = std::fs::read_to_string(repo_root().join(f)) {
-            write(f, &text)?;
+            files.push((f, text));
         }
     }
-    Ok(root)
+    files
 }
+
+/// The TypeScript sample's files, which the template shares: its pinned
+/// tool versions, compiler settings and npm settings.
+const TS_SAMPLE_PACKAGE: &str = include_str!("../../../plugins/ts-limits/package.json");
+const TS_SAMPLE_TSCONFIG: &str = include_str!("../../../plugins/ts-limits/tsconfig.json");
+const TS_SAMPLE_NPMRC: &str = include_str!("../../../plugins/ts-limits/.npmrc");
+
+fn ts_files(name: &str) -> Result<Vec<(&'static str, String)>> {
+    let mut package: serde_json::Value =
+        serde_json::from_str(TS_SAMPLE_PACKAGE).expect("the sample's package.json is JSON");
+    package["name"] = name.into();
+    package["description"] = "A payrail rule plugin".into();
+    package["scripts"]["build"] = format!(
+        "payrail-plugin build src/rule.ts -o dist/{}.wasm",
+        file_stem(name)
+    )
+    .into();
+    package["devDependencies"]["@payrail/plugin"] =
+        format!("file:{}", repo_path("plugins/ts-sdk")).into();
+    let package = serde_json::to_string_pretty(&package)
+        .map_err(|e| ToolError::invalid("invalid_template", e.to_string()))?;
+    Ok(vec![
+        ("package.json", package + "\n"),
+        ("tsconfig.json", TS_SAMPLE_TSCONFIG.to_string()),
+        (".npmrc", TS_SAMPLE_NPMRC.to_string()),
+        (".gitignore", "node_modules/\ndist/\n".to_string()),
+        ("src/rule.ts", TEMPLATE_TS_RULE.replace("{name}", name)),
+        ("test/rule.test.ts", TEMPLATE_TS_TEST.to_string()),
+        ("fixture.json", TEMPLATE_FIXTURE.to_string()),
+        (
+            "README.md",
+            TEMPLATE_TS_README
+                .replace("{file}", &file_stem(name))
+                .replace("{name}", name),
+        ),
+    ])
+}
+
+fn python_files(name: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("app.py", TEMPLATE_PY_APP.replace("{name}", name)),
+        ("test_app.py", TEMPLATE_PY_TEST.to_string()),
+        (
+            "requirements.txt",
+            format!("componentize-py=={COMPONENTIZE_PY}\n"),
+        ),
+        ("wit/payrail.wit", WIT.to_string()),
+        (
+            ".gitignore",
+            ".venv/\nwit_world/\ncomponentize_py_*\npoll_loop.py\n__pycache__/\n*.wasm\n"
+                .to_string(),
+        ),
+        ("fixture.json", TEMPLATE_FIXTURE.to_string()),
+        (
+            "README.md",
+            TEMPLATE_PY_README
+                .replace("{file}", &file_stem(name))
+                .replace("{name}", name),
+        ),
+    ]
+}
+
+/// The componentize-py release Python plugins are built and measured with.
+pub const COMPONENTIZE_PY: &str = "0.25.1";
+
+/// The contract, copied into a Python project (componentize-py reads it).
+const WIT: &str = include_str!("../../../wit/payrail.wit");
 
 const TEMPLATE_CARGO: &str = r#"[package]
 name = "{name}"
@@ -118,7 +232,7 @@ impl Rule for MyRule {
                 format!("amount {} is above {}", input.payment.amount, cfg.max_amount),
             ));
         }
-        Ok(approve().annotation("checked_by", "my-rule").into())
+        Ok(approve().annotation("checked_by", "{name}").into())
     }
 }
 
@@ -176,6 +290,163 @@ payrail plugin deploy target/wasm32-wasip2/release/{file}.wasm --name {name}
 ```
 "#;
 
+const TEMPLATE_TS_RULE: &str = r#"/**
+ * A payrail rule: declines payments above `max_amount` (minor units).
+ *
+ * Config: `{"max_amount": 100000}`.
+ */
+
+import { approve, config, decline, int, rule } from '@payrail/plugin';
+
+/** Step config: every key is required, unknown keys are refused. */
+const MyConfig = { max_amount: int };
+
+export const evaluate = rule((input) => {
+  const cfg = config(input, MyConfig);
+  if (input.payment.amount > cfg.max_amount) {
+    return decline('amount_too_large', `amount ${input.payment.amount} is above ${cfg.max_amount}`);
+  }
+  return approve().annotation('checked_by', '{name}');
+});
+"#;
+
+const TEMPLATE_TS_TEST: &str = r#"// The rule's tests, run natively in Node by `npm test`.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { RuleError } from '@payrail/plugin';
+import { testInput } from '@payrail/plugin/testing';
+import { evaluate } from '../src/rule.ts';
+
+const run = (amount: number) => evaluate(testInput({ amount, config: { max_amount: 1000 } }));
+
+test('approves up to the cap and declines above', () => {
+  assert.equal(run(1000).tag, 'approve');
+  const d = run(1001);
+  if (d.tag !== 'decline') assert.fail('approved above the cap');
+  assert.equal(d.val.code, 'amount_too_large');
+});
+
+test('a bad config is an error', () => {
+  assert.throws(
+    () => evaluate(testInput({ config: {} })),
+    (e: unknown) => e instanceof RuleError && e.payload.code === 'invalid_config',
+  );
+});
+"#;
+
+const TEMPLATE_TS_README: &str = r#"# {name}
+
+A payrail rule plugin in TypeScript. See docs/plugin-guide.md in the
+payrail repository ("Quickstart: TypeScript").
+
+```sh
+npm install                 # componentize-js, esbuild, TypeScript; the SDK from the payrail repository
+npm test                    # type-check, then the tests in test/ (Node, no host)
+npm run build               # dist/{file}.wasm (~12 MB: the JavaScript engine is inside)
+payrail plugin test dist/{file}.wasm --input fixture.json
+payrail plugin deploy dist/{file}.wasm --name {name}    # on a host with PAYRAIL_MAX_PLUGIN_BYTES=16777216
+```
+"#;
+
+const TEMPLATE_PY_APP: &str = r#""""A payrail rule: declines payments above `max_amount` (minor units).
+
+Config: `{"max_amount": 100000}`.
+"""
+
+import json
+
+import wit_world
+from componentize_py_types import Err
+from wit_world.imports import types
+
+
+def _invalid(message: str) -> Err:
+    return Err(types.PluginError(code="invalid_config", message=message))
+
+
+def max_amount(text: str) -> int:
+    """The config's `max_amount`; raises Err(invalid_config)."""
+    try:
+        cfg = json.loads(text)
+    except ValueError as e:
+        raise _invalid(f"config is not JSON: {e}")
+    if not isinstance(cfg, dict) or set(cfg) != {"max_amount"}:
+        raise _invalid('config must be {"max_amount": N}')
+    value = cfg["max_amount"]
+    # bool is an int subclass in Python: refuse it explicitly
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _invalid("max_amount must be an integer")
+    return value
+
+
+class WitWorld(wit_world.WitWorld):
+    def evaluate(self, input: types.Input) -> types.Decision:
+        cap = max_amount(input.config)
+        if input.payment.amount > cap:
+            return types.Decision_Decline(
+                types.Decline(
+                    code="amount_too_large",
+                    message=f"amount {input.payment.amount} is above {cap}",
+                )
+            )
+        checked = types.Entry(key="checked_by", value="{name}")
+        return types.Decision_Approve(
+            types.Approval(postings=[], events=[], annotations=[checked])
+        )
+"#;
+
+const TEMPLATE_PY_TEST: &str = r#""""The rule's tests, run natively: `python -m unittest test_app` (after
+`componentize-py -d wit -w rule bindings .` wrote the bindings)."""
+
+import unittest
+
+from componentize_py_types import Err
+from wit_world.imports import types
+
+import app
+
+
+def run(amount: int, config: str = '{"max_amount": 1000}') -> types.Decision:
+    payment = types.Payment(
+        id="p1", kind="transfer", amount=amount, currency="EUR",
+        source="alice", destination="bob", metadata=[],
+    )
+    input = types.Input(payment=payment, accounts=[], config=config, previous=[], now_ms=0)
+    return app.WitWorld().evaluate(input)
+
+
+class RuleTest(unittest.TestCase):
+    def test_approves_up_to_the_cap_and_declines_above(self):
+        self.assertIsInstance(run(1000), types.Decision_Approve)
+        d = run(1001)
+        self.assertIsInstance(d, types.Decision_Decline)
+        self.assertEqual(d.value.code, "amount_too_large")
+
+    def test_a_bad_config_is_an_error(self):
+        with self.assertRaises(Err) as e:
+            run(5, "{}")
+        self.assertEqual(e.exception.value.code, "invalid_config")
+
+
+if __name__ == "__main__":
+    unittest.main()
+"#;
+
+const TEMPLATE_PY_README: &str = r#"# {name}
+
+A payrail rule plugin in Python. See docs/plugin-guide.md in the payrail
+repository ("Quickstart: Python").
+
+```sh
+python3 -m venv .venv && .venv/bin/pip install -r requirements.txt
+.venv/bin/componentize-py -d wit -w rule bindings .      # the Python bindings, for the tests
+.venv/bin/python -m unittest test_app                             # the tests (no host)
+.venv/bin/componentize-py -d wit -w rule componentize app -o {file}.wasm   # ~18 MB
+payrail plugin test {file}.wasm --input fixture.json --max-memory-bytes 16777216
+payrail plugin deploy {file}.wasm --name {name}          # on a host with PAYRAIL_MAX_PLUGIN_BYTES=33554432
+```
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,11 +456,11 @@ mod tests {
     fn a_bad_name_or_an_existing_directory_is_refused() {
         let dir = std::env::temp_dir().join(format!("payrail-tools-new-{}", std::process::id()));
         for name in ["", "My-Rule", "1rule", "a/b", &"a".repeat(65)] {
-            let e = new_plugin(name, &dir).unwrap_err();
+            let e = new_plugin(name, &dir, Lang::Rust).unwrap_err();
             assert_eq!(e.code(), "invalid_id", "{name:?}");
         }
         std::fs::create_dir_all(dir.join("taken")).unwrap();
-        let e = new_plugin("taken", &dir).unwrap_err();
+        let e = new_plugin("taken", &dir, Lang::Ts).unwrap_err();
         assert_eq!(e.code(), "already_exists", "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -200,6 +471,7 @@ mod tests {
     fn the_repository_root_holds_the_sdk_and_the_lock_file() {
         for f in [
             "plugins/sdk/Cargo.toml",
+            "plugins/ts-sdk/package.json",
             "Cargo.lock",
             "rust-toolchain.toml",
         ] {

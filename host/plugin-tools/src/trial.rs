@@ -49,6 +49,9 @@ pub struct TestReport {
     pub duration_us: Option<Measure>,
     /// The plugin's log.
     pub log: String,
+    /// What the component imports: the capabilities it could reach for
+    /// (a Rust or TypeScript rule: only the contract, `payrail:plugin/*`).
+    pub imports: Vec<String>,
     /// The decision the fixture expects (`expect`), if it says.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected: Option<serde_json::Value>,
@@ -76,6 +79,7 @@ pub fn test_plugin(
         input,
         expect,
     } = load(config, wasm, fixture)?;
+    let imports = engine.imports(&digest).unwrap_or_default();
     let prepared = PreparedInput::new(input);
     let input_bytes = measure(prepared.json.len() as u64, limits.max_input_bytes as u64);
     let mut report = match engine.call(&digest, &prepared, limits) {
@@ -99,6 +103,7 @@ pub fn test_plugin(
                 limits.timeout_ms * 1000,
             )),
             log: out.log,
+            imports,
             expected: None,
             matches_expected: None,
         },
@@ -113,6 +118,7 @@ pub fn test_plugin(
             output_bytes: None,
             duration_us: None,
             log: String::new(),
+            imports,
             expected: None,
             matches_expected: None,
         },

@@ -169,6 +169,7 @@ mod tests {
             r#"{"allowed_currencies": "EUR"}"#,
             r#"{"max_amuont": 5}"#,
             "not json",
+            "[1]",
         ] {
             let e = run(100, "EUR", cfg).unwrap_err();
             assert_eq!(e.code, "invalid_config", "{cfg}");

@@ -77,11 +77,17 @@ pub use serde_json;
 
 /// Parses the step's JSON config (`input.config`) into `T`.
 ///
-/// An empty config string is treated as `{}`. On failure returns a
+/// An empty config string is treated as `{}`; anything but an object is
+/// refused. On failure returns a
 /// [`PluginError`] with code `"invalid_config"` and serde's message.
 pub fn config<T: serde::de::DeserializeOwned>(input: &Input) -> Result<T, PluginError> {
     let text = input.config.trim();
     let text = if text.is_empty() { "{}" } else { text };
+    // serde reads a struct from an array too (`[1]` as the first field):
+    // a config is an object, as the other languages' SDKs read it
+    if !text.starts_with('{') {
+        return Err(error("invalid_config", "config must be a JSON object"));
+    }
     serde_json::from_str(text).map_err(|e| error("invalid_config", e.to_string()))
 }
 
