@@ -8,7 +8,7 @@ pub mod receiver;
 pub mod tools;
 
 #[allow(unused_imports)] // not every test binary runs outside tools
-pub use tools::{copy_dir, npm, python_venv, repo_root, run_ok, target_dir};
+pub use tools::{copy_dir, npm, once, python_venv, repo_root, run_ok, target_dir};
 
 use payrail::db::{self, Pool};
 use payrail::engine::{EngineConfig, PluginEngine};

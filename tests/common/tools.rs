@@ -98,3 +98,25 @@ pub fn npm(dir: &Path, args: &[&str]) -> String {
         &format!("npm {args:?} in {} (needs Node.js and npm)", dir.display()),
     )
 }
+
+/// The value `setup` makes, once per test binary, for every test that asks.
+/// A failed setup is kept too: the other tests fail at once with its
+/// message (`what` says what failed) instead of running it again.
+pub fn once<T: Send + Sync>(
+    cell: &'static std::sync::OnceLock<Result<T, String>>,
+    what: &str,
+    setup: fn() -> T,
+) -> &'static T {
+    let made = cell.get_or_init(|| {
+        std::panic::catch_unwind(setup).map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        })
+    });
+    match made {
+        Ok(v) => v,
+        Err(e) => panic!("{what} failed: {e}"),
+    }
+}

@@ -9,7 +9,7 @@
 //! not collide. If python3, venv or pip is missing, or PyPI is unreachable,
 //! the test fails with the reason: it is never skipped.
 
-use crate::common::{python_venv, repo_root, run_ok, target_dir};
+use crate::common::{once, python_venv, repo_root, run_ok, target_dir};
 use payrail::engine::{
     CallOutcome, EngineConfig, PluginEngine, PluginFault, PluginLimitOverrides, PluginLimits,
     PreparedInput,
@@ -20,8 +20,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The componentize-py release the plugin is built and measured with.
-const COMPONENTIZE_PY: &str = "0.25.1";
+/// The componentize-py release the plugin is built and measured with, the
+/// one `payrail plugin new --lang python` pins.
+use payrail_plugin_tools::template::COMPONENTIZE_PY;
 
 /// Engine-wide: a Python component is ~18 MB (CPython + its initialized
 /// heap snapshot); the default `max_plugin_bytes` is 2 MiB. Hosts set
@@ -106,19 +107,8 @@ struct Loaded {
 /// A failed setup is kept too, so the other tests fail at once with the same
 /// message instead of rebuilding.
 fn loaded() -> &'static Loaded {
-    static LOADED: OnceLock<Result<Loaded, String>> = OnceLock::new();
-    let setup = LOADED.get_or_init(|| {
-        std::panic::catch_unwind(setup).map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default()
-        })
-    });
-    match setup {
-        Ok(l) => l,
-        Err(e) => panic!("Python plugin setup failed: {e}"),
-    }
+    static CELL: OnceLock<Result<Loaded, String>> = OnceLock::new();
+    once(&CELL, "Python plugin setup", setup)
 }
 
 fn setup() -> Loaded {

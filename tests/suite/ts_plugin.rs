@@ -9,7 +9,7 @@
 //! and `npm run build` (esbuild, then componentize-js). Without Node.js,
 //! npm or the npm registry the tests fail with the reason: never skipped.
 
-use crate::common::{copy_dir, npm, repo_root, run_ok, target_dir};
+use crate::common::{copy_dir, npm, once, repo_root, run_ok, target_dir};
 use payrail::engine::{
     CallOutcome, EngineConfig, PluginEngine, PluginFault, PluginLimits, PreparedInput,
 };
@@ -41,19 +41,8 @@ struct Built {
 /// Built once per test binary; a failed setup is kept, so the other tests
 /// fail at once with its message instead of building again.
 fn built() -> &'static Built {
-    static BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
-    let setup = BUILT.get_or_init(|| {
-        std::panic::catch_unwind(setup).map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default()
-        })
-    });
-    match setup {
-        Ok(b) => b,
-        Err(e) => panic!("TypeScript plugin setup failed: {e}"),
-    }
+    static CELL: OnceLock<Result<Built, String>> = OnceLock::new();
+    once(&CELL, "TypeScript plugin setup", setup)
 }
 
 /// A rule that reports the clock and randomness it sees as annotations,

@@ -27,31 +27,10 @@
  */
 
 import { log as hostLog } from 'payrail:plugin/host@0.1.0';
-import type {
-  Account,
-  Approval,
-  Decision,
-  Entry,
-  Event,
-  Input,
-  Payment,
-  PluginError,
-  Posting,
-  StepResult,
-} from 'payrail:plugin/types@0.1.0';
+import type { Account, Approval, Decision, Entry, Event, Input, Posting } from 'payrail:plugin/types@0.1.0';
 
-export type {
-  Account,
-  Approval,
-  Decision,
-  Entry,
-  Event,
-  Input,
-  Payment,
-  PluginError,
-  Posting,
-  StepResult,
-};
+/** The contract's types: `Input`, `Decision`, `PluginError`, ... */
+export type * from 'payrail:plugin/types@0.1.0';
 
 export * from './config.ts';
 import { RuleError } from './error.ts';
