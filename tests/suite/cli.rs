@@ -29,6 +29,60 @@ impl Cli {
     }
 }
 
+/// `pipeline set --limits STEP=JSON` sets a step's limits; a bad one is a
+/// typed error (exit 2) and leaves the pipeline as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_set_takes_a_steps_limits_and_refuses_bad_ones() {
+    let db = common::TestDb::new().await;
+    let cli = Cli {
+        url: db.url.clone(),
+    };
+    cli.ok(&["migrate"]);
+    let limits = format!("{}/payrail_limits.wasm", payrail::samples::WASM_DIR);
+    cli.ok(&["plugin", "deploy", &limits, "--name", "limits"]);
+    let set = |extra: &[&str]| {
+        let mut args = vec!["pipeline", "set", "transfer", "limits", "limits"];
+        args.extend_from_slice(extra);
+        cli.run(&args)
+    };
+    let (code, out, err) = set(&[
+        "--limits",
+        r#"1={"max_memory_bytes":16777216,"fuel":2000000}"#,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(p["steps"][0].get("limits").is_none(), "{p}");
+    assert_eq!(p["steps"][1]["limits"]["max_memory_bytes"], 16777216, "{p}");
+    assert_eq!(p["steps"][1]["limits"]["fuel"], 2000000, "{p}");
+    for (bad, says) in [
+        (vec!["--limits", r#"2={"fuel":1}"#], "step number below 2"),
+        (vec!["--limits", r#"x={"fuel":1}"#], "step number below 2"),
+        (vec!["--limits", r#"{"fuel":1}"#], "STEP=JSON"),
+        (vec!["--limits", "0=not json"], "expected"),
+        (vec!["--limits", r#"0={"fule":1}"#], "unknown field"),
+        (
+            vec!["--limits", r#"0={"fuel":1}"#, "--limits", r#"0={"fuel":2}"#],
+            "twice",
+        ),
+        // over the host's cap (10^8 fuel by default)
+        (
+            vec!["--limits", r#"0={"fuel":100000000000}"#],
+            "above the cap",
+        ),
+        (vec!["--limits", r#"0={"fuel":0}"#], "must be positive"),
+    ] {
+        let (code, out, err) = set(&bad);
+        assert_eq!(code, 2, "{bad:?}: {out}{err}");
+        assert!(
+            err.contains("invalid_limits") && err.contains(says),
+            "{bad:?}: {err}"
+        );
+    }
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["pipeline", "show", "transfer"])).unwrap();
+    assert_eq!(shown["version"], 1, "{shown}");
+}
+
 /// `migrate --status` and `--dry-run` change nothing and say what a run
 /// would do; the run then does it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,12 +45,13 @@ fn built() -> &'static Built {
     once(&CELL, "TypeScript plugin setup", setup)
 }
 
-/// A rule that reports the clock and randomness it sees as annotations,
-/// and with `fetch` in its config calls `fetch`.
+/// A rule that reports the clock and randomness it sees as annotations;
+/// with `fetch` in its config it calls `fetch`, with `throw` it throws.
 const PROBE: &str = r#"
 import { approve, rule } from '@payrail/plugin';
 export const evaluate = rule((input) => {
   if (input.config.includes('fetch')) fetch('http://127.0.0.1:9/');
+  if (input.config.includes('throw')) throw new TypeError('not a rule error');
   return approve()
     .annotation('date_now', String(Date.now()))
     .annotation('new_date', new Date().toISOString())
@@ -305,6 +306,21 @@ fn a_typescript_rule_has_no_clock_randomness_or_network() {
         )
         .expect_err("fetch must not work");
     assert_eq!(fault.code(), "plugin_trap", "{fault}");
+    // an exception that is not the SDK's error is a plugin error with its
+    // message, not a trap without one
+    let mut throwing = input.input.clone();
+    throwing.config = r#"{"throw": true}"#.into();
+    match engine().call(
+        &digest,
+        &PreparedInput::new(throwing),
+        &PluginLimits::default(),
+    ) {
+        Err(PluginFault::PluginError { code, message }) => {
+            assert_eq!(code, "uncaught_exception");
+            assert_eq!(message, "not a rule error");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// The figures in docs/plugin-guide.md ("Languages side by side"), beside

@@ -465,6 +465,52 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Each language's project has its rule, its test and the fixture; the
+    /// TypeScript one takes the sample's pinned tools and this repository's
+    /// SDK, the Python one the pinned componentize-py and the contract.
+    #[test]
+    fn each_language_gets_a_rule_a_test_and_the_pinned_tools() {
+        let file = |files: &[(&str, String)], name: &str| -> String {
+            let found = files.iter().find(|(f, _)| *f == name);
+            found.unwrap_or_else(|| panic!("{name} missing")).1.clone()
+        };
+        let rust = rust_files("my-rule");
+        assert!(file(&rust, "src/lib.rs").contains(r#""checked_by", "my-rule""#));
+        let ts = ts_files("my-rule").unwrap();
+        let package: serde_json::Value = serde_json::from_str(&file(&ts, "package.json")).unwrap();
+        let sample: serde_json::Value = serde_json::from_str(TS_SAMPLE_PACKAGE).unwrap();
+        let deps = package["devDependencies"].as_object().unwrap();
+        for (name, version) in sample["devDependencies"].as_object().unwrap() {
+            if name != "@payrail/plugin" {
+                assert_eq!(&deps[name], version, "{name}");
+            }
+        }
+        let sdk = deps["@payrail/plugin"].as_str().unwrap();
+        assert!(
+            sdk.starts_with("file:/") && sdk.ends_with("plugins/ts-sdk"),
+            "{sdk}"
+        );
+        assert!(
+            package["scripts"]["build"]
+                .as_str()
+                .unwrap()
+                .ends_with("dist/my_rule.wasm")
+        );
+        assert!(file(&ts, "src/rule.ts").contains("'checked_by', 'my-rule'"));
+        assert!(file(&ts, "test/rule.test.ts").contains("../src/rule.ts"));
+        let py = python_files("my-rule");
+        assert_eq!(
+            file(&py, "requirements.txt"),
+            format!("componentize-py=={COMPONENTIZE_PY}\n")
+        );
+        assert_eq!(file(&py, "wit/payrail.wit"), WIT);
+        assert!(file(&py, "app.py").contains(r#"value="my-rule""#));
+        assert!(file(&py, "test_app.py").contains("import app"));
+        for files in [&rust, &ts, &py] {
+            assert_eq!(file(files, "fixture.json"), TEMPLATE_FIXTURE);
+        }
+    }
+
     /// The template's path to the SDK and the files it copies are the
     /// repository's (this crate is two levels down).
     #[test]
