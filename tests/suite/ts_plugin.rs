@@ -3,7 +3,7 @@
 //! with their npm packages and run through the real host engine.
 //!
 //! Setup, once per test binary: plugins/ts-sdk and plugins/ts-limits are
-//! copied to `target/ts-plugin/build-*` (the source tree stays clean), then
+//! copied to `target/ts-plugin/build` (the source tree stays clean), then
 //! in the copy `npm ci` (the committed lock file; npm's cache makes later
 //! runs quick), `npm test` (type-check and the rule's own tests in Node)
 //! and `npm run build` (esbuild, then componentize-js). Without Node.js,
@@ -28,6 +28,8 @@ pub const TS_MAX_PLUGIN_BYTES: usize = 16 << 20;
 const FIXTURES: &str = "plugins/limits/fixtures";
 
 struct Built {
+    /// Held for the process's life: the build dir is this run's.
+    _lock: std::fs::File,
     /// The copied projects (`ts-sdk`, `ts-limits`).
     work: PathBuf,
     limits: Vec<u8>,
@@ -60,11 +62,14 @@ export const evaluate = rule((input) => {
 "#;
 
 fn setup() -> Built {
-    let work = target_dir().join("ts-plugin").join(format!(
-        "build-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    // one build dir, emptied each run (its node_modules is ~400 MB),
+    // locked while this process uses it
+    let root = target_dir().join("ts-plugin");
+    std::fs::create_dir_all(&root).unwrap();
+    let lock = std::fs::File::create(root.join(".lock")).unwrap();
+    lock.lock().expect("lock the TypeScript build dir");
+    let work = root.join("build");
+    let _ = std::fs::remove_dir_all(&work);
     let skip = ["node_modules", "dist"];
     copy_dir(
         &repo_root().join("plugins/ts-sdk"),
@@ -87,6 +92,7 @@ fn setup() -> Built {
     );
     let read = |f: &str| std::fs::read(project.join("dist").join(f)).unwrap();
     Built {
+        _lock: lock,
         limits: read("limits_ts.wasm"),
         probe: read("probe.wasm"),
         work,
