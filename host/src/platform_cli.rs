@@ -77,15 +77,19 @@ fn print_json(v: &impl serde::Serialize) {
     );
 }
 
+/// A payment id given on the command line: `invalid_id` unless a UUID.
+fn payment_id(s: &str) -> Result<uuid::Uuid> {
+    s.parse()
+        .map_err(|_| Error::invalid("invalid_id", format!("{s:?} is not a payment id (a UUID)")))
+}
+
 /// `payrail replay`: exit 0 when every call matched, 1 otherwise.
 pub async fn replay(ctx: &Context, tenant: &str, args: &ReplayArgs) -> Result<i32> {
     ctx.require_schema().await?;
     let client = ctx.pool.get().await?;
     let limits = ProcessorSettings::default().limits;
     if let Some(id) = &args.payment_id {
-        let id: uuid::Uuid = id.parse().map_err(|_| {
-            Error::invalid("invalid_id", format!("{id:?} is not a payment id (a UUID)"))
-        })?;
+        let id = payment_id(id)?;
         let r = replay::replay_payment(&client, &ctx.engine, &limits, tenant, id).await?;
         print_json(&r);
         if r.matched {
@@ -164,12 +168,7 @@ pub async fn pipeline_rollback(
 /// where it came from as `from`.
 pub async fn fixture(ctx: &Context, tenant: &str, args: &FixtureArgs) -> Result<i32> {
     ctx.require_schema().await?;
-    let id: uuid::Uuid = args.payment_id.parse().map_err(|_| {
-        Error::invalid(
-            "invalid_id",
-            format!("{:?} is not a payment id (a UUID)", args.payment_id),
-        )
-    })?;
+    let id = payment_id(&args.payment_id)?;
     let client = ctx.pool.get().await?;
     let call = replay::journaled_call(&client, tenant, id, args.step).await?;
     let mut fixture = call.input;

@@ -4,7 +4,7 @@
 //!
 //! `PAYRAIL_BLESS=1` rewrites the committed copy from the served one.
 
-use crate::common::{python_venv, repo_root, run_ok};
+use crate::common::{python_venv, repo_root, run_ok, target_dir};
 use crate::server::Server;
 use clap::CommandFactory;
 use payrail::apikeys::Scope;
@@ -89,8 +89,12 @@ async fn a_schema_fuzzer_finds_the_server_true_to_its_document() {
     let config = repo_root().join("tests/clients/fuzz/schemathesis.toml");
     let url = format!("{}/openapi.json", s.base);
     let arg = seed.clone();
+    // schemathesis keeps a cache in its working directory: not the source tree
+    let cwd = target_dir().join("schemathesis");
+    std::fs::create_dir_all(&cwd).unwrap();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(st.join("bin/schemathesis"))
+            .current_dir(cwd)
             .arg("--config-file")
             .arg(config)
             .args(["run", &url, "--checks", "all", "--max-examples", "25"])

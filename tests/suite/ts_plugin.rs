@@ -206,6 +206,22 @@ fn the_sdk_types_are_the_ones_generated_from_the_wit() {
     );
 }
 
+/// The SDK's helpers (builder, `rule`'s error mapping, `account`/`entry`,
+/// every config field kind and its errors) pass their own tests in Node.
+#[test]
+fn the_sdk_passes_its_own_tests() {
+    let b = built();
+    let sdk_test = b.work.join("ts-sdk/test/sdk.test.ts");
+    let out = payrail_plugin(
+        &b.work.join("ts-limits"),
+        &["test", sdk_test.to_str().unwrap()],
+    );
+    assert!(
+        out.contains("# pass 5") && out.contains("# fail 0"),
+        "{out}"
+    );
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -393,18 +409,17 @@ fn typescript_figures_beside_rust_and_the_limits_it_needs() {
         fuel: ts_fuel / 2,
         ..limits
     };
-    let fault = engine()
-        .call(ts, &input, &starved)
-        .expect_err("half the fuel");
-    assert_eq!(fault.code(), "plugin_fuel_exhausted", "{fault}");
     let small = PluginLimits {
         max_memory_bytes: ts_peak / 2,
         ..limits
     };
-    let fault = engine()
-        .call(ts, &input, &small)
-        .expect_err("half the memory");
-    assert_eq!(fault.code(), "plugin_memory_limit", "{fault}");
+    for (tight, code) in [
+        (starved, "plugin_fuel_exhausted"),
+        (small, "plugin_memory_limit"),
+    ] {
+        let fault = engine().call(ts, &input, &tight).expect_err(code);
+        assert_eq!(fault.code(), code, "{fault}");
+    }
     engine()
         .call(ts, &input, &limits)
         .expect("a call after the faults");

@@ -61,7 +61,7 @@ pub fn new_plugin(name: &str, dir: &Path, lang: Lang) -> Result<std::path::PathB
     }
     let files = match lang {
         Lang::Rust => rust_files(name),
-        Lang::Ts => ts_files(name)?,
+        Lang::Ts => ts_files(name),
         Lang::Python => python_files(name),
     };
     for (rel, text) in files {
@@ -83,27 +83,23 @@ fn repo_path(dir: &str) -> String {
     p.canonicalize().unwrap_or(p).display().to_string()
 }
 
-/// The file name of the component (`my-rule` builds `my_rule.wasm`).
-fn file_stem(name: &str) -> String {
-    name.replace('-', "_")
+/// `template` for the plugin `name`: `{name}`, and `{file}`, the file name
+/// of its component (`my-rule` builds `my_rule.wasm`).
+fn fill(template: &str, name: &str) -> String {
+    template
+        .replace("{name}", name)
+        .replace("{file}", &name.replace('-', "_"))
 }
 
 fn rust_files(name: &str) -> Vec<(&'static str, String)> {
     let mut files = vec![
         (
             "Cargo.toml",
-            TEMPLATE_CARGO
-                .replace("{name}", name)
-                .replace("{sdk}", &repo_path("plugins/sdk")),
+            fill(TEMPLATE_CARGO, name).replace("{sdk}", &repo_path("plugins/sdk")),
         ),
-        ("src/lib.rs", TEMPLATE_LIB.replace("{name}", name)),
+        ("src/lib.rs", fill(TEMPLATE_LIB, name)),
         ("fixture.json", TEMPLATE_FIXTURE.to_string()),
-        (
-            "README.md",
-            TEMPLATE_README
-                .replace("{file}", &file_stem(name))
-                .replace("{name}", name),
-        ),
+        ("README.md", fill(TEMPLATE_README, name)),
     ];
     // the repository's lock file and toolchain: same dependency versions
     // (builds offline) and the wasm32-wasip2 target
@@ -121,40 +117,31 @@ const TS_SAMPLE_PACKAGE: &str = include_str!("../../../plugins/ts-limits/package
 const TS_SAMPLE_TSCONFIG: &str = include_str!("../../../plugins/ts-limits/tsconfig.json");
 const TS_SAMPLE_NPMRC: &str = include_str!("../../../plugins/ts-limits/.npmrc");
 
-fn ts_files(name: &str) -> Result<Vec<(&'static str, String)>> {
+fn ts_files(name: &str) -> Vec<(&'static str, String)> {
     let mut package: serde_json::Value =
         serde_json::from_str(TS_SAMPLE_PACKAGE).expect("the sample's package.json is JSON");
     package["name"] = name.into();
     package["description"] = "A payrail rule plugin".into();
-    package["scripts"]["build"] = format!(
-        "payrail-plugin build src/rule.ts -o dist/{}.wasm",
-        file_stem(name)
-    )
-    .into();
+    package["scripts"]["build"] =
+        fill("payrail-plugin build src/rule.ts -o dist/{file}.wasm", name).into();
     package["devDependencies"]["@payrail/plugin"] =
         format!("file:{}", repo_path("plugins/ts-sdk")).into();
-    let package = serde_json::to_string_pretty(&package)
-        .map_err(|e| ToolError::invalid("invalid_template", e.to_string()))?;
-    Ok(vec![
+    let package = serde_json::to_string_pretty(&package).expect("a JSON value serializes");
+    vec![
         ("package.json", package + "\n"),
         ("tsconfig.json", TS_SAMPLE_TSCONFIG.to_string()),
         (".npmrc", TS_SAMPLE_NPMRC.to_string()),
         (".gitignore", "node_modules/\ndist/\n".to_string()),
-        ("src/rule.ts", TEMPLATE_TS_RULE.replace("{name}", name)),
+        ("src/rule.ts", fill(TEMPLATE_TS_RULE, name)),
         ("test/rule.test.ts", TEMPLATE_TS_TEST.to_string()),
         ("fixture.json", TEMPLATE_FIXTURE.to_string()),
-        (
-            "README.md",
-            TEMPLATE_TS_README
-                .replace("{file}", &file_stem(name))
-                .replace("{name}", name),
-        ),
-    ])
+        ("README.md", fill(TEMPLATE_TS_README, name)),
+    ]
 }
 
 fn python_files(name: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("app.py", TEMPLATE_PY_APP.replace("{name}", name)),
+        ("app.py", fill(TEMPLATE_PY_APP, name)),
         ("test_app.py", TEMPLATE_PY_TEST.to_string()),
         (
             "requirements.txt",
@@ -167,12 +154,7 @@ fn python_files(name: &str) -> Vec<(&'static str, String)> {
                 .to_string(),
         ),
         ("fixture.json", TEMPLATE_FIXTURE.to_string()),
-        (
-            "README.md",
-            TEMPLATE_PY_README
-                .replace("{file}", &file_stem(name))
-                .replace("{name}", name),
-        ),
+        ("README.md", fill(TEMPLATE_PY_README, name)),
     ]
 }
 
@@ -476,7 +458,7 @@ mod tests {
         };
         let rust = rust_files("my-rule");
         assert!(file(&rust, "src/lib.rs").contains(r#""checked_by", "my-rule""#));
-        let ts = ts_files("my-rule").unwrap();
+        let ts = ts_files("my-rule");
         let package: serde_json::Value = serde_json::from_str(&file(&ts, "package.json")).unwrap();
         let sample: serde_json::Value = serde_json::from_str(TS_SAMPLE_PACKAGE).unwrap();
         let deps = package["devDependencies"].as_object().unwrap();
